@@ -1,0 +1,370 @@
+//! The Lagoon wire contract in code: label and annotation names, broker
+//! defaults, and the JSON shapes Lagoon core's consumer (insights-handler)
+//! decodes. See `CONTRACT.md` in the shared folder for the reasons behind each.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Exchange, queue and routing key the consumer reads from.
+pub const DEFAULT_EXCHANGE: &str = "lagoon-insights";
+pub const DEFAULT_QUEUE: &str = "lagoon-insights:items";
+/// Publishing with the queue name as routing key is silently dropped by the
+/// direct exchange: the binding uses the empty key.
+pub const DEFAULT_ROUTING_KEY: &str = "";
+
+/// Source given to facts and problems that name none.
+pub const DEFAULT_SOURCE: &str = "InsightsRemoteWebService";
+
+// Namespace labels set by Lagoon.
+pub const LABEL_PROJECT: &str = "lagoon.sh/project";
+pub const LABEL_ENVIRONMENT: &str = "lagoon.sh/environment";
+pub const LABEL_ENVIRONMENT_ID: &str = "lagoon.sh/environmentId";
+pub const LABEL_ENVIRONMENT_TYPE: &str = "lagoon.sh/environmentType";
+
+// ConfigMap labels and annotations.
+pub const LABEL_INSIGHTS_TYPE: &str = "lagoon.sh/insightsType";
+pub const LABEL_TYPE: &str = "insights.lagoon.sh/type";
+pub const LABEL_SERVICE: &str = "lagoon.sh/service";
+pub const LABEL_PROCESSED: &str = "lagoon.sh/insightsProcessed";
+pub const ANNOTATION_PROCESSED: &str = "lagoon.sh/insightsProcessed";
+pub const LABEL_WRITE_DEFERRED: &str = "lagoon.sh/insightsWriteDeferred";
+pub const ANNOTATION_RETRIES: &str = "insights.lagoon.sh/retries";
+pub const LABEL_MAX_RETRY_EXCEEDED: &str = "insights.lagoon.sh/max-retry-exceeded";
+pub const MAX_RETRY_EXCEEDED_VALUE: &str = "MAX_RETRY_EXCEEDED";
+pub const ANNOTATION_CORE_ENABLED: &str = "core.insights.lagoon.sh/enabled";
+/// Ours: why a ConfigMap was not forwarded, and the resourceVersion it was
+/// judged at, so it is looked at again only when it changes.
+pub const ANNOTATION_REJECTED: &str = "insights.lagoon.sh/rejected";
+pub const ANNOTATION_REJECTED_VERSION: &str = "insights.lagoon.sh/rejected-generation";
+
+// The token Secret.
+pub const TOKEN_SECRET_NAME: &str = "insights-token";
+pub const TOKEN_SECRET_KEY: &str = "INSIGHTS_TOKEN";
+pub const LABEL_INSIGHTS_TOKEN: &str = "lagoon.sh/insights-token";
+pub const LABEL_DYNAMIC_SECRET: &str = "lagoon.sh/dynamic-secret";
+
+/// A fact as the consumer takes it. Every field is always present; identity
+/// fields are overwritten from the caller's token.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Fact {
+    /// The environment id, as a string (unlike the envelope's integer).
+    #[serde(default, rename = "environment", deserialize_with = "lenient_id")]
+    pub environment: String,
+    #[serde(default, rename = "projectName")]
+    pub project_name: String,
+    #[serde(default, rename = "environmentName")]
+    pub environment_name: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+    #[serde(default)]
+    pub source: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default, rename = "type")]
+    pub fact_type: String,
+    #[serde(default)]
+    pub category: String,
+    #[serde(default)]
+    pub service: String,
+}
+
+/// Fact types Lagoon's API accepts.
+pub const FACT_TYPES: [&str; 3] = ["TEXT", "URL", "SEMVER"];
+
+/// A problem as the consumer takes it; optional fields are omitted when empty.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Problem {
+    /// The environment id, as an integer.
+    #[serde(default, deserialize_with = "lenient_int_id")]
+    pub environment: i64,
+    #[serde(default)]
+    pub identifier: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    #[serde(default, rename = "fixedVersion", skip_serializing_if = "String::is_empty")]
+    pub fixed_version: String,
+    #[serde(default)]
+    pub source: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub data: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub severity: String,
+    #[serde(default, rename = "severityScore", skip_serializing_if = "is_zero")]
+    pub severity_score: f64,
+    #[serde(default, rename = "associatedPackage", skip_serializing_if = "String::is_empty")]
+    pub associated_package: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub links: String,
+}
+
+/// Severities Lagoon's API accepts.
+pub const SEVERITIES: [&str; 7] = [
+    "NONE",
+    "UNKNOWN",
+    "NEGLIGIBLE",
+    "LOW",
+    "MEDIUM",
+    "HIGH",
+    "CRITICAL",
+];
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
+/// The body's `environment` is ignored (identity comes from the token), but a
+/// client may send it as a number or a string; accept either shape.
+fn lenient_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(match v {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Number(n) => n.to_string(),
+        _ => String::new(),
+    })
+}
+
+fn lenient_int_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(match v {
+        serde_json::Value::Number(n) => n.as_i64().unwrap_or_default(),
+        serde_json::Value::String(s) => s.parse().unwrap_or_default(),
+        _ => 0,
+    })
+}
+
+/// `POST /facts` accepts a bare array or an object with a `facts` array.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FactsBody {
+    List(Vec<Fact>),
+    Wrapped(WrappedFacts),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WrappedFacts {
+    pub facts: Vec<Fact>,
+}
+
+impl FactsBody {
+    pub fn into_facts(self) -> Vec<Fact> {
+        match self {
+            FactsBody::List(f) => f,
+            FactsBody::Wrapped(w) => w.facts,
+        }
+    }
+}
+
+pub const TYPE_DIRECT_FACTS: &str = "direct.facts";
+pub const TYPE_DIRECT_PROBLEMS: &str = "direct.problems";
+pub const TYPE_DELETE_FACTS: &str = "direct.delete.facts";
+pub const TYPE_DELETE_PROBLEMS: &str = "direct.delete.problems";
+
+/// `{"type":"direct.facts","environment":<int>,...,"facts":[...]}`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DirectFacts {
+    #[serde(rename = "type")]
+    pub message_type: String,
+    pub environment: i64,
+    #[serde(rename = "projectName")]
+    pub project_name: String,
+    #[serde(rename = "environmentName")]
+    pub environment_name: String,
+    pub facts: Vec<Fact>,
+}
+
+/// `{"type":"direct.problems","environment":<int>,...,"problems":[...]}`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DirectProblems {
+    #[serde(rename = "type")]
+    pub message_type: String,
+    pub environment: i64,
+    #[serde(rename = "projectName")]
+    pub project_name: String,
+    #[serde(rename = "environmentName")]
+    pub environment_name: String,
+    pub problems: Vec<Problem>,
+}
+
+/// `{"type":"direct.delete.facts|problems","environment":<int>,"source","service"}`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DirectDelete {
+    #[serde(rename = "type")]
+    pub message_type: String,
+    pub environment: i64,
+    pub source: String,
+    pub service: String,
+}
+
+/// The message for one insights ConfigMap.
+///
+/// `payload` is always `null`: the consumer expects an array or null there and
+/// drops the whole message on an object. Every payload, text or binary, goes
+/// base64-encoded in `binaryPayload`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConfigMapMessage {
+    pub payload: Option<Vec<serde_json::Value>>,
+    #[serde(rename = "binaryPayload")]
+    pub binary_payload: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub namespace: String,
+    pub environment: String,
+    pub service: String,
+    pub project: String,
+    #[serde(rename = "type")]
+    pub insights_type: String,
+}
+
+/// The two insights types the consumer handles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InsightsType {
+    Sbom,
+    Inspect,
+}
+
+impl InsightsType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InsightsType::Sbom => "sbom",
+            InsightsType::Inspect => "inspect",
+        }
+    }
+}
+
+/// Works out the type of an insights ConfigMap from its labels, or says why
+/// it must not be forwarded.
+pub fn infer_insights_type(labels: &BTreeMap<String, String>) -> Result<InsightsType, String> {
+    let legacy = labels.get(LABEL_INSIGHTS_TYPE).map(String::as_str);
+    // These legacy values stall or crash the consumer, whatever the other label says.
+    if let Some(v @ ("sbom" | "image" | "direct")) = legacy {
+        return Err(format!(
+            "{LABEL_INSIGHTS_TYPE}={v:?} is not forwarded: Lagoon core's consumer cannot process it"
+        ));
+    }
+    let explicit = labels.get(LABEL_TYPE).map(String::as_str);
+    let t = match (explicit, legacy) {
+        (Some(t), _) => t,
+        (None, Some("sbom-gz")) => "sbom",
+        (None, Some("image-gz")) => "inspect",
+        (None, Some(other)) => {
+            return Err(format!(
+                "unknown {LABEL_INSIGHTS_TYPE} {other:?} and no {LABEL_TYPE} label; expected sbom-gz or image-gz"
+            ))
+        }
+        (None, None) => return Err(format!("no {LABEL_INSIGHTS_TYPE} label")),
+    };
+    match t {
+        "sbom" => Ok(InsightsType::Sbom),
+        "inspect" => Ok(InsightsType::Inspect),
+        other => Err(format!(
+            "insights type {other:?} is not forwarded; only \"sbom\" and \"inspect\" are"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn type_inference_follows_the_contract() {
+        assert_eq!(
+            infer_insights_type(&labels(&[(LABEL_INSIGHTS_TYPE, "sbom-gz")])),
+            Ok(InsightsType::Sbom)
+        );
+        assert_eq!(
+            infer_insights_type(&labels(&[(LABEL_INSIGHTS_TYPE, "image-gz")])),
+            Ok(InsightsType::Inspect)
+        );
+        assert_eq!(
+            infer_insights_type(&labels(&[
+                (LABEL_INSIGHTS_TYPE, "image-gz"),
+                (LABEL_TYPE, "sbom")
+            ])),
+            Ok(InsightsType::Sbom)
+        );
+        for bad in ["sbom", "image", "direct"] {
+            assert!(infer_insights_type(&labels(&[
+                (LABEL_INSIGHTS_TYPE, bad),
+                (LABEL_TYPE, "sbom")
+            ]))
+            .is_err());
+        }
+        assert!(infer_insights_type(&labels(&[(LABEL_INSIGHTS_TYPE, "other-gz")])).is_err());
+        assert!(infer_insights_type(&labels(&[
+            (LABEL_INSIGHTS_TYPE, "sbom-gz"),
+            (LABEL_TYPE, "facts")
+        ]))
+        .is_err());
+    }
+
+    #[test]
+    fn problem_omits_empty_optional_fields() {
+        let p = Problem {
+            environment: 42,
+            identifier: "CVE-1".into(),
+            source: "s".into(),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&p).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"environment": 42, "identifier": "CVE-1", "source": "s"})
+        );
+    }
+
+    #[test]
+    fn fact_serializes_every_field() {
+        let v = serde_json::to_value(Fact::default()).unwrap();
+        let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "category",
+                "description",
+                "environment",
+                "environmentName",
+                "name",
+                "projectName",
+                "service",
+                "source",
+                "type",
+                "value"
+            ]
+        );
+    }
+
+    #[test]
+    fn configmap_message_payload_is_null() {
+        let m = ConfigMapMessage {
+            payload: None,
+            binary_payload: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            namespace: "ns".into(),
+            environment: "main".into(),
+            service: "cli".into(),
+            project: "p".into(),
+            insights_type: "sbom".into(),
+        };
+        let v = serde_json::to_value(&m).unwrap();
+        assert!(v["payload"].is_null());
+        assert_eq!(v["type"], "sbom");
+        assert!(v["binaryPayload"].is_object());
+    }
+}

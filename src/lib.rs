@@ -1,0 +1,34 @@
+//! insights-remote: carries Lagoon insights from a cluster to Lagoon core.
+
+pub mod broker;
+pub mod crd;
+pub mod contract;
+pub mod metrics;
+pub mod run;
+pub mod server;
+pub mod settings;
+pub mod token;
+
+/// Everything that can go wrong at the level of the whole program.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// A short, fixed label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "config",
+            Error::Kube(_) => "kube",
+            Error::Io(_) => "io",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

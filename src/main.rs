@@ -1,0 +1,77 @@
+use clap::Parser;
+use insights_remote::settings::{normalize_args, Cli, Command, GenerateTokenArgs, KeyArgs, RunArgs};
+use insights_remote::token::Claims;
+use insights_remote::{Error, Result};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse_from(normalize_args(std::env::args()));
+    let outcome = match cli.command {
+        Some(Command::Crd) => print_crd(),
+        Some(Command::GenerateToken(args)) => generate_token(&args),
+        Some(Command::Run(args)) => run(*args),
+        None => run(cli.run),
+    };
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("insights-remote: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_crd() -> Result<()> {
+    print!("{}", insights_remote::crd::crd_yaml());
+    Ok(())
+}
+
+fn generate_token(args: &GenerateTokenArgs) -> Result<()> {
+    print_token(
+        &args.key,
+        Claims {
+            namespace: args.namespace.clone(),
+            environment_id: args.environment_id.clone(),
+            project_name: args.project_name.clone(),
+            environment_name: args.environment_name.clone(),
+        },
+    )
+}
+
+fn print_token(key: &KeyArgs, claims: Claims) -> Result<()> {
+    let ring = key.key_ring()?;
+    let token = ring.mint(&claims).map_err(|e| Error::Config(e.to_string()))?;
+    println!("{token}");
+    Ok(())
+}
+
+fn init_tracing(args: &RunArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if args.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    if args.generate_token_only {
+        return print_token(
+            &args.key,
+            Claims {
+                namespace: args.generate_token_only_namespace.clone(),
+                environment_id: args.generate_token_only_environment_id.clone(),
+                project_name: args.generate_token_only_project_name.clone(),
+                environment_name: args.generate_token_only_environment_name.clone(),
+            },
+        );
+    }
+    init_tracing(&args);
+    // kube brings rustls with ring, lapin with aws-lc-rs available: choose one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(insights_remote::run::run(args))
+}

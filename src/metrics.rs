@@ -1,0 +1,179 @@
+//! Prometheus metrics, served as text on the metrics port.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerErrorLabels {
+    pub controller: String,
+    pub error: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub publishes: Family<OutcomeLabels, Counter>,
+    pub publish_duration: Histogram,
+    pub confirms_pending: Gauge,
+    pub broker_connected: Gauge,
+    pub reconciliations: Family<ControllerLabels, Counter>,
+    pub reconcile_errors: Family<ControllerErrorLabels, Counter>,
+    pub reconcile_duration: Family<ControllerLabels, Histogram, fn() -> Histogram>,
+    pub configmaps: Family<OutcomeLabels, Counter>,
+    pub tokens_minted: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("insights_remote");
+        let m = Self {
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            publishes: Family::default(),
+            publish_duration: latency_histogram(),
+            confirms_pending: Gauge::default(),
+            broker_connected: Gauge::default(),
+            reconciliations: Family::default(),
+            reconcile_errors: Family::default(),
+            reconcile_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            configmaps: Family::default(),
+            tokens_minted: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            m.http_duration.clone(),
+        );
+        registry.register(
+            "publishes",
+            "Messages published to the broker, by outcome (confirmed or failed)",
+            m.publishes.clone(),
+        );
+        registry.register(
+            "publish_duration_seconds",
+            "Time from publish to the broker's confirm",
+            m.publish_duration.clone(),
+        );
+        registry.register(
+            "confirms_pending",
+            "Publishes waiting for the broker's confirm",
+            m.confirms_pending.clone(),
+        );
+        registry.register(
+            "broker_connected",
+            "1 while connected to the broker",
+            m.broker_connected.clone(),
+        );
+        registry.register(
+            "reconciliations",
+            "Reconciliations by controller",
+            m.reconciliations.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconcile failures by controller and kind",
+            m.reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration by controller",
+            m.reconcile_duration.clone(),
+        );
+        registry.register(
+            "configmaps",
+            "Insights ConfigMaps by outcome (forwarded, deferred, rejected, burned, skipped)",
+            m.configmaps.clone(),
+        );
+        registry.register(
+            "tokens_minted",
+            "Token Secrets written",
+            m.tokens_minted.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    pub fn observe_publish(&self, took: Duration, ok: bool) {
+        self.publish_duration.observe(took.as_secs_f64());
+        let outcome = if ok { "confirmed" } else { "failed" };
+        self.publishes
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub fn observe_http(&self, route: &str, status: u16, took: Duration) {
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                route: route.into(),
+                status,
+            })
+            .inc();
+        self.http_duration
+            .get_or_create(&RouteLabels {
+                route: route.into(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn count_configmap(&self, outcome: &str) {
+        self.configmaps
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

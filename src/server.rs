@@ -1,0 +1,445 @@
+//! The ingestion API: workloads holding their environment's token post facts
+//! and problems, or delete them by source; each request answers 200 only once
+//! the broker confirmed the message.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::http::{header, StatusCode};
+use actix_web::middleware::Next;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::broker::{PublishError, Publisher};
+use crate::contract::{
+    DirectDelete, DirectFacts, DirectProblems, Fact, FactsBody, Problem, DEFAULT_SOURCE, FACT_TYPES,
+    SEVERITIES, TYPE_DELETE_FACTS, TYPE_DELETE_PROBLEMS, TYPE_DIRECT_FACTS, TYPE_DIRECT_PROBLEMS,
+};
+use crate::metrics::Metrics;
+use crate::token::{Claims, KeyRing, TokenError};
+
+/// Seconds a client is told to wait while the broker is away.
+const RETRY_AFTER_SECS: u64 = 5;
+/// Longest Authorization header looked at; a JWT of ours is ~300 bytes.
+const MAX_AUTH_HEADER: usize = 8 * 1024;
+
+/// Shared by every worker of the HTTP server.
+pub struct ApiState {
+    pub keys: watch::Receiver<Arc<KeyRing>>,
+    pub publisher: Option<Publisher>,
+    pub metrics: Arc<Metrics>,
+    pub body_limit: usize,
+    pub limiter: RateLimiter,
+}
+
+impl ApiState {
+    fn ready(&self) -> bool {
+        self.publisher.as_ref().is_none_or(|p| p.is_connected())
+    }
+}
+
+/// An error answered as `{"status": ..., "message": ...}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body is larger than the limit of {0} bytes")]
+    TooLarge(usize),
+    #[error("too many requests for this environment; retry later")]
+    RateLimited,
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    status: &'a str,
+    message: String,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = match self {
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::BadRequest(_) => "bad request",
+            ApiError::TooLarge(_) => "payload too large",
+            ApiError::RateLimited => "too many requests",
+            ApiError::Unavailable(_) => "unavailable",
+        };
+        let mut resp = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Unavailable(_) | ApiError::RateLimited) {
+            resp.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
+        }
+        resp.json(ErrorBody {
+            status,
+            message: self.to_string(),
+        })
+    }
+}
+
+impl From<PublishError> for ApiError {
+    fn from(e: PublishError) -> Self {
+        ApiError::Unavailable(e.to_string())
+    }
+}
+
+/// Reads the caller's identity from the Authorization header: the raw token
+/// (as Lagoon's clients send it) or `Bearer <token>`. The token itself never
+/// reaches a log line or an error body.
+fn authenticate(req: &HttpRequest, st: &ApiState) -> Result<Claims, ApiError> {
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return Err(ApiError::Unauthorized("missing Authorization header".into()));
+    };
+    if value.len() > MAX_AUTH_HEADER {
+        return Err(ApiError::Unauthorized("Authorization header is too long".into()));
+    }
+    let raw = value
+        .to_str()
+        .map_err(|_| ApiError::Unauthorized("Authorization header is not valid text".into()))?
+        .trim();
+    let token = match raw.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        _ => raw,
+    };
+    let keys = st.keys.borrow().clone();
+    keys.verify(token).map_err(|e| {
+        ApiError::Unauthorized(match e {
+            TokenError::Missing => "missing token".into(),
+            other => format!("invalid token: {other}"),
+        })
+    })
+}
+
+fn environment_id(claims: &Claims) -> Result<i64, ApiError> {
+    claims.environment_id.parse().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "the token's EnvironmentId {:?} is not an integer",
+            claims.environment_id
+        ))
+    })
+}
+
+/// Reads the body up to the limit; larger bodies are refused without being
+/// read in full.
+async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > limit {
+            return Err(ApiError::TooLarge(limit));
+        }
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::TooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("{what}: {e}")))
+}
+
+fn default_source(s: &mut String) {
+    if s.trim().is_empty() {
+        *s = DEFAULT_SOURCE.to_string();
+    }
+}
+
+async fn publish<T: Serialize>(st: &ApiState, msg: &T) -> Result<HttpResponse, ApiError> {
+    let Some(publisher) = &st.publisher else {
+        return Err(ApiError::Unavailable("publishing to the broker is disabled".into()));
+    };
+    let body = serde_json::to_vec(msg).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    publisher.publish_confirmed(&body).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"message": "okay"})))
+}
+
+fn admit(req: &HttpRequest, st: &ApiState) -> Result<Claims, ApiError> {
+    let claims = authenticate(req, st)?;
+    if !st.limiter.allow(&claims.namespace) {
+        return Err(ApiError::RateLimited);
+    }
+    Ok(claims)
+}
+
+async fn post_facts(req: HttpRequest, payload: web::Payload, st: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let claims = admit(&req, &st)?;
+    let env_id = environment_id(&claims)?;
+    let body = read_body(&req, payload, st.body_limit).await?;
+    let facts: FactsBody = parse_json(&body, "expected a JSON array of facts or an object with a \"facts\" array")?;
+    let facts = facts
+        .into_facts()
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut f)| {
+            // Identity comes from the token, never from the body.
+            f.environment = claims.environment_id.clone();
+            f.project_name = claims.project_name.clone();
+            f.environment_name = claims.environment_name.clone();
+            default_source(&mut f.source);
+            if f.fact_type.is_empty() {
+                f.fact_type = "TEXT".into();
+            }
+            if !FACT_TYPES.contains(&f.fact_type.as_str()) {
+                return Err(ApiError::BadRequest(format!(
+                    "fact {i}: type {:?} is not one of TEXT, URL, SEMVER",
+                    f.fact_type
+                )));
+            }
+            if f.name.is_empty() {
+                return Err(ApiError::BadRequest(format!("fact {i}: name is required")));
+            }
+            Ok(f)
+        })
+        .collect::<Result<Vec<Fact>, _>>()?;
+    info!(namespace = %claims.namespace, count = facts.len(), "facts received");
+    publish(
+        &st,
+        &DirectFacts {
+            message_type: TYPE_DIRECT_FACTS.into(),
+            environment: env_id,
+            project_name: claims.project_name.clone(),
+            environment_name: claims.environment_name.clone(),
+            facts,
+        },
+    )
+    .await
+}
+
+async fn post_problems(req: HttpRequest, payload: web::Payload, st: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let claims = admit(&req, &st)?;
+    let env_id = environment_id(&claims)?;
+    let body = read_body(&req, payload, st.body_limit).await?;
+    let problems: Vec<Problem> = parse_json(&body, "expected a JSON array of problems")?;
+    let problems = problems
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut p)| {
+            p.environment = env_id;
+            default_source(&mut p.source);
+            if !p.severity.is_empty() && !SEVERITIES.contains(&p.severity.as_str()) {
+                return Err(ApiError::BadRequest(format!(
+                    "problem {i}: severity {:?} is not one of {}",
+                    p.severity,
+                    SEVERITIES.join(", ")
+                )));
+            }
+            if !p.severity_score.is_finite() {
+                return Err(ApiError::BadRequest(format!("problem {i}: severityScore must be a number")));
+            }
+            Ok(p)
+        })
+        .collect::<Result<Vec<Problem>, _>>()?;
+    info!(namespace = %claims.namespace, count = problems.len(), "problems received");
+    publish(
+        &st,
+        &DirectProblems {
+            message_type: TYPE_DIRECT_PROBLEMS.into(),
+            environment: env_id,
+            project_name: claims.project_name.clone(),
+            environment_name: claims.environment_name.clone(),
+            problems,
+        },
+    )
+    .await
+}
+
+async fn delete(req: HttpRequest, st: web::Data<ApiState>, message_type: &str) -> Result<HttpResponse, ApiError> {
+    let claims = admit(&req, &st)?;
+    let env_id = environment_id(&claims)?;
+    let source = req.match_info().get("source").unwrap_or_default().to_string();
+    let service = req.match_info().get("service").unwrap_or_default().to_string();
+    info!(namespace = %claims.namespace, %source, %service, kind = message_type, "delete received");
+    publish(
+        &st,
+        &DirectDelete {
+            message_type: message_type.into(),
+            environment: env_id,
+            source,
+            service,
+        },
+    )
+    .await
+}
+
+async fn delete_facts(req: HttpRequest, st: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    delete(req, st, TYPE_DELETE_FACTS).await
+}
+
+async fn delete_problems(req: HttpRequest, st: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    delete(req, st, TYPE_DELETE_PROBLEMS).await
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(st: web::Data<ApiState>) -> HttpResponse {
+    if st.ready() {
+        HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()))
+            .json(serde_json::json!({"status": "unavailable", "message": "not connected to the message broker"}))
+    }
+}
+
+async fn metrics(st: web::Data<ApiState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(st.metrics.render())
+}
+
+/// Counts and logs every request (route pattern, not the raw path: sources
+/// in paths are caller-chosen and would blow up label cardinality).
+async fn observe(req: ServiceRequest, next: Next<impl MessageBody>) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let st = req.app_data::<web::Data<ApiState>>().cloned();
+    let method = req.method().clone();
+    let res = next.call(req).await?;
+    let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+    let status = res.status().as_u16();
+    if let Some(st) = st {
+        st.metrics.observe_http(&route, status, started.elapsed());
+    }
+    if status >= 500 {
+        warn!(%method, %route, status, took_ms = started.elapsed().as_millis() as u64, "request");
+    } else {
+        info!(%method, %route, status, took_ms = started.elapsed().as_millis() as u64, "request");
+    }
+    Ok(res)
+}
+
+/// JSON errors for requests that match no route.
+async fn not_found() -> HttpResponse {
+    HttpResponse::NotFound().json(serde_json::json!({"status": "not found", "message": "no such route"}))
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/facts", web::post().to(post_facts))
+        .route("/problems", web::post().to(post_problems))
+        .route("/facts/{source}", web::delete().to(delete_facts))
+        .route("/facts/{source}/{service}", web::delete().to(delete_facts))
+        .route("/problems/{source}", web::delete().to(delete_problems))
+        .route("/problems/{source}/{service}", web::delete().to(delete_problems))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz));
+}
+
+/// The ingestion server. Signals are left to the caller, which drives one
+/// graceful shutdown for everything.
+pub fn ingestion_server(state: web::Data<ApiState>, listener: std::net::TcpListener) -> std::io::Result<Server> {
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(actix_web::middleware::from_fn(observe))
+            .configure(routes)
+            .default_service(web::to(not_found))
+    })
+    .disable_signals()
+    .shutdown_timeout(30)
+    .client_request_timeout(Duration::from_secs(10))
+    .client_disconnect_timeout(Duration::from_secs(2))
+    .max_connection_rate(256)
+    .listen(listener)?
+    .run())
+}
+
+/// Probes and metrics, on their own ports as in the Go original.
+pub fn ops_server(state: web::Data<ApiState>, addrs: &[std::net::SocketAddr]) -> std::io::Result<Server> {
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics))
+            .default_service(web::to(not_found))
+    })
+    .disable_signals()
+    .workers(1);
+    for addr in addrs {
+        if addr.port() != 0 {
+            server = server.bind(addr)?;
+        }
+    }
+    Ok(server.run())
+}
+
+/// A token bucket per environment, so one workload cannot starve the others.
+pub struct RateLimiter {
+    per_second: u32,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    /// `per_second == 0` disables limiting.
+    pub fn new(per_second: u32) -> Self {
+        Self {
+            per_second,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn allow(&self, key: &str) -> bool {
+        if self.per_second == 0 {
+            return true;
+        }
+        let rate = f64::from(self.per_second);
+        let burst = rate * 2.0;
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().expect("rate limiter lock");
+        if buckets.len() > 100_000 {
+            // Bounded memory: forget idle buckets.
+            buckets.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(60));
+        }
+        let (tokens, last) = buckets.entry(key.to_string()).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_limits_per_key() {
+        let l = RateLimiter::new(5);
+        let allowed = (0..50).filter(|_| l.allow("a")).count();
+        assert!((10..=11).contains(&allowed), "burst of 2x rate, got {allowed}");
+        assert!(l.allow("b"), "another environment has its own bucket");
+        assert!(RateLimiter::new(0).allow("a"));
+    }
+}

@@ -1,0 +1,385 @@
+//! Command line and environment, with the Go original's names, so that an
+//! existing Deployment's arguments and variables keep working.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::broker::{BrokerSettings, TlsSettings};
+use crate::token::{KeyRing, INSECURE_DEFAULT_KEY};
+use crate::{Error, Result};
+
+#[derive(Debug, Parser)]
+#[command(name = "insights-remote", version, about = "Carries Lagoon insights to Lagoon core")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// With no subcommand, the binary runs, taking the Go original's flags.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the operator and the ingestion API (the default).
+    Run(Box<RunArgs>),
+    /// Print a token for an environment, signed with the configured key.
+    GenerateToken(GenerateTokenArgs),
+    /// Print the InsightsRemoteConfig CustomResourceDefinition as YAML.
+    Crd,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GenerateTokenArgs {
+    #[arg(long)]
+    pub namespace: String,
+    #[arg(long)]
+    pub environment_id: String,
+    #[arg(long)]
+    pub project_name: String,
+    #[arg(long)]
+    pub environment_name: String,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+/// Where the signing key comes from.
+#[derive(Debug, Clone, Args, Default)]
+pub struct KeyArgs {
+    /// HS256 signing key for environment tokens (at least 32 bytes).
+    #[arg(long = "insights-token-secret", env = "INSIGHTS_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// Read the signing key from a file instead (trailing newline ignored).
+    #[arg(long = "insights-token-secret-file", env = "INSIGHTS_TOKEN_SECRET_FILE")]
+    pub token_secret_file: Option<std::path::PathBuf>,
+    /// Previous signing keys still accepted, comma separated, during a rotation.
+    #[arg(long = "insights-token-previous-secrets", env = "INSIGHTS_TOKEN_PREVIOUS_SECRETS", hide_env_values = true, value_delimiter = ',')]
+    pub previous_secrets: Vec<String>,
+    /// Development only: allow starting without a real signing key (a random
+    /// one is made for this process).
+    #[arg(long = "insecure-dev-mode", env = "INSIGHTS_INSECURE_DEV_MODE", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
+    pub dev_mode: bool,
+}
+
+impl KeyArgs {
+    /// The key ring, refusing the Go original's insecure default outside dev
+    /// mode. Never echoes the key.
+    pub fn key_ring(&self) -> Result<KeyRing> {
+        let key = match (&self.token_secret, &self.token_secret_file) {
+            (_, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| Error::Config(format!("reading signing key file {}: {e}", path.display())))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            ),
+            (Some(k), None) if !k.is_empty() => Some(k.clone()),
+            _ => None,
+        };
+        let key = match key {
+            Some(k) if k == INSECURE_DEFAULT_KEY && !self.dev_mode => {
+                return Err(Error::Config(
+                    "the signing key is the Go original's public default \"testsecret\"; set INSIGHTS_TOKEN_SECRET to a secret of at least 32 bytes (or pass --insecure-dev-mode for local development)".into(),
+                ))
+            }
+            Some(k) => k.into_bytes(),
+            None if self.dev_mode => {
+                tracing::warn!("insecure dev mode: no signing key given, using a random key for this process only");
+                let mut k = uuid::Uuid::new_v4().simple().to_string().into_bytes();
+                k.extend(uuid::Uuid::new_v4().simple().to_string().into_bytes());
+                k
+            }
+            None => {
+                return Err(Error::Config(
+                    "no signing key: set INSIGHTS_TOKEN_SECRET (at least 32 bytes) or --insights-token-secret-file, or name a key Secret in the InsightsRemoteConfig".into(),
+                ))
+            }
+        };
+        KeyRing::with_previous(key, self.previous_secrets.iter().filter(|k| !k.is_empty()))
+            .map_err(|e| Error::Config(e.to_string()))
+    }
+}
+
+/// The Go original's flags, plus ours.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[arg(long = "rabbitmq-username", env = "RABBITMQ_USERNAME", default_value = "guest")]
+    pub rabbitmq_username: String,
+    #[arg(long = "rabbitmq-password", env = "RABBITMQ_PASSWORD", default_value = "guest", hide_env_values = true, hide_default_value = true)]
+    pub rabbitmq_password: String,
+    /// Broker host, or host:port.
+    #[arg(long = "rabbitmq-hostname", env = "RABBITMQ_ADDRESS", default_value = "localhost")]
+    pub rabbitmq_hostname: String,
+    #[arg(long = "rabbitmq-vhost", env = "RABBITMQ_VHOST", default_value = "/")]
+    pub rabbitmq_vhost: String,
+    #[arg(long = "rabbitmq-enabled", env = "RABBITMQ_ENABLED", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true", value_parser = parse_bool)]
+    pub rabbitmq_enabled: bool,
+    #[arg(long = "rabbitmq-tls", env = "RABBITMQ_TLS", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
+    pub rabbitmq_tls: bool,
+    /// Kept for compatibility: certificates are always verified (give the CA
+    /// with --rabbitmq-cacert for a private CA).
+    #[arg(long = "rabbitmq-verify", env = "RABBITMQ_VERIFY", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true", value_parser = parse_bool)]
+    pub rabbitmq_verify: bool,
+    #[arg(long = "rabbitmq-cacert", env = "RABBITMQ_CACERT")]
+    pub rabbitmq_cacert: Option<std::path::PathBuf>,
+    #[arg(long = "rabbitmq-clientcert", env = "RABBITMQ_CLIENTCERT")]
+    pub rabbitmq_clientcert: Option<std::path::PathBuf>,
+    #[arg(long = "rabbitmq-clientkey", env = "RABBITMQ_CLIENTKEY")]
+    pub rabbitmq_clientkey: Option<std::path::PathBuf>,
+    /// Longest wait between broker connection attempts (seconds, or 500ms, 30s, 1m).
+    #[arg(long = "rabbitmq-reconnect-retry-interval", default_value = "30", value_parser = parse_duration)]
+    pub rabbitmq_reconnect_retry_interval: Duration,
+    /// How long a publish waits for the broker's confirm.
+    #[arg(long = "rabbitmq-confirm-timeout", env = "RABBITMQ_CONFIRM_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub rabbitmq_confirm_timeout: Duration,
+    #[arg(long = "rabbitmq-exchange", env = "RABBITMQ_EXCHANGE", default_value = crate::contract::DEFAULT_EXCHANGE)]
+    pub rabbitmq_exchange: String,
+    #[arg(long = "rabbitmq-queue", env = "RABBITMQ_QUEUE", default_value = crate::contract::DEFAULT_QUEUE)]
+    pub rabbitmq_queue: String,
+    #[arg(long = "rabbitmq-routing-key", env = "RABBITMQ_ROUTING_KEY", default_value = crate::contract::DEFAULT_ROUTING_KEY)]
+    pub rabbitmq_routing_key: String,
+
+    #[arg(long = "burn-after-reading", env = "BURN_AFTER_READING", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
+    pub burn_after_reading: bool,
+    /// Accepted for compatibility; processed ConfigMaps are burned right away
+    /// and swept continuously, so no schedule is needed.
+    #[arg(long = "clear-configmap-sched", env = "CLEAR_CONFIGMAP_SCHED", default_value = "")]
+    pub clear_configmap_sched: String,
+    #[arg(long = "enable-insights-deferred", env = "ENABLE_INSIGHTS_DEFERRED", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true", value_parser = parse_bool)]
+    pub enable_insights_deferred: bool,
+    #[arg(long = "configmap-reconciler-max-retries", env = "CONFIGMAP_RECONCILER_MAX_RETRIES", default_value = "3")]
+    pub configmap_max_retries: u32,
+    #[arg(long = "configmap-reconciler-mins-between-retries", env = "CONFIGMAP_RECONCILER_MINS_BETWEEN_RETRIES", default_value = "5")]
+    pub configmap_mins_between_retries: u32,
+    #[arg(long = "configmap-reconciler-max-concurrent", env = "CONFIGMAP_RECONCILER_MAX_CONCURRENT", default_value = "8")]
+    pub configmap_max_concurrent: u16,
+    /// Forward only ConfigMaps annotated core.insights.lagoon.sh/enabled=true.
+    #[arg(long = "require-core-insights-enabled", env = "REQUIRE_CORE_INSIGHTS_ENABLED", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
+    pub require_core_enabled: bool,
+    #[arg(long = "enable-configmap-reconciler", env = "ENABLE_CONFIGMAP_RECONCILER", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true", value_parser = parse_bool)]
+    pub enable_configmap_reconciler: bool,
+    #[arg(long = "enable-namespace-reconciler", env = "ENABLE_NAMESPACE_RECONCILER", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true", value_parser = parse_bool)]
+    pub enable_namespace_reconciler: bool,
+    #[arg(long = "enable-webservice", env = "ENABLE_WEBSERVICE", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true", value_parser = parse_bool)]
+    pub enable_webservice: bool,
+    #[arg(long = "webservice-port", env = "WEBSERVICE_PORT", default_value = "8888")]
+    pub webservice_port: u16,
+    /// Address the ingestion API binds to.
+    #[arg(long = "webservice-bind-address", env = "WEBSERVICE_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub webservice_bind_address: String,
+    /// Largest accepted request body, in bytes.
+    #[arg(long = "webservice-body-limit", env = "WEBSERVICE_BODY_LIMIT", default_value = "1048576")]
+    pub webservice_body_limit: usize,
+    /// Requests per second allowed per token (0: unlimited); bursts up to 2x.
+    #[arg(long = "webservice-rate-limit", env = "WEBSERVICE_RATE_LIMIT", default_value = "0")]
+    pub webservice_rate_limit: u32,
+    #[command(flatten)]
+    pub key: KeyArgs,
+    #[arg(long = "token-target-label", env = "TOKEN_TARGET_LABEL")]
+    pub token_target_label: Option<String>,
+    #[arg(long = "leader-elect", env = "LEADER_ELECT", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
+    pub leader_elect: bool,
+    #[arg(long = "health-probe-bind-address", env = "HEALTH_PROBE_BIND_ADDRESS", default_value = ":8081", value_parser = parse_bind)]
+    pub health_probe_bind_address: SocketAddr,
+    #[arg(long = "metrics-bind-address", env = "METRICS_BIND_ADDRESS", default_value = ":8080", value_parser = parse_bind)]
+    pub metrics_bind_address: SocketAddr,
+    /// Name of the cluster-scoped InsightsRemoteConfig to follow, if it exists.
+    #[arg(long = "config-name", env = "INSIGHTS_REMOTE_CONFIG_NAME", default_value = "default")]
+    pub config_name: String,
+    /// Namespace holding Secrets the InsightsRemoteConfig references.
+    #[arg(long = "pod-namespace", env = "POD_NAMESPACE", default_value = "lagoon")]
+    pub pod_namespace: String,
+    #[arg(long = "log-format", env = "LOG_FORMAT", default_value = "plain", value_parser = ["plain", "json"])]
+    pub log_format: String,
+    #[arg(long = "log-level", env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    #[arg(long = "generate-token-only", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
+    pub generate_token_only: bool,
+    #[arg(long = "generate-token-only-namespace", default_value = "")]
+    pub generate_token_only_namespace: String,
+    #[arg(long = "generate-token-only-environment-id", default_value = "")]
+    pub generate_token_only_environment_id: String,
+    #[arg(long = "generate-token-only-project-name", default_value = "")]
+    pub generate_token_only_project_name: String,
+    #[arg(long = "generate-token-only-environment-name", default_value = "")]
+    pub generate_token_only_environment_name: String,
+}
+
+impl RunArgs {
+    pub fn broker_settings(&self) -> Result<BrokerSettings> {
+        let read = |p: &Option<std::path::PathBuf>| -> Result<Option<Vec<u8>>> {
+            p.as_ref()
+                .map(|p| std::fs::read(p).map_err(|e| Error::Config(format!("reading {}: {e}", p.display()))))
+                .transpose()
+        };
+        let tls = if self.rabbitmq_tls {
+            if !self.rabbitmq_verify {
+                tracing::warn!("--rabbitmq-verify=false is ignored: the broker's certificate is always verified; give its CA with --rabbitmq-cacert");
+            }
+            Some(TlsSettings {
+                ca_pem: read(&self.rabbitmq_cacert)?
+                    .map(|b| String::from_utf8_lossy(&b).into_owned()),
+                client_cert_pem: read(&self.rabbitmq_clientcert)?,
+                client_key_pem: read(&self.rabbitmq_clientkey)?,
+            })
+        } else {
+            None
+        };
+        Ok(BrokerSettings {
+            host: self.rabbitmq_hostname.clone(),
+            vhost: self.rabbitmq_vhost.clone(),
+            username: self.rabbitmq_username.clone(),
+            password: self.rabbitmq_password.clone(),
+            tls,
+            exchange: self.rabbitmq_exchange.clone(),
+            queue: self.rabbitmq_queue.clone(),
+            routing_key: self.rabbitmq_routing_key.clone(),
+            reconnect_interval: self.rabbitmq_reconnect_retry_interval,
+            confirm_timeout: self.rabbitmq_confirm_timeout,
+        })
+    }
+
+    pub fn webservice_addr(&self) -> Result<SocketAddr> {
+        format!("{}:{}", self.webservice_bind_address, self.webservice_port)
+            .parse()
+            .map_err(|e| Error::Config(format!("webservice address: {e}")))
+    }
+}
+
+/// Go's flag package accepts `-name` as well as `--name`; clap only the
+/// latter. Rewrite single-dash long flags so old Deployments keep working.
+pub fn normalize_args<I: IntoIterator<Item = String>>(args: I) -> Vec<String> {
+    args.into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let b = a.as_bytes();
+            if i > 0 && b.len() > 2 && b[0] == b'-' && b[1] != b'-' && b[1].is_ascii_alphabetic() && b[2] != b'=' {
+                format!("-{a}")
+            } else {
+                a
+            }
+        })
+        .collect()
+}
+
+pub fn parse_bool(s: &str) -> std::result::Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "t" | "true" | "yes" | "y" | "on" => Ok(true),
+        "0" | "f" | "false" | "no" | "n" | "off" | "" => Ok(false),
+        other => Err(format!("{other:?} is not a boolean")),
+    }
+}
+
+/// `30` (seconds), `500ms`, `30s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("{s:?} is not a duration"))?;
+    Ok(match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?} is not a duration (use ms, s, m or h)")),
+    })
+}
+
+/// Go-style bind addresses: `:8081` means every interface; `0` disables.
+pub fn parse_bind(s: &str) -> std::result::Result<SocketAddr, String> {
+    let s = s.trim();
+    let full = if let Some(port) = s.strip_prefix(':') {
+        format!("0.0.0.0:{port}")
+    } else if s == "0" {
+        "0.0.0.0:0".to_string()
+    } else {
+        s.to_string()
+    };
+    full.parse().map_err(|e| format!("{s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        let argv = normalize_args(
+            std::iter::once("insights-remote".to_string()).chain(args.iter().map(|s| s.to_string())),
+        );
+        Cli::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn go_style_flags_parse() {
+        let cli = parse(&[
+            "-rabbitmq-hostname=broker:5672",
+            "--burn-after-reading",
+            "-webservice-port",
+            "9999",
+            "--enable-configmap-reconciler=false",
+            "--health-probe-bind-address=:8082",
+            "--rabbitmq-reconnect-retry-interval=2",
+        ]);
+        assert!(cli.command.is_none());
+        let r = cli.run;
+        assert_eq!(r.rabbitmq_hostname, "broker:5672");
+        assert!(r.burn_after_reading);
+        assert_eq!(r.webservice_port, 9999);
+        assert!(!r.enable_configmap_reconciler);
+        assert!(r.enable_namespace_reconciler);
+        assert_eq!(r.health_probe_bind_address.port(), 8082);
+        assert_eq!(r.rabbitmq_reconnect_retry_interval, Duration::from_secs(2));
+        assert_eq!(r.configmap_max_retries, 3);
+    }
+
+    #[test]
+    fn run_subcommand_and_generate_token_parse() {
+        let cli = parse(&["run", "--webservice-port=1234"]);
+        match cli.command {
+            Some(Command::Run(r)) => assert_eq!(r.webservice_port, 1234),
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&[
+            "generate-token",
+            "--namespace=n",
+            "--environment-id=1",
+            "--project-name=p",
+            "--environment-name=e",
+        ]);
+        assert!(matches!(cli.command, Some(Command::GenerateToken(_))));
+    }
+
+    #[test]
+    fn insecure_default_key_is_refused_outside_dev_mode() {
+        let args = KeyArgs {
+            token_secret: Some("testsecret".into()),
+            ..Default::default()
+        };
+        let err = args.key_ring().unwrap_err().to_string();
+        assert!(err.contains("testsecret") && err.contains("32 bytes"), "{err}");
+        assert!(KeyArgs::default().key_ring().is_err());
+        let dev = KeyArgs {
+            dev_mode: true,
+            ..Default::default()
+        };
+        assert!(dev.key_ring().is_ok());
+        let short = KeyArgs {
+            token_secret: Some("short-key".into()),
+            ..Default::default()
+        };
+        assert!(short.key_ring().unwrap_err().to_string().contains("at least 32 bytes"));
+    }
+
+    #[test]
+    fn helpers_parse() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_bool("TRUE").unwrap());
+        assert!(!parse_bool("false").unwrap());
+        assert!(parse_bool("maybe").is_err());
+        assert_eq!(parse_bind(":8080").unwrap().to_string(), "0.0.0.0:8080");
+        assert_eq!(parse_bind("127.0.0.1:9").unwrap().to_string(), "127.0.0.1:9");
+    }
+}

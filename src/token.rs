@@ -1,0 +1,334 @@
+//! Environment tokens: HS256 JWTs naming a Lagoon environment.
+//!
+//! Claims are PascalCase strings exactly as the Go original writes them, so a
+//! token minted by either implementation with the same key verifies in the
+//! other. Verification pins HS256: `alg: none`, RS/ES algorithms and anything
+//! else are refused before a signature is looked at.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use josekit::jws::{alg::hmac::HmacJwsVerifier, JwsHeader, HS256};
+use josekit::jwt::{self, JwtPayload};
+use serde_json::Value;
+
+/// HS256 keys shorter than the hash output are refused (josekit requires it,
+/// and a short HMAC key is weak).
+pub const MIN_KEY_LEN: usize = 32;
+
+/// The Go original's built-in default key: refused outside dev mode.
+pub const INSECURE_DEFAULT_KEY: &str = "testsecret";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("signing key is {0} bytes; HS256 keys must be at least {MIN_KEY_LEN} bytes (generate one with `openssl rand -hex 32`)")]
+    KeyTooShort(usize),
+    #[error("no token given")]
+    Missing,
+    #[error("token is not a valid HS256 JWT signed with a current key")]
+    Invalid,
+    #[error("token algorithm {0:?} is not accepted; only HS256 is")]
+    WrongAlgorithm(String),
+    #[error("token lacks claim {0}")]
+    MissingClaim(&'static str),
+    #[error("token has expired")]
+    Expired,
+    #[error("could not sign token: {0}")]
+    Signing(String),
+}
+
+/// What a token says about its holder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claims {
+    pub namespace: String,
+    pub environment_id: String,
+    pub project_name: String,
+    pub environment_name: String,
+}
+
+const CLAIM_NAMESPACE: &str = "Namespace";
+const CLAIM_ENVIRONMENT_ID: &str = "EnvironmentId";
+const CLAIM_PROJECT_NAME: &str = "ProjectName";
+const CLAIM_ENVIRONMENT_NAME: &str = "EnvironmentName";
+
+/// A signing key and the previous keys still accepted during a rotation.
+#[derive(Clone)]
+pub struct KeyRing {
+    current: Vec<u8>,
+    verifiers: Vec<HmacJwsVerifier>,
+}
+
+impl fmt::Debug for KeyRing {
+    // Never print key material.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("keys", &self.verifiers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyRing {
+    /// A ring with one key. Keys shorter than [`MIN_KEY_LEN`] are refused.
+    pub fn new(current: impl AsRef<[u8]>) -> Result<Self, TokenError> {
+        Self::with_previous(current, std::iter::empty::<&[u8]>())
+    }
+
+    /// A ring that signs with `current` and also accepts `previous`.
+    pub fn with_previous<I, K>(current: impl AsRef<[u8]>, previous: I) -> Result<Self, TokenError>
+    where
+        I: IntoIterator<Item = K>,
+        K: AsRef<[u8]>,
+    {
+        let current = current.as_ref().to_vec();
+        let mut verifiers = vec![verifier(&current)?];
+        for k in previous {
+            verifiers.push(verifier(k.as_ref())?);
+        }
+        Ok(Self { current, verifiers })
+    }
+
+    /// A short fingerprint of the current key (not reversible), for status
+    /// and logs: lets an admin see which key is in use without showing it.
+    pub fn fingerprint(&self) -> String {
+        // HMAC of a fixed label under the key; truncated.
+        let signer = HS256
+            .signer_from_bytes(&self.current)
+            .expect("key length was checked");
+        let mut header = JwsHeader::new();
+        header.set_token_type("JWT");
+        let mut payload = JwtPayload::new();
+        payload.set_subject("insights-remote key fingerprint");
+        let t = jwt::encode_with_signer(&payload, &header, &signer).unwrap_or_default();
+        t.rsplit('.').next().unwrap_or_default().chars().take(12).collect()
+    }
+
+    /// Mints a token for an environment.
+    pub fn mint(&self, claims: &Claims) -> Result<String, TokenError> {
+        let signer = HS256
+            .signer_from_bytes(&self.current)
+            .map_err(|e| TokenError::Signing(e.to_string()))?;
+        let mut header = JwsHeader::new();
+        header.set_token_type("JWT");
+        let mut payload = JwtPayload::new();
+        for (k, v) in [
+            (CLAIM_NAMESPACE, &claims.namespace),
+            (CLAIM_ENVIRONMENT_ID, &claims.environment_id),
+            (CLAIM_PROJECT_NAME, &claims.project_name),
+            (CLAIM_ENVIRONMENT_NAME, &claims.environment_name),
+        ] {
+            payload
+                .set_claim(k, Some(Value::String(v.clone())))
+                .map_err(|e| TokenError::Signing(e.to_string()))?;
+        }
+        payload.set_issued_at(&SystemTime::now());
+        jwt::encode_with_signer(&payload, &header, &signer)
+            .map_err(|e| TokenError::Signing(e.to_string()))
+    }
+
+    /// Verifies a token with the current key, then each previous key.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(TokenError::Missing);
+        }
+        // Pin the algorithm before anything else: the header is untrusted.
+        let header = jwt::decode_header(token).map_err(|_| TokenError::Invalid)?;
+        match header.claim("alg") {
+            Some(Value::String(alg)) if alg == "HS256" => {}
+            Some(Value::String(other)) => {
+                return Err(TokenError::WrongAlgorithm(other.chars().take(16).collect()))
+            }
+            _ => return Err(TokenError::Invalid),
+        }
+        let payload = self
+            .verifiers
+            .iter()
+            .find_map(|v| jwt::decode_with_verifier(token, v).ok())
+            .map(|(payload, _)| payload)
+            .ok_or(TokenError::Invalid)?;
+        if let Some(exp) = payload.expires_at() {
+            if exp < SystemTime::now() {
+                return Err(TokenError::Expired);
+            }
+        }
+        let claim = |name: &'static str| -> Result<String, TokenError> {
+            match payload.claim(name) {
+                Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+                _ => Err(TokenError::MissingClaim(name)),
+            }
+        };
+        Ok(Claims {
+            namespace: claim(CLAIM_NAMESPACE)?,
+            environment_id: claim(CLAIM_ENVIRONMENT_ID)?,
+            project_name: claim(CLAIM_PROJECT_NAME)?,
+            environment_name: claim(CLAIM_ENVIRONMENT_NAME)?,
+        })
+    }
+}
+
+fn verifier(key: &[u8]) -> Result<HmacJwsVerifier, TokenError> {
+    if key.len() < MIN_KEY_LEN {
+        return Err(TokenError::KeyTooShort(key.len()));
+    }
+    HS256
+        .verifier_from_bytes(key)
+        .map_err(|_| TokenError::KeyTooShort(key.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+    const OTHER: &str = "fedcba9876543210fedcba9876543210";
+
+    fn claims() -> Claims {
+        Claims {
+            namespace: "demo-project-main".into(),
+            environment_id: "42".into(),
+            project_name: "demo-project".into(),
+            environment_name: "main".into(),
+        }
+    }
+
+    /// Signs header.payload with HMAC-SHA256 the way any JWT library does,
+    /// independently of KeyRing::mint, to build Go-shaped and hostile tokens.
+    fn sign_raw(header: &str, payload: &str, key: &[u8]) -> String {
+        let signing_input = format!(
+            "{}.{}",
+            B64.encode(header.as_bytes()),
+            B64.encode(payload.as_bytes())
+        );
+        let signer = HS256.signer_from_bytes(key).unwrap();
+        use josekit::jws::JwsSigner;
+        let sig = signer.sign(signing_input.as_bytes()).unwrap();
+        format!("{signing_input}.{}", B64.encode(sig))
+    }
+
+    #[test]
+    fn mint_then_verify_round_trips() {
+        let ring = KeyRing::new(KEY).unwrap();
+        let t = ring.mint(&claims()).unwrap();
+        assert_eq!(ring.verify(&t).unwrap(), claims());
+        // Claim names are PascalCase exactly, plus iat.
+        let body = t.split('.').nth(1).unwrap();
+        let v: Value = serde_json::from_slice(&B64.decode(body).unwrap()).unwrap();
+        assert_eq!(v["Namespace"], "demo-project-main");
+        assert_eq!(v["EnvironmentId"], "42");
+        assert_eq!(v["ProjectName"], "demo-project");
+        assert_eq!(v["EnvironmentName"], "main");
+        assert!(v["iat"].is_number());
+        assert!(v.get("exp").is_none());
+    }
+
+    #[test]
+    fn go_original_token_verifies() {
+        // jwt-go's HS256 output: header {"alg":"HS256","typ":"JWT"}, the four
+        // claims, no iat and no exp.
+        let t = sign_raw(
+            r#"{"alg":"HS256","typ":"JWT"}"#,
+            r#"{"EnvironmentId":"42","EnvironmentName":"main","Namespace":"demo-project-main","ProjectName":"demo-project"}"#,
+            KEY.as_bytes(),
+        );
+        assert_eq!(KeyRing::new(KEY).unwrap().verify(&t).unwrap(), claims());
+    }
+
+    #[test]
+    fn short_keys_are_refused() {
+        assert_eq!(
+            KeyRing::new(INSECURE_DEFAULT_KEY).unwrap_err(),
+            TokenError::KeyTooShort(10)
+        );
+        assert!(KeyRing::with_previous(KEY, ["short"]).is_err());
+    }
+
+    #[test]
+    fn hostile_tokens_are_refused() {
+        let ring = KeyRing::new(KEY).unwrap();
+        let good = ring.mint(&claims()).unwrap();
+        let payload = r#"{"EnvironmentId":"42","EnvironmentName":"main","Namespace":"demo-project-main","ProjectName":"demo-project"}"#;
+
+        // alg none, with and without a signature.
+        let none = format!(
+            "{}.{}.",
+            B64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            B64.encode(payload)
+        );
+        assert!(matches!(ring.verify(&none), Err(TokenError::WrongAlgorithm(_))));
+        // HS512 signed with the right key is still refused: the algorithm is pinned.
+        let hs512 = {
+            let signing_input = format!(
+                "{}.{}",
+                B64.encode(r#"{"alg":"HS512","typ":"JWT"}"#),
+                B64.encode(payload)
+            );
+            use josekit::jws::{JwsSigner, HS512};
+            let key = format!("{KEY}{KEY}");
+            let s = HS512.signer_from_bytes(key.as_bytes()).unwrap();
+            format!(
+                "{signing_input}.{}",
+                B64.encode(s.sign(signing_input.as_bytes()).unwrap())
+            )
+        };
+        assert!(ring.verify(&hs512).is_err());
+        // RS256 header (algorithm confusion).
+        let rs = sign_raw(r#"{"alg":"RS256","typ":"JWT"}"#, payload, KEY.as_bytes());
+        assert!(matches!(ring.verify(&rs), Err(TokenError::WrongAlgorithm(_))));
+        // Wrong key.
+        let forged = sign_raw(r#"{"alg":"HS256","typ":"JWT"}"#, payload, OTHER.as_bytes());
+        assert_eq!(ring.verify(&forged), Err(TokenError::Invalid));
+        // Tampered payload with the original signature.
+        let mut parts: Vec<&str> = good.split('.').collect();
+        let tampered_body = B64.encode(payload.replace("42", "43"));
+        parts[1] = &tampered_body;
+        assert_eq!(ring.verify(&parts.join(".")), Err(TokenError::Invalid));
+        // Truncated.
+        assert!(ring.verify(&good[..good.len() - 5]).is_err());
+        assert!(ring.verify(&good[..20]).is_err());
+        assert_eq!(ring.verify("   "), Err(TokenError::Missing));
+        assert!(ring.verify("not.a.jwt").is_err());
+        // Missing claim.
+        let partial = sign_raw(
+            r#"{"alg":"HS256","typ":"JWT"}"#,
+            r#"{"Namespace":"x","ProjectName":"p","EnvironmentName":"e"}"#,
+            KEY.as_bytes(),
+        );
+        assert_eq!(
+            ring.verify(&partial),
+            Err(TokenError::MissingClaim("EnvironmentId"))
+        );
+        // Expired.
+        let expired = sign_raw(
+            r#"{"alg":"HS256","typ":"JWT"}"#,
+            r#"{"EnvironmentId":"42","EnvironmentName":"main","Namespace":"n","ProjectName":"p","exp":1000}"#,
+            KEY.as_bytes(),
+        );
+        assert_eq!(ring.verify(&expired), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn previous_keys_verify_until_removed() {
+        let old = KeyRing::new(OTHER).unwrap();
+        let t = old.mint(&claims()).unwrap();
+        let rotating = KeyRing::with_previous(KEY, [OTHER]).unwrap();
+        assert_eq!(rotating.verify(&t).unwrap(), claims());
+        // New tokens are signed with the new key.
+        let fresh = rotating.mint(&claims()).unwrap();
+        assert!(KeyRing::new(KEY).unwrap().verify(&fresh).is_ok());
+        assert!(old.verify(&fresh).is_err());
+        // Once the previous key is dropped, old tokens are refused.
+        assert_eq!(KeyRing::new(KEY).unwrap().verify(&t), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn debug_and_fingerprint_hide_the_key() {
+        let ring = KeyRing::new(KEY).unwrap();
+        let dbg = format!("{ring:?}");
+        assert!(!dbg.contains(KEY));
+        let fp = ring.fingerprint();
+        assert_eq!(fp.len(), 12);
+        assert_ne!(fp, KeyRing::new(OTHER).unwrap().fingerprint());
+    }
+}

@@ -1,0 +1,167 @@
+//! Helpers shared by the integration tests: the real RabbitMQ on
+//! 127.0.0.1:5672 (guest/guest, or AMQP_ADDR), and an in-process API server.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::web;
+use insights_remote::broker::{BrokerSettings, Publisher};
+use insights_remote::metrics::Metrics;
+use insights_remote::server::{self, ApiState, RateLimiter};
+use insights_remote::token::{Claims, KeyRing};
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions, QueuePurgeOptions};
+use lapin::{Connection, ConnectionProperties};
+use tokio::sync::watch;
+
+pub const KEY: &str = "integration-test-key-0123456789abcdef";
+
+pub fn broker_host() -> String {
+    std::env::var("TEST_RABBITMQ_HOST").unwrap_or_else(|_| "127.0.0.1:5672".into())
+}
+
+pub fn amqp_uri() -> String {
+    format!("amqp://guest:guest@{}/%2f", broker_host())
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+/// Settings for a test's own exchange and queue, so tests run in parallel.
+pub fn isolated_broker(tag: &str) -> BrokerSettings {
+    let name = unique(tag);
+    BrokerSettings {
+        host: broker_host(),
+        exchange: format!("{name}-x"),
+        queue: format!("{name}-q"),
+        reconnect_interval: Duration::from_millis(500),
+        confirm_timeout: Duration::from_secs(5),
+        ..Default::default()
+    }
+}
+
+pub fn claims(ns: &str, env_id: &str) -> Claims {
+    Claims {
+        namespace: ns.into(),
+        environment_id: env_id.into(),
+        project_name: "demo-project".into(),
+        environment_name: "main".into(),
+    }
+}
+
+pub fn ring() -> KeyRing {
+    KeyRing::new(KEY).unwrap()
+}
+
+pub struct Api {
+    pub url: String,
+    pub publisher: Publisher,
+    pub metrics: Arc<Metrics>,
+    pub keys: watch::Sender<Arc<KeyRing>>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl Api {
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        self.publisher.shutdown().await;
+    }
+}
+
+pub async fn start_api(settings: BrokerSettings, body_limit: usize, rate: u32) -> Api {
+    let metrics = Arc::new(Metrics::new());
+    let publisher = Publisher::start(settings, Some(metrics.clone()));
+    assert!(
+        publisher.wait_connected(Duration::from_secs(20)).await,
+        "RabbitMQ is not reachable at {}: start it (see README)",
+        broker_host()
+    );
+    let (keys_tx, keys_rx) = watch::channel(Arc::new(ring()));
+    let state = web::Data::new(ApiState {
+        keys: keys_rx,
+        publisher: Some(publisher.clone()),
+        metrics: metrics.clone(),
+        body_limit,
+        limiter: RateLimiter::new(rate),
+    });
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let srv = server::ingestion_server(state, listener).unwrap();
+    let handle = srv.handle();
+    tokio::spawn(srv);
+    Api {
+        url: format!("http://127.0.0.1:{port}"),
+        publisher,
+        metrics,
+        keys: keys_tx,
+        handle,
+    }
+}
+
+/// Reads up to `want` messages from a queue (acking them), waiting at most
+/// `within` for them to arrive; then checks briefly that no more came.
+pub async fn drain(queue: &str, want: usize, within: Duration) -> Vec<serde_json::Value> {
+    let conn = Connection::connect(&amqp_uri(), ConnectionProperties::default())
+        .await
+        .expect("test consumer connects to RabbitMQ");
+    let ch = conn.create_channel().await.unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + within;
+    while out.len() < want && Instant::now() < deadline {
+        match ch
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+        {
+            Some(msg) => {
+                let body: serde_json::Value = serde_json::from_slice(&msg.delivery.data)
+                    .expect("every published message is JSON");
+                msg.delivery.ack(BasicAckOptions::default()).await.unwrap();
+                out.push(body);
+            }
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+    out
+}
+
+/// How many messages wait in a queue right now.
+pub async fn queue_depth(queue: &str) -> u32 {
+    let conn = Connection::connect(&amqp_uri(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let q = ch
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let _ = conn.close(200, "done".into()).await;
+    q.message_count()
+}
+
+pub async fn purge(queue: &str) {
+    let conn = Connection::connect(&amqp_uri(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let _ = ch.queue_purge(queue.into(), QueuePurgeOptions::default()).await;
+    let _ = conn.close(200, "done".into()).await;
+}
+
+pub async fn delete_queue(queue: &str) {
+    if let Ok(conn) = Connection::connect(&amqp_uri(), ConnectionProperties::default()).await {
+        if let Ok(ch) = conn.create_channel().await {
+            let _ = ch.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
+        }
+        let _ = conn.close(200, "done".into()).await;
+    }
+}
