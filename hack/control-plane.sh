@@ -163,36 +163,49 @@ start() {
   log "started ${name} (pid $!, log ${logf})"
 }
 
-stop() {
-  local name="$1" pid i
-  if ! pid="$(running_pid "${name}")"; then
-    rm -f "$(pid_file "${name}")"
-    return 0
-  fi
-  log "stopping ${name} (pid ${pid})"
-  kill -TERM "${pid}" 2>/dev/null || true
-  for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
-    kill -0 "${pid}" 2>/dev/null || break
-    sleep 0.1
+# Stops every component named in a pid file: SIGTERM to all at once (the data
+# is thrown away, so shutdown order does not matter), SIGKILL to whatever is
+# still alive after STOP_TIMEOUT seconds.
+stop_all() {
+  local c pid i pids=()
+  for c in "${COMPONENTS[@]}"; do
+    if pid="$(running_pid "${c}")"; then
+      log "stopping ${c} (pid ${pid})"
+      kill -TERM "${pid}" 2>/dev/null || true
+      pids+=("${pid}")
+    fi
   done
-  if kill -0 "${pid}" 2>/dev/null; then
-    log "${name} did not exit after ${STOP_TIMEOUT}s; sending SIGKILL"
-    kill -KILL "${pid}" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-      kill -0 "${pid}" 2>/dev/null || break
+  if ((${#pids[@]} > 0)); then
+    for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
+      alive "${pids[@]}" || break
       sleep 0.1
     done
+    if alive "${pids[@]}"; then
+      log "still running after ${STOP_TIMEOUT}s; sending SIGKILL"
+      kill -KILL "${pids[@]}" 2>/dev/null || true
+      for ((i = 0; i < 50; i++)); do
+        alive "${pids[@]}" || break
+        sleep 0.1
+      done
+    fi
+    ! alive "${pids[@]}" || die "could not stop pids ${pids[*]}"
   fi
-  rm -f "$(pid_file "${name}")"
-}
-
-stop_all() {
-  local i
-  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
-    stop "${COMPONENTS[i]}"
+  for c in "${COMPONENTS[@]}"; do
+    rm -f "$(pid_file "${c}")"
   done
   # etcd data is wiped so that every `up` starts from an empty cluster.
   rm -rf "${ETCD_DATA_DIR}"
+}
+
+# alive PID...: true if any of the pids is a live process. A zombie (exited,
+# not yet reaped by whoever inherited it) counts as gone.
+alive() {
+  local p state
+  for p in "$@"; do
+    state="$(awk '{ print $3 }' "/proc/${p}/stat" 2>/dev/null || true)"
+    [[ -n "${state}" && "${state}" != "Z" ]] && return 0
+  done
+  return 1
 }
 
 lock_state() {
@@ -399,6 +412,7 @@ cmd_up() {
     --kubeconfig="${KCM_KUBECONFIG}" \
     --authentication-kubeconfig="${KCM_KUBECONFIG}" \
     --authorization-kubeconfig="${KCM_KUBECONFIG}" \
+    --authentication-skip-lookup=true \
     --bind-address=127.0.0.1 \
     --secure-port="${KCM_PORT}" \
     --cert-dir="${STATE_DIR}/kcm-certs" \
