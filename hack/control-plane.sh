@@ -163,36 +163,37 @@ start() {
   log "started ${name} (pid $!, log ${logf})"
 }
 
-# Stops every component named in a pid file: SIGTERM to all at once (the data
-# is thrown away, so shutdown order does not matter), SIGKILL to whatever is
-# still alive after STOP_TIMEOUT seconds.
-stop_all() {
+# stop_group NAME...: SIGTERM to each named component that is running, then
+# SIGKILL to whatever is still alive after STOP_TIMEOUT seconds.
+stop_group() {
   local c pid i pids=()
-  for c in "${COMPONENTS[@]}"; do
+  for c in "$@"; do
     if pid="$(running_pid "${c}")"; then
       log "stopping ${c} (pid ${pid})"
       kill -TERM "${pid}" 2>/dev/null || true
       pids+=("${pid}")
     fi
-  done
-  if ((${#pids[@]} > 0)); then
-    for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
-      alive "${pids[@]}" || break
-      sleep 0.1
-    done
-    if alive "${pids[@]}"; then
-      log "still running after ${STOP_TIMEOUT}s; sending SIGKILL"
-      kill -KILL "${pids[@]}" 2>/dev/null || true
-      for ((i = 0; i < 50; i++)); do
-        alive "${pids[@]}" || break
-        sleep 0.1
-      done
-    fi
-    ! alive "${pids[@]}" || die "could not stop pids ${pids[*]}"
-  fi
-  for c in "${COMPONENTS[@]}"; do
     rm -f "$(pid_file "${c}")"
   done
+  ((${#pids[@]} > 0)) || return 0
+  for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
+    alive "${pids[@]}" || return 0
+    sleep 0.1
+  done
+  log "still running after ${STOP_TIMEOUT}s: sending SIGKILL to ${pids[*]}"
+  kill -KILL "${pids[@]}" 2>/dev/null || true
+  for ((i = 0; i < 50; i++)); do
+    alive "${pids[@]}" || return 0
+    sleep 0.1
+  done
+  die "could not stop pids ${pids[*]}"
+}
+
+# Stops everything this script started (by pid file only). The apiserver
+# shuts down much faster while etcd is still there, so etcd goes last.
+stop_all() {
+  stop_group kube-controller-manager kube-apiserver
+  stop_group etcd
   # etcd data is wiped so that every `up` starts from an empty cluster.
   rm -rf "${ETCD_DATA_DIR}"
 }
@@ -364,8 +365,12 @@ cmd_up() {
   fi
   stop_all # also clears stale pid files and old etcd data
 
-  local p
+  local p lo=32768 hi=60999
+  read -r lo hi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
   for p in "${API_PORT}" "${ETCD_CLIENT_PORT}" "${ETCD_PEER_PORT}" "${KCM_PORT}"; do
+    if ((p >= lo && p <= hi)); then
+      log "warning: port ${p} is in the ephemeral range ${lo}-${hi}; an outgoing connection may hold it"
+    fi
     if port_in_use "${p}"; then
       die "127.0.0.1:${p} is already in use by another process (see INSIGHTS_CP_*PORT in hack/README.md)"
     fi

@@ -3,6 +3,7 @@
 pub mod broker;
 pub mod crd;
 pub mod contract;
+pub mod controller;
 pub mod metrics;
 pub mod run;
 pub mod server;

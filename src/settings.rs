@@ -247,6 +247,34 @@ impl RunArgs {
     }
 }
 
+/// How the reconcilers behave; hot-reloaded from the InsightsRemoteConfig.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Operations {
+    pub burn_after_reading: bool,
+    pub forwarding_enabled: bool,
+    pub deferred_enabled: bool,
+    pub mins_between_retries: u32,
+    pub max_retries: u32,
+    pub require_core_enabled: bool,
+    pub tokens_enabled: bool,
+    pub target_label: Option<String>,
+}
+
+impl RunArgs {
+    pub fn operations(&self) -> Operations {
+        Operations {
+            burn_after_reading: self.burn_after_reading,
+            forwarding_enabled: self.enable_configmap_reconciler,
+            deferred_enabled: self.enable_insights_deferred,
+            mins_between_retries: self.configmap_mins_between_retries,
+            max_retries: self.configmap_max_retries,
+            require_core_enabled: self.require_core_enabled,
+            tokens_enabled: self.enable_namespace_reconciler,
+            target_label: self.token_target_label.clone().filter(|l| !l.is_empty()),
+        }
+    }
+}
+
 /// Go's flag package accepts `-name` as well as `--name`; clap only the
 /// latter. Rewrite single-dash long flags so old Deployments keep working.
 pub fn normalize_args<I: IntoIterator<Item = String>>(args: I) -> Vec<String> {

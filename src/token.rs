@@ -125,6 +125,16 @@ impl KeyRing {
             .map_err(|e| TokenError::Signing(e.to_string()))
     }
 
+    /// Verifies with the current key only: a token Secret signed with a
+    /// previous key is re-minted.
+    pub fn verify_current(&self, token: &str) -> Result<Claims, TokenError> {
+        let current = Self {
+            current: self.current.clone(),
+            verifiers: self.verifiers[..1].to_vec(),
+        };
+        current.verify(token)
+    }
+
     /// Verifies a token with the current key, then each previous key.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         let token = token.trim();

@@ -1,0 +1,400 @@
+//! Forwards insights ConfigMaps to the broker, then marks, defers, rejects or
+//! burns them, following the contract's section 3.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::{now_rfc3339, now_unix, until_shutdown, Context, Error, Result};
+use crate::contract::{
+    self, infer_insights_type, ConfigMapMessage, ANNOTATION_CORE_ENABLED, ANNOTATION_PROCESSED,
+    ANNOTATION_REJECTED, ANNOTATION_REJECTED_VERSION, ANNOTATION_RETRIES, LABEL_INSIGHTS_TYPE,
+    LABEL_MAX_RETRY_EXCEEDED, LABEL_PROCESSED, LABEL_SERVICE, LABEL_WRITE_DEFERRED,
+    MAX_RETRY_EXCEEDED_VALUE,
+};
+
+pub const CONTROLLER: &str = "configmap";
+
+/// Only unprocessed insights ConfigMaps, selected by the API server, so the
+/// cluster's other ConfigMaps never reach this process.
+pub fn selector() -> String {
+    format!("{LABEL_INSIGHTS_TYPE},!{LABEL_PROCESSED},!{LABEL_MAX_RETRY_EXCEEDED}")
+}
+
+pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: watch::Receiver<bool>) {
+    let api: Api<ConfigMap> = Api::all(ctx.client.clone());
+    let wc = watcher::Config::default().labels(&selector()).any_semantic();
+    info!(selector = %selector(), concurrency, "forwarding insights ConfigMaps");
+    Controller::new(api, wc)
+        .with_config(ControllerConfig::default().concurrency(concurrency.max(1)))
+        .graceful_shutdown_on(until_shutdown(shutdown))
+        .run(reconcile_observed, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+async fn reconcile_observed(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let res = reconcile(cm, ctx.clone()).await;
+    ctx.observe_reconcile(CONTROLLER, started.elapsed(), res.as_ref().err());
+    res
+}
+
+pub fn error_policy(cm: Arc<ConfigMap>, err: &Error, _ctx: Arc<Context>) -> Action {
+    match err {
+        // The object changed under us: the watch brings the new version.
+        Error::Kube(kube::Error::Api(s)) if s.code == 409 => Action::requeue(Duration::from_millis(200)),
+        Error::Kube(kube::Error::Api(s)) if s.code == 404 => Action::await_change(),
+        _ => {
+            warn!(namespace = cm.namespace().unwrap_or_default(), name = %cm.name_any(), error = %err, "ConfigMap reconcile failed");
+            Action::requeue(Duration::from_secs(5))
+        }
+    }
+}
+
+/// What happens to one ConfigMap.
+pub async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Action> {
+    if cm.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ops = ctx.ops.borrow().clone();
+    if !ops.forwarding_enabled {
+        return Ok(Action::await_change());
+    }
+    let ns = cm.namespace().unwrap_or_default();
+    let name = cm.name_any();
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let labels = cm.labels();
+    let annotations = cm.annotations();
+
+    if !labels.contains_key(LABEL_INSIGHTS_TYPE) || labels.contains_key(LABEL_MAX_RETRY_EXCEEDED) {
+        return Ok(Action::await_change());
+    }
+    // Processed already (by us, or only annotated by the Go original).
+    if labels.contains_key(LABEL_PROCESSED) || annotations.contains_key(ANNOTATION_PROCESSED) {
+        if ops.burn_after_reading {
+            burn(&api, &cm, &ctx).await?;
+        } else if !labels.contains_key(LABEL_PROCESSED) {
+            // Label it so the server-side selector drops it from our watch.
+            patch_meta(&api, &name, None, json!({ LABEL_PROCESSED: now_unix().to_string() }), json!({})).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    // Deferred: wait for its time (also for ConfigMaps deferred by the Go original).
+    if let Some(until) = labels.get(LABEL_WRITE_DEFERRED) {
+        let until: u64 = until.trim().parse().unwrap_or(0);
+        let now = now_unix();
+        if until > now {
+            return Ok(Action::requeue(Duration::from_secs(until - now)));
+        }
+    }
+    let fingerprint = fingerprint(&cm);
+    if annotations.get(ANNOTATION_REJECTED_VERSION) == Some(&fingerprint) {
+        return Ok(Action::await_change());
+    }
+
+    let message = match build_message(&cm, &ctx).await? {
+        Ok(m) => m,
+        Err(reason) => return reject(&api, &cm, &ctx, &reason, &fingerprint).await,
+    };
+    if ops.require_core_enabled && annotations.get(ANNOTATION_CORE_ENABLED).map(String::as_str) != Some("true") {
+        debug!(namespace = %ns, %name, "core insights not enabled: marked processed without publishing");
+        ctx.metrics.count_configmap("skipped");
+        mark_processed(&api, &cm, &ctx, ops.burn_after_reading).await?;
+        return Ok(Action::await_change());
+    }
+
+    let Some(publisher) = &ctx.publisher else {
+        return Ok(Action::await_change());
+    };
+    let body = serde_json::to_vec(&message)?;
+    drop(message);
+    match publisher.publish_confirmed(&body).await {
+        Ok(()) => {
+            info!(namespace = %ns, %name, bytes = body.len(), "insights ConfigMap forwarded");
+            ctx.counters.add(&ctx.counters.forwarded);
+            *ctx.counters.last_forward.lock().expect("counters lock") = Some(now_rfc3339());
+            ctx.metrics.count_configmap("forwarded");
+            mark_processed(&api, &cm, &ctx, ops.burn_after_reading).await?;
+            ctx.status_changed.notify_one();
+            Ok(Action::await_change())
+        }
+        Err(e) if !ops.deferred_enabled => {
+            warn!(namespace = %ns, %name, error = %e, "forward failed; will retry");
+            Ok(Action::requeue(Duration::from_secs(30)))
+        }
+        Err(e) => defer(&api, &cm, &ctx, &e.to_string(), ops.mins_between_retries, ops.max_retries).await,
+    }
+}
+
+/// Builds the message, or says why this ConfigMap must not be forwarded.
+async fn build_message(cm: &ConfigMap, ctx: &Context) -> Result<std::result::Result<ConfigMapMessage, String>> {
+    let labels = cm.labels();
+    let insights_type = match infer_insights_type(labels) {
+        Ok(t) => t,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let mut binary_payload = BTreeMap::new();
+    if let Some(bin) = &cm.binary_data {
+        for (k, v) in bin {
+            binary_payload.insert(k.clone(), STANDARD.encode(&v.0));
+        }
+    }
+    // Text entries travel base64-encoded too: `payload` must stay null, and
+    // the consumer reads plain-JSON SBOMs from binaryPayload.
+    if let Some(data) = &cm.data {
+        for (k, v) in data {
+            binary_payload.entry(k.clone()).or_insert_with(|| STANDARD.encode(v.as_bytes()));
+        }
+    }
+    if binary_payload.is_empty() {
+        return Ok(Err("the ConfigMap has no payload (neither data nor binaryData)".into()));
+    }
+    let ns_name = cm.namespace().unwrap_or_default();
+    let ns = Api::<Namespace>::all(ctx.client.clone()).get_opt(&ns_name).await?;
+    let ns_labels = ns.as_ref().map(|n| n.labels().clone()).unwrap_or_default();
+    // Project and environment come from the namespace; the ConfigMap's own
+    // labels (set by the build) are the fallback.
+    let pick = |key: &str| {
+        ns_labels
+            .get(key)
+            .or_else(|| labels.get(key))
+            .cloned()
+            .unwrap_or_default()
+    };
+    Ok(Ok(ConfigMapMessage {
+        payload: None,
+        binary_payload,
+        annotations: cm.annotations().clone(),
+        labels: labels.clone(),
+        namespace: ns_name,
+        environment: pick(contract::LABEL_ENVIRONMENT),
+        service: labels.get(LABEL_SERVICE).cloned().unwrap_or_default(),
+        project: pick(contract::LABEL_PROJECT),
+        insights_type: insights_type.as_str().into(),
+    }))
+}
+
+/// A merge patch of our labels and annotations only. With `resource_version`
+/// set, it fails with 409 if the build replaced the ConfigMap meanwhile, so
+/// new content is never marked as forwarded.
+async fn patch_meta(
+    api: &Api<ConfigMap>,
+    name: &str,
+    resource_version: Option<&str>,
+    labels: serde_json::Value,
+    annotations: serde_json::Value,
+) -> Result<ConfigMap> {
+    let mut meta = json!({ "labels": labels, "annotations": annotations });
+    if let Some(rv) = resource_version {
+        meta["resourceVersion"] = json!(rv);
+    }
+    Ok(api
+        .patch(name, &PatchParams::default(), &Patch::Merge(json!({ "metadata": meta })))
+        .await?)
+}
+
+async fn mark_processed(api: &Api<ConfigMap>, cm: &ConfigMap, ctx: &Context, burn_after: bool) -> Result<()> {
+    if burn_after {
+        // One call: delete exactly the version that was forwarded.
+        match delete_version(api, cm).await {
+            Ok(()) => {
+                ctx.counters.add(&ctx.counters.burned);
+                ctx.metrics.count_configmap("burned");
+                return Ok(());
+            }
+            Err(e @ Error::Kube(kube::Error::Api(_))) if e.metric_label() == "conflict" => return Err(e),
+            Err(e) => warn!(error = %e, "burn after reading failed; marking processed instead"),
+        }
+    }
+    patch_meta(
+        api,
+        &cm.name_any(),
+        cm.metadata.resource_version.as_deref(),
+        json!({ LABEL_PROCESSED: now_unix().to_string(), LABEL_WRITE_DEFERRED: null }),
+        json!({ ANNOTATION_PROCESSED: now_rfc3339() }),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn delete_version(api: &Api<ConfigMap>, cm: &ConfigMap) -> Result<()> {
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            resource_version: cm.metadata.resource_version.clone(),
+            uid: cm.metadata.uid.clone(),
+        }),
+        ..Default::default()
+    };
+    match api.delete(&cm.name_any(), &dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn burn(api: &Api<ConfigMap>, cm: &ConfigMap, ctx: &Context) -> Result<()> {
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            resource_version: None,
+            uid: cm.metadata.uid.clone(),
+        }),
+        ..Default::default()
+    };
+    match api.delete(&cm.name_any(), &dp).await {
+        Ok(_) => {
+            ctx.counters.add(&ctx.counters.burned);
+            ctx.metrics.count_configmap("burned");
+            ctx.status_changed.notify_one();
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn defer(api: &Api<ConfigMap>, cm: &ConfigMap, ctx: &Context, reason: &str, mins: u32, max_retries: u32) -> Result<Action> {
+    let retries: u32 = cm
+        .annotations()
+        .get(ANNOTATION_RETRIES)
+        .and_then(|r| r.trim().parse().ok())
+        .unwrap_or(0)
+        + 1;
+    let name = cm.name_any();
+    let ns = cm.namespace().unwrap_or_default();
+    ctx.counters.add(&ctx.counters.deferred);
+    ctx.metrics.count_configmap("deferred");
+    ctx.status_changed.notify_one();
+    if retries > max_retries {
+        warn!(namespace = %ns, %name, retries, "insights ConfigMap exceeded its retries; giving up");
+        patch_meta(
+            api,
+            &name,
+            cm.metadata.resource_version.as_deref(),
+            json!({ LABEL_MAX_RETRY_EXCEEDED: MAX_RETRY_EXCEEDED_VALUE, LABEL_WRITE_DEFERRED: null }),
+            json!({ ANNOTATION_RETRIES: retries.to_string() }),
+        )
+        .await?;
+        ctx.event(cm, EventType::Warning, "MaxRetriesExceeded", "Forward", format!("not forwarded after {retries} attempts: {reason}")).await;
+        return Ok(Action::await_change());
+    }
+    let wait = u64::from(mins) * 60;
+    let until = now_unix() + wait;
+    warn!(namespace = %ns, %name, retries, retry_in_s = wait, error = %reason, "forward failed; deferred");
+    patch_meta(
+        api,
+        &name,
+        cm.metadata.resource_version.as_deref(),
+        json!({ LABEL_WRITE_DEFERRED: until.to_string() }),
+        json!({ ANNOTATION_RETRIES: retries.to_string() }),
+    )
+    .await?;
+    ctx.event(cm, EventType::Warning, "Deferred", "Forward", format!("attempt {retries} failed, retrying in {wait}s: {reason}")).await;
+    Ok(Action::requeue(Duration::from_secs(wait.max(1))))
+}
+
+async fn reject(api: &Api<ConfigMap>, cm: &ConfigMap, ctx: &Context, reason: &str, fingerprint: &str) -> Result<Action> {
+    warn!(namespace = cm.namespace().unwrap_or_default(), name = %cm.name_any(), %reason, "insights ConfigMap rejected");
+    patch_meta(
+        api,
+        &cm.name_any(),
+        cm.metadata.resource_version.as_deref(),
+        json!({}),
+        json!({ ANNOTATION_REJECTED: reason, ANNOTATION_REJECTED_VERSION: fingerprint }),
+    )
+    .await?;
+    ctx.counters.add(&ctx.counters.rejected);
+    ctx.metrics.count_configmap("rejected");
+    ctx.status_changed.notify_one();
+    ctx.event(cm, EventType::Warning, "Rejected", "Forward", reason.to_string()).await;
+    Ok(Action::await_change())
+}
+
+/// A stable digest of what decides whether a ConfigMap can be forwarded:
+/// payload and labels, without the marks we write ourselves. A rejected
+/// ConfigMap is looked at again only when this changes.
+pub fn fingerprint(cm: &ConfigMap) -> String {
+    let mut h = Fnv::default();
+    for (k, v) in cm.labels() {
+        if k != LABEL_WRITE_DEFERRED {
+            h.write(k.as_bytes());
+            h.write(v.as_bytes());
+        }
+    }
+    for (k, v) in cm.data.iter().flatten() {
+        h.write(k.as_bytes());
+        h.write(v.as_bytes());
+    }
+    for (k, v) in cm.binary_data.iter().flatten() {
+        h.write(k.as_bytes());
+        h.write(&v.0);
+    }
+    format!("{:016x}", h.0)
+}
+
+/// FNV-1a: small, stable across builds and versions.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+        // Separator so ("ab","c") and ("a","bc") differ.
+        self.0 ^= 0xff;
+        self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+
+    fn cm(labels: &[(&str, &str)], bin: &[(&str, &[u8])]) -> ConfigMap {
+        let mut c = ConfigMap::default();
+        c.metadata.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        c.binary_data = Some(bin.iter().map(|(k, v)| (k.to_string(), ByteString(v.to_vec()))).collect());
+        c
+    }
+
+    #[test]
+    fn fingerprint_changes_with_content_not_with_our_marks() {
+        let a = cm(&[(LABEL_INSIGHTS_TYPE, "sbom")], &[("x", b"1")]);
+        let mut b = a.clone();
+        b.metadata.labels.as_mut().unwrap().insert(LABEL_WRITE_DEFERRED.into(), "1".into());
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        let c = cm(&[(LABEL_INSIGHTS_TYPE, "sbom-gz")], &[("x", b"1")]);
+        assert_ne!(fingerprint(&a), fingerprint(&c));
+        let d = cm(&[(LABEL_INSIGHTS_TYPE, "sbom")], &[("x", b"2")]);
+        assert_ne!(fingerprint(&a), fingerprint(&d));
+    }
+
+    #[test]
+    fn selector_excludes_processed_and_exhausted() {
+        assert_eq!(
+            selector(),
+            "lagoon.sh/insightsType,!lagoon.sh/insightsProcessed,!insights.lagoon.sh/max-retry-exceeded"
+        );
+    }
+}

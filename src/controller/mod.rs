@@ -1,0 +1,200 @@
+//! The operator: reconcilers for insights ConfigMaps, Lagoon namespaces and
+//! the InsightsRemoteConfig, sharing one [`Context`].
+
+pub mod config;
+pub mod configmap;
+pub mod namespace;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource};
+use tokio::sync::{watch, Notify};
+use tracing::warn;
+
+use crate::broker::{BrokerSettings, Publisher};
+use crate::metrics::{ControllerErrorLabels, ControllerLabels, Metrics};
+use crate::settings::Operations;
+use crate::token::KeyRing;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("serializing: {0}")]
+    Serialize(#[from] serde_json::Error),
+    #[error("token: {0}")]
+    Token(#[from] crate::token::TokenError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            Error::Kube(kube::Error::Api(s)) if s.code == 403 => "forbidden",
+            Error::Kube(_) => "kube",
+            Error::Serialize(_) => "serialize",
+            Error::Token(_) => "token",
+            Error::Invalid(_) => "invalid",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Running totals reported in the InsightsRemoteConfig status.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub forwarded: AtomicU64,
+    pub deferred: AtomicU64,
+    pub rejected: AtomicU64,
+    pub burned: AtomicU64,
+    pub tokens_issued: AtomicU64,
+    /// RFC 3339 time of the last confirmed forward.
+    pub last_forward: Mutex<Option<String>>,
+}
+
+impl Counters {
+    pub fn add(&self, which: &AtomicU64) {
+        which.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What the config reconciler found wrong, for the status conditions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigHealth {
+    /// None when the signing key is fine; else (reason, message).
+    pub signing_key_problem: Option<(String, String)>,
+    /// None when the broker settings resolved; else (reason, message).
+    pub broker_problem: Option<(String, String)>,
+    pub observed_generation: Option<i64>,
+    pub key_fingerprint: Option<String>,
+}
+
+/// The settings given by flags and environment: what applies when no
+/// InsightsRemoteConfig exists, and the base the resource overrides.
+#[derive(Clone)]
+pub struct Baseline {
+    pub broker: BrokerSettings,
+    pub keys: Option<Arc<KeyRing>>,
+    pub ops: Operations,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub publisher: Option<Publisher>,
+    pub keys: watch::Sender<Arc<KeyRing>>,
+    pub ops: watch::Sender<Operations>,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub counters: Counters,
+    pub health: Mutex<ConfigHealth>,
+    pub baseline: Baseline,
+    /// Namespace of Secrets the resource names without one.
+    pub pod_namespace: String,
+    pub config_name: String,
+    /// Wakes the status writer.
+    pub status_changed: Notify,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        publisher: Option<Publisher>,
+        keys: watch::Sender<Arc<KeyRing>>,
+        baseline: Baseline,
+        metrics: Arc<Metrics>,
+        pod_namespace: String,
+        config_name: String,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "insights-remote".into(),
+            instance: std::env::var("HOSTNAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            ops: watch::Sender::new(baseline.ops.clone()),
+            client,
+            publisher,
+            keys,
+            metrics,
+            counters: Counters::default(),
+            health: Mutex::new(ConfigHealth::default()),
+            baseline,
+            pod_namespace,
+            config_name,
+            status_changed: Notify::new(),
+        }
+    }
+
+    /// Publishes an Event about an object; failures are logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, type_: EventType, reason: &str, action: &str, note: String) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            warn!(error = %e, reason, "could not publish an Event");
+        }
+    }
+
+    pub fn observe_reconcile(&self, controller: &str, took: Duration, error: Option<&Error>) {
+        let labels = ControllerLabels {
+            controller: controller.into(),
+        };
+        self.metrics.reconciliations.get_or_create(&labels).inc();
+        self.metrics
+            .reconcile_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+        if let Some(e) = error {
+            self.metrics
+                .reconcile_errors
+                .get_or_create(&ControllerErrorLabels {
+                    controller: controller.into(),
+                    error: e.metric_label().into(),
+                })
+                .inc();
+        }
+    }
+}
+
+/// Runs every enabled controller until `shutdown` fires.
+pub async fn run(ctx: Arc<Context>, forward: bool, tokens: bool, concurrency: u16, shutdown: watch::Receiver<bool>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(config::run(ctx.clone(), shutdown.clone()));
+    tasks.spawn(config::write_status(ctx.clone(), shutdown.clone()));
+    if forward {
+        tasks.spawn(configmap::run(ctx.clone(), concurrency, shutdown.clone()));
+    }
+    if tokens {
+        tasks.spawn(namespace::run(ctx.clone(), shutdown.clone()));
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Resolves when the shutdown flag turns true.
+pub async fn until_shutdown(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// RFC 3339 UTC to the second, as the Go original writes it.
+pub fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
