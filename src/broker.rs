@@ -211,6 +211,10 @@ impl Publisher {
         self.inner.state.subscribe()
     }
 
+    pub fn confirm_timeout(&self) -> Duration {
+        self.inner.settings.borrow().confirm_timeout
+    }
+
     pub fn is_connected(&self) -> bool {
         self.inner.live.borrow().is_some()
     }

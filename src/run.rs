@@ -8,16 +8,34 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::broker::Publisher;
+use crate::controller::{self, Baseline, Context};
 use crate::metrics::Metrics;
 use crate::server::{self, ApiState, RateLimiter};
 use crate::settings::RunArgs;
-use crate::Result;
+use crate::token::KeyRing;
+use crate::{Error, Result};
 
 pub async fn run(args: RunArgs) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let keys = args.key.key_ring()?;
-    info!(key = %keys.fingerprint(), "signing key loaded");
-    let (keys_tx, keys_rx) = watch::channel(Arc::new(keys));
+    let controllers = args.enable_configmap_reconciler || args.enable_namespace_reconciler;
+    let baseline_keys = match args.key.key_ring() {
+        Ok(k) => {
+            info!(key = %k.fingerprint(), "signing key loaded");
+            Some(Arc::new(k))
+        }
+        // The InsightsRemoteConfig may name the key instead.
+        Err(e) if controllers && args.key.token_secret.is_none() && args.key.token_secret_file.is_none() => {
+            warn!(error = %e, "no signing key from flags or environment; expecting one from the InsightsRemoteConfig");
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    // Until a key is known, tokens are checked against a random key: nothing
+    // verifies, and nothing is minted (the namespace reconciler waits).
+    let initial = baseline_keys
+        .clone()
+        .unwrap_or_else(|| Arc::new(KeyRing::new(uuid::Uuid::new_v4().simple().to_string()).expect("32-byte key")));
+    let keys = watch::Sender::new(initial);
     let publisher = if args.rabbitmq_enabled {
         Some(Publisher::start(args.broker_settings()?, Some(metrics.clone())))
     } else {
@@ -25,12 +43,54 @@ pub async fn run(args: RunArgs) -> Result<()> {
         None
     };
     let state = web::Data::new(ApiState {
-        keys: keys_rx,
+        keys: keys.subscribe(),
         publisher: publisher.clone(),
         metrics: metrics.clone(),
         body_limit: args.webservice_body_limit,
         limiter: RateLimiter::new(args.webservice_rate_limit),
     });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let operator = if controllers {
+        let client = kube::Client::try_default().await?;
+        let baseline = Baseline {
+            broker: args.broker_settings()?,
+            keys: baseline_keys.clone(),
+            ops: args.operations(),
+        };
+        let mut ctx = Context::new(
+            client,
+            publisher.clone(),
+            keys,
+            baseline,
+            metrics.clone(),
+            args.pod_namespace.clone(),
+            args.config_name.clone(),
+        );
+        ctx.watch_namespace = args.watch_namespace.clone().filter(|n| !n.is_empty());
+        let ctx = Arc::new(ctx);
+        if baseline_keys.is_none() {
+            ctx.health.lock().expect("health lock").signing_key_problem =
+                Some(("Loading".into(), "waiting for the InsightsRemoteConfig's signing key".into()));
+        }
+        // Settings from the resource before the first reconcile.
+        controller::config::sync(&ctx).await;
+        if ctx.health.lock().expect("health lock").signing_key_problem.is_some() && baseline_keys.is_none() {
+            return Err(Error::Config(
+                "no signing key: set INSIGHTS_TOKEN_SECRET (at least 32 bytes) or spec.signingKey.secretRef in the InsightsRemoteConfig".into(),
+            ));
+        }
+        Some(tokio::spawn(controller::run(
+            ctx,
+            args.enable_configmap_reconciler,
+            args.enable_namespace_reconciler,
+            args.configmap_max_concurrent,
+            stop_rx.clone(),
+        )))
+    } else {
+        drop(keys);
+        None
+    };
 
     let mut handles = Vec::new();
     let ingestion = if args.enable_webservice {
@@ -48,15 +108,18 @@ pub async fn run(args: RunArgs) -> Result<()> {
     )?;
     handles.push(ops.handle());
     let ops = tokio::spawn(ops);
-    drop(keys_tx);
 
     shutdown_signal().await;
-    info!("shutting down: finishing in-flight requests");
+    info!("shutting down: finishing in-flight requests and reconciles");
+    let _ = stop_tx.send(true);
     for h in &handles {
         h.stop(true).await;
     }
     if let Some(i) = ingestion {
         let _ = i.await;
+    }
+    if let Some(op) = operator {
+        let _ = op.await;
     }
     let _ = ops.await;
     if let Some(p) = publisher {
@@ -68,15 +131,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -186,6 +186,9 @@ pub struct RunArgs {
     /// Name of the cluster-scoped InsightsRemoteConfig to follow, if it exists.
     #[arg(long = "config-name", env = "INSIGHTS_REMOTE_CONFIG_NAME", default_value = "default")]
     pub config_name: String,
+    /// Reconcile ConfigMaps and tokens in this namespace only (default: all).
+    #[arg(long = "watch-namespace", env = "WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
     /// Namespace holding Secrets the InsightsRemoteConfig references.
     #[arg(long = "pod-namespace", env = "POD_NAMESPACE", default_value = "lagoon")]
     pub pod_namespace: String,

@@ -35,7 +35,10 @@ pub fn selector() -> String {
 }
 
 pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: watch::Receiver<bool>) {
-    let api: Api<ConfigMap> = Api::all(ctx.client.clone());
+    let api: Api<ConfigMap> = match &ctx.watch_namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
     let wc = watcher::Config::default().labels(&selector()).any_semantic();
     info!(selector = %selector(), concurrency, "forwarding insights ConfigMaps");
     Controller::new(api, wc)
@@ -122,6 +125,11 @@ pub async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Action> 
     };
     let body = serde_json::to_vec(&message)?;
     drop(message);
+    // Right after start-up, or during a reconnect, give the connection a
+    // moment rather than deferring for minutes.
+    if !publisher.is_connected() {
+        publisher.wait_connected(publisher.confirm_timeout()).await;
+    }
     match publisher.publish_confirmed(&body).await {
         Ok(()) => {
             info!(namespace = %ns, %name, bytes = body.len(), "insights ConfigMap forwarded");

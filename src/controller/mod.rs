@@ -97,6 +97,8 @@ pub struct Context {
     /// Namespace of Secrets the resource names without one.
     pub pod_namespace: String,
     pub config_name: String,
+    /// Limit the ConfigMap and namespace reconcilers to one namespace.
+    pub watch_namespace: Option<String>,
     /// Wakes the status writer.
     pub status_changed: Notify,
 }
@@ -127,6 +129,7 @@ impl Context {
             baseline,
             pod_namespace,
             config_name,
+            watch_namespace: None,
             status_changed: Notify::new(),
         }
     }

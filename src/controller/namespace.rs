@@ -30,13 +30,20 @@ const FIELD_MANAGER: &str = "insights-remote";
 
 pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
-    let secrets: Api<Secret> = Api::all(ctx.client.clone());
+    let mut ns_config = watcher::Config::default().labels(LABEL_PROJECT);
+    let secrets: Api<Secret> = match &ctx.watch_namespace {
+        Some(ns) => {
+            ns_config = ns_config.fields(&format!("metadata.name={ns}"));
+            Api::namespaced(ctx.client.clone(), ns)
+        }
+        None => Api::all(ctx.client.clone()),
+    };
     // A new key or new token settings re-check every namespace.
     let keys_changed = WatchStream::from_changes(ctx.keys.subscribe()).map(|_| ());
     let ops_changed = WatchStream::from_changes(ctx.ops.subscribe()).map(|_| ());
     let trigger = futures::stream::select(keys_changed, ops_changed);
     info!("keeping environment token Secrets");
-    Controller::new(namespaces, watcher::Config::default().labels(LABEL_PROJECT))
+    Controller::new(namespaces, ns_config)
         // A token Secret edited or deleted by hand is put right.
         .watches(
             secrets,

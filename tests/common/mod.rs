@@ -2,6 +2,8 @@
 //! 127.0.0.1:5672 (guest/guest, or AMQP_ADDR), and an in-process API server.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

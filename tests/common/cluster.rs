@@ -1,0 +1,193 @@
+//! The real API server started by `hack/control-plane.sh`: a client, a
+//! namespace per test, the CRD, and an in-process operator per test.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use insights_remote::broker::{BrokerSettings, Publisher};
+use insights_remote::controller::{self, Baseline, Context};
+use insights_remote::crd::InsightsRemoteConfig;
+use insights_remote::metrics::Metrics;
+use insights_remote::settings::Operations;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, CustomResourceExt, ResourceExt};
+use tokio::sync::watch;
+
+use super::{ring, unique};
+
+pub fn kubeconfig_path() -> String {
+    std::env::var("KUBECONFIG").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        let state = std::env::var("INSIGHTS_CP_STATE")
+            .unwrap_or_else(|_| format!("{home}/.cache/insights-remote/control-plane/state"));
+        format!("{state}/kubeconfig")
+    })
+}
+
+pub async fn client() -> Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let path = kubeconfig_path();
+    let kc = Kubeconfig::read_from(&path)
+        .unwrap_or_else(|e| panic!("no kubeconfig at {path} ({e}): run hack/control-plane.sh up"));
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+/// A namespace of the test's own, with Lagoon's labels; deleted by `cleanup`.
+pub struct TestNamespace {
+    pub name: String,
+    pub client: Client,
+}
+
+impl TestNamespace {
+    pub async fn new(client: &Client, tag: &str) -> Self {
+        Self::with_labels(client, tag, lagoon_labels("42")).await
+    }
+
+    pub async fn with_labels(client: &Client, tag: &str, labels: BTreeMap<String, String>) -> Self {
+        let name = unique(tag);
+        let ns = Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(labels),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
+        Self {
+            name,
+            client: client.clone(),
+        }
+    }
+
+    pub async fn cleanup(self) {
+        let _ = Api::<Namespace>::all(self.client.clone())
+            .delete(&self.name, &DeleteParams::default())
+            .await;
+    }
+}
+
+pub fn lagoon_labels(env_id: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("lagoon.sh/project".to_string(), "demo-project".to_string()),
+        ("lagoon.sh/environment".to_string(), "main".to_string()),
+        ("lagoon.sh/environmentId".to_string(), env_id.to_string()),
+        ("lagoon.sh/environmentType".to_string(), "production".to_string()),
+    ])
+}
+
+/// Applies the CRD committed in crds/ and waits until it is served.
+pub async fn ensure_crd(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = InsightsRemoteConfig::crd();
+    api.patch(
+        &crd.name_any(),
+        &PatchParams::apply("insights-remote-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap();
+    let irc: Api<InsightsRemoteConfig> = Api::all(client.clone());
+    wait_for("CRD served", Duration::from_secs(30), || async {
+        irc.list(&Default::default()).await.is_ok().then_some(())
+    })
+    .await;
+}
+
+/// Polls `f` until it returns Some, or panics after `within`.
+pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn test_ops() -> Operations {
+    Operations {
+        burn_after_reading: false,
+        forwarding_enabled: true,
+        deferred_enabled: true,
+        mins_between_retries: 5,
+        max_retries: 3,
+        require_core_enabled: false,
+        tokens_enabled: true,
+        target_label: None,
+    }
+}
+
+/// One operator, in-process, scoped to one namespace, following the
+/// InsightsRemoteConfig `config_name`.
+pub struct Operator {
+    pub ctx: Arc<Context>,
+    pub metrics: Arc<Metrics>,
+    pub publisher: Publisher,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub struct OperatorOptions {
+    pub broker: BrokerSettings,
+    pub ops: Operations,
+    pub namespace: String,
+    pub config_name: String,
+    pub forward: bool,
+    pub tokens: bool,
+}
+
+impl Operator {
+    pub async fn start(client: &Client, o: OperatorOptions) -> Operator {
+        let metrics = Arc::new(Metrics::new());
+        let publisher = Publisher::start(o.broker.clone(), Some(metrics.clone()));
+        let keys = watch::Sender::new(Arc::new(ring()));
+        let mut ctx = Context::new(
+            client.clone(),
+            Some(publisher.clone()),
+            keys,
+            Baseline {
+                broker: o.broker,
+                keys: Some(Arc::new(ring())),
+                ops: o.ops,
+            },
+            metrics.clone(),
+            o.namespace.clone(),
+            o.config_name,
+        );
+        ctx.watch_namespace = Some(o.namespace);
+        let ctx = Arc::new(ctx);
+        controller::config::sync(&ctx).await;
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(controller::run(ctx.clone(), o.forward, o.tokens, 4, stop_rx));
+        Operator {
+            ctx,
+            metrics,
+            publisher,
+            stop,
+            task,
+        }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        self.publisher.shutdown().await;
+    }
+}
