@@ -1,0 +1,158 @@
+//! The InsightsRemoteConfig status: counters, conditions and what
+//! `kubectl get irc` shows.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::cluster::*;
+use common::*;
+use insights_remote::crd::InsightsRemoteConfig;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::ByteString;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::Api;
+use serde_json::{json, Value};
+
+fn condition(irc: &InsightsRemoteConfig, type_: &str) -> Option<(String, String, String)> {
+    irc.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+#[tokio::test]
+async fn status_reports_counters_conditions_and_kubectl_columns() {
+    let client = client().await;
+    ensure_crd(&client).await;
+    let ns = TestNamespace::new(&client, "status").await;
+    let broker = isolated_broker("status");
+    let config_name = unique("irc-status");
+    let irc: Api<InsightsRemoteConfig> = Api::all(client.clone());
+    let spec = json!({"broker": {"address": broker_host(), "exchange": broker.exchange, "queue": broker.queue}});
+    irc.patch(
+        &config_name,
+        &PatchParams::apply("tests").force(),
+        &Patch::Apply(json!({"apiVersion": "insights.lagoon.sh/v1alpha1", "kind": "InsightsRemoteConfig", "metadata": {"name": config_name}, "spec": spec})),
+    )
+    .await
+    .unwrap();
+    let op = Operator::start(
+        &client,
+        OperatorOptions {
+            broker: broker.clone(),
+            ops: test_ops(),
+            namespace: ns.name.clone(),
+            config_name: config_name.clone(),
+            forward: true,
+            tokens: true,
+        },
+    )
+    .await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    for f in ["configmap-sbom.json", "configmap-image.json"] {
+        let path = format!("{}/tests/fixtures/{f}", env!("CARGO_MANIFEST_DIR"));
+        let mut cm: ConfigMap = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        cm.metadata.namespace = Some(ns.name.clone());
+        cms.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    let got = wait_for("status counters", Duration::from_secs(30), || async {
+        let o = irc.get(&config_name).await.ok()?;
+        let s = o.status.as_ref()?;
+        (s.forwarded == 2 && s.tokens_issued == 1 && condition(&o, "Ready").map(|c| c.0) == Some("True".into())).then_some(o)
+    })
+    .await;
+    let s = got.status.clone().unwrap();
+    assert!(s.last_forward_time.is_some());
+    assert_eq!(s.observed_generation, got.metadata.generation);
+    assert_eq!(condition(&got, "BrokerConnected").unwrap().0, "True");
+    assert_eq!(condition(&got, "SigningKeyReady").unwrap().0, "True");
+    assert!(s.signing_key_fingerprint.is_some());
+
+    // What an admin sees.
+    let out = std::process::Command::new("bash")
+        .args(["hack/control-plane.sh", "kubectl", "get", "irc", &config_name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "BROKER", "FORWARDED", "DEFERRED", "TOKENS", "AGE"]);
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(&row[..6], [config_name.as_str(), "True", "True", "2", "0", "1"]);
+
+    // A broken reference is a condition, not a crash.
+    irc.patch(
+        &config_name,
+        &PatchParams::apply("tests").force(),
+        &Patch::Apply(json!({"apiVersion": "insights.lagoon.sh/v1alpha1", "kind": "InsightsRemoteConfig", "metadata": {"name": config_name},
+            "spec": {"broker": {"address": broker_host(), "exchange": broker.exchange, "queue": broker.queue},
+                     "signingKey": {"secretRef": {"name": "does-not-exist", "key": "key"}}}})),
+    )
+    .await
+    .unwrap();
+    let broken = wait_for("SigningKeyReady False", Duration::from_secs(40), || async {
+        let o = irc.get(&config_name).await.ok()?;
+        (condition(&o, "SigningKeyReady")?.0 == "False").then_some(o)
+    })
+    .await;
+    let (_, reason, message) = condition(&broken, "SigningKeyReady").unwrap();
+    assert_eq!(reason, "SecretUnavailable");
+    assert!(message.contains("does-not-exist"), "{message}");
+    assert_eq!(condition(&broken, "Ready").unwrap().0, "False");
+    // The operator keeps its last good key meanwhile.
+    assert!(ring().verify(&ring().mint(&claims("x", "1")).unwrap()).is_ok());
+    assert_eq!(op.ctx.keys.borrow().fingerprint(), ring().fingerprint());
+
+    // A short key is refused with a message saying why.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    secrets
+        .create(
+            &PostParams::default(),
+            &Secret {
+                metadata: kube::api::ObjectMeta { name: Some("short".into()), ..Default::default() },
+                data: Some(BTreeMap::from([("key".to_string(), ByteString(b"testsecret".to_vec()))])),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    irc.patch(
+        &config_name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"signingKey": {"secretRef": {"name": "short", "key": "key"}}}})),
+    )
+    .await
+    .unwrap();
+    let short = wait_for("InvalidKey", Duration::from_secs(40), || async {
+        let o = irc.get(&config_name).await.ok()?;
+        let c = condition(&o, "SigningKeyReady")?;
+        (c.1 == "InvalidKey").then_some(c)
+    })
+    .await;
+    assert!(short.2.contains("32 bytes"), "{}", short.2);
+
+    // An unreachable broker shows up as BrokerConnected False.
+    irc.patch(
+        &config_name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"broker": {"address": "127.0.0.1:1"}}})),
+    )
+    .await
+    .unwrap();
+    let down = wait_for("BrokerConnected False", Duration::from_secs(40), || async {
+        let o = irc.get(&config_name).await.ok()?;
+        (condition(&o, "BrokerConnected")?.0 == "False").then_some(o)
+    })
+    .await;
+    let v: Value = serde_json::to_value(&down.status).unwrap();
+    assert_eq!(v["forwarded"], 2, "counters survive: {v}");
+    op.stop().await;
+    irc.delete(&config_name, &DeleteParams::default()).await.unwrap();
+    ns.cleanup().await;
+}

@@ -1,0 +1,255 @@
+//! Token Secrets end to end against the real API server.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::cluster::*;
+use common::*;
+use insights_remote::crd::InsightsRemoteConfig;
+use insights_remote::token::KeyRing;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::ByteString;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+fn token_of(s: &Secret) -> String {
+    String::from_utf8(s.data.as_ref().unwrap()["INSIGHTS_TOKEN"].0.clone()).unwrap()
+}
+
+async fn start(client: &kube::Client, ns: &str, config_name: &str) -> Operator {
+    Operator::start(
+        client,
+        OperatorOptions {
+            broker: isolated_broker("tok"),
+            ops: test_ops(),
+            namespace: ns.into(),
+            config_name: config_name.into(),
+            forward: false,
+            tokens: true,
+        },
+    )
+    .await
+}
+
+async fn wait_secret(api: &Api<Secret>, what: &str, ok: impl Fn(&Secret) -> bool) -> Secret {
+    wait_for(what, Duration::from_secs(30), || async {
+        api.get_opt("insights-token").await.unwrap().filter(|s| ok(s))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn token_secret_is_minted_repaired_and_rotated_in_place() {
+    let client = client().await;
+    ensure_crd(&client).await;
+    let ns = TestNamespace::new(&client, "tok").await;
+    let config_name = unique("irc-tok");
+    let op = start(&client, &ns.name, &config_name).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+
+    // Minted with the contract's labels and claims.
+    let s = wait_secret(&secrets, "token Secret", |_| true).await;
+    assert_eq!(s.labels()["lagoon.sh/insights-token"], "true");
+    assert_eq!(s.labels()["lagoon.sh/dynamic-secret"], "insights-token");
+    let t = token_of(&s);
+    assert!(!t.ends_with('\n'));
+    let claims = ring().verify(&t).unwrap();
+    assert_eq!(claims, common::claims(&ns.name, "42"));
+    let uid = s.uid().unwrap();
+
+    // Tampered: re-minted in place (same object, never deleted).
+    secrets
+        .patch(
+            "insights-token",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"INSIGHTS_TOKEN": base64_of("forged.token.value")}})),
+        )
+        .await
+        .unwrap();
+    let repaired = wait_secret(&secrets, "repaired token", |s| ring().verify(&token_of(s)).is_ok()).await;
+    assert_eq!(repaired.uid().unwrap(), uid, "updated in place, not deleted");
+
+    // A token naming another namespace is re-minted too.
+    let foreign = ring().mint(&common::claims("other-namespace", "42")).unwrap();
+    secrets
+        .patch("insights-token", &PatchParams::default(), &Patch::Merge(json!({"data": {"INSIGHTS_TOKEN": base64_of(&foreign)}})))
+        .await
+        .unwrap();
+    wait_secret(&secrets, "token for this namespace", |s| {
+        ring().verify(&token_of(s)).map(|c| c.namespace == ns.name).unwrap_or(false)
+    })
+    .await;
+
+    // Key rotation through the InsightsRemoteConfig: the Secret is re-minted
+    // with the new key, in place.
+    let new_key = "rotated-signing-key-0123456789abcdef!";
+    let key_secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    key_secrets
+        .create(
+            &PostParams::default(),
+            &Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some("signing-key".into()),
+                    ..Default::default()
+                },
+                data: Some(BTreeMap::from([
+                    ("key".to_string(), ByteString(new_key.as_bytes().to_vec())),
+                    ("old".to_string(), ByteString(KEY.as_bytes().to_vec())),
+                ])),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let irc: Api<InsightsRemoteConfig> = Api::all(client.clone());
+    let apply = |prev: bool| {
+        let mut sk = json!({"secretRef": {"name": "signing-key", "key": "key"}});
+        if prev {
+            sk["previousSecretRefs"] = json!([{"name": "signing-key", "key": "old"}]);
+        }
+        json!({"apiVersion": "insights.lagoon.sh/v1alpha1", "kind": "InsightsRemoteConfig",
+               "metadata": {"name": config_name}, "spec": {"signingKey": sk}})
+    };
+    irc.patch(&config_name, &PatchParams::apply("tests").force(), &Patch::Apply(apply(true))).await.unwrap();
+    let new_ring = KeyRing::new(new_key).unwrap();
+    let rotated = wait_secret(&secrets, "token signed with the new key", |s| new_ring.verify(&token_of(s)).is_ok()).await;
+    assert_eq!(rotated.uid().unwrap(), uid, "rotation updates in place");
+    // The API accepts old tokens while the previous key is listed...
+    let keys = op.ctx.keys.borrow().clone();
+    assert!(keys.verify(&t).is_ok(), "previous key still accepted");
+    // ...and refuses them once it is dropped.
+    irc.patch(&config_name, &PatchParams::apply("tests").force(), &Patch::Apply(apply(false))).await.unwrap();
+    wait_for("previous key dropped", Duration::from_secs(30), || async {
+        op.ctx.keys.borrow().verify(&t).is_err().then_some(())
+    })
+    .await;
+    // The rotation is visible as an Event on the resource.
+    let events: Api<Event> = Api::all(client.clone());
+    let rotated_events = wait_for("KeyRotated event", Duration::from_secs(10), || async {
+        let list = events.list(&ListParams::default()).await.unwrap().items;
+        let n = list
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("KeyRotated") && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(config_name.as_str()))
+            .count();
+        (n > 0).then_some(n)
+    })
+    .await;
+    assert!(rotated_events >= 1);
+
+    op.stop().await;
+    irc.delete(&config_name, &DeleteParams::default()).await.unwrap();
+    ns.cleanup().await;
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[tokio::test]
+async fn namespace_missing_a_label_gets_an_event_and_no_token() {
+    let client = client().await;
+    let mut labels = lagoon_labels("7");
+    labels.remove("lagoon.sh/environmentId");
+    let ns = TestNamespace::with_labels(&client, "nolabel", labels).await;
+    let op = start(&client, &ns.name, &unique("irc")).await;
+    // Events about cluster-scoped objects live in the default namespace.
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let ev = wait_for("MissingLabels event", Duration::from_secs(30), || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("MissingLabels")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(ns.name.as_str())
+            })
+    })
+    .await;
+    assert!(ev.note.unwrap().contains("lagoon.sh/environmentId"));
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    assert!(secrets.get_opt("insights-token").await.unwrap().is_none());
+    // Adding the label gets the token.
+    Api::<Namespace>::all(client.clone())
+        .patch(&ns.name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"lagoon.sh/environmentId": "7"}}})))
+        .await
+        .unwrap();
+    let s = wait_secret(&secrets, "token after labelling", |_| true).await;
+    assert_eq!(ring().verify(&token_of(&s)).unwrap().environment_id, "7");
+    op.stop().await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn target_label_limits_which_namespaces_get_tokens() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "target").await;
+    let mut ops = test_ops();
+    ops.target_label = Some("insights.lagoon.sh/enabled".into());
+    let op = Operator::start(
+        &client,
+        OperatorOptions {
+            broker: isolated_broker("tok"),
+            ops,
+            namespace: ns.name.clone(),
+            config_name: unique("irc"),
+            forward: false,
+            tokens: true,
+        },
+    )
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(secrets.get_opt("insights-token").await.unwrap().is_none(), "no target label, no token");
+    Api::<Namespace>::all(client.clone())
+        .patch(&ns.name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"insights.lagoon.sh/enabled": "true"}}})))
+        .await
+        .unwrap();
+    wait_secret(&secrets, "token once targeted", |_| true).await;
+    op.stop().await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn terminating_namespace_is_left_alone() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "term").await;
+    let op = start(&client, &ns.name, &unique("irc")).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    wait_secret(&secrets, "token", |_| true).await;
+    // A finalizer keeps the namespace Terminating while we look.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let mut blocker = ConfigMap::default();
+    blocker.metadata.name = Some("blocker".into());
+    blocker.metadata.finalizers = Some(vec!["tests.insights.lagoon.sh/hold".into()]);
+    cms.create(&PostParams::default(), &blocker).await.unwrap();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces.delete(&ns.name, &DeleteParams::default()).await.unwrap();
+    wait_for("namespace Terminating", Duration::from_secs(30), || async {
+        let n = namespaces.get(&ns.name).await.ok()?;
+        (n.status?.phase.as_deref() == Some("Terminating")).then_some(())
+    })
+    .await;
+    // The namespace controller removes the Secret; we must not fight it.
+    wait_for("token Secret removed by namespace deletion", Duration::from_secs(30), || async {
+        secrets.get_opt("insights-token").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(secrets.get_opt("insights-token").await.unwrap().is_none(), "no token written into a Terminating namespace");
+    let errors = op.metrics.render();
+    assert!(
+        !errors.lines().any(|l| l.starts_with("insights_remote_reconcile_errors_total{") && l.contains("controller=\"namespace\"")),
+        "no failed writes: {errors}"
+    );
+    cms.patch("blocker", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+        .await
+        .unwrap();
+    op.stop().await;
+}
