@@ -17,7 +17,9 @@ use lapin::options::{
 };
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
@@ -273,7 +275,8 @@ impl Publisher {
             if let Some(m) = &self.inner.metrics {
                 m.confirms_pending.inc();
             }
-            let res = tokio::time::timeout(remaining, self.publish_once(&live.channel, body, id)).await;
+            let res =
+                tokio::time::timeout(remaining, self.publish_once(&live.channel, body, id)).await;
             if let Some(m) = &self.inner.metrics {
                 m.confirms_pending.dec();
             }
@@ -316,7 +319,12 @@ impl Publisher {
             .unwrap_or_else(|| "not connected".into())
     }
 
-    async fn publish_once(&self, channel: &Channel, body: &[u8], id: &str) -> Result<(), PublishError> {
+    async fn publish_once(
+        &self,
+        channel: &Channel,
+        body: &[u8],
+        id: &str,
+    ) -> Result<(), PublishError> {
         let (exchange, routing_key) = {
             let s = self.inner.settings.borrow();
             (s.exchange.clone(), s.routing_key.clone())
@@ -346,9 +354,9 @@ impl Publisher {
                 "no queue is bound to the exchange for this routing key".into(),
             )),
             Ok(Confirmation::Nack(_)) => Err(PublishError::Refused("nack".into())),
-            Ok(Confirmation::NotRequested) => {
-                Err(PublishError::Unavailable("channel is not in confirm mode".into()))
-            }
+            Ok(Confirmation::NotRequested) => Err(PublishError::Unavailable(
+                "channel is not in confirm mode".into(),
+            )),
             Err(e) => Err(PublishError::Unavailable(e.to_string())),
         }
     }
@@ -446,7 +454,8 @@ async fn supervise(inner: Arc<Inner>) {
                 if let Some(m) = &inner.metrics {
                     m.broker_connected.set(1);
                 }
-                let reason = watch_connection(&inner, &live, &mut settings_rx, &mut shutdown_rx).await;
+                let reason =
+                    watch_connection(&inner, &live, &mut settings_rx, &mut shutdown_rx).await;
                 inner.live.send_replace(None);
                 if let Some(m) = &inner.metrics {
                     m.broker_connected.set(0);
@@ -472,7 +481,8 @@ async fn supervise(inner: Arc<Inner>) {
                     _ = settings_rx.changed() => {}
                     _ = shutdown_rx.changed() => return,
                 }
-                backoff = (backoff * 2).min(settings.reconnect_interval.max(Duration::from_millis(250)));
+                backoff =
+                    (backoff * 2).min(settings.reconnect_interval.max(Duration::from_millis(250)));
             }
         }
     }
@@ -534,6 +544,9 @@ mod tests {
             password: "hunter2-secret".into(),
             ..Default::default()
         };
-        assert_eq!(redact("failed amqp://g:hunter2-secret@h", &s), "failed amqp://g:***@h");
+        assert_eq!(
+            redact("failed amqp://g:hunter2-secret@h", &s),
+            "failed amqp://g:***@h"
+        );
     }
 }

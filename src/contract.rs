@@ -84,7 +84,11 @@ pub struct Problem {
     pub identifier: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub version: String,
-    #[serde(default, rename = "fixedVersion", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        rename = "fixedVersion",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub fixed_version: String,
     #[serde(default)]
     pub source: String,
@@ -96,7 +100,11 @@ pub struct Problem {
     pub severity: String,
     #[serde(default, rename = "severityScore", skip_serializing_if = "is_zero")]
     pub severity_score: f64,
-    #[serde(default, rename = "associatedPackage", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        rename = "associatedPackage",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub associated_package: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,

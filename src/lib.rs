@@ -1,9 +1,9 @@
 //! insights-remote: carries Lagoon insights from a cluster to Lagoon core.
 
 pub mod broker;
-pub mod crd;
 pub mod contract;
 pub mod controller;
+pub mod crd;
 pub mod metrics;
 pub mod run;
 pub mod server;

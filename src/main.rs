@@ -1,5 +1,7 @@
 use clap::Parser;
-use insights_remote::settings::{normalize_args, Cli, Command, GenerateTokenArgs, KeyArgs, RunArgs};
+use insights_remote::settings::{
+    normalize_args, Cli, Command, GenerateTokenArgs, KeyArgs, RunArgs,
+};
 use insights_remote::token::Claims;
 use insights_remote::{Error, Result};
 
@@ -39,7 +41,9 @@ fn generate_token(args: &GenerateTokenArgs) -> Result<()> {
 
 fn print_token(key: &KeyArgs, claims: Claims) -> Result<()> {
     let ring = key.key_ring()?;
-    let token = ring.mint(&claims).map_err(|e| Error::Config(e.to_string()))?;
+    let token = ring
+        .mint(&claims)
+        .map_err(|e| Error::Config(e.to_string()))?;
     println!("{token}");
     Ok(())
 }

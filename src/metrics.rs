@@ -74,7 +74,9 @@ impl Metrics {
             broker_connected: Gauge::default(),
             reconciliations: Family::default(),
             reconcile_errors: Family::default(),
-            reconcile_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            reconcile_duration: Family::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            ),
             configmaps: Family::default(),
             tokens_minted: Counter::default(),
             registry: Registry::default(),

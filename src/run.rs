@@ -24,7 +24,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
             Some(Arc::new(k))
         }
         // The InsightsRemoteConfig may name the key instead.
-        Err(e) if controllers && args.key.token_secret.is_none() && args.key.token_secret_file.is_none() => {
+        Err(e)
+            if controllers
+                && args.key.token_secret.is_none()
+                && args.key.token_secret_file.is_none() =>
+        {
             warn!(error = %e, "no signing key from flags or environment; expecting one from the InsightsRemoteConfig");
             None
         }
@@ -32,12 +36,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
     // Until a key is known, tokens are checked against a random key: nothing
     // verifies, and nothing is minted (the namespace reconciler waits).
-    let initial = baseline_keys
-        .clone()
-        .unwrap_or_else(|| Arc::new(KeyRing::new(uuid::Uuid::new_v4().simple().to_string()).expect("32-byte key")));
+    let initial = baseline_keys.clone().unwrap_or_else(|| {
+        Arc::new(KeyRing::new(uuid::Uuid::new_v4().simple().to_string()).expect("32-byte key"))
+    });
     let keys = watch::Sender::new(initial);
     let publisher = if args.rabbitmq_enabled {
-        Some(Publisher::start(args.broker_settings()?, Some(metrics.clone())))
+        Some(Publisher::start(
+            args.broker_settings()?,
+            Some(metrics.clone()),
+        ))
     } else {
         warn!("RABBITMQ_ENABLED=false: nothing will be published");
         None
@@ -70,12 +77,21 @@ pub async fn run(args: RunArgs) -> Result<()> {
         ctx.watch_namespace = args.watch_namespace.clone().filter(|n| !n.is_empty());
         let ctx = Arc::new(ctx);
         if baseline_keys.is_none() {
-            ctx.health.lock().expect("health lock").signing_key_problem =
-                Some(("Loading".into(), "waiting for the InsightsRemoteConfig's signing key".into()));
+            ctx.health.lock().expect("health lock").signing_key_problem = Some((
+                "Loading".into(),
+                "waiting for the InsightsRemoteConfig's signing key".into(),
+            ));
         }
         // Settings from the resource before the first reconcile.
         controller::config::sync(&ctx).await;
-        if ctx.health.lock().expect("health lock").signing_key_problem.is_some() && baseline_keys.is_none() {
+        if ctx
+            .health
+            .lock()
+            .expect("health lock")
+            .signing_key_problem
+            .is_some()
+            && baseline_keys.is_none()
+        {
             return Err(Error::Config(
                 "no signing key: set INSIGHTS_TOKEN_SECRET (at least 32 bytes) or spec.signingKey.secretRef in the InsightsRemoteConfig".into(),
             ));

@@ -18,8 +18,9 @@ use tracing::{info, warn};
 
 use crate::broker::{PublishError, Publisher};
 use crate::contract::{
-    DirectDelete, DirectFacts, DirectProblems, Fact, FactsBody, Problem, DEFAULT_SOURCE, FACT_TYPES,
-    SEVERITIES, TYPE_DELETE_FACTS, TYPE_DELETE_PROBLEMS, TYPE_DIRECT_FACTS, TYPE_DIRECT_PROBLEMS,
+    DirectDelete, DirectFacts, DirectProblems, Fact, FactsBody, Problem, DEFAULT_SOURCE,
+    FACT_TYPES, SEVERITIES, TYPE_DELETE_FACTS, TYPE_DELETE_PROBLEMS, TYPE_DIRECT_FACTS,
+    TYPE_DIRECT_PROBLEMS,
 };
 use crate::metrics::Metrics;
 use crate::token::{Claims, KeyRing, TokenError};
@@ -106,10 +107,14 @@ impl From<PublishError> for ApiError {
 /// reaches a log line or an error body.
 fn authenticate(req: &HttpRequest, st: &ApiState) -> Result<Claims, ApiError> {
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
-        return Err(ApiError::Unauthorized("missing Authorization header".into()));
+        return Err(ApiError::Unauthorized(
+            "missing Authorization header".into(),
+        ));
     };
     if value.len() > MAX_AUTH_HEADER {
-        return Err(ApiError::Unauthorized("Authorization header is too long".into()));
+        return Err(ApiError::Unauthorized(
+            "Authorization header is too long".into(),
+        ));
     }
     let raw = value
         .to_str()
@@ -139,7 +144,11 @@ fn environment_id(claims: &Claims) -> Result<i64, ApiError> {
 
 /// Reads the body up to the limit; larger bodies are refused without being
 /// read in full.
-async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, ApiError> {
     if let Some(len) = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -173,7 +182,9 @@ fn default_source(s: &mut String) {
 
 async fn publish<T: Serialize>(st: &ApiState, msg: &T) -> Result<HttpResponse, ApiError> {
     let Some(publisher) = &st.publisher else {
-        return Err(ApiError::Unavailable("publishing to the broker is disabled".into()));
+        return Err(ApiError::Unavailable(
+            "publishing to the broker is disabled".into(),
+        ));
     };
     let body = serde_json::to_vec(msg).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     publisher.publish_confirmed(&body).await?;
@@ -188,11 +199,18 @@ fn admit(req: &HttpRequest, st: &ApiState) -> Result<Claims, ApiError> {
     Ok(claims)
 }
 
-async fn post_facts(req: HttpRequest, payload: web::Payload, st: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+async fn post_facts(
+    req: HttpRequest,
+    payload: web::Payload,
+    st: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
     let claims = admit(&req, &st)?;
     let env_id = environment_id(&claims)?;
     let body = read_body(&req, payload, st.body_limit).await?;
-    let facts: FactsBody = parse_json(&body, "expected a JSON array of facts or an object with a \"facts\" array")?;
+    let facts: FactsBody = parse_json(
+        &body,
+        "expected a JSON array of facts or an object with a \"facts\" array",
+    )?;
     let facts = facts
         .into_facts()
         .into_iter()
@@ -232,7 +250,11 @@ async fn post_facts(req: HttpRequest, payload: web::Payload, st: web::Data<ApiSt
     .await
 }
 
-async fn post_problems(req: HttpRequest, payload: web::Payload, st: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+async fn post_problems(
+    req: HttpRequest,
+    payload: web::Payload,
+    st: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
     let claims = admit(&req, &st)?;
     let env_id = environment_id(&claims)?;
     let body = read_body(&req, payload, st.body_limit).await?;
@@ -251,7 +273,9 @@ async fn post_problems(req: HttpRequest, payload: web::Payload, st: web::Data<Ap
                 )));
             }
             if !p.severity_score.is_finite() {
-                return Err(ApiError::BadRequest(format!("problem {i}: severityScore must be a number")));
+                return Err(ApiError::BadRequest(format!(
+                    "problem {i}: severityScore must be a number"
+                )));
             }
             Ok(p)
         })
@@ -270,11 +294,23 @@ async fn post_problems(req: HttpRequest, payload: web::Payload, st: web::Data<Ap
     .await
 }
 
-async fn delete(req: HttpRequest, st: web::Data<ApiState>, message_type: &str) -> Result<HttpResponse, ApiError> {
+async fn delete(
+    req: HttpRequest,
+    st: web::Data<ApiState>,
+    message_type: &str,
+) -> Result<HttpResponse, ApiError> {
     let claims = admit(&req, &st)?;
     let env_id = environment_id(&claims)?;
-    let source = req.match_info().get("source").unwrap_or_default().to_string();
-    let service = req.match_info().get("service").unwrap_or_default().to_string();
+    let source = req
+        .match_info()
+        .get("source")
+        .unwrap_or_default()
+        .to_string();
+    let service = req
+        .match_info()
+        .get("service")
+        .unwrap_or_default()
+        .to_string();
     info!(namespace = %claims.namespace, %source, %service, kind = message_type, "delete received");
     publish(
         &st,
@@ -292,7 +328,10 @@ async fn delete_facts(req: HttpRequest, st: web::Data<ApiState>) -> Result<HttpR
     delete(req, st, TYPE_DELETE_FACTS).await
 }
 
-async fn delete_problems(req: HttpRequest, st: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+async fn delete_problems(
+    req: HttpRequest,
+    st: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
     delete(req, st, TYPE_DELETE_PROBLEMS).await
 }
 
@@ -318,12 +357,18 @@ async fn metrics(st: web::Data<ApiState>) -> HttpResponse {
 
 /// Counts and logs every request (route pattern, not the raw path: sources
 /// in paths are caller-chosen and would blow up label cardinality).
-async fn observe(req: ServiceRequest, next: Next<impl MessageBody>) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let st = req.app_data::<web::Data<ApiState>>().cloned();
     let method = req.method().clone();
     let res = next.call(req).await?;
-    let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".into());
     let status = res.status().as_u16();
     if let Some(st) = st {
         st.metrics.observe_http(&route, status, started.elapsed());
@@ -338,7 +383,8 @@ async fn observe(req: ServiceRequest, next: Next<impl MessageBody>) -> Result<Se
 
 /// JSON errors for requests that match no route.
 async fn not_found() -> HttpResponse {
-    HttpResponse::NotFound().json(serde_json::json!({"status": "not found", "message": "no such route"}))
+    HttpResponse::NotFound()
+        .json(serde_json::json!({"status": "not found", "message": "no such route"}))
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -347,14 +393,20 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/facts/{source}", web::delete().to(delete_facts))
         .route("/facts/{source}/{service}", web::delete().to(delete_facts))
         .route("/problems/{source}", web::delete().to(delete_problems))
-        .route("/problems/{source}/{service}", web::delete().to(delete_problems))
+        .route(
+            "/problems/{source}/{service}",
+            web::delete().to(delete_problems),
+        )
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz));
 }
 
 /// The ingestion server. Signals are left to the caller, which drives one
 /// graceful shutdown for everything.
-pub fn ingestion_server(state: web::Data<ApiState>, listener: std::net::TcpListener) -> std::io::Result<Server> {
+pub fn ingestion_server(
+    state: web::Data<ApiState>,
+    listener: std::net::TcpListener,
+) -> std::io::Result<Server> {
     Ok(HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -372,7 +424,10 @@ pub fn ingestion_server(state: web::Data<ApiState>, listener: std::net::TcpListe
 }
 
 /// Probes and metrics, on their own ports as in the Go original.
-pub fn ops_server(state: web::Data<ApiState>, addrs: &[std::net::SocketAddr]) -> std::io::Result<Server> {
+pub fn ops_server(
+    state: web::Data<ApiState>,
+    addrs: &[std::net::SocketAddr],
+) -> std::io::Result<Server> {
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -438,7 +493,10 @@ mod tests {
     fn rate_limiter_limits_per_key() {
         let l = RateLimiter::new(5);
         let allowed = (0..50).filter(|_| l.allow("a")).count();
-        assert!((10..=11).contains(&allowed), "burst of 2x rate, got {allowed}");
+        assert!(
+            (10..=11).contains(&allowed),
+            "burst of 2x rate, got {allowed}"
+        );
         assert!(l.allow("b"), "another environment has its own bucket");
         assert!(RateLimiter::new(0).allow("a"));
     }

@@ -11,7 +11,11 @@ use crate::token::{KeyRing, INSECURE_DEFAULT_KEY};
 use crate::{Error, Result};
 
 #[derive(Debug, Parser)]
-#[command(name = "insights-remote", version, about = "Carries Lagoon insights to Lagoon core")]
+#[command(
+    name = "insights-remote",
+    version,
+    about = "Carries Lagoon insights to Lagoon core"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -48,13 +52,25 @@ pub struct GenerateTokenArgs {
 #[derive(Debug, Clone, Args, Default)]
 pub struct KeyArgs {
     /// HS256 signing key for environment tokens (at least 32 bytes).
-    #[arg(long = "insights-token-secret", env = "INSIGHTS_TOKEN_SECRET", hide_env_values = true)]
+    #[arg(
+        long = "insights-token-secret",
+        env = "INSIGHTS_TOKEN_SECRET",
+        hide_env_values = true
+    )]
     pub token_secret: Option<String>,
     /// Read the signing key from a file instead (trailing newline ignored).
-    #[arg(long = "insights-token-secret-file", env = "INSIGHTS_TOKEN_SECRET_FILE")]
+    #[arg(
+        long = "insights-token-secret-file",
+        env = "INSIGHTS_TOKEN_SECRET_FILE"
+    )]
     pub token_secret_file: Option<std::path::PathBuf>,
     /// Previous signing keys still accepted, comma separated, during a rotation.
-    #[arg(long = "insights-token-previous-secrets", env = "INSIGHTS_TOKEN_PREVIOUS_SECRETS", hide_env_values = true, value_delimiter = ',')]
+    #[arg(
+        long = "insights-token-previous-secrets",
+        env = "INSIGHTS_TOKEN_PREVIOUS_SECRETS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
     pub previous_secrets: Vec<String>,
     /// Development only: allow starting without a real signing key (a random
     /// one is made for this process).
@@ -69,7 +85,9 @@ impl KeyArgs {
         let key = match (&self.token_secret, &self.token_secret_file) {
             (_, Some(path)) => Some(
                 std::fs::read_to_string(path)
-                    .map_err(|e| Error::Config(format!("reading signing key file {}: {e}", path.display())))?
+                    .map_err(|e| {
+                        Error::Config(format!("reading signing key file {}: {e}", path.display()))
+                    })?
                     .trim_end_matches(['\n', '\r'])
                     .to_string(),
             ),
@@ -103,12 +121,26 @@ impl KeyArgs {
 /// The Go original's flags, plus ours.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    #[arg(long = "rabbitmq-username", env = "RABBITMQ_USERNAME", default_value = "guest")]
+    #[arg(
+        long = "rabbitmq-username",
+        env = "RABBITMQ_USERNAME",
+        default_value = "guest"
+    )]
     pub rabbitmq_username: String,
-    #[arg(long = "rabbitmq-password", env = "RABBITMQ_PASSWORD", default_value = "guest", hide_env_values = true, hide_default_value = true)]
+    #[arg(
+        long = "rabbitmq-password",
+        env = "RABBITMQ_PASSWORD",
+        default_value = "guest",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
     pub rabbitmq_password: String,
     /// Broker host, or host:port.
-    #[arg(long = "rabbitmq-hostname", env = "RABBITMQ_ADDRESS", default_value = "localhost")]
+    #[arg(
+        long = "rabbitmq-hostname",
+        env = "RABBITMQ_ADDRESS",
+        default_value = "localhost"
+    )]
     pub rabbitmq_hostname: String,
     #[arg(long = "rabbitmq-vhost", env = "RABBITMQ_VHOST", default_value = "/")]
     pub rabbitmq_vhost: String,
@@ -143,15 +175,31 @@ pub struct RunArgs {
     pub burn_after_reading: bool,
     /// Accepted for compatibility; processed ConfigMaps are burned right away
     /// and swept continuously, so no schedule is needed.
-    #[arg(long = "clear-configmap-sched", env = "CLEAR_CONFIGMAP_SCHED", default_value = "")]
+    #[arg(
+        long = "clear-configmap-sched",
+        env = "CLEAR_CONFIGMAP_SCHED",
+        default_value = ""
+    )]
     pub clear_configmap_sched: String,
     #[arg(long = "enable-insights-deferred", env = "ENABLE_INSIGHTS_DEFERRED", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true", value_parser = parse_bool)]
     pub enable_insights_deferred: bool,
-    #[arg(long = "configmap-reconciler-max-retries", env = "CONFIGMAP_RECONCILER_MAX_RETRIES", default_value = "3")]
+    #[arg(
+        long = "configmap-reconciler-max-retries",
+        env = "CONFIGMAP_RECONCILER_MAX_RETRIES",
+        default_value = "3"
+    )]
     pub configmap_max_retries: u32,
-    #[arg(long = "configmap-reconciler-mins-between-retries", env = "CONFIGMAP_RECONCILER_MINS_BETWEEN_RETRIES", default_value = "5")]
+    #[arg(
+        long = "configmap-reconciler-mins-between-retries",
+        env = "CONFIGMAP_RECONCILER_MINS_BETWEEN_RETRIES",
+        default_value = "5"
+    )]
     pub configmap_mins_between_retries: u32,
-    #[arg(long = "configmap-reconciler-max-concurrent", env = "CONFIGMAP_RECONCILER_MAX_CONCURRENT", default_value = "8")]
+    #[arg(
+        long = "configmap-reconciler-max-concurrent",
+        env = "CONFIGMAP_RECONCILER_MAX_CONCURRENT",
+        default_value = "8"
+    )]
     pub configmap_max_concurrent: u16,
     /// Forward only ConfigMaps annotated core.insights.lagoon.sh/enabled=true.
     #[arg(long = "require-core-insights-enabled", env = "REQUIRE_CORE_INSIGHTS_ENABLED", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
@@ -162,16 +210,32 @@ pub struct RunArgs {
     pub enable_namespace_reconciler: bool,
     #[arg(long = "enable-webservice", env = "ENABLE_WEBSERVICE", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true", value_parser = parse_bool)]
     pub enable_webservice: bool,
-    #[arg(long = "webservice-port", env = "WEBSERVICE_PORT", default_value = "8888")]
+    #[arg(
+        long = "webservice-port",
+        env = "WEBSERVICE_PORT",
+        default_value = "8888"
+    )]
     pub webservice_port: u16,
     /// Address the ingestion API binds to.
-    #[arg(long = "webservice-bind-address", env = "WEBSERVICE_BIND_ADDRESS", default_value = "0.0.0.0")]
+    #[arg(
+        long = "webservice-bind-address",
+        env = "WEBSERVICE_BIND_ADDRESS",
+        default_value = "0.0.0.0"
+    )]
     pub webservice_bind_address: String,
     /// Largest accepted request body, in bytes.
-    #[arg(long = "webservice-body-limit", env = "WEBSERVICE_BODY_LIMIT", default_value = "1048576")]
+    #[arg(
+        long = "webservice-body-limit",
+        env = "WEBSERVICE_BODY_LIMIT",
+        default_value = "1048576"
+    )]
     pub webservice_body_limit: usize,
     /// Requests per second allowed per token (0: unlimited); bursts up to 2x.
-    #[arg(long = "webservice-rate-limit", env = "WEBSERVICE_RATE_LIMIT", default_value = "0")]
+    #[arg(
+        long = "webservice-rate-limit",
+        env = "WEBSERVICE_RATE_LIMIT",
+        default_value = "0"
+    )]
     pub webservice_rate_limit: u32,
     #[command(flatten)]
     pub key: KeyArgs,
@@ -184,13 +248,21 @@ pub struct RunArgs {
     #[arg(long = "metrics-bind-address", env = "METRICS_BIND_ADDRESS", default_value = ":8080", value_parser = parse_bind)]
     pub metrics_bind_address: SocketAddr,
     /// Name of the cluster-scoped InsightsRemoteConfig to follow, if it exists.
-    #[arg(long = "config-name", env = "INSIGHTS_REMOTE_CONFIG_NAME", default_value = "default")]
+    #[arg(
+        long = "config-name",
+        env = "INSIGHTS_REMOTE_CONFIG_NAME",
+        default_value = "default"
+    )]
     pub config_name: String,
     /// Reconcile ConfigMaps and tokens in this namespace only (default: all).
     #[arg(long = "watch-namespace", env = "WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
     /// Namespace holding Secrets the InsightsRemoteConfig references.
-    #[arg(long = "pod-namespace", env = "POD_NAMESPACE", default_value = "lagoon")]
+    #[arg(
+        long = "pod-namespace",
+        env = "POD_NAMESPACE",
+        default_value = "lagoon"
+    )]
     pub pod_namespace: String,
     #[arg(long = "log-format", env = "LOG_FORMAT", default_value = "plain", value_parser = ["plain", "json"])]
     pub log_format: String,
@@ -213,7 +285,10 @@ impl RunArgs {
     pub fn broker_settings(&self) -> Result<BrokerSettings> {
         let read = |p: &Option<std::path::PathBuf>| -> Result<Option<Vec<u8>>> {
             p.as_ref()
-                .map(|p| std::fs::read(p).map_err(|e| Error::Config(format!("reading {}: {e}", p.display()))))
+                .map(|p| {
+                    std::fs::read(p)
+                        .map_err(|e| Error::Config(format!("reading {}: {e}", p.display())))
+                })
                 .transpose()
         };
         let tls = if self.rabbitmq_tls {
@@ -285,7 +360,13 @@ pub fn normalize_args<I: IntoIterator<Item = String>>(args: I) -> Vec<String> {
         .enumerate()
         .map(|(i, a)| {
             let b = a.as_bytes();
-            if i > 0 && b.len() > 2 && b[0] == b'-' && b[1] != b'-' && b[1].is_ascii_alphabetic() && b[2] != b'=' {
+            if i > 0
+                && b.len() > 2
+                && b[0] == b'-'
+                && b[1] != b'-'
+                && b[1].is_ascii_alphabetic()
+                && b[2] != b'='
+            {
                 format!("-{a}")
             } else {
                 a
@@ -336,7 +417,8 @@ mod tests {
 
     fn parse(args: &[&str]) -> Cli {
         let argv = normalize_args(
-            std::iter::once("insights-remote".to_string()).chain(args.iter().map(|s| s.to_string())),
+            std::iter::once("insights-remote".to_string())
+                .chain(args.iter().map(|s| s.to_string())),
         );
         Cli::try_parse_from(argv).unwrap()
     }
@@ -388,7 +470,10 @@ mod tests {
             ..Default::default()
         };
         let err = args.key_ring().unwrap_err().to_string();
-        assert!(err.contains("testsecret") && err.contains("32 bytes"), "{err}");
+        assert!(
+            err.contains("testsecret") && err.contains("32 bytes"),
+            "{err}"
+        );
         assert!(KeyArgs::default().key_ring().is_err());
         let dev = KeyArgs {
             dev_mode: true,
@@ -399,7 +484,11 @@ mod tests {
             token_secret: Some("short-key".into()),
             ..Default::default()
         };
-        assert!(short.key_ring().unwrap_err().to_string().contains("at least 32 bytes"));
+        assert!(short
+            .key_ring()
+            .unwrap_err()
+            .to_string()
+            .contains("at least 32 bytes"));
     }
 
     #[test]
@@ -411,6 +500,9 @@ mod tests {
         assert!(!parse_bool("false").unwrap());
         assert!(parse_bool("maybe").is_err());
         assert_eq!(parse_bind(":8080").unwrap().to_string(), "0.0.0.0:8080");
-        assert_eq!(parse_bind("127.0.0.1:9").unwrap().to_string(), "127.0.0.1:9");
+        assert_eq!(
+            parse_bind("127.0.0.1:9").unwrap().to_string(),
+            "127.0.0.1:9"
+        );
     }
 }

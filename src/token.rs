@@ -99,7 +99,12 @@ impl KeyRing {
         let mut payload = JwtPayload::new();
         payload.set_subject("insights-remote key fingerprint");
         let t = jwt::encode_with_signer(&payload, &header, &signer).unwrap_or_default();
-        t.rsplit('.').next().unwrap_or_default().chars().take(12).collect()
+        t.rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(12)
+            .collect()
     }
 
     /// Mints a token for an environment.
@@ -266,7 +271,10 @@ mod tests {
             B64.encode(r#"{"alg":"none","typ":"JWT"}"#),
             B64.encode(payload)
         );
-        assert!(matches!(ring.verify(&none), Err(TokenError::WrongAlgorithm(_))));
+        assert!(matches!(
+            ring.verify(&none),
+            Err(TokenError::WrongAlgorithm(_))
+        ));
         // HS512 signed with the right key is still refused: the algorithm is pinned.
         let hs512 = {
             let signing_input = format!(
@@ -285,7 +293,10 @@ mod tests {
         assert!(ring.verify(&hs512).is_err());
         // RS256 header (algorithm confusion).
         let rs = sign_raw(r#"{"alg":"RS256","typ":"JWT"}"#, payload, KEY.as_bytes());
-        assert!(matches!(ring.verify(&rs), Err(TokenError::WrongAlgorithm(_))));
+        assert!(matches!(
+            ring.verify(&rs),
+            Err(TokenError::WrongAlgorithm(_))
+        ));
         // Wrong key.
         let forged = sign_raw(r#"{"alg":"HS256","typ":"JWT"}"#, payload, OTHER.as_bytes());
         assert_eq!(ring.verify(&forged), Err(TokenError::Invalid));
@@ -329,7 +340,10 @@ mod tests {
         assert!(KeyRing::new(KEY).unwrap().verify(&fresh).is_ok());
         assert!(old.verify(&fresh).is_err());
         // Once the previous key is dropped, old tokens are refused.
-        assert_eq!(KeyRing::new(KEY).unwrap().verify(&t), Err(TokenError::Invalid));
+        assert_eq!(
+            KeyRing::new(KEY).unwrap().verify(&t),
+            Err(TokenError::Invalid)
+        );
     }
 
     #[test]

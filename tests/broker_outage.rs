@@ -15,8 +15,15 @@ use common::*;
 use serde_json::json;
 
 fn rabbitmqctl(arg: &str) {
-    let out = Command::new("rabbitmqctl").arg(arg).output().expect("rabbitmqctl runs");
-    assert!(out.status.success(), "rabbitmqctl {arg}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("rabbitmqctl")
+        .arg(arg)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {arg}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +73,10 @@ async fn broker_restart_loses_nothing_that_got_200() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     rabbitmqctl("stop_app");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let down_ready = reqwest::get(format!("{}/readyz", api.url)).await.unwrap().status();
+    let down_ready = reqwest::get(format!("{}/readyz", api.url))
+        .await
+        .unwrap()
+        .status();
     rabbitmqctl("start_app");
     // Recovery must happen by itself.
     assert!(
@@ -84,7 +94,10 @@ async fn broker_restart_loses_nothing_that_got_200() {
         ok.extend(o);
         unavailable += u;
     }
-    println!("outage: {} requests got 200, {unavailable} got 503", ok.len());
+    println!(
+        "outage: {} requests got 200, {unavailable} got 503",
+        ok.len()
+    );
     assert_eq!(down_ready, 503, "not ready while the broker is down");
     assert!(unavailable > 0, "clients saw 503 during the outage");
 
@@ -94,8 +107,16 @@ async fn broker_restart_loses_nothing_that_got_200() {
         .map(|m| m["facts"][0]["name"].as_str().unwrap().to_string())
         .collect();
     let missing: Vec<_> = ok.iter().filter(|n| !names.contains(*n)).collect();
-    assert!(missing.is_empty(), "{} confirmed requests missing from the queue: {missing:?}", missing.len());
-    println!("queue held {} messages ({} duplicates allowed)", got.len(), got.len() - names.len());
+    assert!(
+        missing.is_empty(),
+        "{} confirmed requests missing from the queue: {missing:?}",
+        missing.len()
+    );
+    println!(
+        "queue held {} messages ({} duplicates allowed)",
+        got.len(),
+        got.len() - names.len()
+    );
     // And the service works again after recovery.
     let r = reqwest::Client::new()
         .post(&url)

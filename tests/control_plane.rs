@@ -18,7 +18,10 @@ use serde_json::json;
 async fn real_api_server_supports_what_the_operator_needs() {
     let client = client().await;
     let ns = TestNamespace::new(&client, "cp").await;
-    let got = Api::<Namespace>::all(client.clone()).get(&ns.name).await.unwrap();
+    let got = Api::<Namespace>::all(client.clone())
+        .get(&ns.name)
+        .await
+        .unwrap();
     assert_eq!(got.labels()["lagoon.sh/environmentId"], "42");
 
     ensure_crd(&client).await;
@@ -37,7 +40,11 @@ async fn real_api_server_supports_what_the_operator_needs() {
 
     // A label-selected watch sees a matching create and not the others.
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    let mut events = watcher::watcher(cms.clone(), watcher::Config::default().labels("lagoon.sh/insightsType")).boxed();
+    let mut events = watcher::watcher(
+        cms.clone(),
+        watcher::Config::default().labels("lagoon.sh/insightsType"),
+    )
+    .boxed();
     let mut seen = Vec::new();
     let create = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -45,7 +52,8 @@ async fn real_api_server_supports_what_the_operator_needs() {
             let mut cm = ConfigMap::default();
             cm.metadata.name = Some(n.into());
             if labelled {
-                cm.metadata.labels = Some([("lagoon.sh/insightsType".to_string(), "sbom-gz".to_string())].into());
+                cm.metadata.labels =
+                    Some([("lagoon.sh/insightsType".to_string(), "sbom-gz".to_string())].into());
             }
             cms.create(&PostParams::default(), &cm).await.unwrap();
         }
@@ -58,18 +66,35 @@ async fn real_api_server_supports_what_the_operator_needs() {
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(20), futures::future::join(create, collect))
-        .await
-        .expect("watch event");
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        futures::future::join(create, collect),
+    )
+    .await
+    .expect("watch event");
     assert_eq!(seen, ["insights"]);
 
     // Deleting the namespace goes through Terminating, then it is gone.
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces.delete(&ns.name, &DeleteParams::default()).await.unwrap();
-    let phase = namespaces.get(&ns.name).await.unwrap().status.unwrap().phase;
+    namespaces
+        .delete(&ns.name, &DeleteParams::default())
+        .await
+        .unwrap();
+    let phase = namespaces
+        .get(&ns.name)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .phase;
     assert_eq!(phase.as_deref(), Some("Terminating"));
     wait_for("namespace gone", Duration::from_secs(60), || async {
-        namespaces.get_opt(&ns.name).await.unwrap().is_none().then_some(())
+        namespaces
+            .get_opt(&ns.name)
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
     })
     .await;
     irc.delete(&name, &DeleteParams::default()).await.unwrap();

@@ -33,17 +33,38 @@ fn fixture_cm(name: &str, ns: &str) -> ConfigMap {
 fn gunzip(b64: &str) -> Value {
     let bytes = STANDARD.decode(b64).expect("standard padded base64");
     let mut out = String::new();
-    flate2::read::GzDecoder::new(&bytes[..]).read_to_string(&mut out).unwrap();
+    flate2::read::GzDecoder::new(&bytes[..])
+        .read_to_string(&mut out)
+        .unwrap();
     serde_json::from_str(&out).unwrap()
 }
 
-fn cm_with(name: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)], bin: Option<(&str, &[u8])>, data: Option<(&str, &str)>) -> ConfigMap {
+fn cm_with(
+    name: &str,
+    labels: &[(&str, &str)],
+    annotations: &[(&str, &str)],
+    bin: Option<(&str, &[u8])>,
+    data: Option<(&str, &str)>,
+) -> ConfigMap {
     let mut cm = ConfigMap::default();
     cm.metadata.name = Some(name.into());
-    cm.metadata.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
-    cm.metadata.annotations = Some(annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    cm.metadata.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    cm.metadata.annotations = Some(
+        annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
     if let Some((k, v)) = bin {
-        cm.binary_data = Some(BTreeMap::from([(k.to_string(), k8s_openapi::ByteString(v.to_vec()))]));
+        cm.binary_data = Some(BTreeMap::from([(
+            k.to_string(),
+            k8s_openapi::ByteString(v.to_vec()),
+        )]));
     }
     if let Some((k, v)) = data {
         cm.data = Some(BTreeMap::from([(k.to_string(), v.to_string())]));
@@ -51,7 +72,11 @@ fn cm_with(name: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)], bi
     cm
 }
 
-async fn start(ns: &TestNamespace, broker: BrokerSettings, ops: insights_remote::settings::Operations) -> Operator {
+async fn start(
+    ns: &TestNamespace,
+    broker: BrokerSettings,
+    ops: insights_remote::settings::Operations,
+) -> Operator {
     Operator::start(
         &ns.client,
         OperatorOptions {
@@ -67,9 +92,16 @@ async fn start(ns: &TestNamespace, broker: BrokerSettings, ops: insights_remote:
 }
 
 async fn wait_label(api: &Api<ConfigMap>, name: &str, label: &str) -> ConfigMap {
-    wait_for(&format!("{name} labelled {label}"), Duration::from_secs(30), || async {
-        api.get_opt(name).await.unwrap().filter(|cm| cm.labels().contains_key(label))
-    })
+    wait_for(
+        &format!("{name} labelled {label}"),
+        Duration::from_secs(30),
+        || async {
+            api.get_opt(name)
+                .await
+                .unwrap()
+                .filter(|cm| cm.labels().contains_key(label))
+        },
+    )
     .await
 }
 
@@ -82,26 +114,49 @@ async fn fixture_configmaps_are_forwarded_in_the_contract_shape() {
     let op = start(&ns, broker, test_ops()).await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
     for f in ["configmap-sbom.json", "configmap-image.json"] {
-        api.create(&PostParams::default(), &fixture_cm(f, &ns.name)).await.unwrap();
+        api.create(&PostParams::default(), &fixture_cm(f, &ns.name))
+            .await
+            .unwrap();
     }
     for name in ["lagoon-insights-sbom-cli", "lagoon-insights-image-cli"] {
         let cm = wait_label(&api, name, "lagoon.sh/insightsProcessed").await;
-        let secs: u64 = cm.labels()["lagoon.sh/insightsProcessed"].parse().expect("unix seconds");
+        let secs: u64 = cm.labels()["lagoon.sh/insightsProcessed"]
+            .parse()
+            .expect("unix seconds");
         assert!(secs > 1_700_000_000);
         let at = &cm.annotations()["lagoon.sh/insightsProcessed"];
-        assert!(at.parse::<k8s_openapi::jiff::Timestamp>().is_ok() && at.ends_with('Z'), "{at}");
+        assert!(
+            at.parse::<k8s_openapi::jiff::Timestamp>().is_ok() && at.ends_with('Z'),
+            "{at}"
+        );
     }
     let mut got = drain(&queue, 2, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 2);
     got.sort_by_key(|m| m["type"].as_str().unwrap().to_string());
     let (inspect, sbom) = (&got[0], &got[1]);
     for (m, t, key, original, fixture_name) in [
-        (sbom, "sbom", "cli.cyclonedx.json.gz", "sbom.cyclonedx.json", "configmap-sbom.json"),
-        (inspect, "inspect", "cli.image-inspect.json.gz", "image-inspect.json", "configmap-image.json"),
+        (
+            sbom,
+            "sbom",
+            "cli.cyclonedx.json.gz",
+            "sbom.cyclonedx.json",
+            "configmap-sbom.json",
+        ),
+        (
+            inspect,
+            "inspect",
+            "cli.image-inspect.json.gz",
+            "image-inspect.json",
+            "configmap-image.json",
+        ),
     ] {
         let f = fixture(fixture_name);
         assert_eq!(m["type"], t);
-        assert!(m["payload"].is_null(), "payload must be null: {}", m["payload"]);
+        assert!(
+            m["payload"].is_null(),
+            "payload must be null: {}",
+            m["payload"]
+        );
         let bin = m["binaryPayload"].as_object().unwrap();
         assert_eq!(bin.len(), 1);
         assert_eq!(gunzip(bin[key].as_str().unwrap()), fixture(original));
@@ -116,9 +171,28 @@ async fn fixture_configmaps_are_forwarded_in_the_contract_shape() {
         let keys: Vec<&str> = m.as_object().unwrap().keys().map(String::as_str).collect();
         let mut keys = keys;
         keys.sort();
-        assert_eq!(keys, ["annotations", "binaryPayload", "environment", "labels", "namespace", "payload", "project", "service", "type"]);
+        assert_eq!(
+            keys,
+            [
+                "annotations",
+                "binaryPayload",
+                "environment",
+                "labels",
+                "namespace",
+                "payload",
+                "project",
+                "service",
+                "type"
+            ]
+        );
     }
-    assert_eq!(op.ctx.counters.forwarded.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(
+        op.ctx
+            .counters
+            .forwarded
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
     op.stop().await;
     ns.cleanup().await;
 }
@@ -134,7 +208,16 @@ async fn text_data_travels_base64_and_go_deferred_configmaps_are_retried() {
     let sbom = r#"{"bomFormat":"CycloneDX"}"#;
     api.create(
         &PostParams::default(),
-        &cm_with("plain", &[("lagoon.sh/insightsType", "sbom-gz"), ("lagoon.sh/service", "php")], &[], None, Some(("php.cyclonedx.json", sbom))),
+        &cm_with(
+            "plain",
+            &[
+                ("lagoon.sh/insightsType", "sbom-gz"),
+                ("lagoon.sh/service", "php"),
+            ],
+            &[],
+            None,
+            Some(("php.cyclonedx.json", sbom)),
+        ),
     )
     .await
     .unwrap();
@@ -143,7 +226,10 @@ async fn text_data_travels_base64_and_go_deferred_configmaps_are_retried() {
         &PostParams::default(),
         &cm_with(
             "go-deferred",
-            &[("lagoon.sh/insightsType", "image-gz"), ("lagoon.sh/insightsWriteDeferred", "1000")],
+            &[
+                ("lagoon.sh/insightsType", "image-gz"),
+                ("lagoon.sh/insightsWriteDeferred", "1000"),
+            ],
             &[("insights.lagoon.sh/retries", "1")],
             Some(("x.image-inspect.json.gz", b"\x1f\x8b")),
             None,
@@ -153,12 +239,29 @@ async fn text_data_travels_base64_and_go_deferred_configmaps_are_retried() {
     .unwrap();
     wait_label(&api, "plain", "lagoon.sh/insightsProcessed").await;
     let deferred = wait_label(&api, "go-deferred", "lagoon.sh/insightsProcessed").await;
-    assert!(!deferred.labels().contains_key("lagoon.sh/insightsWriteDeferred"), "deferral label removed");
+    assert!(
+        !deferred
+            .labels()
+            .contains_key("lagoon.sh/insightsWriteDeferred"),
+        "deferral label removed"
+    );
     let got = drain(&queue, 2, Duration::from_secs(10)).await;
-    let plain = got.iter().find(|m| m["service"] == "php").expect("text ConfigMap message");
+    let plain = got
+        .iter()
+        .find(|m| m["service"] == "php")
+        .expect("text ConfigMap message");
     assert!(plain["payload"].is_null());
     assert_eq!(plain["type"], "sbom");
-    assert_eq!(STANDARD.decode(plain["binaryPayload"]["php.cyclonedx.json"].as_str().unwrap()).unwrap(), sbom.as_bytes());
+    assert_eq!(
+        STANDARD
+            .decode(
+                plain["binaryPayload"]["php.cyclonedx.json"]
+                    .as_str()
+                    .unwrap()
+            )
+            .unwrap(),
+        sbom.as_bytes()
+    );
     assert!(got.iter().any(|m| m["type"] == "inspect"));
     op.stop().await;
     ns.cleanup().await;
@@ -185,33 +288,93 @@ async fn unforwardable_configmaps_are_rejected_with_an_event_and_not_published()
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
     let bin = Some(("a.json.gz", &b"\x1f\x8b"[..]));
     let cases = [
-        cm_with("legacy-sbom", &[("lagoon.sh/insightsType", "sbom"), ("insights.lagoon.sh/type", "sbom")], &[], bin, None),
-        cm_with("legacy-direct", &[("lagoon.sh/insightsType", "direct")], &[], bin, None),
-        cm_with("unknown-type", &[("lagoon.sh/insightsType", "sbom-gz"), ("insights.lagoon.sh/type", "facts")], &[], bin, None),
-        cm_with("unknown-legacy", &[("lagoon.sh/insightsType", "weird-gz")], &[], bin, None),
-        cm_with("no-payload", &[("lagoon.sh/insightsType", "sbom-gz")], &[], None, None),
+        cm_with(
+            "legacy-sbom",
+            &[
+                ("lagoon.sh/insightsType", "sbom"),
+                ("insights.lagoon.sh/type", "sbom"),
+            ],
+            &[],
+            bin,
+            None,
+        ),
+        cm_with(
+            "legacy-direct",
+            &[("lagoon.sh/insightsType", "direct")],
+            &[],
+            bin,
+            None,
+        ),
+        cm_with(
+            "unknown-type",
+            &[
+                ("lagoon.sh/insightsType", "sbom-gz"),
+                ("insights.lagoon.sh/type", "facts"),
+            ],
+            &[],
+            bin,
+            None,
+        ),
+        cm_with(
+            "unknown-legacy",
+            &[("lagoon.sh/insightsType", "weird-gz")],
+            &[],
+            bin,
+            None,
+        ),
+        cm_with(
+            "no-payload",
+            &[("lagoon.sh/insightsType", "sbom-gz")],
+            &[],
+            None,
+            None,
+        ),
     ];
     for cm in &cases {
         api.create(&PostParams::default(), cm).await.unwrap();
     }
     for cm in &cases {
         let name = cm.name_any();
-        let got = wait_for(&format!("{name} rejected"), Duration::from_secs(30), || async {
-            api.get(&name).await.ok().filter(|c| c.annotations().contains_key("insights.lagoon.sh/rejected"))
-        })
+        let got = wait_for(
+            &format!("{name} rejected"),
+            Duration::from_secs(30),
+            || async {
+                api.get(&name)
+                    .await
+                    .ok()
+                    .filter(|c| c.annotations().contains_key("insights.lagoon.sh/rejected"))
+            },
+        )
         .await;
         assert!(!got.labels().contains_key("lagoon.sh/insightsProcessed"));
-        let events = wait_for(&format!("{name} event"), Duration::from_secs(10), || async {
-            let e = events_for(&client, &ns.name, &name).await;
-            (!e.is_empty()).then_some(e)
-        })
+        let events = wait_for(
+            &format!("{name} event"),
+            Duration::from_secs(10),
+            || async {
+                let e = events_for(&client, &ns.name, &name).await;
+                (!e.is_empty()).then_some(e)
+            },
+        )
         .await;
-        assert!(events.iter().any(|e| e.reason.as_deref() == Some("Rejected") && e.type_.as_deref() == Some("Warning")));
+        assert!(events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Rejected")
+                && e.type_.as_deref() == Some("Warning")));
     }
     // Not retried while unchanged: the counter stays put.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(op.ctx.counters.rejected.load(std::sync::atomic::Ordering::Relaxed), 5);
-    assert_eq!(queue_depth(&queue).await, 0, "nothing rejected is published");
+    assert_eq!(
+        op.ctx
+            .counters
+            .rejected
+            .load(std::sync::atomic::Ordering::Relaxed),
+        5
+    );
+    assert_eq!(
+        queue_depth(&queue).await,
+        0,
+        "nothing rejected is published"
+    );
     // Fixing it (a change) gets it forwarded.
     api.patch(
         "unknown-type",
@@ -238,14 +401,31 @@ async fn core_insights_gate_marks_without_publishing() {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
     let mut off = fixture_cm("configmap-sbom.json", &ns.name);
     off.metadata.name = Some("core-off".into());
-    off.metadata.annotations.as_mut().unwrap().remove("core.insights.lagoon.sh/enabled");
+    off.metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .remove("core.insights.lagoon.sh/enabled");
     api.create(&PostParams::default(), &off).await.unwrap();
-    api.create(&PostParams::default(), &fixture_cm("configmap-sbom.json", &ns.name)).await.unwrap();
+    api.create(
+        &PostParams::default(),
+        &fixture_cm("configmap-sbom.json", &ns.name),
+    )
+    .await
+    .unwrap();
     wait_label(&api, "core-off", "lagoon.sh/insightsProcessed").await;
-    wait_label(&api, "lagoon-insights-sbom-cli", "lagoon.sh/insightsProcessed").await;
+    wait_label(
+        &api,
+        "lagoon-insights-sbom-cli",
+        "lagoon.sh/insightsProcessed",
+    )
+    .await;
     let got = drain(&queue, 2, Duration::from_secs(5)).await;
     assert_eq!(got.len(), 1, "only the core-enabled ConfigMap is published");
-    assert_eq!(got[0]["annotations"]["core.insights.lagoon.sh/enabled"], "true");
+    assert_eq!(
+        got[0]["annotations"]["core.insights.lagoon.sh/enabled"],
+        "true"
+    );
     op.stop().await;
     ns.cleanup().await;
 }
@@ -262,22 +442,41 @@ async fn burn_after_reading_deletes_forwarded_and_older_processed_configmaps() {
     // Processed earlier by the Go original (annotation only).
     api.create(
         &PostParams::default(),
-        &cm_with("old", &[("lagoon.sh/insightsType", "sbom-gz")], &[("lagoon.sh/insightsProcessed", "2026-01-01T00:00:00Z")], Some(("a.gz", b"x")), None),
+        &cm_with(
+            "old",
+            &[("lagoon.sh/insightsType", "sbom-gz")],
+            &[("lagoon.sh/insightsProcessed", "2026-01-01T00:00:00Z")],
+            Some(("a.gz", b"x")),
+            None,
+        ),
     )
     .await
     .unwrap();
     let op = start(&ns, broker, ops).await;
-    api.create(&PostParams::default(), &fixture_cm("configmap-image.json", &ns.name)).await.unwrap();
+    api.create(
+        &PostParams::default(),
+        &fixture_cm("configmap-image.json", &ns.name),
+    )
+    .await
+    .unwrap();
     for name in ["old", "lagoon-insights-image-cli"] {
-        wait_for(&format!("{name} deleted"), Duration::from_secs(30), || async {
-            api.get_opt(name).await.unwrap().is_none().then_some(())
-        })
+        wait_for(
+            &format!("{name} deleted"),
+            Duration::from_secs(30),
+            || async { api.get_opt(name).await.unwrap().is_none().then_some(()) },
+        )
         .await;
     }
     let got = drain(&queue, 2, Duration::from_secs(5)).await;
     assert_eq!(got.len(), 1, "the old one was not published again");
     assert_eq!(got[0]["type"], "inspect");
-    assert_eq!(op.ctx.counters.burned.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(
+        op.ctx
+            .counters
+            .burned
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
     op.stop().await;
     ns.cleanup().await;
 }
@@ -285,7 +484,13 @@ async fn burn_after_reading_deletes_forwarded_and_older_processed_configmaps() {
 async fn apply_config(client: &kube::Client, name: &str, spec: Value) {
     let api: Api<InsightsRemoteConfig> = Api::all(client.clone());
     let obj = json!({"apiVersion": "insights.lagoon.sh/v1alpha1", "kind": "InsightsRemoteConfig", "metadata": {"name": name}, "spec": spec});
-    api.patch(name, &PatchParams::apply("tests").force(), &Patch::Apply(obj)).await.unwrap();
+    api.patch(
+        name,
+        &PatchParams::apply("tests").force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -320,17 +525,38 @@ async fn broker_down_defers_then_forwards_after_hot_reload_and_gives_up_past_max
     )
     .await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    api.create(&PostParams::default(), &fixture_cm("configmap-sbom.json", &ns.name)).await.unwrap();
-    let deferred = wait_label(&api, "lagoon-insights-sbom-cli", "lagoon.sh/insightsWriteDeferred").await;
-    let retries: u32 = deferred.annotations()["insights.lagoon.sh/retries"].parse().unwrap();
+    api.create(
+        &PostParams::default(),
+        &fixture_cm("configmap-sbom.json", &ns.name),
+    )
+    .await
+    .unwrap();
+    let deferred = wait_label(
+        &api,
+        "lagoon-insights-sbom-cli",
+        "lagoon.sh/insightsWriteDeferred",
+    )
+    .await;
+    let retries: u32 = deferred.annotations()["insights.lagoon.sh/retries"]
+        .parse()
+        .unwrap();
     assert!(retries >= 1);
     let events = events_for(&client, &ns.name, "lagoon-insights-sbom-cli").await;
-    assert!(events.iter().any(|e| e.reason.as_deref() == Some("Deferred")));
+    assert!(events
+        .iter()
+        .any(|e| e.reason.as_deref() == Some("Deferred")));
     // The broker "comes back": the resource now points at the live one and
     // the operator switches without a restart.
     apply_config(&client, &config_name, spec(&broker_host(), 1000)).await;
-    let done = wait_label(&api, "lagoon-insights-sbom-cli", "lagoon.sh/insightsProcessed").await;
-    assert!(!done.labels().contains_key("lagoon.sh/insightsWriteDeferred"));
+    let done = wait_label(
+        &api,
+        "lagoon-insights-sbom-cli",
+        "lagoon.sh/insightsProcessed",
+    )
+    .await;
+    assert!(!done
+        .labels()
+        .contains_key("lagoon.sh/insightsWriteDeferred"));
     assert!(!drain(&queue, 1, Duration::from_secs(10)).await.is_empty());
 
     // Past the maximum: labelled and left alone.
@@ -339,11 +565,16 @@ async fn broker_down_defers_then_forwards_after_hot_reload_and_gives_up_past_max
     second.metadata.name = Some("exhausted".into());
     api.create(&PostParams::default(), &second).await.unwrap();
     let gave_up = wait_label(&api, "exhausted", "insights.lagoon.sh/max-retry-exceeded").await;
-    assert_eq!(gave_up.labels()["insights.lagoon.sh/max-retry-exceeded"], "MAX_RETRY_EXCEEDED");
+    assert_eq!(
+        gave_up.labels()["insights.lagoon.sh/max-retry-exceeded"],
+        "MAX_RETRY_EXCEEDED"
+    );
     assert_eq!(gave_up.annotations()["insights.lagoon.sh/retries"], "3");
     assert!(!gave_up.labels().contains_key("lagoon.sh/insightsProcessed"));
     op.stop().await;
-    let _ = Api::<InsightsRemoteConfig>::all(client.clone()).delete(&config_name, &Default::default()).await;
+    let _ = Api::<InsightsRemoteConfig>::all(client.clone())
+        .delete(&config_name, &Default::default())
+        .await;
     ns.cleanup().await;
 }
 
@@ -357,17 +588,40 @@ async fn replaced_configmap_is_forwarded_again_not_marked_blindly() {
     let queue = broker.queue.clone();
     let op = start(&ns, broker, test_ops()).await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    api.create(&PostParams::default(), &fixture_cm("configmap-image.json", &ns.name)).await.unwrap();
-    wait_label(&api, "lagoon-insights-image-cli", "lagoon.sh/insightsProcessed").await;
+    api.create(
+        &PostParams::default(),
+        &fixture_cm("configmap-image.json", &ns.name),
+    )
+    .await
+    .unwrap();
+    wait_label(
+        &api,
+        "lagoon-insights-image-cli",
+        "lagoon.sh/insightsProcessed",
+    )
+    .await;
     // The build's replace: new content, no marks.
     let mut fresh = fixture_cm("configmap-image.json", &ns.name);
-    fresh.binary_data.as_mut().unwrap().insert("cli.image-inspect.json.gz".into(), k8s_openapi::ByteString(b"new".to_vec()));
+    fresh.binary_data.as_mut().unwrap().insert(
+        "cli.image-inspect.json.gz".into(),
+        k8s_openapi::ByteString(b"new".to_vec()),
+    );
     fresh.metadata.resource_version = None;
-    api.replace("lagoon-insights-image-cli", &PostParams::default(), &fresh).await.unwrap();
-    wait_label(&api, "lagoon-insights-image-cli", "lagoon.sh/insightsProcessed").await;
+    api.replace("lagoon-insights-image-cli", &PostParams::default(), &fresh)
+        .await
+        .unwrap();
+    wait_label(
+        &api,
+        "lagoon-insights-image-cli",
+        "lagoon.sh/insightsProcessed",
+    )
+    .await;
     let got = drain(&queue, 2, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 2);
-    assert_eq!(got[1]["binaryPayload"]["cli.image-inspect.json.gz"], STANDARD.encode(b"new"));
+    assert_eq!(
+        got[1]["binaryPayload"]["cli.image-inspect.json.gz"],
+        STANDARD.encode(b"new")
+    );
     op.stop().await;
     ns.cleanup().await;
 }

@@ -21,7 +21,12 @@ fn token(ns: &str, env_id: &str) -> String {
     ring().mint(&claims(ns, env_id)).unwrap()
 }
 
-async fn post(api: &Api, path: &str, auth: Option<&str>, body: impl Into<reqwest::Body>) -> reqwest::Response {
+async fn post(
+    api: &Api,
+    path: &str,
+    auth: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
     let mut req = client()
         .post(format!("{}{path}", api.url))
         .header("content-type", "application/json")
@@ -47,7 +52,10 @@ async fn facts_array_publishes_the_contract_shape_with_identity_from_the_token()
     ]);
     let resp = post(&api, "/facts", Some(&t), body.to_string()).await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.json::<Value>().await.unwrap(), json!({"message": "okay"}));
+    assert_eq!(
+        resp.json::<Value>().await.unwrap(),
+        json!({"message": "okay"})
+    );
 
     let got = drain(&queue, 2, Duration::from_secs(5)).await;
     assert_eq!(got.len(), 1, "one message per request");
@@ -129,7 +137,12 @@ async fn deletes_publish_source_and_service() {
     let queue = settings.queue.clone();
     let api = start_api(settings, MIB, 0).await;
     let t = token("demo-project-main", "42");
-    for path in ["/facts/trivy", "/facts/trivy/cli", "/problems/drutiny", "/problems/drutiny/php"] {
+    for path in [
+        "/facts/trivy",
+        "/facts/trivy/cli",
+        "/problems/drutiny",
+        "/problems/drutiny/php",
+    ] {
         let resp = client()
             .delete(format!("{}{path}", api.url))
             .header("authorization", &t)
@@ -159,7 +172,11 @@ fn go_original_token(key: &str) -> String {
         r#"{"EnvironmentId":"42","EnvironmentName":"main","Namespace":"demo-project-main","ProjectName":"demo-project"}"#,
     );
     let input = format!("{header}.{payload}");
-    let sig = HS256.signer_from_bytes(key.as_bytes()).unwrap().sign(input.as_bytes()).unwrap();
+    let sig = HS256
+        .signer_from_bytes(key.as_bytes())
+        .unwrap()
+        .sign(input.as_bytes())
+        .unwrap();
     format!("{input}.{}", B64.encode(sig))
 }
 
@@ -168,7 +185,13 @@ async fn go_original_token_is_accepted() {
     let settings = isolated_broker("gotoken");
     let queue = settings.queue.clone();
     let api = start_api(settings, MIB, 0).await;
-    let resp = post(&api, "/facts", Some(&go_original_token(KEY)), r#"[{"name":"a","value":"b"}]"#).await;
+    let resp = post(
+        &api,
+        "/facts",
+        Some(&go_original_token(KEY)),
+        r#"[{"name":"a","value":"b"}]"#,
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(drain(&queue, 1, Duration::from_secs(5)).await.len(), 1);
     api.stop().await;
@@ -182,7 +205,9 @@ async fn bad_input_gets_a_clear_error_and_publishes_nothing() {
     let good = token("demo-project-main", "42");
     let alg_none = {
         let h = B64.encode(r#"{"alg":"none","typ":"JWT"}"#);
-        let p = B64.encode(r#"{"EnvironmentId":"42","EnvironmentName":"main","Namespace":"n","ProjectName":"p"}"#);
+        let p = B64.encode(
+            r#"{"EnvironmentId":"42","EnvironmentName":"main","Namespace":"n","ProjectName":"p"}"#,
+        );
         format!("{h}.{p}.")
     };
     let forged = go_original_token("a-different-key-that-is-long-enough!!");
@@ -193,16 +218,61 @@ async fn bad_input_gets_a_clear_error_and_publishes_nothing() {
         ("empty token", Some("".into()), facts.into(), 401),
         ("alg none", Some(alg_none), facts.into(), 401),
         ("forged", Some(forged), facts.into(), 401),
-        ("truncated", Some(good[..good.len() - 4].to_string()), facts.into(), 401),
-        ("huge header", Some("x".repeat(16 * 1024)), facts.into(), 401),
-        ("malformed json", Some(good.clone()), "[{\"name\":".into(), 400),
+        (
+            "truncated",
+            Some(good[..good.len() - 4].to_string()),
+            facts.into(),
+            401,
+        ),
+        (
+            "huge header",
+            Some("x".repeat(16 * 1024)),
+            facts.into(),
+            401,
+        ),
+        (
+            "malformed json",
+            Some(good.clone()),
+            "[{\"name\":".into(),
+            400,
+        ),
         ("not json", Some(good.clone()), "hello".into(), 400),
-        ("value not a string", Some(good.clone()), r#"[{"name":"a","value":5}]"#.into(), 400),
-        ("unknown fact type", Some(good.clone()), r#"[{"name":"a","value":"b","type":"BLOB"}]"#.into(), 400),
-        ("fact without name", Some(good.clone()), r#"[{"value":"b"}]"#.into(), 400),
-        ("object without facts", Some(good.clone()), r#"{"name":"a"}"#.into(), 400),
-        ("deep nesting", Some(good.clone()), format!("{}{}", "[".repeat(1500), "]".repeat(1500)), 400),
-        ("oversized", Some(good.clone()), format!("[{{\"name\":\"a\",\"value\":\"{}\"}}]", "x".repeat(5000)), 413),
+        (
+            "value not a string",
+            Some(good.clone()),
+            r#"[{"name":"a","value":5}]"#.into(),
+            400,
+        ),
+        (
+            "unknown fact type",
+            Some(good.clone()),
+            r#"[{"name":"a","value":"b","type":"BLOB"}]"#.into(),
+            400,
+        ),
+        (
+            "fact without name",
+            Some(good.clone()),
+            r#"[{"value":"b"}]"#.into(),
+            400,
+        ),
+        (
+            "object without facts",
+            Some(good.clone()),
+            r#"{"name":"a"}"#.into(),
+            400,
+        ),
+        (
+            "deep nesting",
+            Some(good.clone()),
+            format!("{}{}", "[".repeat(1500), "]".repeat(1500)),
+            400,
+        ),
+        (
+            "oversized",
+            Some(good.clone()),
+            format!("[{{\"name\":\"a\",\"value\":\"{}\"}}]", "x".repeat(5000)),
+            413,
+        ),
         ("env id not an integer", Some(not_int), facts.into(), 400),
     ];
     for (what, auth, body, want) in cases {
@@ -212,9 +282,16 @@ async fn bad_input_gets_a_clear_error_and_publishes_nothing() {
         let text = resp.text().await.unwrap();
         assert_eq!(status, want, "{what}: {text}");
         assert!(!retry, "{what}");
-        let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: JSON error body, got {text}"));
-        assert!(v["status"].is_string() && v["message"].is_string(), "{what}: {v}");
-        assert!(!text.contains(&good[20..60]), "{what}: the token must not be echoed");
+        let v: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{what}: JSON error body, got {text}"));
+        assert!(
+            v["status"].is_string() && v["message"].is_string(),
+            "{what}: {v}"
+        );
+        assert!(
+            !text.contains(&good[20..60]),
+            "{what}: the token must not be echoed"
+        );
     }
     // Problems: wrong types and bad severity.
     for (body, want) in [
@@ -229,7 +306,11 @@ async fn bad_input_gets_a_clear_error_and_publishes_nothing() {
     let resp = post(&api, "/facts", Some(&good), vec![b'[', 0xff, 0xfe, b']']).await;
     assert_eq!(resp.status(), 400);
     // Unknown route and wrong method: JSON 404/405, never 500.
-    let resp = client().get(format!("{}/facts", api.url)).send().await.unwrap();
+    let resp = client()
+        .get(format!("{}/facts", api.url))
+        .send()
+        .await
+        .unwrap();
     assert!(resp.status().is_client_error());
     // Nothing reached the queue.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -252,7 +333,11 @@ async fn rate_limit_is_per_environment() {
         statuses.push(r.status().as_u16());
     }
     assert!(statuses.contains(&429), "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 4, "burst is twice the rate: {statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        4,
+        "burst is twice the rate: {statuses:?}"
+    );
     let r = post(&api, "/facts", Some(&b), r#"[{"name":"a","value":"b"}]"#).await;
     assert_eq!(r.status(), 200, "another environment is not limited");
     api.stop().await;
@@ -276,7 +361,9 @@ async fn default_exchange_and_queue_receive_persistent_json() {
     let r = post(&api, "/facts", Some(&token("ns", "3")), body).await;
     assert_eq!(r.status(), 200);
 
-    let conn = lapin::Connection::connect(&amqp_uri(), Default::default()).await.unwrap();
+    let conn = lapin::Connection::connect(&amqp_uri(), Default::default())
+        .await
+        .unwrap();
     let ch = conn.create_channel().await.unwrap();
     let msg = ch
         .basic_get("lagoon-insights:items".into(), Default::default())
@@ -285,7 +372,10 @@ async fn default_exchange_and_queue_receive_persistent_json() {
         .expect("message in lagoon-insights:items");
     let props = &msg.delivery.properties;
     assert_eq!(*props.delivery_mode(), Some(2));
-    assert_eq!(props.content_type().as_ref().map(|s| s.as_str()), Some("application/json"));
+    assert_eq!(
+        props.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/json")
+    );
     assert!(props.message_id().is_some());
     assert_eq!(msg.delivery.routing_key.as_str(), "");
     assert_eq!(msg.delivery.exchange.as_str(), "lagoon-insights");
@@ -299,7 +389,11 @@ async fn default_exchange_and_queue_receive_persistent_json() {
 async fn readyz_follows_the_broker_connection() {
     let settings = isolated_broker("ready");
     let api = start_api(settings, MIB, 0).await;
-    let r = client().get(format!("{}/readyz", api.url)).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/readyz", api.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     // Point the publisher at a port where nothing listens: not ready, and
     // posts get 503 with Retry-After rather than hanging.
@@ -309,14 +403,26 @@ async fn readyz_follows_the_broker_connection() {
     });
     let mut ready = 200;
     for _ in 0..50 {
-        ready = client().get(format!("{}/readyz", api.url)).send().await.unwrap().status().as_u16();
+        ready = client()
+            .get(format!("{}/readyz", api.url))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
         if ready == 503 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(ready, 503);
-    let r = post(&api, "/facts", Some(&token("ns", "1")), r#"[{"name":"a","value":"b"}]"#).await;
+    let r = post(
+        &api,
+        "/facts",
+        Some(&token("ns", "1")),
+        r#"[{"name":"a","value":"b"}]"#,
+    )
+    .await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "5");
     let v: Value = r.json().await.unwrap();

@@ -55,14 +55,18 @@ async fn status_reports_counters_conditions_and_kubectl_columns() {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
     for f in ["configmap-sbom.json", "configmap-image.json"] {
         let path = format!("{}/tests/fixtures/{f}", env!("CARGO_MANIFEST_DIR"));
-        let mut cm: ConfigMap = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut cm: ConfigMap =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         cm.metadata.namespace = Some(ns.name.clone());
         cms.create(&PostParams::default(), &cm).await.unwrap();
     }
     let got = wait_for("status counters", Duration::from_secs(30), || async {
         let o = irc.get(&config_name).await.ok()?;
         let s = o.status.as_ref()?;
-        (s.forwarded == 2 && s.tokens_issued == 1 && condition(&o, "Ready").map(|c| c.0) == Some("True".into())).then_some(o)
+        (s.forwarded == 2
+            && s.tokens_issued == 1
+            && condition(&o, "Ready").map(|c| c.0) == Some("True".into()))
+        .then_some(o)
     })
     .await;
     let s = got.status.clone().unwrap();
@@ -74,17 +78,41 @@ async fn status_reports_counters_conditions_and_kubectl_columns() {
 
     // What an admin sees.
     let out = std::process::Command::new("bash")
-        .args(["hack/control-plane.sh", "kubectl", "get", "irc", &config_name])
+        .args([
+            "hack/control-plane.sh",
+            "kubectl",
+            "get",
+            "irc",
+            &config_name,
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "READY", "BROKER", "FORWARDED", "DEFERRED", "TOKENS", "AGE"]);
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "READY",
+            "BROKER",
+            "FORWARDED",
+            "DEFERRED",
+            "TOKENS",
+            "AGE"
+        ]
+    );
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-    assert_eq!(&row[..6], [config_name.as_str(), "True", "True", "2", "0", "1"]);
+    assert_eq!(
+        &row[..6],
+        [config_name.as_str(), "True", "True", "2", "0", "1"]
+    );
 
     // A broken reference is a condition, not a crash.
     irc.patch(
@@ -106,7 +134,9 @@ async fn status_reports_counters_conditions_and_kubectl_columns() {
     assert!(message.contains("does-not-exist"), "{message}");
     assert_eq!(condition(&broken, "Ready").unwrap().0, "False");
     // The operator keeps its last good key meanwhile.
-    assert!(ring().verify(&ring().mint(&claims("x", "1")).unwrap()).is_ok());
+    assert!(ring()
+        .verify(&ring().mint(&claims("x", "1")).unwrap())
+        .is_ok());
     assert_eq!(op.ctx.keys.borrow().fingerprint(), ring().fingerprint());
 
     // A short key is refused with a message saying why.
@@ -115,8 +145,14 @@ async fn status_reports_counters_conditions_and_kubectl_columns() {
         .create(
             &PostParams::default(),
             &Secret {
-                metadata: kube::api::ObjectMeta { name: Some("short".into()), ..Default::default() },
-                data: Some(BTreeMap::from([("key".to_string(), ByteString(b"testsecret".to_vec()))])),
+                metadata: kube::api::ObjectMeta {
+                    name: Some("short".into()),
+                    ..Default::default()
+                },
+                data: Some(BTreeMap::from([(
+                    "key".to_string(),
+                    ByteString(b"testsecret".to_vec()),
+                )])),
                 ..Default::default()
             },
         )
@@ -125,7 +161,9 @@ async fn status_reports_counters_conditions_and_kubectl_columns() {
     irc.patch(
         &config_name,
         &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"signingKey": {"secretRef": {"name": "short", "key": "key"}}}})),
+        &Patch::Merge(
+            json!({"spec": {"signingKey": {"secretRef": {"name": "short", "key": "key"}}}}),
+        ),
     )
     .await
     .unwrap();
@@ -153,6 +191,8 @@ async fn status_reports_counters_conditions_and_kubectl_columns() {
     let v: Value = serde_json::to_value(&down.status).unwrap();
     assert_eq!(v["forwarded"], 2, "counters survive: {v}");
     op.stop().await;
-    irc.delete(&config_name, &DeleteParams::default()).await.unwrap();
+    irc.delete(&config_name, &DeleteParams::default())
+        .await
+        .unwrap();
     ns.cleanup().await;
 }

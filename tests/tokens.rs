@@ -37,7 +37,10 @@ async fn start(client: &kube::Client, ns: &str, config_name: &str) -> Operator {
 
 async fn wait_secret(api: &Api<Secret>, what: &str, ok: impl Fn(&Secret) -> bool) -> Secret {
     wait_for(what, Duration::from_secs(30), || async {
-        api.get_opt("insights-token").await.unwrap().filter(|s| ok(s))
+        api.get_opt("insights-token")
+            .await
+            .unwrap()
+            .filter(|s| ok(s))
     })
     .await
 }
@@ -70,17 +73,33 @@ async fn token_secret_is_minted_repaired_and_rotated_in_place() {
         )
         .await
         .unwrap();
-    let repaired = wait_secret(&secrets, "repaired token", |s| ring().verify(&token_of(s)).is_ok()).await;
-    assert_eq!(repaired.uid().unwrap(), uid, "updated in place, not deleted");
+    let repaired = wait_secret(&secrets, "repaired token", |s| {
+        ring().verify(&token_of(s)).is_ok()
+    })
+    .await;
+    assert_eq!(
+        repaired.uid().unwrap(),
+        uid,
+        "updated in place, not deleted"
+    );
 
     // A token naming another namespace is re-minted too.
-    let foreign = ring().mint(&common::claims("other-namespace", "42")).unwrap();
+    let foreign = ring()
+        .mint(&common::claims("other-namespace", "42"))
+        .unwrap();
     secrets
-        .patch("insights-token", &PatchParams::default(), &Patch::Merge(json!({"data": {"INSIGHTS_TOKEN": base64_of(&foreign)}})))
+        .patch(
+            "insights-token",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"INSIGHTS_TOKEN": base64_of(&foreign)}})),
+        )
         .await
         .unwrap();
     wait_secret(&secrets, "token for this namespace", |s| {
-        ring().verify(&token_of(s)).map(|c| c.namespace == ns.name).unwrap_or(false)
+        ring()
+            .verify(&token_of(s))
+            .map(|c| c.namespace == ns.name)
+            .unwrap_or(false)
     })
     .await;
 
@@ -114,15 +133,30 @@ async fn token_secret_is_minted_repaired_and_rotated_in_place() {
         json!({"apiVersion": "insights.lagoon.sh/v1alpha1", "kind": "InsightsRemoteConfig",
                "metadata": {"name": config_name}, "spec": {"signingKey": sk}})
     };
-    irc.patch(&config_name, &PatchParams::apply("tests").force(), &Patch::Apply(apply(true))).await.unwrap();
+    irc.patch(
+        &config_name,
+        &PatchParams::apply("tests").force(),
+        &Patch::Apply(apply(true)),
+    )
+    .await
+    .unwrap();
     let new_ring = KeyRing::new(new_key).unwrap();
-    let rotated = wait_secret(&secrets, "token signed with the new key", |s| new_ring.verify(&token_of(s)).is_ok()).await;
+    let rotated = wait_secret(&secrets, "token signed with the new key", |s| {
+        new_ring.verify(&token_of(s)).is_ok()
+    })
+    .await;
     assert_eq!(rotated.uid().unwrap(), uid, "rotation updates in place");
     // The API accepts old tokens while the previous key is listed...
     let keys = op.ctx.keys.borrow().clone();
     assert!(keys.verify(&t).is_ok(), "previous key still accepted");
     // ...and refuses them once it is dropped.
-    irc.patch(&config_name, &PatchParams::apply("tests").force(), &Patch::Apply(apply(false))).await.unwrap();
+    irc.patch(
+        &config_name,
+        &PatchParams::apply("tests").force(),
+        &Patch::Apply(apply(false)),
+    )
+    .await
+    .unwrap();
     wait_for("previous key dropped", Duration::from_secs(30), || async {
         op.ctx.keys.borrow().verify(&t).is_err().then_some(())
     })
@@ -133,7 +167,11 @@ async fn token_secret_is_minted_repaired_and_rotated_in_place() {
         let list = events.list(&ListParams::default()).await.unwrap().items;
         let n = list
             .iter()
-            .filter(|e| e.reason.as_deref() == Some("KeyRotated") && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(config_name.as_str()))
+            .filter(|e| {
+                e.reason.as_deref() == Some("KeyRotated")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                        == Some(config_name.as_str())
+            })
             .count();
         (n > 0).then_some(n)
     })
@@ -141,7 +179,9 @@ async fn token_secret_is_minted_repaired_and_rotated_in_place() {
     assert!(rotated_events >= 1);
 
     op.stop().await;
-    irc.delete(&config_name, &DeleteParams::default()).await.unwrap();
+    irc.delete(&config_name, &DeleteParams::default())
+        .await
+        .unwrap();
     ns.cleanup().await;
 }
 
@@ -168,7 +208,8 @@ async fn namespace_missing_a_label_gets_an_event_and_no_token() {
             .into_iter()
             .find(|e| {
                 e.reason.as_deref() == Some("MissingLabels")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(ns.name.as_str())
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                        == Some(ns.name.as_str())
             })
     })
     .await;
@@ -177,7 +218,11 @@ async fn namespace_missing_a_label_gets_an_event_and_no_token() {
     assert!(secrets.get_opt("insights-token").await.unwrap().is_none());
     // Adding the label gets the token.
     Api::<Namespace>::all(client.clone())
-        .patch(&ns.name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"lagoon.sh/environmentId": "7"}}})))
+        .patch(
+            &ns.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"lagoon.sh/environmentId": "7"}}})),
+        )
         .await
         .unwrap();
     let s = wait_secret(&secrets, "token after labelling", |_| true).await;
@@ -206,9 +251,16 @@ async fn target_label_limits_which_namespaces_get_tokens() {
     .await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(secrets.get_opt("insights-token").await.unwrap().is_none(), "no target label, no token");
+    assert!(
+        secrets.get_opt("insights-token").await.unwrap().is_none(),
+        "no target label, no token"
+    );
     Api::<Namespace>::all(client.clone())
-        .patch(&ns.name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"insights.lagoon.sh/enabled": "true"}}})))
+        .patch(
+            &ns.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"insights.lagoon.sh/enabled": "true"}}})),
+        )
         .await
         .unwrap();
     wait_secret(&secrets, "token once targeted", |_| true).await;
@@ -230,26 +282,48 @@ async fn terminating_namespace_is_left_alone() {
     blocker.metadata.finalizers = Some(vec!["tests.insights.lagoon.sh/hold".into()]);
     cms.create(&PostParams::default(), &blocker).await.unwrap();
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces.delete(&ns.name, &DeleteParams::default()).await.unwrap();
+    namespaces
+        .delete(&ns.name, &DeleteParams::default())
+        .await
+        .unwrap();
     wait_for("namespace Terminating", Duration::from_secs(30), || async {
         let n = namespaces.get(&ns.name).await.ok()?;
         (n.status?.phase.as_deref() == Some("Terminating")).then_some(())
     })
     .await;
     // The namespace controller removes the Secret; we must not fight it.
-    wait_for("token Secret removed by namespace deletion", Duration::from_secs(30), || async {
-        secrets.get_opt("insights-token").await.unwrap().is_none().then_some(())
-    })
+    wait_for(
+        "token Secret removed by namespace deletion",
+        Duration::from_secs(30),
+        || async {
+            secrets
+                .get_opt("insights-token")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(secrets.get_opt("insights-token").await.unwrap().is_none(), "no token written into a Terminating namespace");
+    assert!(
+        secrets.get_opt("insights-token").await.unwrap().is_none(),
+        "no token written into a Terminating namespace"
+    );
     let errors = op.metrics.render();
     assert!(
-        !errors.lines().any(|l| l.starts_with("insights_remote_reconcile_errors_total{") && l.contains("controller=\"namespace\"")),
+        !errors
+            .lines()
+            .any(|l| l.starts_with("insights_remote_reconcile_errors_total{")
+                && l.contains("controller=\"namespace\"")),
         "no failed writes: {errors}"
     );
-    cms.patch("blocker", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
-        .await
-        .unwrap();
+    cms.patch(
+        "blocker",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
     op.stop().await;
 }

@@ -19,7 +19,9 @@ use tracing::{info, warn};
 
 use super::{until_shutdown, ConfigHealth, Context};
 use crate::broker::{BrokerSettings, TlsSettings};
-use crate::crd::{InsightsRemoteConfig, InsightsRemoteConfigSpec, InsightsRemoteConfigStatus, SecretKeyRef};
+use crate::crd::{
+    InsightsRemoteConfig, InsightsRemoteConfigSpec, InsightsRemoteConfigStatus, SecretKeyRef,
+};
 use crate::settings::Operations;
 use crate::token::KeyRing;
 
@@ -111,7 +113,14 @@ pub async fn sync(ctx: &Context) {
             if changed {
                 info!(key = %fp, "signing key changed; tokens will be re-minted");
                 if let Some(irc) = &irc {
-                    ctx.event(irc, EventType::Normal, "KeyRotated", "Rotate", format!("signing key is now {fp}; re-minting tokens")).await;
+                    ctx.event(
+                        irc,
+                        EventType::Normal,
+                        "KeyRotated",
+                        "Rotate",
+                        format!("signing key is now {fp}; re-minting tokens"),
+                    )
+                    .await;
                 }
             }
             health.key_fingerprint = Some(fp);
@@ -157,7 +166,12 @@ fn operations(ctx: &Context, spec: &InsightsRemoteConfigSpec) -> Operations {
     }
 }
 
-async fn secret_value(ctx: &Context, namespace: Option<&str>, name: &str, key: &str) -> Result<Vec<u8>, String> {
+async fn secret_value(
+    ctx: &Context,
+    namespace: Option<&str>,
+    name: &str,
+    key: &str,
+) -> Result<Vec<u8>, String> {
     let ns = namespace.unwrap_or(&ctx.pod_namespace);
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let secret = api
@@ -176,7 +190,10 @@ async fn secret_ref(ctx: &Context, r: &SecretKeyRef) -> Result<Vec<u8>, String> 
     secret_value(ctx, r.namespace.as_deref(), &r.name, &r.key).await
 }
 
-async fn resolve_broker(ctx: &Context, spec: &InsightsRemoteConfigSpec) -> Result<BrokerSettings, String> {
+async fn resolve_broker(
+    ctx: &Context,
+    spec: &InsightsRemoteConfigSpec,
+) -> Result<BrokerSettings, String> {
     let b = &spec.broker;
     let mut settings = BrokerSettings {
         host: b.address.clone(),
@@ -189,7 +206,8 @@ async fn resolve_broker(ctx: &Context, spec: &InsightsRemoteConfigSpec) -> Resul
     };
     if let Some(c) = &b.credentials_secret {
         let ns = c.namespace.as_deref();
-        let text = |v: Vec<u8>| String::from_utf8(v).map_err(|_| "credentials are not UTF-8".to_string());
+        let text =
+            |v: Vec<u8>| String::from_utf8(v).map_err(|_| "credentials are not UTF-8".to_string());
         settings.username = text(secret_value(ctx, ns, &c.name, &c.username_key).await?)?;
         settings.password = text(secret_value(ctx, ns, &c.name, &c.password_key).await?)?;
     }
@@ -207,13 +225,17 @@ async fn resolve_broker(ctx: &Context, spec: &InsightsRemoteConfigSpec) -> Resul
     Ok(settings)
 }
 
-async fn resolve_keys(ctx: &Context, spec: &InsightsRemoteConfigSpec) -> Result<Arc<KeyRing>, (String, String)> {
+async fn resolve_keys(
+    ctx: &Context,
+    spec: &InsightsRemoteConfigSpec,
+) -> Result<Arc<KeyRing>, (String, String)> {
     let Some(current_ref) = &spec.signing_key.secret_ref else {
-        return ctx
-            .baseline
-            .keys
-            .clone()
-            .ok_or_else(|| ("NoSigningKey".into(), "spec.signingKey.secretRef is not set and INSIGHTS_TOKEN_SECRET is empty".into()));
+        return ctx.baseline.keys.clone().ok_or_else(|| {
+            (
+                "NoSigningKey".into(),
+                "spec.signingKey.secretRef is not set and INSIGHTS_TOKEN_SECRET is empty".into(),
+            )
+        });
     };
     let unavailable = |m: String| ("SecretUnavailable".to_string(), m);
     let current = secret_ref(ctx, current_ref).await.map_err(unavailable)?;
@@ -278,11 +300,21 @@ pub async fn write_status(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
             .any(|c| c.type_ == "BrokerConnected" && c.status == "True");
         if was_connected.is_some_and(|w| w != connected) {
             let (reason, note) = if connected {
-                ("BrokerConnected", "connected to the message broker".to_string())
+                (
+                    "BrokerConnected",
+                    "connected to the message broker".to_string(),
+                )
             } else {
-                ("BrokerLost", format!("lost the message broker: {}", broker_message(&ctx)))
+                (
+                    "BrokerLost",
+                    format!("lost the message broker: {}", broker_message(&ctx)),
+                )
             };
-            let t = if connected { EventType::Normal } else { EventType::Warning };
+            let t = if connected {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            };
             ctx.event(&irc, t, reason, "Connect", note).await;
         }
         was_connected = Some(connected);
@@ -291,7 +323,11 @@ pub async fn write_status(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
         }
         let patch = json!({ "status": status });
         match api
-            .patch_status(&irc.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_status(
+                &irc.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await
         {
             Ok(_) => last_written = Some(status),
@@ -307,14 +343,26 @@ fn broker_message(ctx: &Context) -> String {
     }
 }
 
-fn build_status(ctx: &Context, base: &InsightsRemoteConfigStatus, current: &InsightsRemoteConfigStatus) -> InsightsRemoteConfigStatus {
+fn build_status(
+    ctx: &Context,
+    base: &InsightsRemoteConfigStatus,
+    current: &InsightsRemoteConfigStatus,
+) -> InsightsRemoteConfigStatus {
     let health = ctx.health.lock().expect("health lock").clone();
     let c = &ctx.counters;
     let broker_ok = ctx.publisher.as_ref().map(|p| p.state().connected);
     let (broker_status, broker_reason, broker_msg) = match (&health.broker_problem, broker_ok) {
         (Some((reason, msg)), _) => ("False", reason.clone(), msg.clone()),
-        (None, None) => ("False", "Disabled".into(), "RABBITMQ_ENABLED is false".into()),
-        (None, Some(true)) => ("True", "Connected".into(), "publishing with confirms".into()),
+        (None, None) => (
+            "False",
+            "Disabled".into(),
+            "RABBITMQ_ENABLED is false".into(),
+        ),
+        (None, Some(true)) => (
+            "True",
+            "Connected".into(),
+            "publishing with confirms".into(),
+        ),
         (None, Some(false)) => ("False", "Unreachable".into(), broker_message(ctx)),
     };
     let (key_status, key_reason, key_msg) = match &health.signing_key_problem {
@@ -322,12 +370,18 @@ fn build_status(ctx: &Context, base: &InsightsRemoteConfigStatus, current: &Insi
         None => (
             "True",
             "Loaded".into(),
-            format!("signing key {}", health.key_fingerprint.clone().unwrap_or_default()),
+            format!(
+                "signing key {}",
+                health.key_fingerprint.clone().unwrap_or_default()
+            ),
         ),
     };
     let ready = broker_status == "True" && key_status == "True";
     let (ready_reason, ready_msg) = if ready {
-        ("Ready".to_string(), "forwarding insights and minting tokens".to_string())
+        (
+            "Ready".to_string(),
+            "forwarding insights and minting tokens".to_string(),
+        )
     } else if broker_status != "True" {
         ("BrokerNotConnected".into(), broker_msg.clone())
     } else {
@@ -354,7 +408,12 @@ fn build_status(ctx: &Context, base: &InsightsRemoteConfigStatus, current: &Insi
     InsightsRemoteConfigStatus {
         observed_generation: health.observed_generation,
         conditions: vec![
-            cond("Ready", if ready { "True" } else { "False" }, ready_reason, ready_msg),
+            cond(
+                "Ready",
+                if ready { "True" } else { "False" },
+                ready_reason,
+                ready_msg,
+            ),
             cond("BrokerConnected", broker_status, broker_reason, broker_msg),
             cond("SigningKeyReady", key_status, key_reason, key_msg),
         ],

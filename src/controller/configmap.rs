@@ -39,7 +39,9 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: watch::Receiver<
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
-    let wc = watcher::Config::default().labels(&selector()).any_semantic();
+    let wc = watcher::Config::default()
+        .labels(&selector())
+        .any_semantic();
     info!(selector = %selector(), concurrency, "forwarding insights ConfigMaps");
     Controller::new(api, wc)
         .with_config(ControllerConfig::default().concurrency(concurrency.max(1)))
@@ -59,7 +61,9 @@ async fn reconcile_observed(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Act
 pub fn error_policy(cm: Arc<ConfigMap>, err: &Error, _ctx: Arc<Context>) -> Action {
     match err {
         // The object changed under us: the watch brings the new version.
-        Error::Kube(kube::Error::Api(s)) if s.code == 409 => Action::requeue(Duration::from_millis(200)),
+        Error::Kube(kube::Error::Api(s)) if s.code == 409 => {
+            Action::requeue(Duration::from_millis(200))
+        }
         Error::Kube(kube::Error::Api(s)) if s.code == 404 => Action::await_change(),
         _ => {
             warn!(namespace = cm.namespace().unwrap_or_default(), name = %cm.name_any(), error = %err, "ConfigMap reconcile failed");
@@ -92,7 +96,14 @@ pub async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Action> 
             burn(&api, &cm, &ctx).await?;
         } else if !labels.contains_key(LABEL_PROCESSED) {
             // Label it so the server-side selector drops it from our watch.
-            patch_meta(&api, &name, None, json!({ LABEL_PROCESSED: now_unix().to_string() }), json!({})).await?;
+            patch_meta(
+                &api,
+                &name,
+                None,
+                json!({ LABEL_PROCESSED: now_unix().to_string() }),
+                json!({}),
+            )
+            .await?;
         }
         return Ok(Action::await_change());
     }
@@ -113,7 +124,9 @@ pub async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Action> 
         Ok(m) => m,
         Err(reason) => return reject(&api, &cm, &ctx, &reason, &fingerprint).await,
     };
-    if ops.require_core_enabled && annotations.get(ANNOTATION_CORE_ENABLED).map(String::as_str) != Some("true") {
+    if ops.require_core_enabled
+        && annotations.get(ANNOTATION_CORE_ENABLED).map(String::as_str) != Some("true")
+    {
         debug!(namespace = %ns, %name, "core insights not enabled: marked processed without publishing");
         ctx.metrics.count_configmap("skipped");
         mark_processed(&api, &cm, &ctx, ops.burn_after_reading).await?;
@@ -144,12 +157,25 @@ pub async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Action> 
             warn!(namespace = %ns, %name, error = %e, "forward failed; will retry");
             Ok(Action::requeue(Duration::from_secs(30)))
         }
-        Err(e) => defer(&api, &cm, &ctx, &e.to_string(), ops.mins_between_retries, ops.max_retries).await,
+        Err(e) => {
+            defer(
+                &api,
+                &cm,
+                &ctx,
+                &e.to_string(),
+                ops.mins_between_retries,
+                ops.max_retries,
+            )
+            .await
+        }
     }
 }
 
 /// Builds the message, or says why this ConfigMap must not be forwarded.
-async fn build_message(cm: &ConfigMap, ctx: &Context) -> Result<std::result::Result<ConfigMapMessage, String>> {
+async fn build_message(
+    cm: &ConfigMap,
+    ctx: &Context,
+) -> Result<std::result::Result<ConfigMapMessage, String>> {
     let labels = cm.labels();
     let insights_type = match infer_insights_type(labels) {
         Ok(t) => t,
@@ -165,14 +191,20 @@ async fn build_message(cm: &ConfigMap, ctx: &Context) -> Result<std::result::Res
     // the consumer reads plain-JSON SBOMs from binaryPayload.
     if let Some(data) = &cm.data {
         for (k, v) in data {
-            binary_payload.entry(k.clone()).or_insert_with(|| STANDARD.encode(v.as_bytes()));
+            binary_payload
+                .entry(k.clone())
+                .or_insert_with(|| STANDARD.encode(v.as_bytes()));
         }
     }
     if binary_payload.is_empty() {
-        return Ok(Err("the ConfigMap has no payload (neither data nor binaryData)".into()));
+        return Ok(Err(
+            "the ConfigMap has no payload (neither data nor binaryData)".into(),
+        ));
     }
     let ns_name = cm.namespace().unwrap_or_default();
-    let ns = Api::<Namespace>::all(ctx.client.clone()).get_opt(&ns_name).await?;
+    let ns = Api::<Namespace>::all(ctx.client.clone())
+        .get_opt(&ns_name)
+        .await?;
     let ns_labels = ns.as_ref().map(|n| n.labels().clone()).unwrap_or_default();
     // Project and environment come from the namespace; the ConfigMap's own
     // labels (set by the build) are the fallback.
@@ -211,11 +243,20 @@ async fn patch_meta(
         meta["resourceVersion"] = json!(rv);
     }
     Ok(api
-        .patch(name, &PatchParams::default(), &Patch::Merge(json!({ "metadata": meta })))
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": meta })),
+        )
         .await?)
 }
 
-async fn mark_processed(api: &Api<ConfigMap>, cm: &ConfigMap, ctx: &Context, burn_after: bool) -> Result<()> {
+async fn mark_processed(
+    api: &Api<ConfigMap>,
+    cm: &ConfigMap,
+    ctx: &Context,
+    burn_after: bool,
+) -> Result<()> {
     if burn_after {
         // One call: delete exactly the version that was forwarded.
         match delete_version(api, cm).await {
@@ -224,7 +265,9 @@ async fn mark_processed(api: &Api<ConfigMap>, cm: &ConfigMap, ctx: &Context, bur
                 ctx.metrics.count_configmap("burned");
                 return Ok(());
             }
-            Err(e @ Error::Kube(kube::Error::Api(_))) if e.metric_label() == "conflict" => return Err(e),
+            Err(e @ Error::Kube(kube::Error::Api(_))) if e.metric_label() == "conflict" => {
+                return Err(e)
+            }
             Err(e) => warn!(error = %e, "burn after reading failed; marking processed instead"),
         }
     }
@@ -274,7 +317,14 @@ async fn burn(api: &Api<ConfigMap>, cm: &ConfigMap, ctx: &Context) -> Result<()>
     }
 }
 
-async fn defer(api: &Api<ConfigMap>, cm: &ConfigMap, ctx: &Context, reason: &str, mins: u32, max_retries: u32) -> Result<Action> {
+async fn defer(
+    api: &Api<ConfigMap>,
+    cm: &ConfigMap,
+    ctx: &Context,
+    reason: &str,
+    mins: u32,
+    max_retries: u32,
+) -> Result<Action> {
     let retries: u32 = cm
         .annotations()
         .get(ANNOTATION_RETRIES)
@@ -296,7 +346,14 @@ async fn defer(api: &Api<ConfigMap>, cm: &ConfigMap, ctx: &Context, reason: &str
             json!({ ANNOTATION_RETRIES: retries.to_string() }),
         )
         .await?;
-        ctx.event(cm, EventType::Warning, "MaxRetriesExceeded", "Forward", format!("not forwarded after {retries} attempts: {reason}")).await;
+        ctx.event(
+            cm,
+            EventType::Warning,
+            "MaxRetriesExceeded",
+            "Forward",
+            format!("not forwarded after {retries} attempts: {reason}"),
+        )
+        .await;
         return Ok(Action::await_change());
     }
     let wait = u64::from(mins) * 60;
@@ -310,11 +367,24 @@ async fn defer(api: &Api<ConfigMap>, cm: &ConfigMap, ctx: &Context, reason: &str
         json!({ ANNOTATION_RETRIES: retries.to_string() }),
     )
     .await?;
-    ctx.event(cm, EventType::Warning, "Deferred", "Forward", format!("attempt {retries} failed, retrying in {wait}s: {reason}")).await;
+    ctx.event(
+        cm,
+        EventType::Warning,
+        "Deferred",
+        "Forward",
+        format!("attempt {retries} failed, retrying in {wait}s: {reason}"),
+    )
+    .await;
     Ok(Action::requeue(Duration::from_secs(wait.max(1))))
 }
 
-async fn reject(api: &Api<ConfigMap>, cm: &ConfigMap, ctx: &Context, reason: &str, fingerprint: &str) -> Result<Action> {
+async fn reject(
+    api: &Api<ConfigMap>,
+    cm: &ConfigMap,
+    ctx: &Context,
+    reason: &str,
+    fingerprint: &str,
+) -> Result<Action> {
     warn!(namespace = cm.namespace().unwrap_or_default(), name = %cm.name_any(), %reason, "insights ConfigMap rejected");
     patch_meta(
         api,
@@ -327,7 +397,14 @@ async fn reject(api: &Api<ConfigMap>, cm: &ConfigMap, ctx: &Context, reason: &st
     ctx.counters.add(&ctx.counters.rejected);
     ctx.metrics.count_configmap("rejected");
     ctx.status_changed.notify_one();
-    ctx.event(cm, EventType::Warning, "Rejected", "Forward", reason.to_string()).await;
+    ctx.event(
+        cm,
+        EventType::Warning,
+        "Rejected",
+        "Forward",
+        reason.to_string(),
+    )
+    .await;
     Ok(Action::await_change())
 }
 
@@ -381,8 +458,17 @@ mod tests {
 
     fn cm(labels: &[(&str, &str)], bin: &[(&str, &[u8])]) -> ConfigMap {
         let mut c = ConfigMap::default();
-        c.metadata.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
-        c.binary_data = Some(bin.iter().map(|(k, v)| (k.to_string(), ByteString(v.to_vec()))).collect());
+        c.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        c.binary_data = Some(
+            bin.iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
+                .collect(),
+        );
         c
     }
 
@@ -390,7 +476,11 @@ mod tests {
     fn fingerprint_changes_with_content_not_with_our_marks() {
         let a = cm(&[(LABEL_INSIGHTS_TYPE, "sbom")], &[("x", b"1")]);
         let mut b = a.clone();
-        b.metadata.labels.as_mut().unwrap().insert(LABEL_WRITE_DEFERRED.into(), "1".into());
+        b.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(LABEL_WRITE_DEFERRED.into(), "1".into());
         assert_eq!(fingerprint(&a), fingerprint(&b));
         let c = cm(&[(LABEL_INSIGHTS_TYPE, "sbom-gz")], &[("x", b"1")]);
         assert_ne!(fingerprint(&a), fingerprint(&c));

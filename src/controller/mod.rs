@@ -135,7 +135,14 @@ impl Context {
     }
 
     /// Publishes an Event about an object; failures are logged, never fatal.
-    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, type_: EventType, reason: &str, action: &str, note: String) {
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         let ev = Event {
             type_,
             reason: reason.into(),
@@ -170,7 +177,13 @@ impl Context {
 }
 
 /// Runs every enabled controller until `shutdown` fires.
-pub async fn run(ctx: Arc<Context>, forward: bool, tokens: bool, concurrency: u16, shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    ctx: Arc<Context>,
+    forward: bool,
+    tokens: bool,
+    concurrency: u16,
+    shutdown: watch::Receiver<bool>,
+) {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(config::run(ctx.clone(), shutdown.clone()));
     tasks.spawn(config::write_status(ctx.clone(), shutdown.clone()));

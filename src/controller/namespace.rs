@@ -20,8 +20,8 @@ use tracing::{info, warn};
 
 use super::{until_shutdown, Context, Error, Result};
 use crate::contract::{
-    LABEL_DYNAMIC_SECRET, LABEL_ENVIRONMENT, LABEL_ENVIRONMENT_ID, LABEL_INSIGHTS_TOKEN, LABEL_PROJECT,
-    TOKEN_SECRET_KEY, TOKEN_SECRET_NAME,
+    LABEL_DYNAMIC_SECRET, LABEL_ENVIRONMENT, LABEL_ENVIRONMENT_ID, LABEL_INSIGHTS_TOKEN,
+    LABEL_PROJECT, TOKEN_SECRET_KEY, TOKEN_SECRET_NAME,
 };
 use crate::token::Claims;
 
@@ -111,7 +111,10 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> 
                 EventType::Warning,
                 "MissingLabels",
                 "MintToken",
-                format!("no insights token: the namespace lacks label(s) {}", missing.join(", ")),
+                format!(
+                    "no insights token: the namespace lacks label(s) {}",
+                    missing.join(", ")
+                ),
             )
             .await;
             return Ok(Action::await_change());
@@ -129,7 +132,8 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> 
             .and_then(|b| std::str::from_utf8(&b.0).ok());
         let labelled = s.labels().get(LABEL_INSIGHTS_TOKEN).map(String::as_str) == Some("true")
             && s.labels().get(LABEL_DYNAMIC_SECRET).map(String::as_str) == Some(TOKEN_SECRET_NAME);
-        let valid = token.is_some_and(|t| !t.ends_with('\n') && keys.verify_current(t).as_ref() == Ok(&claims));
+        let valid = token
+            .is_some_and(|t| !t.ends_with('\n') && keys.verify_current(t).as_ref() == Ok(&claims));
         if valid && labelled {
             return Ok(Action::await_change());
         }
@@ -144,12 +148,18 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> 
             namespace: Some(name.clone()),
             labels: Some(BTreeMap::from([
                 (LABEL_INSIGHTS_TOKEN.to_string(), "true".to_string()),
-                (LABEL_DYNAMIC_SECRET.to_string(), TOKEN_SECRET_NAME.to_string()),
+                (
+                    LABEL_DYNAMIC_SECRET.to_string(),
+                    TOKEN_SECRET_NAME.to_string(),
+                ),
             ])),
             ..Default::default()
         },
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(TOKEN_SECRET_KEY.to_string(), ByteString(token.into_bytes()))])),
+        data: Some(BTreeMap::from([(
+            TOKEN_SECRET_KEY.to_string(),
+            ByteString(token.into_bytes()),
+        )])),
         ..Default::default()
     };
     let mut value = serde_json::to_value(&secret)?;

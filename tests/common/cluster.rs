@@ -83,7 +83,10 @@ pub fn lagoon_labels(env_id: &str) -> BTreeMap<String, String> {
         ("lagoon.sh/project".to_string(), "demo-project".to_string()),
         ("lagoon.sh/environment".to_string(), "main".to_string()),
         ("lagoon.sh/environmentId".to_string(), env_id.to_string()),
-        ("lagoon.sh/environmentType".to_string(), "production".to_string()),
+        (
+            "lagoon.sh/environmentType".to_string(),
+            "production".to_string(),
+        ),
     ])
 }
 
@@ -116,7 +119,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -175,7 +181,13 @@ impl Operator {
         let ctx = Arc::new(ctx);
         controller::config::sync(&ctx).await;
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(controller::run(ctx.clone(), o.forward, o.tokens, 4, stop_rx));
+        let task = tokio::spawn(controller::run(
+            ctx.clone(),
+            o.forward,
+            o.tokens,
+            4,
+            stop_rx,
+        ));
         Operator {
             ctx,
             metrics,

@@ -27,7 +27,10 @@ pub fn amqp_uri() -> String {
 }
 
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
 }
 
 /// Settings for a test's own exchange and queue, so tests run in parallel.
@@ -155,14 +158,18 @@ pub async fn purge(queue: &str) {
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let _ = ch.queue_purge(queue.into(), QueuePurgeOptions::default()).await;
+    let _ = ch
+        .queue_purge(queue.into(), QueuePurgeOptions::default())
+        .await;
     let _ = conn.close(200, "done".into()).await;
 }
 
 pub async fn delete_queue(queue: &str) {
     if let Ok(conn) = Connection::connect(&amqp_uri(), ConnectionProperties::default()).await {
         if let Ok(ch) = conn.create_channel().await {
-            let _ = ch.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
+            let _ = ch
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await;
         }
         let _ = conn.close(200, "done".into()).await;
     }

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs and starts RabbitMQ and
+# the local control plane, checks formatting and lints, runs every test, and
+# stops the control plane again whatever the outcome.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash hack/deps.sh
+trap 'bash hack/control-plane.sh down >/dev/null 2>&1 || true' EXIT
+KUBECONFIG=$(bash hack/control-plane.sh kubeconfig)
+export KUBECONFIG
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo test --all-targets -- --test-threads "${TEST_THREADS:-4}"
