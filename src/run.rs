@@ -96,13 +96,24 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 "no signing key: set INSIGHTS_TOKEN_SECRET (at least 32 bytes) or spec.signingKey.secretRef in the InsightsRemoteConfig".into(),
             ));
         }
-        Some(tokio::spawn(controller::run(
-            ctx,
-            args.enable_configmap_reconciler,
-            args.enable_namespace_reconciler,
-            args.configmap_max_concurrent,
-            stop_rx.clone(),
-        )))
+        let lease = args.leader_elect.then(|| controller::LeaseOptions {
+            name: args.leader_election_id.clone(),
+            namespace: args.pod_namespace.clone(),
+            identity: format!(
+                "{}-{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "insights-remote".into()),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+            duration_secs: args.leader_election_lease_duration.as_secs().max(2),
+            grace_secs: (args.leader_election_lease_duration.as_secs() / 3).max(1),
+        });
+        let opts = controller::RunOptions {
+            forward: args.enable_configmap_reconciler,
+            tokens: args.enable_namespace_reconciler,
+            concurrency: args.configmap_max_concurrent,
+            lease,
+        };
+        Some(tokio::spawn(controller::run(ctx, opts, stop_rx.clone())))
     } else {
         drop(keys);
         None

@@ -243,6 +243,12 @@ pub struct RunArgs {
     pub token_target_label: Option<String>,
     #[arg(long = "leader-elect", env = "LEADER_ELECT", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
     pub leader_elect: bool,
+    /// Name of the coordination.k8s.io Lease in POD_NAMESPACE.
+    #[arg(long = "leader-election-id", env = "LEADER_ELECTION_ID", default_value = "insights-remote-leader")]
+    pub leader_election_id: String,
+    /// How long a Lease stays valid without renewal: the longest handover after a leader dies.
+    #[arg(long = "leader-election-lease-duration", env = "LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub leader_election_lease_duration: Duration,
     #[arg(long = "health-probe-bind-address", env = "HEALTH_PROBE_BIND_ADDRESS", default_value = ":8081", value_parser = parse_bind)]
     pub health_probe_bind_address: SocketAddr,
     #[arg(long = "metrics-bind-address", env = "METRICS_BIND_ADDRESS", default_value = ":8080", value_parser = parse_bind)]

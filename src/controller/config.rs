@@ -258,6 +258,12 @@ pub async fn write_status(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
     // Totals already in the status when this process started counting.
     let mut base: Option<InsightsRemoteConfigStatus> = None;
     let mut was_connected: Option<bool> = None;
+    // What earlier terms of this process counted (already in the status).
+    let at_start = {
+        let c = &ctx.counters;
+        let load = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+        [load(&c.forwarded), load(&c.deferred), load(&c.rejected), load(&c.burned), load(&c.tokens_issued)]
+    };
     let stop = until_shutdown(shutdown);
     tokio::pin!(stop);
     loop {
@@ -288,10 +294,16 @@ pub async fn write_status(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
             }
         };
         let current = irc.status.clone().unwrap_or_default();
+        // Start from the stored totals (earlier processes and terms), and
+        // add what this term counts from now on.
         let base = base.get_or_insert_with(|| {
-            // Start from the stored totals, minus what we counted before the
-            // resource existed (nothing, normally).
-            current.clone()
+            let mut b = current.clone();
+            b.forwarded = b.forwarded.wrapping_sub(at_start[0]);
+            b.deferred = b.deferred.wrapping_sub(at_start[1]);
+            b.rejected = b.rejected.wrapping_sub(at_start[2]);
+            b.burned = b.burned.wrapping_sub(at_start[3]);
+            b.tokens_issued = b.tokens_issued.wrapping_sub(at_start[4]);
+            b
         });
         let status = build_status(&ctx, base, &current);
         let connected = status
@@ -404,7 +416,7 @@ fn build_status(
             observed_generation: health.observed_generation,
         }
     };
-    let total = |b: u64, n: &std::sync::atomic::AtomicU64| b + n.load(Ordering::Relaxed);
+    let total = |b: u64, n: &std::sync::atomic::AtomicU64| b.wrapping_add(n.load(Ordering::Relaxed));
     InsightsRemoteConfigStatus {
         observed_generation: health.observed_generation,
         conditions: vec![

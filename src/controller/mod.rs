@@ -12,7 +12,7 @@ use std::time::Duration;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use tokio::sync::{watch, Notify};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::broker::{BrokerSettings, Publisher};
 use crate::metrics::{ControllerErrorLabels, ControllerLabels, Metrics};
@@ -176,22 +176,87 @@ impl Context {
     }
 }
 
-/// Runs every enabled controller until `shutdown` fires.
-pub async fn run(
-    ctx: Arc<Context>,
-    forward: bool,
-    tokens: bool,
-    concurrency: u16,
-    shutdown: watch::Receiver<bool>,
-) {
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(config::run(ctx.clone(), shutdown.clone()));
-    tasks.spawn(config::write_status(ctx.clone(), shutdown.clone()));
-    if forward {
-        tasks.spawn(configmap::run(ctx.clone(), concurrency, shutdown.clone()));
+/// Which reconcilers run, and how leadership is decided.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub forward: bool,
+    pub tokens: bool,
+    pub concurrency: u16,
+    /// None: this process always leads.
+    pub lease: Option<LeaseOptions>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LeaseOptions {
+    pub name: String,
+    pub namespace: String,
+    pub identity: String,
+    pub duration_secs: u64,
+    pub grace_secs: u64,
+}
+
+/// Runs until `shutdown` fires. Every replica follows the configuration (so
+/// its ingestion API has the current key); only the leader reconciles and
+/// writes status. Losing the Lease stops the reconcilers at once.
+pub async fn run(ctx: Arc<Context>, opts: RunOptions, shutdown: watch::Receiver<bool>) -> Result<()> {
+    let config_task = tokio::spawn(config::run(ctx.clone(), shutdown.clone()));
+    match &opts.lease {
+        None => lead(ctx.clone(), &opts, shutdown.clone()).await,
+        Some(lease) => {
+            let manager = kube_lease_manager::LeaseManagerBuilder::new(ctx.client.clone(), &lease.name)
+                .with_namespace(&lease.namespace)
+                .with_identity(&lease.identity)
+                .with_duration(lease.duration_secs)
+                .with_grace(lease.grace_secs)
+                .with_field_manager("insights-remote-lease")
+                .build()
+                .await
+                .map_err(|e| Error::Invalid(format!("leader election: {e}")))?;
+            let (mut leader, lease_task) = manager.watch().await;
+            let mut stop = shutdown.clone();
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    r = leader.wait_for(|l| *l) => if r.is_err() { break },
+                }
+                info!(identity = %lease.identity, "became the leader: reconciling");
+                let (term_tx, term_rx) = watch::channel(false);
+                let term = tokio::spawn({
+                    let (ctx, opts) = (ctx.clone(), opts.clone());
+                    async move { lead(ctx, &opts, term_rx).await }
+                });
+                let stepped_down = tokio::select! {
+                    _ = stop.wait_for(|s| *s) => false,
+                    _ = leader.wait_for(|l| !*l) => true,
+                };
+                let _ = term_tx.send(true);
+                let _ = term.await;
+                if !stepped_down {
+                    break;
+                }
+                warn!(identity = %lease.identity, "lost the Lease: stopped reconciling");
+            }
+            // Dropping the receiver releases the Lease for the next replica.
+            drop(leader);
+            match tokio::time::timeout(std::time::Duration::from_secs(5), lease_task).await {
+                Ok(Ok(Ok(_))) => info!("Lease released"),
+                other => warn!(?other, "could not release the Lease"),
+            }
+        }
     }
-    if tokens {
-        tasks.spawn(namespace::run(ctx.clone(), shutdown.clone()));
+    let _ = config_task.await;
+    Ok(())
+}
+
+/// One leadership term: the reconcilers and the status writer.
+async fn lead(ctx: Arc<Context>, opts: &RunOptions, stop: watch::Receiver<bool>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(config::write_status(ctx.clone(), stop.clone()));
+    if opts.forward {
+        tasks.spawn(configmap::run(ctx.clone(), opts.concurrency, stop.clone()));
+    }
+    if opts.tokens {
+        tasks.spawn(namespace::run(ctx.clone(), stop.clone()));
     }
     while tasks.join_next().await.is_some() {}
 }
