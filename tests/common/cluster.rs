@@ -181,13 +181,16 @@ impl Operator {
         let ctx = Arc::new(ctx);
         controller::config::sync(&ctx).await;
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(controller::run(
-            ctx.clone(),
-            o.forward,
-            o.tokens,
-            4,
-            stop_rx,
-        ));
+        let opts = controller::RunOptions {
+            forward: o.forward,
+            tokens: o.tokens,
+            concurrency: 4,
+            lease: None,
+        };
+        let ctx2 = ctx.clone();
+        let task = tokio::spawn(async move {
+            controller::run(ctx2, opts, stop_rx).await.unwrap();
+        });
         Operator {
             ctx,
             metrics,
