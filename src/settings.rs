@@ -244,7 +244,11 @@ pub struct RunArgs {
     #[arg(long = "leader-elect", env = "LEADER_ELECT", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
     pub leader_elect: bool,
     /// Name of the coordination.k8s.io Lease in POD_NAMESPACE.
-    #[arg(long = "leader-election-id", env = "LEADER_ELECTION_ID", default_value = "insights-remote-leader")]
+    #[arg(
+        long = "leader-election-id",
+        env = "LEADER_ELECTION_ID",
+        default_value = "insights-remote-leader"
+    )]
     pub leader_election_id: String,
     /// How long a Lease stays valid without renewal: the longest handover after a leader dies.
     #[arg(long = "leader-election-lease-duration", env = "LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]

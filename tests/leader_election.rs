@@ -19,7 +19,11 @@ use kube::Api;
 const LEASE_SECS: u64 = 6;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Proc {
@@ -27,8 +31,14 @@ struct Proc {
     child: Child,
 }
 
-fn spawn(name: &'static str, ns: &str, lease: &str, broker: &insights_remote::broker::BrokerSettings) -> Proc {
-    let log = std::fs::File::create(std::env::temp_dir().join(format!("{lease}-{name}.log"))).unwrap();
+fn spawn(
+    name: &'static str,
+    ns: &str,
+    lease: &str,
+    broker: &insights_remote::broker::BrokerSettings,
+) -> Proc {
+    let log =
+        std::fs::File::create(std::env::temp_dir().join(format!("{lease}-{name}.log"))).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_insights-remote"))
         .args([
             "--leader-elect",
@@ -61,15 +71,18 @@ fn spawn(name: &'static str, ns: &str, lease: &str, broker: &insights_remote::br
         .env("INSIGHTS_TOKEN_SECRET", KEY)
         .env("HOSTNAME", name)
         .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
+        .stdout(log)
+        .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     Proc { name, child }
 }
 
 async fn holder(client: &kube::Client, ns: &str, lease: &str) -> Option<String> {
-    let l = Api::<Lease>::namespaced(client.clone(), ns).get_opt(lease).await.ok()??;
+    let l = Api::<Lease>::namespaced(client.clone(), ns)
+        .get_opt(lease)
+        .await
+        .ok()??;
     l.spec?.holder_identity
 }
 
@@ -84,23 +97,37 @@ async fn create_batch(api: &Api<ConfigMap>, from: usize, n: usize) {
             ]
             .into(),
         );
-        cm.binary_data = Some([("x.image-inspect.json.gz".to_string(), k8s_openapi::ByteString(b"\x1f\x8b".to_vec()))].into());
+        cm.binary_data = Some(
+            [(
+                "x.image-inspect.json.gz".to_string(),
+                k8s_openapi::ByteString(b"\x1f\x8b".to_vec()),
+            )]
+            .into(),
+        );
         api.create(&PostParams::default(), &cm).await.unwrap();
     }
 }
 
 async fn wait_all_processed(api: &Api<ConfigMap>, n: usize) {
-    wait_for(&format!("{n} ConfigMaps processed"), Duration::from_secs(90), || async {
-        let list = api.list(&kube::api::ListParams::default().labels("lagoon.sh/insightsProcessed")).await.ok()?;
-        (list.items.len() >= n).then_some(())
-    })
+    wait_for(
+        &format!("{n} ConfigMaps processed"),
+        Duration::from_secs(90),
+        || async {
+            let list = api
+                .list(&kube::api::ListParams::default().labels("lagoon.sh/insightsProcessed"))
+                .await
+                .ok()?;
+            (list.items.len() >= n).then_some(())
+        },
+    )
     .await;
 }
 
 fn count_ids(msgs: &[serde_json::Value]) -> HashMap<String, usize> {
     let mut m = HashMap::new();
     for msg in msgs {
-        *m.entry(msg["labels"]["test-id"].as_str().unwrap().to_string()).or_insert(0) += 1;
+        *m.entry(msg["labels"]["test-id"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
     }
     m
 }
@@ -115,8 +142,14 @@ async fn one_leader_clean_and_unclean_handover() {
     let mut a = spawn("op-a", &ns.name, &lease, &broker);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut b = spawn("op-b", &ns.name, &lease, &broker);
-    let first = wait_for("a leader", Duration::from_secs(30), || holder(&client, &ns.name, &lease)).await;
-    assert!(first.starts_with("op-a"), "the first process leads: {first}");
+    let first = wait_for("a leader", Duration::from_secs(30), || {
+        holder(&client, &ns.name, &lease)
+    })
+    .await;
+    assert!(
+        first.starts_with("op-a"),
+        "the first process leads: {first}"
+    );
 
     // Phase 1: one leader forwards each ConfigMap once.
     create_batch(&api, 0, 20).await;
@@ -124,24 +157,36 @@ async fn one_leader_clean_and_unclean_handover() {
 
     // Clean handover: SIGTERM releases the Lease; the other takes over at once.
     let t = Instant::now();
-    assert!(Command::new("kill").args(["-TERM", &a.child.id().to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &a.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
     let ((second, clean_handover), ()) = tokio::join!(
         async {
             let h = wait_for("the follower leads", Duration::from_secs(30), || async {
-                holder(&client, &ns.name, &lease).await.filter(|h| h.starts_with("op-b"))
+                holder(&client, &ns.name, &lease)
+                    .await
+                    .filter(|h| h.starts_with("op-b"))
             })
             .await;
             (h, t.elapsed())
         },
         create_batch(&api, 20, 20)
     );
-    assert!(a.child.wait().unwrap().success(), "graceful exit on SIGTERM");
+    assert!(
+        a.child.wait().unwrap().success(),
+        "graceful exit on SIGTERM"
+    );
     wait_all_processed(&api, 40).await;
     let msgs = drain(&broker.queue, 1000, Duration::from_secs(3)).await;
     let counts = count_ids(&msgs);
     assert_eq!(counts.len(), 40, "every ConfigMap forwarded");
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "forwarded twice during a clean handover: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "forwarded twice during a clean handover: {twice:?}"
+    );
 
     // Unclean handover: a new follower, then SIGKILL the leader.
     a = spawn("op-c", &ns.name, &lease, &broker);
@@ -151,9 +196,15 @@ async fn one_leader_clean_and_unclean_handover() {
     let _ = b.child.wait();
     let ((third, unclean_handover), ()) = tokio::join!(
         async {
-            let h = wait_for("op-c leads", Duration::from_secs(LEASE_SECS * 4), || async {
-                holder(&client, &ns.name, &lease).await.filter(|h| h.starts_with("op-c"))
-            })
+            let h = wait_for(
+                "op-c leads",
+                Duration::from_secs(LEASE_SECS * 4),
+                || async {
+                    holder(&client, &ns.name, &lease)
+                        .await
+                        .filter(|h| h.starts_with("op-c"))
+                },
+            )
             .await;
             (h, t.elapsed())
         },
@@ -163,14 +214,20 @@ async fn one_leader_clean_and_unclean_handover() {
     let msgs = drain(&broker.queue, 1000, Duration::from_secs(3)).await;
     let counts = count_ids(&msgs);
     for i in 40..60 {
-        assert!(counts.contains_key(&i.to_string()), "ConfigMap {i} missed after the unclean handover");
+        assert!(
+            counts.contains_key(&i.to_string()),
+            "ConfigMap {i} missed after the unclean handover"
+        );
     }
     println!(
         "leaders: {first} -> {second} -> {third}; clean handover {:.1}s, unclean (SIGKILL) handover {:.1}s with a {LEASE_SECS}s lease",
         clean_handover.as_secs_f64(),
         unclean_handover.as_secs_f64()
     );
-    assert!(unclean_handover < Duration::from_secs(LEASE_SECS * 2 + 2), "handover took {unclean_handover:?}");
+    assert!(
+        unclean_handover < Duration::from_secs(LEASE_SECS * 2 + 2),
+        "handover took {unclean_handover:?}"
+    );
     let _ = a.child.kill();
     let _ = a.child.wait();
     let _ = b.name;

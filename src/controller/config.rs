@@ -262,7 +262,13 @@ pub async fn write_status(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
     let at_start = {
         let c = &ctx.counters;
         let load = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
-        [load(&c.forwarded), load(&c.deferred), load(&c.rejected), load(&c.burned), load(&c.tokens_issued)]
+        [
+            load(&c.forwarded),
+            load(&c.deferred),
+            load(&c.rejected),
+            load(&c.burned),
+            load(&c.tokens_issued),
+        ]
     };
     let stop = until_shutdown(shutdown);
     tokio::pin!(stop);
@@ -416,7 +422,8 @@ fn build_status(
             observed_generation: health.observed_generation,
         }
     };
-    let total = |b: u64, n: &std::sync::atomic::AtomicU64| b.wrapping_add(n.load(Ordering::Relaxed));
+    let total =
+        |b: u64, n: &std::sync::atomic::AtomicU64| b.wrapping_add(n.load(Ordering::Relaxed));
     InsightsRemoteConfigStatus {
         observed_generation: health.observed_generation,
         conditions: vec![

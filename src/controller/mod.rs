@@ -198,20 +198,25 @@ pub struct LeaseOptions {
 /// Runs until `shutdown` fires. Every replica follows the configuration (so
 /// its ingestion API has the current key); only the leader reconciles and
 /// writes status. Losing the Lease stops the reconcilers at once.
-pub async fn run(ctx: Arc<Context>, opts: RunOptions, shutdown: watch::Receiver<bool>) -> Result<()> {
+pub async fn run(
+    ctx: Arc<Context>,
+    opts: RunOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<()> {
     let config_task = tokio::spawn(config::run(ctx.clone(), shutdown.clone()));
     match &opts.lease {
         None => lead(ctx.clone(), &opts, shutdown.clone()).await,
         Some(lease) => {
-            let manager = kube_lease_manager::LeaseManagerBuilder::new(ctx.client.clone(), &lease.name)
-                .with_namespace(&lease.namespace)
-                .with_identity(&lease.identity)
-                .with_duration(lease.duration_secs)
-                .with_grace(lease.grace_secs)
-                .with_field_manager("insights-remote-lease")
-                .build()
-                .await
-                .map_err(|e| Error::Invalid(format!("leader election: {e}")))?;
+            let manager =
+                kube_lease_manager::LeaseManagerBuilder::new(ctx.client.clone(), &lease.name)
+                    .with_namespace(&lease.namespace)
+                    .with_identity(&lease.identity)
+                    .with_duration(lease.duration_secs)
+                    .with_grace(lease.grace_secs)
+                    .with_field_manager("insights-remote-lease")
+                    .build()
+                    .await
+                    .map_err(|e| Error::Invalid(format!("leader election: {e}")))?;
             let (mut leader, lease_task) = manager.watch().await;
             let mut stop = shutdown.clone();
             loop {

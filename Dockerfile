@@ -1,0 +1,22 @@
+# syntax=docker/dockerfile:1
+# Build: a static musl binary, so the final image needs no libc.
+FROM rust:1.95-alpine AS build
+RUN apk add --no-cache musl-dev openssl-dev openssl-libs-static pkgconfig perl make
+WORKDIR /src
+# Dependencies first, for layer caching.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+ && cargo build --release --locked \
+ && rm -rf src target/release/deps/insights_remote* target/release/insights-remote*
+COPY src ./src
+COPY crds ./crds
+ENV OPENSSL_STATIC=1
+RUN cargo build --release --locked --bin insights-remote \
+ && install -D -m 0555 target/release/insights-remote /out/insights-remote
+
+# Run: distroless static, non-root, the binary only.
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /out/insights-remote /insights-remote
+USER 65532:65532
+EXPOSE 8888 8080 8081
+ENTRYPOINT ["/insights-remote"]
