@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 # Build: a static musl binary, so the final image needs no libc.
 FROM rust:1.95-alpine AS build
+# Alpine package versions move with the index; the toolchain image is pinned.
+# hadolint ignore=DL3018
 RUN apk add --no-cache musl-dev openssl-dev openssl-libs-static pkgconfig perl make
 WORKDIR /src
 # Dependencies first, for layer caching.

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Exchange, queue and routing key the consumer reads from.
 pub const DEFAULT_EXCHANGE: &str = "lagoon-insights";
@@ -46,7 +47,7 @@ pub const LABEL_DYNAMIC_SECRET: &str = "lagoon.sh/dynamic-secret";
 
 /// A fact as the consumer takes it. Every field is always present; identity
 /// fields are overwritten from the caller's token.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Fact {
     /// The environment id, as a string (unlike the envelope's integer).
     #[serde(default, rename = "environment", deserialize_with = "lenient_id")]
@@ -75,7 +76,7 @@ pub struct Fact {
 pub const FACT_TYPES: [&str; 3] = ["TEXT", "URL", "SEMVER"];
 
 /// A problem as the consumer takes it; optional fields are omitted when empty.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Problem {
     /// The environment id, as an integer.
     #[serde(default, deserialize_with = "lenient_int_id")]
@@ -148,14 +149,14 @@ fn lenient_int_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Erro
 }
 
 /// `POST /facts` accepts a bare array or an object with a `facts` array.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum FactsBody {
     List(Vec<Fact>),
     Wrapped(WrappedFacts),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct WrappedFacts {
     pub facts: Vec<Fact>,
 }

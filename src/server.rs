@@ -60,9 +60,17 @@ pub enum ApiError {
     Unavailable(String),
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// Every error: `{"status": ..., "message": ...}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
     status: &'a str,
+    message: String,
+}
+
+/// The answer once the broker confirmed the message.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OkBody {
+    /// Always "okay".
     message: String,
 }
 
@@ -199,6 +207,17 @@ fn admit(req: &HttpRequest, st: &ApiState) -> Result<Claims, ApiError> {
     Ok(claims)
 }
 
+/// Publish facts for the token's environment.
+#[utoipa::path(post, path = "/facts", tag = "facts", request_body = FactsBody,
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "the broker confirmed the message", body = OkBody),
+        (status = 400, description = "malformed JSON or wrong field types", body = ErrorBody),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+        (status = 413, description = "body over the limit", body = ErrorBody),
+        (status = 429, description = "rate limited; see Retry-After", body = ErrorBody),
+        (status = 503, description = "broker unavailable; see Retry-After", body = ErrorBody),
+    ))]
 async fn post_facts(
     req: HttpRequest,
     payload: web::Payload,
@@ -250,6 +269,17 @@ async fn post_facts(
     .await
 }
 
+/// Publish problems for the token's environment.
+#[utoipa::path(post, path = "/problems", tag = "problems", request_body = Vec<Problem>,
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "the broker confirmed the message", body = OkBody),
+        (status = 400, description = "malformed JSON or wrong field types", body = ErrorBody),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+        (status = 413, description = "body over the limit", body = ErrorBody),
+        (status = 429, description = "rate limited; see Retry-After", body = ErrorBody),
+        (status = 503, description = "broker unavailable; see Retry-After", body = ErrorBody),
+    ))]
 async fn post_problems(
     req: HttpRequest,
     payload: web::Payload,
@@ -324,21 +354,67 @@ async fn delete(
     .await
 }
 
-async fn delete_facts(req: HttpRequest, st: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
-    delete(req, st, TYPE_DELETE_FACTS).await
+macro_rules! delete_route {
+    ($name:ident, $path:literal, $tag:literal, $kind:expr, $doc:literal $(, $param:literal)*) => {
+        #[doc = $doc]
+        #[utoipa::path(delete, path = $path, tag = $tag,
+            params(("source" = String, Path, description = "the source whose entries are removed")
+                $(, ($param = String, Path, description = "limit to this service"))*),
+            security(("token" = [])),
+            responses(
+                (status = 200, description = "the broker confirmed the message", body = OkBody),
+                (status = 400, description = "the token's environment id is not an integer", body = ErrorBody),
+                (status = 401, description = "missing or invalid token", body = ErrorBody),
+                (status = 429, description = "rate limited; see Retry-After", body = ErrorBody),
+                (status = 503, description = "broker unavailable; see Retry-After", body = ErrorBody),
+            ))]
+        async fn $name(req: HttpRequest, st: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+            delete(req, st, $kind).await
+        }
+    };
 }
 
-async fn delete_problems(
-    req: HttpRequest,
-    st: web::Data<ApiState>,
-) -> Result<HttpResponse, ApiError> {
-    delete(req, st, TYPE_DELETE_PROBLEMS).await
-}
+delete_route!(
+    delete_facts,
+    "/facts/{source}",
+    "facts",
+    TYPE_DELETE_FACTS,
+    "Delete the environment's facts from a source."
+);
+delete_route!(
+    delete_service_facts,
+    "/facts/{source}/{service}",
+    "facts",
+    TYPE_DELETE_FACTS,
+    "Delete the environment's facts from a source for one service.",
+    "service"
+);
+delete_route!(
+    delete_problems,
+    "/problems/{source}",
+    "problems",
+    TYPE_DELETE_PROBLEMS,
+    "Delete the environment's problems from a source."
+);
+delete_route!(
+    delete_service_problems,
+    "/problems/{source}/{service}",
+    "problems",
+    TYPE_DELETE_PROBLEMS,
+    "Delete the environment's problems from a source for one service.",
+    "service"
+);
 
+/// Liveness: the process serves requests.
+#[utoipa::path(get, path = "/healthz", tag = "probes", responses((status = 200, description = "alive")))]
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
+/// Readiness: connected to the message broker.
+#[utoipa::path(get, path = "/readyz", tag = "probes", responses(
+    (status = 200, description = "connected to the broker"),
+    (status = 503, description = "not connected; see Retry-After", body = ErrorBody)))]
 async fn readyz(st: web::Data<ApiState>) -> HttpResponse {
     if st.ready() {
         HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
@@ -391,14 +467,51 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/facts", web::post().to(post_facts))
         .route("/problems", web::post().to(post_problems))
         .route("/facts/{source}", web::delete().to(delete_facts))
-        .route("/facts/{source}/{service}", web::delete().to(delete_facts))
+        .route(
+            "/facts/{source}/{service}",
+            web::delete().to(delete_service_facts),
+        )
         .route("/problems/{source}", web::delete().to(delete_problems))
         .route(
             "/problems/{source}/{service}",
             web::delete().to(delete_problems),
         )
         .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz));
+        .route("/readyz", web::get().to(readyz))
+        .route("/openapi.json", web::get().to(openapi_json));
+}
+
+async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().json(api_doc())
+}
+
+struct TokenScheme;
+
+impl utoipa::Modify for TokenScheme {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+        doc.components.get_or_insert_with(Default::default).add_security_scheme(
+            "token",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "The environment's token (mounted at /var/run/secrets/lagoon/dynamic/insights-token/INSIGHTS_TOKEN), raw or as `Bearer <token>`",
+            ))),
+        );
+    }
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "insights-remote ingestion API", description = "Facts and problems from Lagoon workloads, published to Lagoon core once the broker confirms them."),
+    paths(post_facts, post_problems, delete_facts, delete_service_facts, delete_problems, delete_service_problems, healthz, readyz),
+    components(schemas(Fact, Problem, FactsBody, OkBody, ErrorBody)),
+    modifiers(&TokenScheme)
+)]
+struct ApiDoc;
+
+/// The OpenAPI document served at `/openapi.json`.
+pub fn api_doc() -> utoipa::openapi::OpenApi {
+    <ApiDoc as utoipa::OpenApi>::openapi()
 }
 
 /// The ingestion server. Signals are left to the caller, which drives one
