@@ -474,7 +474,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/problems/{source}", web::delete().to(delete_problems))
         .route(
             "/problems/{source}/{service}",
-            web::delete().to(delete_problems),
+            web::delete().to(delete_service_problems),
         )
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
