@@ -347,6 +347,27 @@ fail_up() {
 
 # ---------------------------------------------------------------- commands
 
+start_apiserver() {
+  start kube-apiserver \
+    --etcd-servers="http://127.0.0.1:${ETCD_CLIENT_PORT}" \
+    --bind-address=127.0.0.1 \
+    --advertise-address=127.0.0.1 \
+    --secure-port="${API_PORT}" \
+    --cert-dir="${STATE_DIR}/apiserver-certs" \
+    --tls-cert-file="${PKI_DIR}/apiserver.crt" \
+    --tls-private-key-file="${PKI_DIR}/apiserver.key" \
+    --client-ca-file="${PKI_DIR}/ca.crt" \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="${PKI_DIR}/sa.pub" \
+    --service-account-signing-key-file="${PKI_DIR}/sa.key" \
+    --service-cluster-ip-range="${SERVICE_CIDR}" \
+    --authorization-mode=Node,RBAC \
+    --endpoint-reconciler-type=none \
+    --profiling=false \
+    --v=1
+  wait_for kube-apiserver apiserver_ready
+}
+
 cmd_up() {
   cmd_build
   lock_state
@@ -394,24 +415,7 @@ cmd_up() {
     --log-level=warn
   wait_for etcd etcd_healthy
 
-  start kube-apiserver \
-    --etcd-servers="http://127.0.0.1:${ETCD_CLIENT_PORT}" \
-    --bind-address=127.0.0.1 \
-    --advertise-address=127.0.0.1 \
-    --secure-port="${API_PORT}" \
-    --cert-dir="${STATE_DIR}/apiserver-certs" \
-    --tls-cert-file="${PKI_DIR}/apiserver.crt" \
-    --tls-private-key-file="${PKI_DIR}/apiserver.key" \
-    --client-ca-file="${PKI_DIR}/ca.crt" \
-    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
-    --service-account-key-file="${PKI_DIR}/sa.pub" \
-    --service-account-signing-key-file="${PKI_DIR}/sa.key" \
-    --service-cluster-ip-range="${SERVICE_CIDR}" \
-    --authorization-mode=Node,RBAC \
-    --endpoint-reconciler-type=none \
-    --profiling=false \
-    --v=1
-  wait_for kube-apiserver apiserver_ready
+  start_apiserver
 
   start kube-controller-manager \
     --kubeconfig="${KCM_KUBECONFIG}" \
@@ -432,6 +436,18 @@ cmd_up() {
 
   log "ready in $((SECONDS - start_t))s: https://127.0.0.1:${API_PORT}"
   log "kubeconfig: ${KUBECONFIG_PATH}"
+}
+
+# Stops only kube-apiserver, keeps it down for $1 seconds (default 0), and
+# starts it again on the same etcd data: what clients see when the API
+# server restarts.
+cmd_restart_apiserver() {
+  lock_state
+  running_pid kube-apiserver >/dev/null || die "kube-apiserver is not running (run up)"
+  stop_group kube-apiserver
+  sleep "${1:-0}"
+  start_apiserver
+  log "kube-apiserver restarted"
 }
 
 cmd_down() {
@@ -470,6 +486,7 @@ usage() {
 Usage: $0 COMMAND
   up           build if needed, start etcd + kube-apiserver + kube-controller-manager
   down         stop them and wipe the etcd data
+  restart-apiserver [SECONDS]  stop kube-apiserver, wait, start it again (same data)
   status       show each process and /readyz (exit 0 only when ready)
   kubeconfig   print the path of the admin kubeconfig
   env          print 'export KUBECONFIG=...'
@@ -484,6 +501,7 @@ main() {
   case "${cmd}" in
   up) cmd_up ;;
   down) cmd_down ;;
+  restart-apiserver) cmd_restart_apiserver "$@" ;;
   status) cmd_status ;;
   kubeconfig) echo "${KUBECONFIG_PATH}" ;;
   env) echo "export KUBECONFIG='${KUBECONFIG_PATH}'" ;;

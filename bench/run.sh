@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# Benchmarks of insights-remote against the ceilings of the real components,
+# on this machine, in one run each:
+#   bash bench/run.sh ingest | configmaps | memory | tokens | footprint | all
+# Results are printed as Markdown and appended to bench/results/<date>.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+bash hack/deps.sh >/dev/null
+command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+cargo build --release --quiet -p insights-remote -p insights-remote-bench
+KUBECONFIG=$(bash hack/control-plane.sh kubeconfig)
+export KUBECONFIG
+BIN=$root/target/release/insights-remote
+IRB=$root/target/release/irbench
+KEY=bench-signing-key-0123456789abcdef0123
+work=$(mktemp -d)
+mkdir -p bench/results
+out=bench/results/$(date -u +%Y-%m-%d).md
+pids=()
+cleanup() { for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+say() { printf '%s\n' "$*" | tee -a "$out"; }
+k() { bash hack/control-plane.sh kubectl "$@"; }
+ticks=$(getconf CLK_TCK)
+cpu_s() { awk -v t="$ticks" '{print ($14+$15)/t}' "/proc/$1/stat"; }
+hwm_mib() { awk '/VmHWM/{printf "%.1f", $2/1024}' "/proc/$1/status"; }
+rss_mib() { awk '/VmRSS/{printf "%.1f", $2/1024}' "/proc/$1/status"; }
+wait_ready() { for _ in $(seq 1 200); do curl -fsS "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.05; done; return 1; }
+json() { python3 -c "import json,sys; d=json.loads(sys.stdin.readline()); print(d['$1'])"; }
+
+# Starts the operator; extra flags follow. Sets $op_pid.
+start_operator() {
+  INSIGHTS_TOKEN_SECRET=$KEY RUST_LOG=${BENCH_LOG:-info} "$BIN" \
+    --rabbitmq-hostname 127.0.0.1:5672 --rabbitmq-reconnect-retry-interval 1 \
+    --health-probe-bind-address 127.0.0.1:18081 --metrics-bind-address 127.0.0.1:18080 \
+    --webservice-port 18888 --config-name bench-absent --pod-namespace default "$@" \
+    >"$work/operator.log" 2>&1 &
+  op_pid=$!
+  pids+=("$op_pid")
+  wait_ready 18081 || { tail -20 "$work/operator.log"; exit 1; }
+}
+stop_operator() { kill -TERM "$op_pid" 2>/dev/null; wait "$op_pid" 2>/dev/null || true; }
+
+header() {
+  say ""
+  say "### $1 ($(date -u +%H:%M) UTC, $(nproc) cores, $(git rev-parse --short HEAD))"
+  say ""
+}
+
+bench_ingest() {
+  header "Ingestion: POST /facts end to end vs raw confirmed publishes"
+  local c=${BENCH_CONNECTIONS:-64} d=${BENCH_SECONDS:-15}
+  start_operator --enable-configmap-reconciler=false --enable-namespace-reconciler=false \
+    --rabbitmq-exchange bench-ingest-x --rabbitmq-queue bench-ingest-q
+  local token
+  token=$(INSIGHTS_TOKEN_SECRET=$KEY "$BIN" generate-token --namespace bench-main --environment-id 42 --project-name bench --environment-name main)
+  local body='[{"name":"drupal-version","value":"10.3.6","source":"bench","type":"SEMVER","category":"Framework","service":"cli"},{"name":"php-version","value":"8.3.13","source":"bench","type":"SEMVER","service":"cli"},{"name":"site-url","value":"https://example.com","source":"bench","type":"URL"}]'
+  cat >"$work/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '$body'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "$token"
+LUA
+  local cpu0; cpu0=$(cpu_s "$op_pid")
+  wrk -t2 -c"$c" -d"${d}s" --latency -s "$work/post.lua" http://127.0.0.1:18888/facts >"$work/wrk.txt"
+  local cpu1; cpu1=$(cpu_s "$op_pid")
+  local rps p50 p99 non2xx
+  rps=$(awk '/Requests\/sec/{print $2}' "$work/wrk.txt")
+  p50=$(awk '$1=="50%"{print $2}' "$work/wrk.txt")
+  p99=$(awk '$1=="99%"{print $2}' "$work/wrk.txt")
+  non2xx=$(awk '/Non-2xx/{print $5}' "$work/wrk.txt"); non2xx=${non2xx:-0}
+  local hwm; hwm=$(hwm_mib "$op_pid")
+  local cpu; cpu=$(python3 -c "print(round(($cpu1-$cpu0)/$d*100))")
+  stop_operator
+  rabbitmqctl delete_queue bench-ingest-q >/dev/null 2>&1 || true
+  # The ceiling: the same messages, the same number in flight, raw lapin.
+  printf '%s' "{\"type\":\"direct.facts\",\"environment\":42,\"projectName\":\"bench\",\"environmentName\":\"main\",\"facts\":$body}" >"$work/msg.json"
+  local ceil; ceil=$("$IRB" amqp-ceiling --exchange bench-ceil-x --queue bench-ceil-q --inflight "$c" --seconds "$d" --body-file "$work/msg.json")
+  local crps cp50 cp99
+  crps=$(echo "$ceil" | json rps); cp50=$(echo "$ceil" | json p50_ms); cp99=$(echo "$ceil" | json p99_ms)
+  say "| | requests/s | p50 | p99 | server CPU | peak RSS |"
+  say "|---|---|---|---|---|---|"
+  say "| insights-remote POST /facts ($c connections, ${d}s, wrk; $non2xx non-2xx) | $rps | $p50 | $p99 | ${cpu}% of one core | ${hwm} MiB |"
+  say "| ceiling: raw lapin confirmed publishes ($c in flight) | $(printf %.0f "$crps") | $(printf %.2f "$cp50")ms | $(printf %.2f "$cp99")ms | | |"
+  say "| ratio | $(python3 -c "print(f'{$rps/$crps*100:.0f}%')") | | | | |"
+}
+
+bench_configmaps() {
+  header "ConfigMap forwarding: 1,000 insights ConfigMaps (500 x 100 KiB SBOM, 500 x 2 KiB inspect)"
+  local n=${BENCH_CONFIGMAPS:-1000}
+  k create namespace bench-fwd >/dev/null
+  start_operator --watch-namespace bench-fwd --enable-namespace-reconciler=false --enable-webservice=false \
+    --rabbitmq-exchange bench-fwd-x --rabbitmq-queue bench-fwd-q
+  local r; r=$("$IRB" configmaps --namespace bench-fwd --count "$n" --mode operator --queue bench-fwd-q)
+  local hwm; hwm=$(hwm_mib "$op_pid")
+  stop_operator
+  k create namespace bench-ceil >/dev/null
+  local c; c=$("$IRB" configmaps --namespace bench-ceil --count "$n" --mode ceiling)
+  k create namespace bench-burn >/dev/null
+  start_operator --watch-namespace bench-burn --enable-namespace-reconciler=false --enable-webservice=false \
+    --rabbitmq-exchange bench-fwd-x --rabbitmq-queue bench-burn-q --burn-after-reading
+  local b; b=$("$IRB" configmaps --namespace bench-burn --count "$n" --mode burn --queue bench-burn-q)
+  stop_operator
+  say "| | seconds until all done | messages in queue | create-to-publish p50 | p99 | operator peak RSS |"
+  say "|---|---|---|---|---|---|"
+  say "| insights-remote: all marked processed | $(echo "$r" | json done_s | xargs printf %.1f) | $(echo "$r" | json published) | $(echo "$r" | json p50_ms | xargs printf %.0f)ms | $(echo "$r" | json p99_ms | xargs printf %.0f)ms | ${hwm} MiB |"
+  say "| ceiling: plain client, create + one patch each (8 concurrent) | $(echo "$c" | json done_s | xargs printf %.1f) | | | | |"
+  say "| ratio (ceiling time / our time) | $(python3 -c "print(f'{$(echo "$c" | json done_s)/$(echo "$r" | json done_s)*100:.0f}%')") | | | | |"
+  say "| insights-remote with burn-after-reading: all deleted | $(echo "$b" | json done_s | xargs printf %.1f) | $(echo "$b" | json published) | $(echo "$b" | json p50_ms | xargs printf %.0f)ms | $(echo "$b" | json p99_ms | xargs printf %.0f)ms | |"
+  for q in bench-fwd-q bench-burn-q; do rabbitmqctl delete_queue "$q" >/dev/null 2>&1 || true; done
+  k delete namespace bench-fwd bench-ceil bench-burn --wait=false >/dev/null
+}
+
+bench_memory() {
+  header "Memory in a big cluster: 10,000 unrelated 100 KiB ConfigMaps in 1,000 namespaces"
+  start_operator --enable-webservice=false --rabbitmq-exchange bench-mem-x --rabbitmq-queue bench-mem-q
+  sleep 10
+  local empty; empty=$(hwm_mib "$op_pid")
+  local f; f=$("$IRB" fill --namespaces "${BENCH_FILL_NS:-1000}" --per-namespace 10)
+  sleep 5
+  local during; during=$(hwm_mib "$op_pid")
+  stop_operator
+  # A fresh process in the full cluster: its initial lists see everything it watches.
+  start_operator --enable-webservice=false --rabbitmq-exchange bench-mem-x --rabbitmq-queue bench-mem-q
+  sleep 15
+  local full; full=$(hwm_mib "$op_pid")
+  stop_operator
+  say "| operator peak RSS | MiB |"
+  say "|---|---|"
+  say "| empty cluster, 10 s after start | $empty |"
+  say "| running while $(echo "$f" | json configmaps) ConfigMaps were created ($(echo "$f" | json seconds | xargs printf %.0f) s) | $during |"
+  say "| started in the full cluster, 15 s after start | $full |"
+  say "| difference (full - empty) | $(python3 -c "print(round(max($full,$during)-$empty,1))") |"
+  rabbitmqctl delete_queue bench-mem-q >/dev/null 2>&1 || true
+  # Wipe the 1 GB of fill: a fresh control plane is faster than deleting.
+  bash hack/control-plane.sh down >/dev/null && bash hack/control-plane.sh up >/dev/null
+}
+
+bench_tokens() {
+  header "Tokens: 1,000 new Lagoon namespaces"
+  local n=${BENCH_NAMESPACES:-1000}
+  start_operator --enable-configmap-reconciler=false --enable-webservice=false --rabbitmq-enabled=false
+  local r; r=$("$IRB" tokens --count "$n" --prefix benchtok --mode operator)
+  local hwm; hwm=$(hwm_mib "$op_pid")
+  stop_operator
+  local c; c=$("$IRB" tokens --count "$n" --prefix benchceil --mode ceiling)
+  say "| | seconds until every namespace has its Secret | operator peak RSS |"
+  say "|---|---|---|"
+  say "| insights-remote | $(echo "$r" | json done_s | xargs printf %.1f) | ${hwm} MiB |"
+  say "| ceiling: plain client creating namespace + Secret (8 concurrent) | $(echo "$c" | json done_s | xargs printf %.1f) | |"
+  say "| ratio (ceiling time / our time) | $(python3 -c "print(f'{$(echo "$c" | json done_s)/$(echo "$r" | json done_s)*100:.0f}%')") | |"
+  bash hack/control-plane.sh down >/dev/null && bash hack/control-plane.sh up >/dev/null
+}
+
+bench_footprint() {
+  header "Footprint"
+  local size; size=$(stat -c %s "$BIN")
+  local t0; t0=$(date +%s.%N)
+  start_operator --rabbitmq-exchange bench-fp-x --rabbitmq-queue bench-fp-q
+  local t1; t1=$(date +%s.%N)
+  sleep 10
+  local idle; idle=$(rss_mib "$op_pid")
+  stop_operator
+  rabbitmqctl delete_queue bench-fp-q >/dev/null 2>&1 || true
+  say "| release binary | start to ready (/readyz 200, broker + API server) | idle RSS after 10 s |"
+  say "|---|---|---|"
+  say "| $(python3 -c "print(f'{$size/1048576:.1f} MiB')") | $(python3 -c "print(f'{($t1-$t0)*1000:.0f} ms')") | $idle MiB |"
+}
+
+case "${1:-all}" in
+  ingest) bench_ingest ;;
+  configmaps) bench_configmaps ;;
+  memory) bench_memory ;;
+  tokens) bench_tokens ;;
+  footprint) bench_footprint ;;
+  all) bench_footprint; bench_ingest; bench_configmaps; bench_tokens; bench_memory ;;
+  *) echo "usage: bench/run.sh ingest|configmaps|memory|tokens|footprint|all" >&2; exit 2 ;;
+esac
+echo "results appended to $out"

@@ -1,0 +1,514 @@
+//! Load generators and ceilings for insights-remote's benchmarks. Each
+//! subcommand prints one JSON line of results; bench/run.sh assembles them
+//! into the tables of bench/README.md.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::ByteString;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use serde_json::json;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The broker's ceiling: raw confirmed publishes, N in flight.
+    AmqpCeiling {
+        #[arg(long, default_value = "127.0.0.1:5672")]
+        host: String,
+        #[arg(long)]
+        exchange: String,
+        #[arg(long)]
+        queue: String,
+        #[arg(long, default_value = "64")]
+        inflight: usize,
+        #[arg(long, default_value = "15")]
+        seconds: u64,
+        #[arg(long)]
+        body_file: String,
+    },
+    /// Create insights ConfigMaps and time their forwarding (operator
+    /// running), or do the plain client's create + one patch each (ceiling).
+    Configmaps {
+        #[arg(long)]
+        namespace: String,
+        #[arg(long, default_value = "1000")]
+        count: usize,
+        #[arg(long, default_value = "8")]
+        concurrency: usize,
+        /// operator | ceiling | burn
+        #[arg(long)]
+        mode: String,
+        /// Queue to read forwarded messages from (operator mode).
+        #[arg(long, default_value = "")]
+        queue: String,
+        #[arg(long, default_value = "127.0.0.1:5672")]
+        host: String,
+    },
+    /// Fill the cluster with unrelated ConfigMaps.
+    Fill {
+        #[arg(long, default_value = "1000")]
+        namespaces: usize,
+        #[arg(long, default_value = "10")]
+        per_namespace: usize,
+        #[arg(long, default_value = "102400")]
+        bytes: usize,
+        #[arg(long, default_value = "16")]
+        concurrency: usize,
+        #[arg(long, default_value = "fill")]
+        prefix: String,
+    },
+    /// Create Lagoon namespaces and time their token Secrets (operator
+    /// running), or the plain client's namespace + Secret create (ceiling).
+    Tokens {
+        #[arg(long, default_value = "1000")]
+        count: usize,
+        #[arg(long, default_value = "8")]
+        concurrency: usize,
+        #[arg(long)]
+        prefix: String,
+        /// operator | ceiling
+        #[arg(long)]
+        mode: String,
+    },
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// Pseudo-random, incompressible bytes (payloads are already gzip).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&[0x1f, 0x8b]);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match Cli::parse().cmd {
+        Cmd::AmqpCeiling {
+            host,
+            exchange,
+            queue,
+            inflight,
+            seconds,
+            body_file,
+        } => {
+            amqp_ceiling(
+                &host,
+                &exchange,
+                &queue,
+                inflight,
+                seconds,
+                &std::fs::read(body_file)?,
+            )
+            .await
+        }
+        Cmd::Configmaps {
+            namespace,
+            count,
+            concurrency,
+            mode,
+            queue,
+            host,
+        } => configmaps(&namespace, count, concurrency, &mode, &queue, &host).await,
+        Cmd::Fill {
+            namespaces,
+            per_namespace,
+            bytes,
+            concurrency,
+            prefix,
+        } => fill(namespaces, per_namespace, bytes, concurrency, &prefix).await,
+        Cmd::Tokens {
+            count,
+            concurrency,
+            prefix,
+            mode,
+        } => tokens(count, concurrency, &prefix, &mode).await,
+    }
+}
+
+async fn amqp_ceiling(
+    host: &str,
+    exchange: &str,
+    queue: &str,
+    inflight: usize,
+    seconds: u64,
+    body: &[u8],
+) -> Result<()> {
+    let conn = Connection::connect(
+        &format!("amqp://guest:guest@{host}/%2f"),
+        ConnectionProperties::default(),
+    )
+    .await?;
+    let ch = conn.create_channel().await?;
+    ch.exchange_declare(
+        exchange.into(),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let lat = Arc::new(Mutex::new(Vec::<f64>::new()));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..inflight {
+        let (ch, lat, body, exchange) =
+            (ch.clone(), lat.clone(), body.to_vec(), exchange.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let props = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into());
+                ch.basic_publish(
+                    exchange.as_str().into(),
+                    "".into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        immediate: false,
+                    },
+                    &body,
+                    props,
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+                mine.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            lat.lock().unwrap().extend(mine);
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut l = lat.lock().unwrap().clone();
+    l.sort_by(f64::total_cmp);
+    println!(
+        "{}",
+        json!({"bench": "amqp-ceiling", "count": l.len(), "rps": l.len() as f64 / elapsed, "p50_ms": percentile(&l, 0.5), "p99_ms": percentile(&l, 0.99)})
+    );
+    let _ = ch
+        .queue_purge(queue.into(), QueuePurgeOptions::default())
+        .await;
+    let _ = ch
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await;
+    let _ = ch
+        .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+        .await;
+    Ok(())
+}
+
+/// Half image inspects (2 KiB), half SBOMs (100 KiB), as builds make them.
+fn insights_cm(i: usize, with_type: bool) -> ConfigMap {
+    let sbom = i % 2 == 0;
+    let (key, size, t) = if sbom {
+        (format!("svc{i}.cyclonedx.json.gz"), 100 * 1024, "sbom-gz")
+    } else {
+        (
+            format!("svc{i}.image-inspect.json.gz"),
+            2 * 1024,
+            "image-gz",
+        )
+    };
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some(format!("lagoon-insights-{i}"));
+    let mut labels = vec![
+        ("bench-id".to_string(), i.to_string()),
+        ("lagoon.sh/service".to_string(), format!("svc{i}")),
+        ("lagoon.sh/project".to_string(), "bench".to_string()),
+        ("lagoon.sh/environment".to_string(), "main".to_string()),
+    ];
+    if with_type {
+        labels.push(("lagoon.sh/insightsType".to_string(), t.to_string()));
+    }
+    cm.metadata.labels = Some(labels.into_iter().collect());
+    cm.metadata.annotations = Some([("lagoon.sh/branch".to_string(), "main".to_string())].into());
+    cm.binary_data = Some([(key, ByteString(noise(size, i as u64 + 1)))].into());
+    cm
+}
+
+async fn configmaps(
+    ns: &str,
+    count: usize,
+    concurrency: usize,
+    mode: &str,
+    queue: &str,
+    host: &str,
+) -> Result<()> {
+    let client = Client::try_default().await?;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let created_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let arrived_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let started = Instant::now();
+
+    // Consumer for operator mode: when each message lands.
+    let consumer = if mode == "operator" || mode == "burn" {
+        let conn = Connection::connect(
+            &format!("amqp://guest:guest@{host}/%2f"),
+            ConnectionProperties::default(),
+        )
+        .await?;
+        let ch = conn.create_channel().await?;
+        ch.basic_qos(500, BasicQosOptions::default()).await?;
+        let mut c = ch
+            .basic_consume(
+                queue.into(),
+                "bench".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let arrived = arrived_at.clone();
+        Some(tokio::spawn(async move {
+            let _keep = conn;
+            while let Some(Ok(d)) = c.next().await {
+                let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
+                if let Some(id) = v["labels"]["bench-id"].as_str() {
+                    let mut a = arrived.lock().unwrap();
+                    a.entry(id.to_string()).or_insert_with(Instant::now);
+                    if a.len() >= count {
+                        break;
+                    }
+                }
+            }
+        }))
+    } else {
+        None
+    };
+
+    let with_type = mode != "ceiling";
+    futures::stream::iter(0..count)
+        .for_each_concurrent(concurrency, |i| {
+            let (api, created_at) = (api.clone(), created_at.clone());
+            async move {
+                let cm = insights_cm(i, with_type);
+                api.create(&PostParams::default(), &cm).await.unwrap();
+                created_at.lock().unwrap().insert(i.to_string(), Instant::now());
+                if mode == "ceiling" {
+                    // The one write the operator must make per ConfigMap.
+                    let patch = json!({"metadata": {"labels": {"lagoon.sh/insightsProcessed": "1"}, "annotations": {"lagoon.sh/insightsProcessed": "2026-01-01T00:00:00Z"}}});
+                    api.patch(&format!("lagoon-insights-{i}"), &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+                }
+            }
+        })
+        .await;
+    let created = started.elapsed().as_secs_f64();
+
+    // Done when every ConfigMap is marked (or gone, with burn-after-reading).
+    let lp = match mode {
+        "burn" => ListParams::default().labels("bench-id"),
+        _ => ListParams::default().labels("lagoon.sh/insightsProcessed"),
+    };
+    loop {
+        let n = api.list_metadata(&lp).await?.items.len();
+        let done = if mode == "burn" { n == 0 } else { n >= count };
+        if done {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!("timed out with {n} left");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let marked = started.elapsed().as_secs_f64();
+    let mut delays = Vec::new();
+    if let Some(c) = consumer {
+        tokio::time::timeout(Duration::from_secs(120), c).await??;
+        let (cr, ar) = (created_at.lock().unwrap(), arrived_at.lock().unwrap());
+        for (id, t) in ar.iter() {
+            if let Some(c) = cr.get(id) {
+                delays.push(t.saturating_duration_since(*c).as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    delays.sort_by(f64::total_cmp);
+    println!(
+        "{}",
+        json!({"bench": "configmaps", "mode": mode, "count": count, "created_s": created, "done_s": marked,
+               "published": delays.len(), "p50_ms": percentile(&delays, 0.5), "p99_ms": percentile(&delays, 0.99)})
+    );
+    Ok(())
+}
+
+async fn fill(
+    namespaces: usize,
+    per_ns: usize,
+    bytes: usize,
+    concurrency: usize,
+    prefix: &str,
+) -> Result<()> {
+    let client = Client::try_default().await?;
+    let started = Instant::now();
+    let made = AtomicU64::new(0);
+    futures::stream::iter(0..namespaces)
+        .for_each_concurrent(concurrency, |n| {
+            let (client, made) = (client.clone(), &made);
+            async move {
+                let name = format!("{prefix}-{n}");
+                let ns = Namespace {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some(name.clone()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                let _ = Api::<Namespace>::all(client.clone())
+                    .create(&PostParams::default(), &ns)
+                    .await;
+                let api: Api<ConfigMap> = Api::namespaced(client, &name);
+                for i in 0..per_ns {
+                    let mut cm = ConfigMap::default();
+                    cm.metadata.name = Some(format!("unrelated-{i}"));
+                    cm.binary_data = Some(
+                        [(
+                            "blob".to_string(),
+                            ByteString(noise(bytes, (n * per_ns + i) as u64 + 7)),
+                        )]
+                        .into(),
+                    );
+                    if api.create(&PostParams::default(), &cm).await.is_ok() {
+                        made.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+        .await;
+    println!(
+        "{}",
+        json!({"bench": "fill", "configmaps": made.load(Ordering::Relaxed), "seconds": started.elapsed().as_secs_f64()})
+    );
+    Ok(())
+}
+
+async fn tokens(count: usize, concurrency: usize, prefix: &str, mode: &str) -> Result<()> {
+    let client = Client::try_default().await?;
+    let started = Instant::now();
+    futures::stream::iter(0..count)
+        .for_each_concurrent(concurrency, |i| {
+            let client = client.clone();
+            async move {
+                let name = format!("{prefix}-{i}");
+                let ns = Namespace {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some(name.clone()),
+                        labels: Some(
+                            [
+                                ("lagoon.sh/project".to_string(), prefix.to_string()),
+                                ("lagoon.sh/environment".to_string(), format!("env{i}")),
+                                ("lagoon.sh/environmentId".to_string(), i.to_string()),
+                            ]
+                            .into(),
+                        ),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                Api::<Namespace>::all(client.clone())
+                    .create(&PostParams::default(), &ns)
+                    .await
+                    .unwrap();
+                if mode == "ceiling" {
+                    let s = Secret {
+                        metadata: kube::api::ObjectMeta {
+                            name: Some("insights-token".into()),
+                            ..Default::default()
+                        },
+                        string_data: Some([("INSIGHTS_TOKEN".to_string(), "x".repeat(300))].into()),
+                        ..Default::default()
+                    };
+                    Api::<Secret>::namespaced(client, &name)
+                        .create(&PostParams::default(), &s)
+                        .await
+                        .unwrap();
+                }
+            }
+        })
+        .await;
+    let created = started.elapsed().as_secs_f64();
+    let secrets: Api<Secret> = Api::all(client.clone());
+    loop {
+        let n = secrets
+            .list_metadata(&ListParams::default().fields("metadata.name=insights-token"))
+            .await?
+            .items
+            .iter()
+            .filter(|s| {
+                s.metadata
+                    .namespace
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with(&format!("{prefix}-")))
+            })
+            .count();
+        if n >= count {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!("timed out with {n} Secrets");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "{}",
+        json!({"bench": "tokens", "mode": mode, "count": count, "created_s": created, "done_s": started.elapsed().as_secs_f64()})
+    );
+    Ok(())
+}
