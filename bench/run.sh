@@ -32,7 +32,7 @@ json() { python3 -c "import json,sys; d=json.loads(sys.stdin.readline()); print(
 
 # Starts the operator; extra flags follow. Sets $op_pid.
 start_operator() {
-  INSIGHTS_TOKEN_SECRET=$KEY RUST_LOG=${BENCH_LOG:-info} "$BIN" \
+  INSIGHTS_TOKEN_SECRET=$KEY RUST_LOG=${BENCH_LOG:-info} WEBSERVICE_WORKERS=${BENCH_WORKERS:-} "$BIN" \
     --rabbitmq-hostname 127.0.0.1:5672 --rabbitmq-reconnect-retry-interval 1 \
     --health-probe-bind-address 127.0.0.1:18081 --metrics-bind-address 127.0.0.1:18080 \
     --webservice-port 18888 --config-name bench-absent --pod-namespace default "$@" \
@@ -146,11 +146,11 @@ bench_tokens() {
   local hwm; hwm=$(hwm_mib "$op_pid")
   stop_operator
   local c; c=$("$IRB" tokens --count "$n" --prefix benchceil --mode ceiling)
-  say "| | seconds until every namespace has its Secret | operator peak RSS |"
-  say "|---|---|---|"
-  say "| insights-remote | $(echo "$r" | json done_s | xargs printf %.1f) | ${hwm} MiB |"
-  say "| ceiling: plain client creating namespace + Secret (8 concurrent) | $(echo "$c" | json done_s | xargs printf %.1f) | |"
-  say "| ratio (ceiling time / our time) | $(python3 -c "print(f'{$(echo "$c" | json done_s)/$(echo "$r" | json done_s)*100:.0f}%')") | |"
+  say "| | namespaces created (s) | every namespace has its Secret (s) | operator peak RSS |"
+  say "|---|---|---|---|"
+  say "| insights-remote | $(echo "$r" | json created_s | xargs printf %.1f) | $(echo "$r" | json done_s | xargs printf %.1f) | ${hwm} MiB |"
+  say "| ceiling: plain client, namespace then Secret as soon as it exists (8 concurrent) | $(echo "$c" | json created_s | xargs printf %.1f) | $(echo "$c" | json done_s | xargs printf %.1f) | |"
+  say "| ratio (ceiling time / our time) | | $(python3 -c "print(f'{$(echo "$c" | json done_s)/$(echo "$r" | json done_s)*100:.0f}%')") | |"
   bash hack/control-plane.sh down >/dev/null && bash hack/control-plane.sh up >/dev/null
 }
 

@@ -224,10 +224,19 @@ async fn post_facts(
     st: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     let claims = admit(&req, &st)?;
-    let env_id = environment_id(&claims)?;
+    environment_id(&claims)?;
     let body = read_body(&req, payload, st.body_limit).await?;
+    let message = facts_message(&claims, &body)?;
+    info!(namespace = %claims.namespace, count = message.facts.len(), "facts received");
+    publish(&st, &message).await
+}
+
+/// The `direct.facts` message for a body, or why the body is refused.
+/// Identity comes from the token, never from the body.
+pub fn facts_message(claims: &Claims, body: &[u8]) -> Result<DirectFacts, ApiError> {
+    let env_id = environment_id(claims)?;
     let facts: FactsBody = parse_json(
-        &body,
+        body,
         "expected a JSON array of facts or an object with a \"facts\" array",
     )?;
     let facts = facts
@@ -235,7 +244,6 @@ async fn post_facts(
         .into_iter()
         .enumerate()
         .map(|(i, mut f)| {
-            // Identity comes from the token, never from the body.
             f.environment = claims.environment_id.clone();
             f.project_name = claims.project_name.clone();
             f.environment_name = claims.environment_name.clone();
@@ -255,18 +263,13 @@ async fn post_facts(
             Ok(f)
         })
         .collect::<Result<Vec<Fact>, _>>()?;
-    info!(namespace = %claims.namespace, count = facts.len(), "facts received");
-    publish(
-        &st,
-        &DirectFacts {
-            message_type: TYPE_DIRECT_FACTS.into(),
-            environment: env_id,
-            project_name: claims.project_name.clone(),
-            environment_name: claims.environment_name.clone(),
-            facts,
-        },
-    )
-    .await
+    Ok(DirectFacts {
+        message_type: TYPE_DIRECT_FACTS.into(),
+        environment: env_id,
+        project_name: claims.project_name.clone(),
+        environment_name: claims.environment_name.clone(),
+        facts,
+    })
 }
 
 /// Publish problems for the token's environment.
@@ -286,9 +289,17 @@ async fn post_problems(
     st: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     let claims = admit(&req, &st)?;
-    let env_id = environment_id(&claims)?;
+    environment_id(&claims)?;
     let body = read_body(&req, payload, st.body_limit).await?;
-    let problems: Vec<Problem> = parse_json(&body, "expected a JSON array of problems")?;
+    let message = problems_message(&claims, &body)?;
+    info!(namespace = %claims.namespace, count = message.problems.len(), "problems received");
+    publish(&st, &message).await
+}
+
+/// The `direct.problems` message for a body, or why the body is refused.
+pub fn problems_message(claims: &Claims, body: &[u8]) -> Result<DirectProblems, ApiError> {
+    let env_id = environment_id(claims)?;
+    let problems: Vec<Problem> = parse_json(body, "expected a JSON array of problems")?;
     let problems = problems
         .into_iter()
         .enumerate()
@@ -310,18 +321,13 @@ async fn post_problems(
             Ok(p)
         })
         .collect::<Result<Vec<Problem>, _>>()?;
-    info!(namespace = %claims.namespace, count = problems.len(), "problems received");
-    publish(
-        &st,
-        &DirectProblems {
-            message_type: TYPE_DIRECT_PROBLEMS.into(),
-            environment: env_id,
-            project_name: claims.project_name.clone(),
-            environment_name: claims.environment_name.clone(),
-            problems,
-        },
-    )
-    .await
+    Ok(DirectProblems {
+        message_type: TYPE_DIRECT_PROBLEMS.into(),
+        environment: env_id,
+        project_name: claims.project_name.clone(),
+        environment_name: claims.environment_name.clone(),
+        problems,
+    })
 }
 
 async fn delete(
@@ -532,6 +538,12 @@ pub fn ingestion_server(
     .client_request_timeout(Duration::from_secs(10))
     .client_disconnect_timeout(Duration::from_secs(2))
     .max_connection_rate(256)
+    .workers(
+        std::env::var("WEBSERVICE_WORKERS")
+            .ok()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+    )
     .listen(listener)?
     .run())
 }

@@ -442,9 +442,12 @@ async fn fill(
 async fn tokens(count: usize, concurrency: usize, prefix: &str, mode: &str) -> Result<()> {
     let client = Client::try_default().await?;
     let started = Instant::now();
+    // Ceiling: the Secret is written by a second client as soon as its
+    // namespace exists, as the operator does, without holding a creation slot.
+    let writes = Arc::new(Mutex::new(Vec::<tokio::task::JoinHandle<()>>::new()));
     futures::stream::iter(0..count)
         .for_each_concurrent(concurrency, |i| {
-            let client = client.clone();
+            let (client, writes) = (client.clone(), writes.clone());
             async move {
                 let name = format!("{prefix}-{i}");
                 let ns = Namespace {
@@ -484,6 +487,10 @@ async fn tokens(count: usize, concurrency: usize, prefix: &str, mode: &str) -> R
         })
         .await;
     let created = started.elapsed().as_secs_f64();
+    let pending: Vec<_> = std::mem::take(&mut *writes.lock().unwrap());
+    for w in pending {
+        w.await?;
+    }
     let secrets: Api<Secret> = Api::all(client.clone());
     loop {
         let n = secrets
