@@ -57,6 +57,7 @@ pub struct Fact {
     #[serde(default, rename = "environmentName")]
     pub environment_name: String,
     #[serde(default)]
+    #[schema(min_length = 1)]
     pub name: String,
     #[serde(default)]
     pub value: String,
@@ -65,11 +66,34 @@ pub struct Fact {
     #[serde(default)]
     pub description: String,
     #[serde(default, rename = "type")]
+    #[schema(value_type = Option<FactType>)]
     pub fact_type: String,
     #[serde(default)]
     pub category: String,
     #[serde(default)]
     pub service: String,
+}
+
+/// Fact types, for the OpenAPI document (the wire keeps plain strings).
+#[derive(ToSchema)]
+#[allow(clippy::upper_case_acronyms, dead_code)]
+pub enum FactType {
+    TEXT,
+    URL,
+    SEMVER,
+}
+
+/// Problem severities, for the OpenAPI document.
+#[derive(ToSchema)]
+#[allow(clippy::upper_case_acronyms, dead_code)]
+pub enum Severity {
+    NONE,
+    UNKNOWN,
+    NEGLIGIBLE,
+    LOW,
+    MEDIUM,
+    HIGH,
+    CRITICAL,
 }
 
 /// Fact types Lagoon's API accepts.
@@ -98,6 +122,7 @@ pub struct Problem {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub data: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schema(value_type = Option<Severity>)]
     pub severity: String,
     #[serde(default, rename = "severityScore", skip_serializing_if = "is_zero")]
     pub severity_score: f64,

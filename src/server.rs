@@ -510,7 +510,7 @@ impl utoipa::Modify for TokenScheme {
 #[openapi(
     info(title = "insights-remote ingestion API", description = "Facts and problems from Lagoon workloads, published to Lagoon core once the broker confirms them."),
     paths(post_facts, post_problems, delete_facts, delete_service_facts, delete_problems, delete_service_problems, healthz, readyz),
-    components(schemas(Fact, Problem, FactsBody, OkBody, ErrorBody)),
+    components(schemas(Fact, Problem, FactsBody, OkBody, ErrorBody, crate::contract::FactType, crate::contract::Severity)),
     modifiers(&TokenScheme)
 )]
 struct ApiDoc;

@@ -10,6 +10,7 @@ use base64::Engine;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::watcher;
@@ -34,8 +35,11 @@ pub fn selector() -> String {
     format!("{LABEL_INSIGHTS_TYPE},!{LABEL_PROCESSED},!{LABEL_MAX_RETRY_EXCEEDED}")
 }
 
+/// The watch (and so the cache) holds metadata only: a burst of pending
+/// 100 KiB SBOMs costs a few KiB each in memory until it is forwarded; the
+/// payload is read when its turn comes.
 pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: watch::Receiver<bool>) {
-    let api: Api<ConfigMap> = match &ctx.watch_namespace {
+    let api: Api<PartialObjectMeta<ConfigMap>> = match &ctx.watch_namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
@@ -51,14 +55,41 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: watch::Receiver<
         .await;
 }
 
-async fn reconcile_observed(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Action> {
+async fn reconcile_observed(
+    meta: Arc<PartialObjectMeta<ConfigMap>>,
+    ctx: Arc<Context>,
+) -> Result<Action> {
     let started = Instant::now();
-    let res = reconcile(cm, ctx.clone()).await;
+    let res = fetch_and_reconcile(&meta, ctx.clone()).await;
     ctx.observe_reconcile(CONTROLLER, started.elapsed(), res.as_ref().err());
     res
 }
 
-pub fn error_policy(cm: Arc<ConfigMap>, err: &Error, _ctx: Arc<Context>) -> Action {
+/// Reads the whole ConfigMap only when there is work to do.
+async fn fetch_and_reconcile(
+    meta: &PartialObjectMeta<ConfigMap>,
+    ctx: Arc<Context>,
+) -> Result<Action> {
+    if let Some(until) = meta.labels().get(LABEL_WRITE_DEFERRED) {
+        let until: u64 = until.trim().parse().unwrap_or(0);
+        let now = now_unix();
+        if until > now {
+            return Ok(Action::requeue(Duration::from_secs(until - now)));
+        }
+    }
+    let api: Api<ConfigMap> =
+        Api::namespaced(ctx.client.clone(), &meta.namespace().unwrap_or_default());
+    match api.get_opt(&meta.name_any()).await? {
+        Some(cm) => reconcile(Arc::new(cm), ctx).await,
+        None => Ok(Action::await_change()),
+    }
+}
+
+pub fn error_policy(
+    cm: Arc<PartialObjectMeta<ConfigMap>>,
+    err: &Error,
+    _ctx: Arc<Context>,
+) -> Action {
     match err {
         // The object changed under us: the watch brings the new version.
         Error::Kube(kube::Error::Api(s)) if s.code == 409 => {
