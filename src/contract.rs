@@ -50,51 +50,83 @@ pub const LABEL_DYNAMIC_SECRET: &str = "lagoon.sh/dynamic-secret";
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Fact {
     /// The environment id, as a string (unlike the envelope's integer).
+    /// Ignored on input: it comes from the token.
     #[serde(default, rename = "environment", deserialize_with = "lenient_id")]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub environment: String,
-    #[serde(default, rename = "projectName")]
+    #[serde(default, deserialize_with = "null_as_empty", rename = "projectName")]
+    #[schema(nullable)]
     pub project_name: String,
-    #[serde(default, rename = "environmentName")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        rename = "environmentName"
+    )]
+    #[schema(nullable)]
     pub environment_name: String,
-    #[serde(default)]
+    /// Required, non-empty.
+    #[serde(deserialize_with = "null_as_empty")]
     #[schema(min_length = 1)]
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
+    #[schema(nullable)]
     pub value: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
+    #[schema(nullable)]
     pub source: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
+    #[schema(nullable)]
     pub description: String,
-    #[serde(default, rename = "type")]
+    #[serde(default, deserialize_with = "null_as_empty", rename = "type")]
     #[schema(value_type = Option<FactType>)]
     pub fact_type: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
+    #[schema(nullable)]
     pub category: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
+    #[schema(nullable)]
     pub service: String,
 }
 
 /// Fact types, for the OpenAPI document (the wire keeps plain strings).
-#[derive(ToSchema)]
-#[allow(clippy::upper_case_acronyms, dead_code)]
-pub enum FactType {
-    TEXT,
-    URL,
-    SEMVER,
-}
+pub struct FactType;
 
 /// Problem severities, for the OpenAPI document.
-#[derive(ToSchema)]
-#[allow(clippy::upper_case_acronyms, dead_code)]
-pub enum Severity {
-    NONE,
-    UNKNOWN,
-    NEGLIGIBLE,
-    LOW,
-    MEDIUM,
-    HIGH,
-    CRITICAL,
+pub struct Severity;
+
+fn string_enum(
+    values: &[&str],
+    description: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(values.iter().map(|v| v.to_string())))
+        .description(Some(description))
+        .into()
 }
+
+impl utoipa::PartialSchema for FactType {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_enum(
+            &["", "TEXT", "URL", "SEMVER"],
+            "Fact type; empty or absent means TEXT.",
+        )
+    }
+}
+impl ToSchema for FactType {}
+
+impl utoipa::PartialSchema for Severity {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let mut values = vec![""];
+        values.extend(SEVERITIES);
+        string_enum(
+            &values,
+            "Severity; empty or absent means none (left out of the message).",
+        )
+    }
+}
+impl ToSchema for Severity {}
 
 /// Fact types Lagoon's API accepts.
 pub const FACT_TYPES: [&str; 3] = ["TEXT", "URL", "SEMVER"];
@@ -102,39 +134,82 @@ pub const FACT_TYPES: [&str; 3] = ["TEXT", "URL", "SEMVER"];
 /// A problem as the consumer takes it; optional fields are omitted when empty.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Problem {
-    /// The environment id, as an integer.
+    /// The environment id, as an integer. Ignored on input: it comes from
+    /// the token.
     #[serde(default, deserialize_with = "lenient_int_id")]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub environment: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
+    #[schema(nullable)]
     pub identifier: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "String::is_empty"
+    )]
+    #[schema(nullable)]
     pub version: String,
     #[serde(
         default,
+        deserialize_with = "null_as_empty",
         rename = "fixedVersion",
         skip_serializing_if = "String::is_empty"
     )]
+    #[schema(nullable)]
     pub fixed_version: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
+    #[schema(nullable)]
     pub source: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "String::is_empty"
+    )]
+    #[schema(nullable)]
     pub service: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "String::is_empty"
+    )]
+    #[schema(nullable)]
     pub data: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "String::is_empty"
+    )]
     #[schema(value_type = Option<Severity>)]
     pub severity: String,
-    #[serde(default, rename = "severityScore", skip_serializing_if = "is_zero")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_zero",
+        rename = "severityScore",
+        skip_serializing_if = "is_zero"
+    )]
+    #[schema(nullable)]
     pub severity_score: f64,
     #[serde(
         default,
+        deserialize_with = "null_as_empty",
         rename = "associatedPackage",
         skip_serializing_if = "String::is_empty"
     )]
+    #[schema(nullable)]
     pub associated_package: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "String::is_empty"
+    )]
+    #[schema(nullable)]
     pub description: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "String::is_empty"
+    )]
+    #[schema(nullable)]
     pub links: String,
 }
 
@@ -148,6 +223,16 @@ pub const SEVERITIES: [&str; 7] = [
     "HIGH",
     "CRITICAL",
 ];
+
+/// Go's JSON decoding leaves a string empty when the value is null; so do
+/// we, so that clients of the Go original keep working.
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
+}
+
+fn null_as_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or_default())
+}
 
 fn is_zero(v: &f64) -> bool {
     *v == 0.0

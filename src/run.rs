@@ -132,9 +132,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let ops = server::ops_server(
         state.clone(),
         &[args.health_probe_bind_address, args.metrics_bind_address],
-    )?;
-    handles.push(ops.handle());
-    let ops = tokio::spawn(ops);
+    )?
+    .map(|ops| {
+        handles.push(ops.handle());
+        tokio::spawn(ops)
+    });
 
     shutdown_signal().await;
     info!("shutting down: finishing in-flight requests and reconciles");
@@ -148,7 +150,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if let Some(op) = operator {
         let _ = op.await;
     }
-    let _ = ops.await;
+    if let Some(ops) = ops {
+        let _ = ops.await;
+    }
     if let Some(p) = publisher {
         p.shutdown().await;
     }

@@ -13,6 +13,7 @@ use actix_web::middleware::Next;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
 use futures::StreamExt;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -182,6 +183,42 @@ fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8], what: &str) -> Resu
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("{what}: {e}")))
 }
 
+/// The raw items of a facts body: a bare array, or `{"facts": [...]}`
+/// (see [`FactsBody`]).
+fn facts_items(body: &[u8]) -> Result<Vec<&RawValue>, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Wrapped<'a> {
+        #[serde(borrow)]
+        facts: Vec<&'a RawValue>,
+    }
+    const WHAT: &str = "expected a JSON array of facts or an object with a \"facts\" array";
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => Ok(parse_json::<Wrapped>(body, WHAT)?.facts),
+        _ => parse_json(body, WHAT),
+    }
+}
+
+/// Each item must be a JSON object: serde would otherwise take an array as
+/// a struct's fields in order.
+fn objects<'a, T: serde::Deserialize<'a>>(
+    items: Vec<&'a RawValue>,
+    what: &str,
+) -> Result<Vec<T>, ApiError> {
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            if !raw.get().starts_with('{') {
+                return Err(ApiError::BadRequest(format!(
+                    "{what} {i}: expected a JSON object"
+                )));
+            }
+            serde_json::from_str(raw.get())
+                .map_err(|e| ApiError::BadRequest(format!("{what} {i}: {e}")))
+        })
+        .collect()
+}
+
 fn default_source(s: &mut String) {
     if s.trim().is_empty() {
         *s = DEFAULT_SOURCE.to_string();
@@ -235,12 +272,8 @@ async fn post_facts(
 /// Identity comes from the token, never from the body.
 pub fn facts_message(claims: &Claims, body: &[u8]) -> Result<DirectFacts, ApiError> {
     let env_id = environment_id(claims)?;
-    let facts: FactsBody = parse_json(
-        body,
-        "expected a JSON array of facts or an object with a \"facts\" array",
-    )?;
+    let facts: Vec<Fact> = objects(facts_items(body)?, "fact")?;
     let facts = facts
-        .into_facts()
         .into_iter()
         .enumerate()
         .map(|(i, mut f)| {
@@ -299,7 +332,8 @@ async fn post_problems(
 /// The `direct.problems` message for a body, or why the body is refused.
 pub fn problems_message(claims: &Claims, body: &[u8]) -> Result<DirectProblems, ApiError> {
     let env_id = environment_id(claims)?;
-    let problems: Vec<Problem> = parse_json(body, "expected a JSON array of problems")?;
+    let items: Vec<&RawValue> = parse_json(body, "expected a JSON array of problems")?;
+    let problems: Vec<Problem> = objects(items, "problem")?;
     let problems = problems
         .into_iter()
         .enumerate()
@@ -548,11 +582,16 @@ pub fn ingestion_server(
     .run())
 }
 
-/// Probes and metrics, on their own ports as in the Go original.
+/// Probes and metrics, on their own ports as in the Go original. Port 0
+/// disables an address (Go's "0"); with none left, no server is started.
 pub fn ops_server(
     state: web::Data<ApiState>,
     addrs: &[std::net::SocketAddr],
-) -> std::io::Result<Server> {
+) -> std::io::Result<Option<Server>> {
+    let addrs: Vec<_> = addrs.iter().filter(|a| a.port() != 0).collect();
+    if addrs.is_empty() {
+        return Ok(None);
+    }
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -564,11 +603,9 @@ pub fn ops_server(
     .disable_signals()
     .workers(1);
     for addr in addrs {
-        if addr.port() != 0 {
-            server = server.bind(addr)?;
-        }
+        server = server.bind(addr)?;
     }
-    Ok(server.run())
+    Ok(Some(server.run()))
 }
 
 /// A token bucket per environment, so one workload cannot starve the others.
