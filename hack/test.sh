@@ -9,5 +9,10 @@ trap 'bash hack/control-plane.sh down >/dev/null 2>&1 || true' EXIT
 KUBECONFIG=$(bash hack/control-plane.sh kubeconfig)
 export KUBECONFIG
 cargo fmt --all -- --check
-cargo clippy --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 cargo test --all-targets -- --test-threads "${TEST_THREADS:-4}"
+# The live API against its OpenAPI document (stops and restarts RabbitMQ, so
+# it runs after the Rust tests). SCHEMATHESIS=0 skips it.
+if [ "${SCHEMATHESIS:-1}" != 0 ]; then
+  bash hack/schemathesis.sh
+fi

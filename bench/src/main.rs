@@ -256,7 +256,7 @@ async fn amqp_ceiling(
 
 /// Half image inspects (2 KiB), half SBOMs (100 KiB), as builds make them.
 fn insights_cm(i: usize, with_type: bool) -> ConfigMap {
-    let sbom = i % 2 == 0;
+    let sbom = i.is_multiple_of(2);
     let (key, size, t) = if sbom {
         (format!("svc{i}.cyclonedx.json.gz"), 100 * 1024, "sbom-gz")
     } else {
@@ -478,10 +478,10 @@ async fn tokens(count: usize, concurrency: usize, prefix: &str, mode: &str) -> R
                         string_data: Some([("INSIGHTS_TOKEN".to_string(), "x".repeat(300))].into()),
                         ..Default::default()
                     };
-                    Api::<Secret>::namespaced(client, &name)
-                        .create(&PostParams::default(), &s)
-                        .await
-                        .unwrap();
+                    let api = Api::<Secret>::namespaced(client, &name);
+                    writes.lock().unwrap().push(tokio::spawn(async move {
+                        api.create(&PostParams::default(), &s).await.unwrap();
+                    }));
                 }
             }
         })

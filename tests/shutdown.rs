@@ -1,0 +1,106 @@
+//! SIGTERM: in-flight requests finish and get their confirms before the
+//! process exits; nothing answered 200 is missing from the queue.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_requests() {
+    let broker = isolated_broker("shutdown");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_insights-remote"))
+        .args([
+            "--enable-configmap-reconciler=false",
+            "--enable-namespace-reconciler=false",
+            "--webservice-port",
+            &port.to_string(),
+            "--webservice-bind-address",
+            "127.0.0.1",
+            "--rabbitmq-hostname",
+            &broker.host,
+            "--rabbitmq-exchange",
+            &broker.exchange,
+            "--rabbitmq-queue",
+            &broker.queue,
+            "--health-probe-bind-address",
+            "0",
+            "--metrics-bind-address",
+            "0",
+            "--log-level",
+            "warn",
+        ])
+        .env("INSIGHTS_TOKEN_SECRET", KEY)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..100 {
+        if http
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "server ready");
+    let token = ring().mint(&claims("ns", "7")).unwrap();
+    let mut requests = Vec::new();
+    for i in 0..40 {
+        let (http, url, token) = (http.clone(), url.clone(), token.clone());
+        requests.push(tokio::spawn(async move {
+            let body = serde_json::json!([{ "name": format!("f{i}"), "value": "v" }]).to_string();
+            http.post(format!("{url}/facts"))
+                .header("authorization", token)
+                .body(body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    // Let the requests reach the server, then ask it to stop.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let mut ok = 0;
+    for r in requests {
+        match r.await.unwrap() {
+            Ok(200) => ok += 1,
+            Ok(s) => panic!("unexpected status {s}"),
+            // Sent after the listener closed: refused, never half-answered.
+            Err(e) => assert!(e.is_connect(), "{e}"),
+        }
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "clean exit: {status:?}");
+    assert!(ok > 0, "requests in flight at SIGTERM were answered");
+    let msgs = drain(&broker.queue, 100, Duration::from_secs(3)).await;
+    assert!(
+        msgs.len() >= ok,
+        "every 200 is in the queue: {} < {ok}",
+        msgs.len()
+    );
+    println!(
+        "{ok} in-flight requests answered 200 during shutdown, {} messages queued",
+        msgs.len()
+    );
+    delete_queue(&broker.queue).await;
+}
