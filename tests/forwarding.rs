@@ -25,9 +25,7 @@ fn fixture(name: &str) -> Value {
 }
 
 fn fixture_cm(name: &str, ns: &str) -> ConfigMap {
-    let mut cm: ConfigMap = serde_json::from_value(fixture(name)).unwrap();
-    cm.metadata.namespace = Some(ns.into());
-    cm
+    fixture_configmap(name, ns)
 }
 
 fn gunzip(b64: &str) -> Value {

@@ -163,15 +163,7 @@ async fn metrics_move_after_a_forward_and_a_request() {
     );
 
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    let mut cm: ConfigMap = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{}/tests/fixtures/configmap-sbom.json",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    cm.metadata.namespace = Some(ns.name.clone());
+    let cm = fixture_configmap("configmap-sbom.json", &ns.name);
     cms.create(&PostParams::default(), &cm).await.unwrap();
     wait_for("forwarded", Duration::from_secs(30), || async {
         cms.get(&cm.name_any())

@@ -134,15 +134,7 @@ async fn operator_runs_under_its_own_rbac_and_reports_missing_permissions() {
 
     // Everything works with exactly these rules.
     let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), &ns.name);
-    let mut cm: ConfigMap = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{}/tests/fixtures/configmap-image.json",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    cm.metadata.namespace = Some(ns.name.clone());
+    let mut cm = fixture_configmap("configmap-image.json", &ns.name);
     cms.create(&PostParams::default(), &cm).await.unwrap();
     wait_for("forwarded under RBAC", Duration::from_secs(60), || async {
         cms.get("lagoon-insights-image-cli")

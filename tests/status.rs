@@ -54,11 +54,9 @@ async fn status_reports_counters_conditions_and_kubectl_columns() {
     .await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
     for f in ["configmap-sbom.json", "configmap-image.json"] {
-        let path = format!("{}/tests/fixtures/{f}", env!("CARGO_MANIFEST_DIR"));
-        let mut cm: ConfigMap =
-            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        cm.metadata.namespace = Some(ns.name.clone());
-        cms.create(&PostParams::default(), &cm).await.unwrap();
+        cms.create(&PostParams::default(), &fixture_configmap(f, &ns.name))
+            .await
+            .unwrap();
     }
     let got = wait_for("status counters", Duration::from_secs(30), || async {
         let o = irc.get(&config_name).await.ok()?;

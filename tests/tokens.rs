@@ -53,6 +53,22 @@ async fn token_secret_is_minted_repaired_and_rotated_in_place() {
     let config_name = unique("irc-tok");
     let op = start(&client, &ns.name, &config_name).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    // The ingestion API of the same process, following the same key ring.
+    let api_url = ingestion_api(&op).await;
+    let post = |token: String| {
+        let url = api_url.clone();
+        async move {
+            reqwest::Client::new()
+                .post(format!("{url}/facts"))
+                .header("authorization", token)
+                .body(r#"[{"name":"n","value":"v"}]"#)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
 
     // Minted with the contract's labels and claims.
     let s = wait_secret(&secrets, "token Secret", |_| true).await;
@@ -63,6 +79,11 @@ async fn token_secret_is_minted_repaired_and_rotated_in_place() {
     let claims = ring().verify(&t).unwrap();
     assert_eq!(claims, common::claims(&ns.name, "42"));
     let uid = s.uid().unwrap();
+    assert_eq!(
+        post(t.clone()).await,
+        200,
+        "the minted token works against the API"
+    );
 
     // Tampered: re-minted in place (same object, never deleted).
     secrets
@@ -149,6 +170,16 @@ async fn token_secret_is_minted_repaired_and_rotated_in_place() {
     // The API accepts old tokens while the previous key is listed...
     let keys = op.ctx.keys.borrow().clone();
     assert!(keys.verify(&t).is_ok(), "previous key still accepted");
+    assert_eq!(
+        post(t.clone()).await,
+        200,
+        "old token accepted while its key is listed as previous"
+    );
+    assert_eq!(
+        post(token_of(&rotated)).await,
+        200,
+        "re-minted token accepted"
+    );
     // ...and refuses them once it is dropped.
     irc.patch(
         &config_name,
@@ -161,6 +192,16 @@ async fn token_secret_is_minted_repaired_and_rotated_in_place() {
         op.ctx.keys.borrow().verify(&t).is_err().then_some(())
     })
     .await;
+    assert_eq!(
+        post(t.clone()).await,
+        401,
+        "old token refused once its key is dropped"
+    );
+    assert_eq!(
+        post(token_of(&rotated)).await,
+        200,
+        "current token still accepted"
+    );
     // The rotation is visible as an Event on the resource.
     let events: Api<Event> = Api::all(client.clone());
     let rotated_events = wait_for("KeyRotated event", Duration::from_secs(10), || async {
@@ -183,6 +224,25 @@ async fn token_secret_is_minted_repaired_and_rotated_in_place() {
         .await
         .unwrap();
     ns.cleanup().await;
+}
+
+/// An ingestion server sharing the operator's key ring and publisher, as
+/// `run.rs` wires them.
+async fn ingestion_api(op: &Operator) -> String {
+    use actix_web::web;
+    use insights_remote::server::{self, ApiState, RateLimiter};
+    let state = web::Data::new(ApiState {
+        keys: op.ctx.keys.subscribe(),
+        publisher: Some(op.publisher.clone()),
+        metrics: op.metrics.clone(),
+        body_limit: 1 << 20,
+        limiter: RateLimiter::new(0),
+    });
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(server::ingestion_server(state, listener).unwrap());
+    op.publisher.wait_connected(Duration::from_secs(10)).await;
+    url
 }
 
 fn base64_of(s: &str) -> String {

@@ -78,6 +78,16 @@ impl TestNamespace {
     }
 }
 
+/// A ConfigMap from tests/fixtures (the shapes Lagoon's build makes), placed
+/// in namespace `ns`.
+pub fn fixture_configmap(file: &str, ns: &str) -> k8s_openapi::api::core::v1::ConfigMap {
+    let path = format!("{}/tests/fixtures/{file}", env!("CARGO_MANIFEST_DIR"));
+    let mut cm: k8s_openapi::api::core::v1::ConfigMap =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    cm.metadata.namespace = Some(ns.into());
+    cm
+}
+
 pub fn lagoon_labels(env_id: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("lagoon.sh/project".to_string(), "demo-project".to_string()),
