@@ -5,15 +5,18 @@ FROM rust:1.95-alpine AS build
 # hadolint ignore=DL3018
 RUN apk add --no-cache musl-dev openssl-dev openssl-libs-static pkgconfig perl make
 WORKDIR /src
-# Dependencies first, for layer caching.
+ENV OPENSSL_STATIC=1
+# Dependencies first, for layer caching: the workspace's manifests with stub
+# sources (bench/ is a workspace member and must be present).
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
- && cargo build --release --locked \
+COPY bench/Cargo.toml bench/Cargo.toml
+RUN mkdir -p src bench/src \
+ && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+ && echo 'fn main() {}' > bench/src/main.rs \
+ && cargo build --release --locked -p insights-remote \
  && rm -rf src target/release/deps/insights_remote* target/release/insights-remote*
 COPY src ./src
-COPY crds ./crds
-ENV OPENSSL_STATIC=1
-RUN cargo build --release --locked --bin insights-remote \
+RUN cargo build --release --locked -p insights-remote --bin insights-remote \
  && install -D -m 0555 target/release/insights-remote /out/insights-remote
 
 # Run: distroless static, non-root, the binary only.
