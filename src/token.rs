@@ -5,6 +5,7 @@
 //! other. Verification pins HS256: `alg: none`, RS/ES algorithms and anything
 //! else are refused before a signature is looked at.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::time::SystemTime;
 
@@ -56,7 +57,14 @@ const CLAIM_ENVIRONMENT_NAME: &str = "EnvironmentName";
 pub struct KeyRing {
     current: Vec<u8>,
     verifiers: Vec<HmacJwsVerifier>,
+    /// Tokens this ring already verified (a workload sends the same token
+    /// on every request). Belongs to the ring: a new key means a new, empty
+    /// cache, so a dropped key's tokens are never served from here.
+    verified: std::sync::Arc<std::sync::Mutex<HashMap<String, (Claims, Option<SystemTime>)>>>,
 }
+
+/// Entries kept before the cache is emptied (about 400 bytes each).
+const VERIFIED_CACHE_MAX: usize = 4096;
 
 impl fmt::Debug for KeyRing {
     // Never print key material.
@@ -84,7 +92,11 @@ impl KeyRing {
         for k in previous {
             verifiers.push(verifier(k.as_ref())?);
         }
-        Ok(Self { current, verifiers })
+        Ok(Self {
+            current,
+            verifiers,
+            verified: Default::default(),
+        })
     }
 
     /// A short fingerprint of the current key (not reversible), for status
@@ -136,6 +148,7 @@ impl KeyRing {
         let current = Self {
             current: self.current.clone(),
             verifiers: self.verifiers[..1].to_vec(),
+            verified: Default::default(),
         };
         current.verify(token)
     }
@@ -146,6 +159,21 @@ impl KeyRing {
         if token.is_empty() {
             return Err(TokenError::Missing);
         }
+        if let Some((claims, exp)) = self.verified.lock().expect("token cache").get(token) {
+            if exp.is_none_or(|e| e >= SystemTime::now()) {
+                return Ok(claims.clone());
+            }
+        }
+        let (claims, exp) = self.verify_uncached(token)?;
+        let mut cache = self.verified.lock().expect("token cache");
+        if cache.len() >= VERIFIED_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(token.to_string(), (claims.clone(), exp));
+        Ok(claims)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<(Claims, Option<SystemTime>), TokenError> {
         // Pin the algorithm before anything else: the header is untrusted.
         let header = jwt::decode_header(token).map_err(|_| TokenError::Invalid)?;
         match header.claim("alg") {
@@ -172,12 +200,13 @@ impl KeyRing {
                 _ => Err(TokenError::MissingClaim(name)),
             }
         };
-        Ok(Claims {
+        let claims = Claims {
             namespace: claim(CLAIM_NAMESPACE)?,
             environment_id: claim(CLAIM_ENVIRONMENT_ID)?,
             project_name: claim(CLAIM_PROJECT_NAME)?,
             environment_name: claim(CLAIM_ENVIRONMENT_NAME)?,
-        })
+        };
+        Ok((claims, payload.expires_at()))
     }
 }
 
@@ -344,6 +373,33 @@ mod tests {
             KeyRing::new(KEY).unwrap().verify(&t),
             Err(TokenError::Invalid)
         );
+    }
+
+    #[test]
+    fn cached_verification_gives_the_same_answers() {
+        let ring = KeyRing::new(KEY).unwrap();
+        let t = ring.mint(&claims()).unwrap();
+        assert_eq!(ring.verify(&t).unwrap(), claims());
+        assert_eq!(ring.verify(&t).unwrap(), claims(), "second time from the cache");
+        // A tampered token is not a cache hit.
+        let mut bad = t.clone();
+        bad.push('x');
+        assert!(ring.verify(&bad).is_err());
+        // A ring without the signing key does not share the cache.
+        let other = KeyRing::new(OTHER).unwrap();
+        assert_eq!(other.verify(&t), Err(TokenError::Invalid));
+        // Expired tokens are refused even after a cached success.
+        let soon = sign_raw(
+            r#"{"alg":"HS256","typ":"JWT"}"#,
+            &format!(
+                r#"{{"EnvironmentId":"42","EnvironmentName":"main","Namespace":"demo-project-main","ProjectName":"demo-project","exp":{}}}"#,
+                SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1
+            ),
+            KEY.as_bytes(),
+        );
+        assert!(ring.verify(&soon).is_ok());
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert!(ring.verify(&soon).is_err(), "cached entry honours exp");
     }
 
     #[test]
