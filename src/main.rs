@@ -5,11 +5,6 @@ use insights_remote::settings::{
 use insights_remote::token::Claims;
 use insights_remote::{Error, Result};
 
-// Many small short-lived allocations per request (JSON, headers, frames):
-// mimalloc spends less time in them than glibc's allocator (see bench/README.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse_from(normalize_args(std::env::args()));
     let outcome = match cli.command {
