@@ -60,8 +60,11 @@ pub struct KeyRing {
     /// Tokens this ring already verified (a workload sends the same token
     /// on every request). Belongs to the ring: a new key means a new, empty
     /// cache, so a dropped key's tokens are never served from here.
-    verified: std::sync::Arc<std::sync::Mutex<HashMap<String, (Claims, Option<SystemTime>)>>>,
+    verified: std::sync::Arc<std::sync::Mutex<VerifiedTokens>>,
 }
+
+/// Token → (claims, expiry) for tokens already verified.
+type VerifiedTokens = HashMap<String, (Claims, Option<SystemTime>)>;
 
 /// Entries kept before the cache is emptied (about 400 bytes each).
 const VERIFIED_CACHE_MAX: usize = 4096;
@@ -380,7 +383,11 @@ mod tests {
         let ring = KeyRing::new(KEY).unwrap();
         let t = ring.mint(&claims()).unwrap();
         assert_eq!(ring.verify(&t).unwrap(), claims());
-        assert_eq!(ring.verify(&t).unwrap(), claims(), "second time from the cache");
+        assert_eq!(
+            ring.verify(&t).unwrap(),
+            claims(),
+            "second time from the cache"
+        );
         // A tampered token is not a cache hit.
         let mut bad = t.clone();
         bad.push('x');
@@ -393,7 +400,11 @@ mod tests {
             r#"{"alg":"HS256","typ":"JWT"}"#,
             &format!(
                 r#"{{"EnvironmentId":"42","EnvironmentName":"main","Namespace":"demo-project-main","ProjectName":"demo-project","exp":{}}}"#,
-                SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1
+                SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs()
+                    + 1
             ),
             KEY.as_bytes(),
         );

@@ -11,7 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::cluster::*;
 use common::*;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{ListParams, PostParams};
+use kube::Api;
 use serde_json::json;
 
 fn rabbitmqctl(arg: &str) {
@@ -37,6 +41,57 @@ async fn broker_restart_loses_nothing_that_got_200() {
     let token = ring().mint(&claims("demo-project-main", "42")).unwrap();
     let url = format!("{}/facts", api.url);
     let stop = Arc::new(AtomicBool::new(false));
+
+    // The operator forwards ConfigMaps created all through the outage.
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "outage").await;
+    let mut op_broker = isolated_broker("outage-cm");
+    op_broker.confirm_timeout = Duration::from_secs(2);
+    let cm_queue = op_broker.queue.clone();
+    let mut ops = test_ops();
+    ops.mins_between_retries = 0;
+    ops.max_retries = 1000;
+    let op = Operator::start(
+        &client,
+        OperatorOptions {
+            broker: op_broker,
+            ops,
+            namespace: ns.name.clone(),
+            config_name: unique("irc"),
+            forward: true,
+            tokens: false,
+        },
+    )
+    .await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let creator = {
+        let (cms, stop) = (cms.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let mut cm = ConfigMap::default();
+                cm.metadata.name = Some(format!("cm-{n}"));
+                cm.metadata.labels = Some(
+                    [
+                        ("lagoon.sh/insightsType".to_string(), "image-gz".to_string()),
+                        ("test-id".to_string(), n.to_string()),
+                    ]
+                    .into(),
+                );
+                cm.binary_data = Some(
+                    [(
+                        "x.image-inspect.json.gz".to_string(),
+                        k8s_openapi::ByteString(vec![0x1f, 0x8b]),
+                    )]
+                    .into(),
+                );
+                cms.create(&PostParams::default(), &cm).await.unwrap();
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            n
+        })
+    };
 
     let mut clients = Vec::new();
     for c in 0..4 {
@@ -85,6 +140,41 @@ async fn broker_restart_loses_nothing_that_got_200() {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
+
+    let created = creator.await.unwrap();
+    wait_for(
+        "every ConfigMap processed",
+        Duration::from_secs(90),
+        || async {
+            let n = cms
+                .list_metadata(&ListParams::default().labels("lagoon.sh/insightsProcessed"))
+                .await
+                .ok()?
+                .items
+                .len();
+            (n == created).then_some(())
+        },
+    )
+    .await;
+    let forwarded = drain(&cm_queue, created * 3, Duration::from_secs(5)).await;
+    let ids: HashSet<&str> = forwarded
+        .iter()
+        .map(|m| m["labels"]["test-id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        created,
+        "every ConfigMap marked processed is in the queue"
+    );
+    let deferred = op.ctx.counters.deferred.load(Ordering::Relaxed);
+    println!("outage: {created} ConfigMaps created, all processed and queued ({} messages); {deferred} deferrals during the outage", forwarded.len());
+    assert!(
+        deferred > 0,
+        "ConfigMaps were deferred while the broker was down"
+    );
+    op.stop().await;
+    delete_queue(&cm_queue).await;
+    ns.cleanup().await;
 
     let mut ok = Vec::new();
     let mut unavailable = 0;
