@@ -16,26 +16,6 @@ use kube::Api;
 
 const TOTAL: usize = 60;
 
-fn cm(i: usize) -> ConfigMap {
-    let mut cm = ConfigMap::default();
-    cm.metadata.name = Some(format!("cm-{i}"));
-    cm.metadata.labels = Some(
-        [
-            ("lagoon.sh/insightsType".to_string(), "image-gz".to_string()),
-            ("test-id".to_string(), i.to_string()),
-        ]
-        .into(),
-    );
-    cm.binary_data = Some(
-        [(
-            "x.image-inspect.json.gz".to_string(),
-            k8s_openapi::ByteString(vec![0x1f, 0x8b, i as u8]),
-        )]
-        .into(),
-    );
-    cm
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_configmap_ends_processed_across_an_api_server_restart() {
     let client = client().await;
@@ -59,7 +39,11 @@ async fn every_configmap_ends_processed_across_an_api_server_restart() {
         tokio::spawn(async move {
             for i in 0..TOTAL {
                 // Keep trying while the API server is away.
-                while api.create(&PostParams::default(), &cm(i)).await.is_err() {
+                while api
+                    .create(&PostParams::default(), &numbered_insights_cm(i))
+                    .await
+                    .is_err()
+                {
                     if api
                         .get_opt(&format!("cm-{i}"))
                         .await

@@ -69,22 +69,7 @@ async fn broker_restart_loses_nothing_that_got_200() {
         tokio::spawn(async move {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
-                let mut cm = ConfigMap::default();
-                cm.metadata.name = Some(format!("cm-{n}"));
-                cm.metadata.labels = Some(
-                    [
-                        ("lagoon.sh/insightsType".to_string(), "image-gz".to_string()),
-                        ("test-id".to_string(), n.to_string()),
-                    ]
-                    .into(),
-                );
-                cm.binary_data = Some(
-                    [(
-                        "x.image-inspect.json.gz".to_string(),
-                        k8s_openapi::ByteString(vec![0x1f, 0x8b]),
-                    )]
-                    .into(),
-                );
+                let cm = numbered_insights_cm(n);
                 cms.create(&PostParams::default(), &cm).await.unwrap();
                 n += 1;
                 tokio::time::sleep(Duration::from_millis(200)).await;

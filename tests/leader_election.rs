@@ -88,22 +88,7 @@ async fn holder(client: &kube::Client, ns: &str, lease: &str) -> Option<String> 
 
 async fn create_batch(api: &Api<ConfigMap>, from: usize, n: usize) {
     for i in from..from + n {
-        let mut cm = ConfigMap::default();
-        cm.metadata.name = Some(format!("cm-{i}"));
-        cm.metadata.labels = Some(
-            [
-                ("lagoon.sh/insightsType".to_string(), "image-gz".to_string()),
-                ("test-id".to_string(), i.to_string()),
-            ]
-            .into(),
-        );
-        cm.binary_data = Some(
-            [(
-                "x.image-inspect.json.gz".to_string(),
-                k8s_openapi::ByteString(b"\x1f\x8b".to_vec()),
-            )]
-            .into(),
-        );
+        let cm = numbered_insights_cm(i);
         api.create(&PostParams::default(), &cm).await.unwrap();
     }
 }

@@ -88,6 +88,28 @@ pub fn fixture_configmap(file: &str, ns: &str) -> k8s_openapi::api::core::v1::Co
     cm
 }
 
+/// A minimal insights ConfigMap `cm-<i>` whose forwarded message can be
+/// recognised by its `test-id` label.
+pub fn numbered_insights_cm(i: usize) -> k8s_openapi::api::core::v1::ConfigMap {
+    let mut cm = k8s_openapi::api::core::v1::ConfigMap::default();
+    cm.metadata.name = Some(format!("cm-{i}"));
+    cm.metadata.labels = Some(
+        [
+            ("lagoon.sh/insightsType".to_string(), "image-gz".to_string()),
+            ("test-id".to_string(), i.to_string()),
+        ]
+        .into(),
+    );
+    cm.binary_data = Some(
+        [(
+            "x.image-inspect.json.gz".to_string(),
+            k8s_openapi::ByteString(vec![0x1f, 0x8b, i as u8]),
+        )]
+        .into(),
+    );
+    cm
+}
+
 pub fn lagoon_labels(env_id: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("lagoon.sh/project".to_string(), "demo-project".to_string()),
