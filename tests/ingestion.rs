@@ -429,3 +429,39 @@ async fn readyz_follows_the_broker_connection() {
     assert_eq!(v["status"], "unavailable");
     api.stop().await;
 }
+
+/// Publishes are mandatory: if no queue is bound (someone removed the
+/// binding), the broker returns the message and the client gets 503, not a
+/// 200 for a message that went nowhere.
+#[tokio::test]
+async fn unroutable_message_is_not_reported_as_sent() {
+    let settings = isolated_broker("unroutable");
+    let (exchange, queue) = (settings.exchange.clone(), settings.queue.clone());
+    let api = start_api(settings, MIB, 0).await;
+    let t = token("ns", "1");
+    assert_eq!(
+        post(&api, "/facts", Some(&t), r#"[{"name":"a","value":"b"}]"#)
+            .await
+            .status(),
+        200
+    );
+    let conn = lapin::Connection::connect(&amqp_uri(), Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_unbind(
+        queue.as_str().into(),
+        exchange.as_str().into(),
+        "".into(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let r = post(&api, "/facts", Some(&t), r#"[{"name":"lost","value":"b"}]"#).await;
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["message"].as_str().unwrap().contains("refused"), "{v}");
+    let _ = conn.close(200, "done".into()).await;
+    delete_queue(&queue).await;
+    api.stop().await;
+}
