@@ -7,7 +7,8 @@
 //! keep trying for as long as it runs, at the admin's interval, and must know
 //! at every moment whether it can publish (readiness, 503s, the CR status).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,10 +22,18 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 use tokio::sync::{watch, Notify};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::contract;
 use crate::metrics::Metrics;
+
+/// How long a publish waits for the broker's confirm by default: long
+/// enough for a busy broker, short enough that a hung one is answered with
+/// 503 within seconds.
+pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
+/// Our default largest message: below RabbitMQ's own default
+/// `max_message_size` (128 MiB in 3.x, 16 MiB in 4.x).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Where and how to reach the broker.
 #[derive(Clone, PartialEq, Eq)]
@@ -42,6 +51,9 @@ pub struct BrokerSettings {
     pub reconnect_interval: Duration,
     /// How long a publish may wait for the broker's confirm.
     pub confirm_timeout: Duration,
+    /// The largest message published; larger ones are refused before
+    /// publishing (0: no limit of ours).
+    pub max_message_bytes: usize,
 }
 
 /// PEM material for amqps.
@@ -79,7 +91,8 @@ impl Default for BrokerSettings {
             queue: contract::DEFAULT_QUEUE.into(),
             routing_key: contract::DEFAULT_ROUTING_KEY.into(),
             reconnect_interval: Duration::from_secs(30),
-            confirm_timeout: Duration::from_secs(10),
+            confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -95,7 +108,7 @@ impl BrokerSettings {
             .trim_start_matches("amqps://")
             .trim_end_matches('/');
         format!(
-            "{scheme}://{}:{}@{host}/{}?heartbeat=20&connection_timeout=10000",
+            "{scheme}://{}:{}@{host}/{}?heartbeat=20&connection_timeout=5000",
             encode(&self.username),
             encode(&self.password),
             encode(&self.vhost)
@@ -143,6 +156,14 @@ pub enum PublishError {
     Refused(String),
     #[error("the message broker did not confirm within {0:?}")]
     Timeout(Duration),
+    /// The message is larger than our limit or the broker's; nothing was
+    /// published (or the broker refused it as too large).
+    #[error("the message would be {size} bytes, over the {which} limit of {limit} bytes")]
+    TooLarge {
+        size: usize,
+        limit: usize,
+        which: &'static str,
+    },
 }
 
 /// What the supervisor knows about the connection, for readiness and status.
@@ -153,10 +174,19 @@ pub struct BrokerState {
     pub last_error: Option<String>,
 }
 
+/// One channel in confirm mode on a live connection, with the exchange and
+/// routing key it was set up for (a settings change brings a new `Live`, so
+/// a publish never mixes a new exchange with an old connection).
 struct Live {
     channel: Channel,
-    // Kept so the connection lives as long as the channel is in use.
-    _connection: Arc<Connection>,
+    connection: Arc<Connection>,
+    exchange: String,
+    routing_key: String,
+    /// Held while lapin assigns a delivery tag and queues the frames, so
+    /// tag order is wire order and each confirm belongs to its publish.
+    publish_lock: std::sync::Mutex<()>,
+    /// Set when a confirm did not come in time: the peer looks hung.
+    suspect: AtomicBool,
 }
 
 /// A cheap, clonable handle on the supervised publisher.
@@ -174,6 +204,8 @@ struct Inner {
     next_id: AtomicU64,
     boot: String,
     metrics: Option<Arc<Metrics>>,
+    /// The broker's `max_message_size` once it told us (0: not known yet).
+    broker_max: AtomicUsize,
 }
 
 impl Publisher {
@@ -188,6 +220,7 @@ impl Publisher {
             next_id: AtomicU64::new(0),
             boot: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
             metrics,
+            broker_max: AtomicUsize::new(0),
         });
         tokio::spawn(supervise(inner.clone()));
         Self { inner }
@@ -234,16 +267,39 @@ impl Publisher {
     pub async fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
         if let Some(live) = self.inner.live.send_replace(None) {
-            let _ = live._connection.close(200, "shutdown".into()).await;
+            close_quietly(&live.connection, "shutdown").await;
         }
     }
 
+    /// The largest message that may be published: our own limit, or the
+    /// broker's once it refused a larger one.
+    fn size_check(&self, size: usize) -> Result<(), PublishError> {
+        let ours = self.inner.settings.borrow().max_message_bytes;
+        if ours > 0 && size > ours {
+            return Err(PublishError::TooLarge {
+                size,
+                limit: ours,
+                which: "operator's (--max-message-bytes)",
+            });
+        }
+        let broker = self.inner.broker_max.load(Ordering::Relaxed);
+        if broker > 0 && size > broker {
+            return Err(PublishError::TooLarge {
+                size,
+                limit: broker,
+                which: "broker's (max_message_size)",
+            });
+        }
+        Ok(())
+    }
+
     /// Publishes one JSON message and returns only once the broker confirmed
-    /// it. A publish cut off by a dropped connection is retried once on the
-    /// new connection if it comes back within the confirm timeout; a
-    /// duplicate is harmless to the consumer, a loss is not.
+    /// it. A publish cut off by a dropped connection or channel is retried
+    /// once on the new channel if it comes back within the confirm timeout;
+    /// a duplicate is harmless to the consumer, a loss is not.
     pub async fn publish_confirmed(&self, body: &[u8]) -> Result<(), PublishError> {
         let started = Instant::now();
+        self.size_check(body.len())?;
         let timeout = self.inner.settings.borrow().confirm_timeout;
         let id = format!(
             "{}-{}",
@@ -275,23 +331,39 @@ impl Publisher {
             if let Some(m) = &self.inner.metrics {
                 m.confirms_pending.inc();
             }
-            let res =
-                tokio::time::timeout(remaining, self.publish_once(&live.channel, body, id)).await;
+            let res = tokio::time::timeout(remaining, publish_once(&live, body, id)).await;
             if let Some(m) = &self.inner.metrics {
                 m.confirms_pending.dec();
             }
             match res {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(PublishError::Unavailable(reason))) => {
+                    if let Some(limit) = broker_size_limit(&reason, body.len()) {
+                        // This message closed the channel: remember the
+                        // broker's limit so the next one is refused here.
+                        self.inner.broker_max.store(limit, Ordering::Relaxed);
+                        self.inner.broken.notify_one();
+                        return Err(PublishError::TooLarge {
+                            size: body.len(),
+                            limit,
+                            which: "broker's (max_message_size)",
+                        });
+                    }
                     self.inner.broken.notify_one();
                     let remaining = timeout.saturating_sub(started.elapsed());
                     if attempt >= 2 || !self.wait_new_channel(&live, remaining).await {
                         return Err(PublishError::Unavailable(reason));
                     }
+                    // Refuse the retry too if the other message taught us
+                    // the broker's limit meanwhile.
+                    self.size_check(body.len())?;
                 }
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {
-                    // A confirm that never comes usually means a dead peer.
+                    // A confirm that never comes means a hung or dead peer:
+                    // drop this connection so the next requests get a quick
+                    // 503 instead of waiting here too.
+                    live.suspect.store(true, Ordering::Relaxed);
                     self.inner.broken.notify_one();
                     return Err(PublishError::Timeout(timeout));
                 }
@@ -318,51 +390,66 @@ impl Publisher {
             .clone()
             .unwrap_or_else(|| "not connected".into())
     }
+}
 
-    async fn publish_once(
-        &self,
-        channel: &Channel,
-        body: &[u8],
-        id: &str,
-    ) -> Result<(), PublishError> {
-        let (exchange, routing_key) = {
-            let s = self.inner.settings.borrow();
-            (s.exchange.clone(), s.routing_key.clone())
-        };
-        let props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_message_id(id.into());
-        let confirm = channel
-            .basic_publish(
-                exchange.as_str().into(),
-                routing_key.as_str().into(),
-                // mandatory: a message no queue takes comes back instead of
-                // vanishing, so a missing binding is an error, not a loss.
-                BasicPublishOptions {
-                    mandatory: true,
-                    immediate: false,
-                },
-                body,
-                props,
-            )
-            .await
-            .map_err(|e| PublishError::Unavailable(e.to_string()))?;
-        match confirm.await {
-            Ok(Confirmation::Ack(None)) => Ok(()),
-            Ok(Confirmation::Ack(Some(_))) => Err(PublishError::Refused(
-                "no queue is bound to the exchange for this routing key".into(),
-            )),
-            Ok(Confirmation::Nack(_)) => Err(PublishError::Refused("nack".into())),
-            Ok(Confirmation::NotRequested) => Err(PublishError::Unavailable(
-                "channel is not in confirm mode".into(),
-            )),
-            Err(e) => Err(PublishError::Unavailable(e.to_string())),
-        }
+/// When the broker closed the channel because *this* message was over its
+/// `max_message_size` ("message size N is larger than configured max size
+/// M"), the broker's limit M. The same close reaches every publish pending
+/// on the channel; only the one of size N is the culprit.
+fn broker_size_limit(reason: &str, size: usize) -> Option<usize> {
+    let rest = reason.split("message size ").nth(1)?;
+    let (n, rest) = rest.split_once(' ')?;
+    let m = rest.split("configured max size ").nth(1)?;
+    let m: usize = m
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    (n.parse::<usize>().ok()? == size).then_some(m)
+}
+
+async fn publish_once(live: &Live, body: &[u8], id: &str) -> Result<(), PublishError> {
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(id.into());
+    let mut publish = std::pin::pin!(live.channel.basic_publish(
+        live.exchange.as_str().into(),
+        live.routing_key.as_str().into(),
+        // mandatory: a message no queue takes comes back instead of
+        // vanishing, so a missing binding is an error, not a loss.
+        BasicPublishOptions {
+            mandatory: true,
+            immediate: false,
+        },
+        body,
+        props,
+    ));
+    // lapin assigns the delivery tag and queues the frames in the first poll
+    // of `basic_publish`, without a lock across the two: polling under ours
+    // keeps concurrent publishes from interleaving there, so the broker's
+    // ack or nack for tag N is the answer for this very message.
+    let confirm = std::future::poll_fn(|cx| {
+        let _serial = live.publish_lock.lock().unwrap_or_else(|p| p.into_inner());
+        publish.as_mut().poll(cx)
+    })
+    .await
+    .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+    match confirm.await {
+        Ok(Confirmation::Ack(None)) => Ok(()),
+        Ok(Confirmation::Ack(Some(_))) => Err(PublishError::Refused(
+            "no queue is bound to the exchange for this routing key".into(),
+        )),
+        Ok(Confirmation::Nack(_)) => Err(PublishError::Refused("nack".into())),
+        Ok(Confirmation::NotRequested) => Err(PublishError::Unavailable(
+            "channel is not in confirm mode".into(),
+        )),
+        Err(e) => Err(PublishError::Unavailable(e.to_string())),
     }
 }
 
-async fn connect(settings: &BrokerSettings) -> Result<Live, String> {
+async fn connect(settings: &BrokerSettings) -> Result<Arc<Connection>, String> {
     let props = ConnectionProperties::default().with_connection_name("insights-remote".into());
     let conn = Connection::connect_with_config(
         &settings.uri(),
@@ -372,6 +459,11 @@ async fn connect(settings: &BrokerSettings) -> Result<Live, String> {
     )
     .await
     .map_err(|e| redact(&e.to_string(), settings))?;
+    Ok(Arc::new(conn))
+}
+
+/// Opens a channel on `conn`, declares the topology and enables confirms.
+async fn open_channel(conn: &Arc<Connection>, settings: &BrokerSettings) -> Result<Live, String> {
     let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
     channel
         .exchange_declare(
@@ -414,8 +506,17 @@ async fn connect(settings: &BrokerSettings) -> Result<Live, String> {
         .map_err(|e| format!("enabling publisher confirms: {e}"))?;
     Ok(Live {
         channel,
-        _connection: Arc::new(conn),
+        connection: conn.clone(),
+        exchange: settings.exchange.clone(),
+        routing_key: settings.routing_key.clone(),
+        publish_lock: std::sync::Mutex::new(()),
+        suspect: AtomicBool::new(false),
     })
+}
+
+/// Closes a connection without waiting on a peer that may be hung.
+async fn close_quietly(conn: &Connection, why: &str) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.close(200, why.into())).await;
 }
 
 /// lapin errors may echo the URI; keep the password out.
@@ -427,64 +528,159 @@ fn redact(msg: &str, settings: &BrokerSettings) -> String {
         .replace(&encode(&settings.password), "***")
 }
 
+/// The first wait after a failed AMQP attempt while the broker's port
+/// answers; it doubles up to `reconnect_interval`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// While the broker's port is closed (the broker is away), how often a
+/// plain TCP connect checks whether it is back: no AMQP handshake, no log
+/// line, so a broker that stays away is not hammered, and one that comes
+/// back is used within this interval.
+const PORT_POLL: Duration = Duration::from_millis(200);
+
+/// host:port of the broker (5672, or 5671 with TLS, when no port is given).
+fn socket_target(settings: &BrokerSettings) -> (String, u16) {
+    let host = settings
+        .host
+        .trim_start_matches("amqp://")
+        .trim_start_matches("amqps://")
+        .trim_end_matches('/');
+    let default_port = if settings.tls.is_some() { 5671 } else { 5672 };
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && !h.ends_with(':') => match p.parse() {
+            Ok(port) => (h.trim_matches(['[', ']']).to_string(), port),
+            Err(_) => (host.to_string(), default_port),
+        },
+        _ => (host.trim_matches(['[', ']']).to_string(), default_port),
+    }
+}
+
+/// Whether the broker's port accepts a TCP connection.
+async fn port_open(target: &(String, u16)) -> bool {
+    matches!(
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect((target.0.as_str(), target.1)),
+        )
+        .await,
+        Ok(Ok(_))
+    )
+}
+
+enum Ended {
+    /// The connection is gone (or suspect): reconnect.
+    Connection(String),
+    /// Only the channel closed (e.g. the broker refused one message): open a
+    /// new channel on the same connection.
+    Channel(String),
+    Settings,
+    Shutdown,
+}
+
 async fn supervise(inner: Arc<Inner>) {
     let mut settings_rx = inner.settings.subscribe();
     let mut shutdown_rx = inner.shutdown.subscribe();
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = FIRST_BACKOFF;
     loop {
         if *shutdown_rx.borrow() {
             return;
         }
         let settings = settings_rx.borrow_and_update().clone();
         let attempt = tokio::select! {
-            r = connect(&settings) => r,
+            r = async {
+                let conn = connect(&settings).await?;
+                match open_channel(&conn, &settings).await {
+                    Ok(live) => Ok(live),
+                    Err(e) => {
+                        close_quietly(&conn, "setup failed").await;
+                        Err(e)
+                    }
+                }
+            } => r,
             _ = settings_rx.changed() => continue,
             _ = shutdown_rx.changed() => return,
         };
-        match attempt {
-            Ok(live) => {
-                info!(host = %settings.host, vhost = %settings.vhost, "connected to the message broker");
-                backoff = Duration::from_millis(250);
-                let live = Arc::new(live);
-                inner.live.send_replace(Some(live.clone()));
-                inner.state.send_replace(BrokerState {
-                    connected: true,
-                    last_error: None,
-                });
-                if let Some(m) = &inner.metrics {
-                    m.broker_connected.set(1);
-                }
-                let reason =
-                    watch_connection(&inner, &live, &mut settings_rx, &mut shutdown_rx).await;
-                inner.live.send_replace(None);
-                if let Some(m) = &inner.metrics {
-                    m.broker_connected.set(0);
-                }
-                let _ = live._connection.close(200, "reconnecting".into()).await;
-                if *shutdown_rx.borrow() {
-                    return;
-                }
-                warn!(%reason, "lost the message broker connection");
-                inner.state.send_replace(BrokerState {
-                    connected: false,
-                    last_error: Some(reason),
-                });
-            }
+        let mut live = match attempt {
+            Ok(live) => Arc::new(live),
             Err(e) => {
-                warn!(error = %e, host = %settings.host, retry_in = ?backoff, "cannot connect to the message broker");
+                let target = socket_target(&settings);
+                let away = !port_open(&target).await;
+                if inner.state.borrow().last_error.as_deref() != Some(e.as_str()) {
+                    warn!(error = %e, host = %settings.host, "cannot connect to the message broker");
+                }
                 inner.state.send_replace(BrokerState {
                     connected: false,
                     last_error: Some(e),
                 });
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = settings_rx.changed() => {}
-                    _ = shutdown_rx.changed() => return,
+                if away {
+                    // Wait for the port to open, then try at once.
+                    backoff = FIRST_BACKOFF;
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep(PORT_POLL) => {}
+                            _ = settings_rx.changed() => break,
+                            _ = shutdown_rx.changed() => return,
+                        }
+                        if port_open(&target).await {
+                            break;
+                        }
+                    }
+                } else {
+                    debug!(retry_in = ?backoff, "broker port open but AMQP set-up failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = settings_rx.changed() => {}
+                        _ = shutdown_rx.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(settings.reconnect_interval.max(FIRST_BACKOFF));
                 }
-                backoff =
-                    (backoff * 2).min(settings.reconnect_interval.max(Duration::from_millis(250)));
+                continue;
             }
+        };
+        info!(host = %settings.host, vhost = %settings.vhost, "connected to the message broker");
+        if let Some(m) = &inner.metrics {
+            m.broker_connections.inc();
+            m.broker_channels.inc();
+            m.broker_connected.set(1);
         }
+        inner.state.send_replace(BrokerState {
+            connected: true,
+            last_error: None,
+        });
+        let reason = loop {
+            inner.live.send_replace(Some(live.clone()));
+            match watch_connection(&inner, &live, &mut settings_rx, &mut shutdown_rx).await {
+                Ended::Channel(reason) => {
+                    // Keep the connection other requests use; replace the channel.
+                    warn!(%reason, "broker channel closed; opening a new one");
+                    match open_channel(&live.connection, &settings).await {
+                        Ok(next) => {
+                            if let Some(m) = &inner.metrics {
+                                m.broker_channels.inc();
+                            }
+                            live = Arc::new(next);
+                        }
+                        Err(e) => break format!("{reason}; reopening the channel failed: {e}"),
+                    }
+                }
+                Ended::Connection(reason) => break reason,
+                Ended::Settings => break "settings changed".into(),
+                Ended::Shutdown => break "shutdown".into(),
+            }
+        };
+        inner.live.send_replace(None);
+        if let Some(m) = &inner.metrics {
+            m.broker_connected.set(0);
+        }
+        close_quietly(&live.connection, "reconnecting").await;
+        if *shutdown_rx.borrow() {
+            return;
+        }
+        warn!(%reason, "lost the message broker connection");
+        backoff = FIRST_BACKOFF;
+        inner.state.send_replace(BrokerState {
+            connected: false,
+            last_error: Some(reason),
+        });
     }
 }
 
@@ -495,20 +691,25 @@ async fn watch_connection(
     live: &Live,
     settings_rx: &mut watch::Receiver<BrokerSettings>,
     shutdown_rx: &mut watch::Receiver<bool>,
-) -> String {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+) -> Ended {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = inner.broken.notified() => {}
-            _ = settings_rx.changed() => return "settings changed".into(),
-            _ = shutdown_rx.changed() => return "shutdown".into(),
+            _ = settings_rx.changed() => return Ended::Settings,
+            _ = shutdown_rx.changed() => return Ended::Shutdown,
         }
-        if !live._connection.status().connected() {
-            return "connection closed".into();
+        if live.suspect.load(Ordering::Relaxed) {
+            return Ended::Connection(
+                "no confirm within the timeout: the broker looks hung".into(),
+            );
+        }
+        if !live.connection.status().connected() {
+            return Ended::Connection("connection closed".into());
         }
         if !live.channel.status().connected() {
-            return "channel closed".into();
+            return Ended::Channel("channel closed".into());
         }
     }
 }
@@ -528,7 +729,7 @@ mod tests {
         };
         assert_eq!(
             s.uri(),
-            "amqp://us%20er:p%40ss%2Fword@rabbit:5672/%2F?heartbeat=20&connection_timeout=10000"
+            "amqp://us%20er:p%40ss%2Fword@rabbit:5672/%2F?heartbeat=20&connection_timeout=5000"
         );
         let tls = BrokerSettings {
             tls: Some(TlsSettings::default()),
@@ -548,5 +749,40 @@ mod tests {
             redact("failed amqp://g:hunter2-secret@h", &s),
             "failed amqp://g:***@h"
         );
+    }
+}
+
+#[cfg(test)]
+mod limits_tests {
+    use super::*;
+
+    #[test]
+    fn broker_size_limit_names_only_the_culprit() {
+        let msg =
+            "PRECONDITION_FAILED - message size 3145728 is larger than configured max size 1048576";
+        assert_eq!(broker_size_limit(msg, 3_145_728), Some(1_048_576));
+        // Another publish pending on the same channel is not the culprit.
+        assert_eq!(broker_size_limit(msg, 120), None);
+        assert_eq!(broker_size_limit("connection closed", 10), None);
+    }
+
+    #[test]
+    fn socket_target_defaults_the_port() {
+        let s = |host: &str, tls: bool| BrokerSettings {
+            host: host.into(),
+            tls: tls.then(TlsSettings::default),
+            ..Default::default()
+        };
+        assert_eq!(socket_target(&s("rabbit", false)), ("rabbit".into(), 5672));
+        assert_eq!(socket_target(&s("rabbit", true)), ("rabbit".into(), 5671));
+        assert_eq!(
+            socket_target(&s("rabbit:1234", false)),
+            ("rabbit".into(), 1234)
+        );
+        assert_eq!(
+            socket_target(&s("amqp://rabbit:99/", false)),
+            ("rabbit".into(), 99)
+        );
+        assert_eq!(socket_target(&s("[::1]:5673", false)), ("::1".into(), 5673));
     }
 }

@@ -49,8 +49,16 @@ pub struct Metrics {
     pub publish_duration: Histogram,
     pub confirms_pending: Gauge,
     pub broker_connected: Gauge,
+    /// AMQP connections opened (a reconnect adds one).
+    pub broker_connections: Counter,
+    /// Channels opened, on new or existing connections.
+    pub broker_channels: Counter,
+    /// Requests refused before publishing, by reason (too_large, busy, body_timeout).
+    pub refused: Family<OutcomeLabels, Counter>,
     pub reconciliations: Family<ControllerLabels, Counter>,
     pub reconcile_errors: Family<ControllerErrorLabels, Counter>,
+    /// Watch errors, by watch (config, secrets).
+    pub watch_errors: Family<ControllerLabels, Counter>,
     pub reconcile_duration: Family<ControllerLabels, Histogram, fn() -> Histogram>,
     pub configmaps: Family<OutcomeLabels, Counter>,
     pub tokens_minted: Counter,
@@ -72,8 +80,12 @@ impl Metrics {
             publish_duration: latency_histogram(),
             confirms_pending: Gauge::default(),
             broker_connected: Gauge::default(),
+            broker_connections: Counter::default(),
+            broker_channels: Counter::default(),
+            refused: Family::default(),
             reconciliations: Family::default(),
             reconcile_errors: Family::default(),
+            watch_errors: Family::default(),
             reconcile_duration: Family::new_with_constructor(
                 latency_histogram as fn() -> Histogram,
             ),
@@ -112,6 +124,26 @@ impl Metrics {
             m.broker_connected.clone(),
         );
         registry.register(
+            "broker_connections",
+            "AMQP connections opened to the broker",
+            m.broker_connections.clone(),
+        );
+        registry.register(
+            "broker_channels",
+            "AMQP channels opened (a channel-level error reopens only the channel)",
+            m.broker_channels.clone(),
+        );
+        registry.register(
+            "requests_refused",
+            "Ingestion requests refused before publishing, by reason",
+            m.refused.clone(),
+        );
+        registry.register(
+            "watch_errors",
+            "Errors from the API server's watches, by watch",
+            m.watch_errors.clone(),
+        );
+        registry.register(
             "reconciliations",
             "Reconciliations by controller",
             m.reconciliations.clone(),
@@ -137,6 +169,14 @@ impl Metrics {
             m.tokens_minted.clone(),
         );
         Self { registry, ..m }
+    }
+
+    pub fn count_watch_error(&self, watch: &str) {
+        self.watch_errors
+            .get_or_create(&ControllerLabels {
+                controller: watch.into(),
+            })
+            .inc();
     }
 
     pub fn observe_publish(&self, took: Duration, ok: bool) {

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use crate::broker::Publisher;
 use crate::controller::{self, Baseline, Context};
 use crate::metrics::Metrics;
-use crate::server::{self, ApiState, RateLimiter};
+use crate::server::{self, ApiState};
 use crate::settings::RunArgs;
 use crate::token::KeyRing;
 use crate::{Error, Result};
@@ -49,13 +49,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
         warn!("RABBITMQ_ENABLED=false: nothing will be published");
         None
     };
-    let state = web::Data::new(ApiState {
-        keys: keys.subscribe(),
-        publisher: publisher.clone(),
-        metrics: metrics.clone(),
-        body_limit: args.webservice_body_limit,
-        limiter: RateLimiter::new(args.webservice_rate_limit),
-    });
+    let state = web::Data::new(ApiState::new(
+        keys.subscribe(),
+        publisher.clone(),
+        metrics.clone(),
+        args.limits(),
+        args.webservice_rate_limit,
+    ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let operator = if controllers {
@@ -122,7 +122,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut handles = Vec::new();
     let ingestion = if args.enable_webservice {
         let addr = args.webservice_addr()?;
-        let srv = server::ingestion_server(state.clone(), std::net::TcpListener::bind(addr)?)?;
+        let srv = server::ingestion_server(state.clone(), server::listen(addr)?)?;
         info!(%addr, "ingestion API listening");
         handles.push(srv.handle());
         Some(tokio::spawn(srv))
@@ -138,7 +138,24 @@ pub async fn run(args: RunArgs) -> Result<()> {
         tokio::spawn(ops)
     });
 
-    shutdown_signal().await;
+    // The operator ending on its own (e.g. leader election could not be set
+    // up) is fatal: a replica that serves but never reconciles would look
+    // healthy while doing nothing.
+    let mut operator = operator;
+    let failed = tokio::select! {
+        _ = shutdown_signal() => None,
+        r = async { operator.as_mut().expect("checked").await }, if operator.is_some() => {
+            operator = None;
+            Some(match r {
+                Ok(Ok(())) => Error::Config("the operator stopped unexpectedly".into()),
+                Ok(Err(e)) => Error::Config(format!("the operator stopped: {e}")),
+                Err(e) => Error::Config(format!("the operator task failed: {e}")),
+            })
+        }
+    };
+    if let Some(e) = &failed {
+        tracing::error!(error = %e, "shutting down");
+    }
     info!("shutting down: finishing in-flight requests and reconciles");
     let _ = stop_tx.send(true);
     for h in &handles {
@@ -157,7 +174,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         p.shutdown().await;
     }
     info!("stopped");
-    Ok(())
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 async fn shutdown_signal() {

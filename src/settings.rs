@@ -162,8 +162,15 @@ pub struct RunArgs {
     #[arg(long = "rabbitmq-reconnect-retry-interval", default_value = "30", value_parser = parse_duration)]
     pub rabbitmq_reconnect_retry_interval: Duration,
     /// How long a publish waits for the broker's confirm.
-    #[arg(long = "rabbitmq-confirm-timeout", env = "RABBITMQ_CONFIRM_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    /// A confirm that does not come in time answers 503 and drops the
+    /// connection as hung, so the requests after it are answered at once.
+    #[arg(long = "rabbitmq-confirm-timeout", env = "RABBITMQ_CONFIRM_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub rabbitmq_confirm_timeout: Duration,
+    /// Largest message published, in bytes (0: no limit of ours); larger
+    /// ones are refused with 413 (API) or rejected (ConfigMaps) before
+    /// publishing. Keep it at or below the broker's `max_message_size`.
+    #[arg(long = "max-message-bytes", env = "MAX_MESSAGE_BYTES", default_value_t = crate::broker::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
     #[arg(long = "rabbitmq-exchange", env = "RABBITMQ_EXCHANGE", default_value = crate::contract::DEFAULT_EXCHANGE)]
     pub rabbitmq_exchange: String,
     #[arg(long = "rabbitmq-queue", env = "RABBITMQ_QUEUE", default_value = crate::contract::DEFAULT_QUEUE)]
@@ -237,6 +244,16 @@ pub struct RunArgs {
         default_value = "0"
     )]
     pub webservice_rate_limit: u32,
+    /// Most facts or problems accepted in one request.
+    #[arg(long = "webservice-max-items", env = "WEBSERVICE_MAX_ITEMS", default_value_t = crate::server::Limits::default().max_items)]
+    pub webservice_max_items: usize,
+    /// Memory budget, in bytes, for the bodies and messages of all requests
+    /// in flight; a request that does not fit gets 503 with Retry-After.
+    #[arg(long = "webservice-inflight-bytes", env = "WEBSERVICE_INFLIGHT_BYTES", default_value_t = crate::server::Limits::default().inflight_bytes)]
+    pub webservice_inflight_bytes: usize,
+    /// How long a client may take to send its whole body (e.g. 10s).
+    #[arg(long = "webservice-body-timeout", env = "WEBSERVICE_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub webservice_body_timeout: Duration,
     #[command(flatten)]
     pub key: KeyArgs,
     #[arg(long = "token-target-label", env = "TOKEN_TARGET_LABEL")]
@@ -325,7 +342,17 @@ impl RunArgs {
             routing_key: self.rabbitmq_routing_key.clone(),
             reconnect_interval: self.rabbitmq_reconnect_retry_interval,
             confirm_timeout: self.rabbitmq_confirm_timeout,
+            max_message_bytes: self.max_message_bytes,
         })
+    }
+
+    pub fn limits(&self) -> crate::server::Limits {
+        crate::server::Limits {
+            body_bytes: self.webservice_body_limit,
+            max_items: self.webservice_max_items,
+            inflight_bytes: self.webservice_inflight_bytes,
+            body_timeout: self.webservice_body_timeout,
+        }
     }
 
     pub fn webservice_addr(&self) -> Result<SocketAddr> {

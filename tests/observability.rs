@@ -9,7 +9,7 @@ use std::time::Duration;
 use actix_web::web;
 use common::cluster::*;
 use common::*;
-use insights_remote::server::{self, ApiState, RateLimiter};
+use insights_remote::server::{self, ApiState};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::PostParams;
 use kube::{Api, ResourceExt};
@@ -122,13 +122,13 @@ async fn metrics_move_after_a_forward_and_a_request() {
     .await;
     // The operator's metrics behind the ops server and an ingestion server.
     let (_keys_tx, keys) = watch::channel(Arc::new(ring()));
-    let state = web::Data::new(ApiState {
+    let state = web::Data::new(ApiState::new(
         keys,
-        publisher: Some(op.publisher.clone()),
-        metrics: op.metrics.clone(),
-        body_limit: 1 << 20,
-        limiter: RateLimiter::new(0),
-    });
+        Some(op.publisher.clone()),
+        op.metrics.clone(),
+        Default::default(),
+        0,
+    ));
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

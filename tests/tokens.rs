@@ -230,14 +230,14 @@ async fn token_secret_is_minted_repaired_and_rotated_in_place() {
 /// `run.rs` wires them.
 async fn ingestion_api(op: &Operator) -> String {
     use actix_web::web;
-    use insights_remote::server::{self, ApiState, RateLimiter};
-    let state = web::Data::new(ApiState {
-        keys: op.ctx.keys.subscribe(),
-        publisher: Some(op.publisher.clone()),
-        metrics: op.metrics.clone(),
-        body_limit: 1 << 20,
-        limiter: RateLimiter::new(0),
-    });
+    use insights_remote::server::{self, ApiState};
+    let state = web::Data::new(ApiState::new(
+        op.ctx.keys.subscribe(),
+        Some(op.publisher.clone()),
+        op.metrics.clone(),
+        Default::default(),
+        0,
+    ));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(server::ingestion_server(state, listener).unwrap());

@@ -13,11 +13,11 @@ fuzz_target!(|data: &[u8]| {
         project_name: "p".into(),
         environment_name: "e".into(),
     };
-    if let Ok(m) = facts_message(&claims, data) {
+    if let Ok(m) = facts_message(&claims, data, usize::MAX) {
         assert_eq!(m.environment, 42);
         assert!(m.facts.iter().all(|f| f.environment == "42" && f.project_name == "p" && !f.source.is_empty()));
     }
-    if let Ok(m) = problems_message(&claims, data) {
+    if let Ok(m) = problems_message(&claims, data, usize::MAX) {
         assert!(m.problems.iter().all(|p| p.environment == 42 && !p.source.is_empty()));
     }
 });

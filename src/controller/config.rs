@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
@@ -33,7 +33,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
     let by_name = watcher::Config::default().fields(&format!("metadata.name={}", ctx.config_name));
     let mut irc_events = watch_config(irc, by_name).boxed();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.pod_namespace);
-    let mut secret_events = watcher::watcher(secrets, watcher::Config::default()).boxed();
+    // Backoff on errors: a missing CRD or denied RBAC must not become a hot
+    // loop against the API server.
+    let mut secret_events = watcher::watcher(secrets, watcher::Config::default())
+        .default_backoff()
+        .boxed();
     let mut tick = tokio::time::interval(RESYNC);
     let stop = until_shutdown(shutdown);
     tokio::pin!(stop);
@@ -41,11 +45,19 @@ pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
         tokio::select! {
             _ = &mut stop => return,
             _ = tick.tick() => {}
-            Some(ev) = irc_events.next() => if let Err(e) = ev { warn!(error = %e, "watching InsightsRemoteConfig") },
+            Some(ev) = irc_events.next() => if let Err(e) = ev {
+                ctx.metrics.count_watch_error("config");
+                warn!(error = %e, "watching InsightsRemoteConfig");
+                continue;
+            },
             Some(ev) = secret_events.next() => match ev {
                 Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {}
                 Ok(_) => continue,
-                Err(e) => { warn!(error = %e, "watching Secrets"); continue }
+                Err(e) => {
+                    ctx.metrics.count_watch_error("secrets");
+                    warn!(error = %e, "watching Secrets");
+                    continue
+                }
             },
         }
         sync(&ctx).await;
@@ -56,7 +68,9 @@ fn watch_config(
     api: Api<InsightsRemoteConfig>,
     wc: watcher::Config,
 ) -> impl futures::Stream<Item = Result<(), watcher::Error>> {
-    watcher::watcher(api, wc).map(|e| e.map(|_| ()))
+    watcher::watcher(api, wc)
+        .default_backoff()
+        .map(|e| e.map(|_| ()))
 }
 
 /// Loads the resource (or the baseline) and applies it to the live context.

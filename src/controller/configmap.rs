@@ -29,30 +29,53 @@ use crate::contract::{
 
 pub const CONTROLLER: &str = "configmap";
 
-/// Only unprocessed insights ConfigMaps, selected by the API server, so the
-/// cluster's other ConfigMaps never reach this process.
-pub fn selector() -> String {
-    format!("{LABEL_INSIGHTS_TYPE},!{LABEL_PROCESSED},!{LABEL_MAX_RETRY_EXCEEDED}")
+/// Only insights ConfigMaps with work left, selected by the API server, so
+/// the cluster's other ConfigMaps never reach this process: unprocessed
+/// ones, and with burn-after-reading on also processed ones (which it
+/// deletes, whoever processed them and whenever it was switched on).
+pub fn selector(burn_after_reading: bool) -> String {
+    if burn_after_reading {
+        format!("{LABEL_INSIGHTS_TYPE},!{LABEL_MAX_RETRY_EXCEEDED}")
+    } else {
+        format!("{LABEL_INSIGHTS_TYPE},!{LABEL_PROCESSED},!{LABEL_MAX_RETRY_EXCEEDED}")
+    }
 }
 
 /// The watch (and so the cache) holds metadata only: a burst of pending
 /// 100 KiB SBOMs costs a few KiB each in memory until it is forwarded; the
 /// payload is read when its turn comes.
+/// A selector is fixed when a watch starts, so switching burn-after-reading
+/// restarts the controller with the other selector.
 pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: watch::Receiver<bool>) {
     let api: Api<PartialObjectMeta<ConfigMap>> = match &ctx.watch_namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
-    let wc = watcher::Config::default()
-        .labels(&selector())
-        .any_semantic();
-    info!(selector = %selector(), concurrency, "forwarding insights ConfigMaps");
-    Controller::new(api, wc)
-        .with_config(ControllerConfig::default().concurrency(concurrency.max(1)))
-        .graceful_shutdown_on(until_shutdown(shutdown))
-        .run(reconcile_observed, error_policy, ctx)
-        .for_each(|_| async {})
-        .await;
+    loop {
+        let burn = ctx.ops.borrow().burn_after_reading;
+        let mut ops = ctx.ops.subscribe();
+        let selector = selector(burn);
+        let wc = watcher::Config::default().labels(&selector).any_semantic();
+        info!(%selector, concurrency, "forwarding insights ConfigMaps");
+        let switched = {
+            let shutdown = shutdown.clone();
+            async move {
+                tokio::select! {
+                    _ = until_shutdown(shutdown) => {}
+                    _ = ops.wait_for(|o| o.burn_after_reading != burn) => {}
+                }
+            }
+        };
+        Controller::new(api.clone(), wc)
+            .with_config(ControllerConfig::default().concurrency(concurrency.max(1)))
+            .graceful_shutdown_on(switched)
+            .run(reconcile_observed, error_policy, ctx.clone())
+            .for_each(|_| async {})
+            .await;
+        if *shutdown.borrow() {
+            return;
+        }
+    }
 }
 
 async fn reconcile_observed(
@@ -522,8 +545,13 @@ mod tests {
     #[test]
     fn selector_excludes_processed_and_exhausted() {
         assert_eq!(
-            selector(),
+            selector(false),
             "lagoon.sh/insightsType,!lagoon.sh/insightsProcessed,!insights.lagoon.sh/max-retry-exceeded"
+        );
+        // Burning: processed ones too, whoever processed them.
+        assert_eq!(
+            selector(true),
+            "lagoon.sh/insightsType,!insights.lagoon.sh/max-retry-exceeded"
         );
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use actix_web::web;
 use insights_remote::broker::{BrokerSettings, Publisher};
 use insights_remote::metrics::Metrics;
-use insights_remote::server::{self, ApiState, RateLimiter};
+use insights_remote::server::{self, ApiState, Limits};
 use insights_remote::token::{Claims, KeyRing};
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions, QueuePurgeOptions};
 use lapin::{Connection, ConnectionProperties};
@@ -75,6 +75,15 @@ impl Api {
 }
 
 pub async fn start_api(settings: BrokerSettings, body_limit: usize, rate: u32) -> Api {
+    let limits = Limits {
+        body_bytes: body_limit,
+        ..Default::default()
+    };
+    start_api_with(settings, limits, rate).await
+}
+
+/// An API with its own publisher and the given limits.
+pub async fn start_api_with(settings: BrokerSettings, limits: Limits, rate: u32) -> Api {
     let metrics = Arc::new(Metrics::new());
     let publisher = Publisher::start(settings, Some(metrics.clone()));
     assert!(
@@ -83,13 +92,13 @@ pub async fn start_api(settings: BrokerSettings, body_limit: usize, rate: u32) -
         broker_host()
     );
     let (keys_tx, keys_rx) = watch::channel(Arc::new(ring()));
-    let state = web::Data::new(ApiState {
-        keys: keys_rx,
-        publisher: Some(publisher.clone()),
-        metrics: metrics.clone(),
-        body_limit,
-        limiter: RateLimiter::new(rate),
-    });
+    let state = web::Data::new(ApiState::new(
+        keys_rx,
+        Some(publisher.clone()),
+        metrics.clone(),
+        limits,
+        rate,
+    ));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let srv = server::ingestion_server(state, listener).unwrap();
@@ -173,4 +182,27 @@ pub async fn delete_queue(queue: &str) {
         }
         let _ = conn.close(200, "done".into()).await;
     }
+}
+
+/// Runs rabbitmqctl with the given arguments; panics with its stderr on failure.
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A free port on 127.0.0.1 (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
