@@ -41,7 +41,7 @@ POD_NAMESPACE=lagoon WEBSERVICE_PORT=8888 \
   "$bin" --health-probe-bind-address 127.0.0.1:18081 --metrics-bind-address 127.0.0.1:18080 \
   >"$state/operator.log" 2>&1 &
 echo $! >"$state/operator.pid"
-for _ in $(seq 1 60); do curl -fsS http://127.0.0.1:18081/readyz >/dev/null 2>&1 && break; sleep 0.5; done
+for _ in $(seq 1 60); do curl -fsS http://127.0.0.1:18081/readyz 2>/dev/null | grep -q '"broker":"connected"' && break; sleep 0.5; done
 curl -fsS http://127.0.0.1:18081/readyz; echo
 
 step "a Lagoon environment namespace and the build's insights ConfigMaps"

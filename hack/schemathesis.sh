@@ -17,7 +17,7 @@ INSIGHTS_TOKEN_SECRET=$KEY ENABLE_CONFIGMAP_RECONCILER=false ENABLE_NAMESPACE_RE
   --log-level warn &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rabbitmqctl start_app >/dev/null 2>&1 || true; rabbitmqctl delete_queue st-q >/dev/null 2>&1 || true' EXIT
-for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/readyz" 2>/dev/null | grep -q '"broker":"connected"' && break; sleep 0.1; done
 token=$(INSIGHTS_TOKEN_SECRET=$KEY target/debug/insights-remote generate-token --namespace st --environment-id 42 --project-name st --environment-name main)
 run() {
   schemathesis run "http://127.0.0.1:$port/openapi.json" --url "http://127.0.0.1:$port" \

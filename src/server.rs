@@ -429,9 +429,10 @@ async fn admit_with_body(
         (status = 200, description = "the broker confirmed the message", body = OkBody),
         (status = 400, description = "malformed JSON or wrong field types", body = ErrorBody),
         (status = 401, description = "missing or invalid token", body = ErrorBody),
-        (status = 413, description = "body over the limit", body = ErrorBody),
+        (status = 408, description = "the body did not arrive within the body timeout", body = ErrorBody),
+        (status = 413, description = "body, item count or message over its limit (the message says which)", body = ErrorBody),
         (status = 429, description = "rate limited; see Retry-After", body = ErrorBody),
-        (status = 503, description = "broker unavailable; see Retry-After", body = ErrorBody),
+        (status = 503, description = "broker unavailable, or the server busy with other large requests; see Retry-After", body = ErrorBody),
     ))]
 async fn post_facts(
     req: HttpRequest,
@@ -499,9 +500,10 @@ pub fn facts_message(
         (status = 200, description = "the broker confirmed the message", body = OkBody),
         (status = 400, description = "malformed JSON or wrong field types", body = ErrorBody),
         (status = 401, description = "missing or invalid token", body = ErrorBody),
-        (status = 413, description = "body over the limit", body = ErrorBody),
+        (status = 408, description = "the body did not arrive within the body timeout", body = ErrorBody),
+        (status = 413, description = "body, item count or message over its limit (the message says which)", body = ErrorBody),
         (status = 429, description = "rate limited; see Retry-After", body = ErrorBody),
-        (status = 503, description = "broker unavailable; see Retry-After", body = ErrorBody),
+        (status = 503, description = "broker unavailable, or the server busy with other large requests; see Retry-After", body = ErrorBody),
     ))]
 async fn post_problems(
     req: HttpRequest,

@@ -113,10 +113,11 @@ async fn broker_restart_loses_nothing_that_got_200() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     rabbitmqctl("stop_app");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let down_ready = reqwest::get(format!("{}/readyz", api.url))
-        .await
-        .unwrap()
-        .status();
+    let down_ready = reqwest::get(format!("{}/readyz", api.url)).await.unwrap();
+    let down_ready = (
+        down_ready.status(),
+        down_ready.json::<serde_json::Value>().await.unwrap(),
+    );
     rabbitmqctl("start_app");
     // Recovery must happen by itself.
     assert!(
@@ -173,7 +174,10 @@ async fn broker_restart_loses_nothing_that_got_200() {
         "outage: {} requests got 200, {unavailable} got 503",
         ok.len()
     );
-    assert_eq!(down_ready, 503, "not ready while the broker is down");
+    // Readiness keeps the replica in the Service: callers get 503 with
+    // Retry-After from it rather than connection errors.
+    assert_eq!(down_ready.0, 200, "still ready while the broker is down");
+    assert_eq!(down_ready.1["broker"], "disconnected");
     assert!(unavailable > 0, "clients saw 503 during the outage");
 
     let got = drain(&queue, ok.len() + 1000, Duration::from_secs(10)).await;

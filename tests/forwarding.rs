@@ -479,6 +479,45 @@ async fn burn_after_reading_deletes_forwarded_and_older_processed_configmaps() {
     ns.cleanup().await;
 }
 
+/// Burn-after-reading switched on later (here through the live settings, as
+/// the custom resource does) deletes the ConfigMaps this operator labelled
+/// processed while it was off: the watch's selector follows the setting.
+#[tokio::test]
+async fn burn_after_reading_switched_on_later_deletes_what_we_processed_before() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "burnlater").await;
+    let broker = isolated_broker("burnlater");
+    let queue = broker.queue.clone();
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let op = start(&ns, broker, test_ops()).await;
+    api.create(
+        &PostParams::default(),
+        &fixture_cm("configmap-image.json", &ns.name),
+    )
+    .await
+    .unwrap();
+    let name = "lagoon-insights-image-cli";
+    wait_for("labelled processed", Duration::from_secs(30), || async {
+        api.get_opt(name)
+            .await
+            .unwrap()
+            .filter(|cm| cm.labels().contains_key("lagoon.sh/insightsProcessed"))
+            .map(|_| ())
+    })
+    .await;
+    op.ctx.ops.send_modify(|o| o.burn_after_reading = true);
+    wait_for(
+        "burned after the switch",
+        Duration::from_secs(30),
+        || async { api.get_opt(name).await.unwrap().is_none().then_some(()) },
+    )
+    .await;
+    let got = drain(&queue, 2, Duration::from_secs(3)).await;
+    assert_eq!(got.len(), 1, "burning does not publish it again");
+    op.stop().await;
+    ns.cleanup().await;
+}
+
 async fn apply_config(client: &kube::Client, name: &str, spec: Value) {
     let api: Api<InsightsRemoteConfig> = Api::all(client.clone());
     let obj = json!({"apiVersion": "insights.lagoon.sh/v1alpha1", "kind": "InsightsRemoteConfig", "metadata": {"name": name}, "spec": spec});

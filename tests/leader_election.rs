@@ -18,14 +18,6 @@ use kube::Api;
 
 const LEASE_SECS: u64 = 6;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Proc {
     name: &'static str,
     child: Child,
@@ -218,4 +210,41 @@ async fn one_leader_clean_and_unclean_handover() {
     let _ = b.name;
     delete_queue(&broker.queue).await;
     ns.cleanup().await;
+}
+
+/// Leader election that cannot be set up (here: the Lease's namespace does
+/// not exist) stops the process with a message, instead of leaving a
+/// replica that serves and looks healthy but never reconciles.
+#[tokio::test]
+async fn failed_leader_election_stops_the_process() {
+    let broker = isolated_broker("nolease");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_insights-remote"))
+        .args([
+            "--leader-elect",
+            "--pod-namespace",
+            &unique("no-such-namespace"),
+            "--config-name",
+            &unique("absent"),
+            "--rabbitmq-hostname",
+            &broker.host,
+            "--enable-webservice=false",
+            "--health-probe-bind-address",
+            "0",
+            "--metrics-bind-address",
+            "0",
+        ])
+        .env("INSIGHTS_TOKEN_SECRET", KEY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_for("the process exits", Duration::from_secs(30), || {
+        let s = child.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("leader election"), "stderr: {err}");
 }

@@ -214,3 +214,78 @@ async fn operator_runs_under_its_own_rbac_and_reports_missing_permissions() {
     delete_queue(&broker.queue).await;
     ns.cleanup().await;
 }
+
+/// Watches denied by RBAC back off instead of retrying in a hot loop
+/// against the API server: a ServiceAccount with no rules at all follows
+/// the configuration for a few seconds.
+#[tokio::test]
+async fn denied_watches_back_off() {
+    use insights_remote::controller::{self, Baseline, Context};
+    use insights_remote::metrics::{ControllerLabels, Metrics};
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    use std::sync::Arc;
+
+    let admin = client().await;
+    let ns = TestNamespace::new(&admin, "nowatch").await;
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ns.name);
+    sas.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "nobody"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let token = sas
+        .create_token_request("nobody", &PostParams::default(), &TokenRequest::default())
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    let kc = Kubeconfig::read_from(kubeconfig_path()).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.unwrap().into()),
+        ..Default::default()
+    };
+    let nobody = kube::Client::try_from(config).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let ctx = Arc::new(Context::new(
+        nobody,
+        None,
+        tokio::sync::watch::Sender::new(Arc::new(ring())),
+        Baseline {
+            broker: isolated_broker("nowatch"),
+            keys: Some(Arc::new(ring())),
+            ops: test_ops(),
+        },
+        metrics.clone(),
+        ns.name.clone(),
+        unique("irc"),
+    ));
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(controller::config::run(ctx, stop_rx));
+    let errors = |w: &str| {
+        metrics
+            .watch_errors
+            .get_or_create(&ControllerLabels {
+                controller: w.into(),
+            })
+            .get()
+    };
+    wait_for("a denied watch", Duration::from_secs(20), || async {
+        (errors("config") > 0 && errors("secrets") > 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (config, secrets) = (errors("config"), errors("secrets"));
+    println!("denied watches: {config} config errors, {secrets} Secret errors in ~3 s");
+    assert!(
+        config <= 8 && secrets <= 8,
+        "backoff: {config} and {secrets} errors"
+    );
+    let _ = stop.send(true);
+    let _ = task.await;
+    ns.cleanup().await;
+}

@@ -45,12 +45,11 @@ async fn sigterm_finishes_in_flight_requests() {
     let http = reqwest::Client::new();
     let mut ready = false;
     for _ in 0..100 {
-        if http
-            .get(format!("{url}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
+        let state = match http.get(format!("{url}/readyz")).send().await {
+            Ok(r) => r.json::<serde_json::Value>().await.ok(),
+            Err(_) => None,
+        };
+        if state.is_some_and(|s| s["broker"] == "connected") {
             ready = true;
             break;
         }
