@@ -27,7 +27,7 @@ ticks=$(getconf CLK_TCK)
 cpu_s() { awk -v t="$ticks" '{print ($14+$15)/t}' "/proc/$1/stat"; }
 hwm_mib() { awk '/VmHWM/{printf "%.1f", $2/1024}' "/proc/$1/status"; }
 rss_mib() { awk '/VmRSS/{printf "%.1f", $2/1024}' "/proc/$1/status"; }
-wait_ready() { for _ in $(seq 1 200); do curl -fsS "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.05; done; return 1; }
+wait_ready() { for _ in $(seq 1 200); do curl -fsS "http://127.0.0.1:$1/readyz" 2>/dev/null | grep -q '"broker":"connected"' && return 0; sleep 0.05; done; return 1; }
 json() { python3 -c "import json,sys; d=json.loads(sys.stdin.readline()); print(d['$1'])"; }
 
 # Starts the operator; extra flags follow. Sets $op_pid.
@@ -169,13 +169,34 @@ bench_footprint() {
   say "| $(python3 -c "print(f'{$size/1048576:.1f} MiB')") | $(python3 -c "print(f'{($t1-$t0)*1000:.0f} ms')") | $idle MiB |"
 }
 
+bench_hostile() {
+  header "Hostile load: 32 clients posting 1 MiB bodies, one well-behaved tenant"
+  local d=${BENCH_SECONDS:-15}
+  local bad good
+  bad=$(INSIGHTS_TOKEN_SECRET=$KEY "$BIN" generate-token --namespace bench-hostile --environment-id 66 --project-name bench --environment-name evil)
+  good=$(INSIGHTS_TOKEN_SECRET=$KEY "$BIN" generate-token --namespace bench-good --environment-id 42 --project-name bench --environment-name main)
+  say "| body | peak RSS | hostile answers | tenant answers | tenant p50 / p99 |"
+  say "|---|---|---|---|---|"
+  for kind in many full; do
+    start_operator --enable-configmap-reconciler=false --enable-namespace-reconciler=false \
+      --rabbitmq-exchange bench-hostile-x --rabbitmq-queue bench-hostile-q
+    local r; r=$(python3 bench/hostile.py 18888 "$bad" "$good" 32 "$d" "$kind")
+    local hwm; hwm=$(hwm_mib "$op_pid")
+    stop_operator
+    rabbitmqctl delete_queue bench-hostile-q >/dev/null 2>&1 || true
+    local label; [ "$kind" = many ] && label="80,000 minimal facts" || label="10,000 facts of 100 bytes"
+    say "| $label | $hwm MiB | $(echo "$r" | json hostile) | $(echo "$r" | json tenant) | $(echo "$r" | json tenant_p50_ms) / $(echo "$r" | json tenant_p99_ms) ms |"
+  done
+}
+
 case "${1:-all}" in
+  hostile) bench_hostile ;;
   ingest) bench_ingest ;;
   configmaps) bench_configmaps ;;
   memory) bench_memory ;;
   tokens) bench_tokens ;;
   footprint) bench_footprint ;;
-  all) bench_footprint; bench_ingest; bench_configmaps; bench_tokens; bench_memory ;;
-  *) echo "usage: bench/run.sh ingest|configmaps|memory|tokens|footprint|all" >&2; exit 2 ;;
+  all) bench_footprint; bench_ingest; bench_hostile; bench_configmaps; bench_tokens; bench_memory ;;
+  *) echo "usage: bench/run.sh ingest|hostile|configmaps|memory|tokens|footprint|all" >&2; exit 2 ;;
 esac
 echo "results appended to $out"

@@ -4,6 +4,7 @@ pub mod broker;
 pub mod contract;
 pub mod controller;
 pub mod crd;
+pub mod logging;
 pub mod metrics;
 pub mod run;
 pub mod server;

@@ -49,14 +49,7 @@ fn print_token(key: &KeyArgs, claims: Claims) -> Result<()> {
 }
 
 fn init_tracing(args: &RunArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if args.log_format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    insights_remote::logging::init(&args.log_format, &args.log_level);
 }
 
 fn run(args: RunArgs) -> Result<()> {

@@ -139,6 +139,9 @@ pub enum ApiError {
     /// The detail stays in the log; callers learn only that it failed.
     #[error("the message broker is unavailable; retry later")]
     Unavailable(String),
+    /// A nack, or no queue bound (the message came back).
+    #[error("the message broker refused the message; retry later")]
+    Refused,
 }
 
 /// Every error: `{"status": ..., "message": ...}`.
@@ -163,7 +166,9 @@ impl ResponseError for ApiError {
             ApiError::TooLarge(_) | ApiError::TooMuch(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy | ApiError::Refused => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -174,12 +179,12 @@ impl ResponseError for ApiError {
             ApiError::TooLarge(_) | ApiError::TooMuch(_) => "payload too large",
             ApiError::BodyTimeout(_) => "request timeout",
             ApiError::RateLimited => "too many requests",
-            ApiError::Unavailable(_) | ApiError::Busy => "unavailable",
+            ApiError::Unavailable(_) | ApiError::Busy | ApiError::Refused => "unavailable",
         };
         let mut resp = HttpResponse::build(self.status_code());
         if matches!(
             self,
-            ApiError::Unavailable(_) | ApiError::RateLimited | ApiError::Busy
+            ApiError::Unavailable(_) | ApiError::RateLimited | ApiError::Busy | ApiError::Refused
         ) {
             resp.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
         }
@@ -197,9 +202,7 @@ impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> Self {
         match e {
             PublishError::TooLarge { .. } => ApiError::TooMuch(e.to_string()),
-            PublishError::Refused(_) => {
-                ApiError::Unavailable("the message broker refused the message".into())
-            }
+            PublishError::Refused(_) => ApiError::Refused,
             other => ApiError::Unavailable(other.to_string()),
         }
     }
@@ -272,13 +275,22 @@ fn authenticate(req: &HttpRequest, st: &ApiState) -> Result<Claims, ApiError> {
     })
 }
 
-fn environment_id(claims: &Claims) -> Result<i64, ApiError> {
-    claims.environment_id.parse().map_err(|_| {
-        ApiError::BadRequest(format!(
-            "the token's EnvironmentId {:?} is not an integer",
-            claims.environment_id
-        ))
-    })
+/// The token's environment id, if Lagoon can store it: canonical digits
+/// (no sign, no leading zero) from 1 to 2^31-1, the API's 32-bit `Int`.
+/// Anything else would be dropped by the consumer or fail every API call.
+pub fn environment_id(claims: &Claims) -> Result<i64, ApiError> {
+    let id = &claims.environment_id;
+    let canonical = !id.is_empty()
+        && id.len() <= 10
+        && id.bytes().all(|b| b.is_ascii_digit())
+        && !id.starts_with('0');
+    match id.parse::<i64>() {
+        Ok(n) if canonical && n <= i64::from(i32::MAX) => Ok(n),
+        _ => Err(ApiError::BadRequest(format!(
+            "the token's EnvironmentId {:?} is not a Lagoon environment id (an integer from 1 to 2147483647)",
+            id.escape_debug().to_string()
+        ))),
+    }
 }
 
 fn declared_length(req: &HttpRequest) -> Option<usize> {
@@ -465,7 +477,7 @@ pub fn facts_message(
         .into_iter()
         .enumerate()
         .map(|(i, mut f)| {
-            f.environment = claims.environment_id.clone();
+            f.environment = env_id.to_string();
             f.project_name = claims.project_name.clone();
             f.environment_name = claims.environment_name.clone();
             default_source(&mut f.source);
@@ -877,6 +889,54 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environment_ids_must_be_canonical_32_bit() {
+        let id = |s: &str| {
+            environment_id(&Claims {
+                namespace: "ns".into(),
+                environment_id: s.into(),
+                project_name: "p".into(),
+                environment_name: "e".into(),
+            })
+            .ok()
+        };
+        assert_eq!(id("42"), Some(42));
+        assert_eq!(id("1"), Some(1));
+        assert_eq!(id("2147483647"), Some(2_147_483_647));
+        for bad in [
+            "+42",
+            "0042",
+            "0",
+            "-1",
+            "3000000000",
+            "2147483648",
+            "4 2",
+            "",
+            "42.0",
+            "99999999999",
+        ] {
+            assert_eq!(id(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn facts_carry_the_canonical_environment_id() {
+        let claims = Claims {
+            namespace: "ns".into(),
+            environment_id: "42".into(),
+            project_name: "p".into(),
+            environment_name: "e".into(),
+        };
+        let m = facts_message(&claims, br#"[{"name":"a"}]"#, 10).unwrap();
+        assert_eq!(m.environment, 42);
+        assert_eq!(m.facts[0].environment, "42");
+        let plus = Claims {
+            environment_id: "+42".into(),
+            ..claims
+        };
+        assert!(facts_message(&plus, br#"[{"name":"a"}]"#, 10).is_err());
+    }
 
     #[test]
     fn rate_limiter_limits_per_key() {

@@ -9,9 +9,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::SystemTime;
 
-use josekit::jws::{alg::hmac::HmacJwsVerifier, JwsHeader, HS256};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use josekit::jws::{alg::hmac::HmacJwsSigner, JwsHeader, JwsSigner, HS256};
 use josekit::jwt::{self, JwtPayload};
 use serde_json::Value;
+use subtle::ConstantTimeEq;
 
 /// HS256 keys shorter than the hash output are refused (josekit requires it,
 /// and a short HMAC key is weak).
@@ -34,6 +37,9 @@ pub enum TokenError {
     MissingClaim(&'static str),
     #[error("token has expired")]
     Expired,
+    /// `nbf` or `iat` in the future (beyond [`CLOCK_SKEW_SECS`]).
+    #[error("token is not valid yet")]
+    NotYetValid,
     #[error("could not sign token: {0}")]
     Signing(String),
 }
@@ -52,11 +58,18 @@ const CLAIM_ENVIRONMENT_ID: &str = "EnvironmentId";
 const CLAIM_PROJECT_NAME: &str = "ProjectName";
 const CLAIM_ENVIRONMENT_NAME: &str = "EnvironmentName";
 
+/// Seconds of clock difference tolerated for `nbf` and `iat` (replicas
+/// and Lagoon's own minting may disagree slightly; the Go original allows
+/// none).
+pub const CLOCK_SKEW_SECS: f64 = 5.0;
+
 /// A signing key and the previous keys still accepted during a rotation.
 #[derive(Clone)]
 pub struct KeyRing {
     current: Vec<u8>,
-    verifiers: Vec<HmacJwsVerifier>,
+    /// Every accepted key, current first.
+    keys: Vec<Vec<u8>>,
+    signers: Vec<HmacJwsSigner>,
     /// Tokens this ring already verified (a workload sends the same token
     /// on every request). Belongs to the ring: a new key means a new, empty
     /// cache, so a dropped key's tokens are never served from here.
@@ -73,7 +86,7 @@ impl fmt::Debug for KeyRing {
     // Never print key material.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyRing")
-            .field("keys", &self.verifiers.len())
+            .field("keys", &self.keys.len())
             .finish_non_exhaustive()
     }
 }
@@ -91,15 +104,26 @@ impl KeyRing {
         K: AsRef<[u8]>,
     {
         let current = current.as_ref().to_vec();
-        let mut verifiers = vec![verifier(&current)?];
-        for k in previous {
-            verifiers.push(verifier(k.as_ref())?);
-        }
+        let mut keys = vec![current.clone()];
+        keys.extend(previous.into_iter().map(|k| k.as_ref().to_vec()));
+        let signers = keys.iter().map(|k| signer(k)).collect::<Result<_, _>>()?;
         Ok(Self {
             current,
-            verifiers,
+            keys,
+            signers,
             verified: Default::default(),
         })
+    }
+
+    /// Whether both rings hold exactly the same keys in the same roles: any
+    /// change of key material (current or previous) must take effect.
+    pub fn same_keys(&self, other: &KeyRing) -> bool {
+        self.keys.len() == other.keys.len()
+            && self
+                .keys
+                .iter()
+                .zip(&other.keys)
+                .all(|(a, b)| bool::from(a.as_slice().ct_eq(b.as_slice())))
     }
 
     /// A short fingerprint of the current key (not reversible), for status
@@ -150,7 +174,8 @@ impl KeyRing {
     pub fn verify_current(&self, token: &str) -> Result<Claims, TokenError> {
         let current = Self {
             current: self.current.clone(),
-            verifiers: self.verifiers[..1].to_vec(),
+            keys: self.keys[..1].to_vec(),
+            signers: self.signers[..1].to_vec(),
             verified: Default::default(),
         };
         current.verify(token)
@@ -176,29 +201,52 @@ impl KeyRing {
         Ok(claims)
     }
 
+    /// Checks the header (HS256 only), the signature against each key in
+    /// constant time, then the time claims, without trusting any part of
+    /// the token before its signature matched.
     fn verify_uncached(&self, token: &str) -> Result<(Claims, Option<SystemTime>), TokenError> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Invalid);
+        };
         // Pin the algorithm before anything else: the header is untrusted.
-        let header = jwt::decode_header(token).map_err(|_| TokenError::Invalid)?;
-        match header.claim("alg") {
+        let header: serde_json::Map<String, Value> = B64URL
+            .decode(header)
+            .ok()
+            .and_then(|h| serde_json::from_slice(&h).ok())
+            .ok_or(TokenError::Invalid)?;
+        match header.get("alg") {
             Some(Value::String(alg)) if alg == "HS256" => {}
             Some(Value::String(other)) => {
                 return Err(TokenError::WrongAlgorithm(other.chars().take(16).collect()))
             }
             _ => return Err(TokenError::Invalid),
         }
-        let payload = self
-            .verifiers
-            .iter()
-            .find_map(|v| jwt::decode_with_verifier(token, v).ok())
-            .map(|(payload, _)| payload)
-            .ok_or(TokenError::Invalid)?;
-        if let Some(exp) = payload.expires_at() {
-            if exp < SystemTime::now() {
-                return Err(TokenError::Expired);
-            }
+        if header.contains_key("crit") {
+            return Err(TokenError::Invalid);
         }
+        let signature = B64URL.decode(signature).map_err(|_| TokenError::Invalid)?;
+        let (signing_input, _) = token.rsplit_once('.').ok_or(TokenError::Invalid)?;
+        let mut matched = false;
+        for signer in &self.signers {
+            let expected = signer
+                .sign(signing_input.as_bytes())
+                .map_err(|_| TokenError::Invalid)?;
+            matched |= bool::from(expected.as_slice().ct_eq(signature.as_slice()));
+        }
+        if !matched {
+            return Err(TokenError::Invalid);
+        }
+        let payload: serde_json::Map<String, Value> = B64URL
+            .decode(payload)
+            .ok()
+            .and_then(|p| serde_json::from_slice(&p).ok())
+            .ok_or(TokenError::Invalid)?;
+        let expires = check_time_claims(&payload, SystemTime::now())?;
         let claim = |name: &'static str| -> Result<String, TokenError> {
-            match payload.claim(name) {
+            match payload.get(name) {
                 Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
                 _ => Err(TokenError::MissingClaim(name)),
             }
@@ -209,16 +257,52 @@ impl KeyRing {
             project_name: claim(CLAIM_PROJECT_NAME)?,
             environment_name: claim(CLAIM_ENVIRONMENT_NAME)?,
         };
-        Ok((claims, payload.expires_at()))
+        Ok((claims, expires))
     }
 }
 
-fn verifier(key: &[u8]) -> Result<HmacJwsVerifier, TokenError> {
+/// `exp` in the past, `nbf` or `iat` in the future (beyond the skew), or
+/// any of them not a number, refuse the token. Seconds are compared as
+/// floats, so a huge value is just far away, never a panic. Returns when
+/// the token expires, if it does.
+fn check_time_claims(
+    payload: &serde_json::Map<String, Value>,
+    now: SystemTime,
+) -> Result<Option<SystemTime>, TokenError> {
+    let now_s = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let number = |name: &str| -> Result<Option<f64>, TokenError> {
+        match payload.get(name) {
+            None => Ok(None),
+            Some(Value::Number(n)) => n.as_f64().map(Some).ok_or(TokenError::Invalid),
+            Some(_) => Err(TokenError::Invalid),
+        }
+    };
+    if number("nbf")?.is_some_and(|nbf| nbf > now_s + CLOCK_SKEW_SECS)
+        || number("iat")?.is_some_and(|iat| iat > now_s + CLOCK_SKEW_SECS)
+    {
+        return Err(TokenError::NotYetValid);
+    }
+    match number("exp")? {
+        None => Ok(None),
+        Some(exp) if exp <= now_s => Err(TokenError::Expired),
+        Some(exp) => Ok(Some(
+            std::time::Duration::try_from_secs_f64(exp)
+                .ok()
+                .and_then(|d| SystemTime::UNIX_EPOCH.checked_add(d))
+                // Beyond what the clock can hold: never expires in practice.
+                .unwrap_or(now + std::time::Duration::from_secs(100 * 365 * 86_400)),
+        )),
+    }
+}
+
+fn signer(key: &[u8]) -> Result<HmacJwsSigner, TokenError> {
     if key.len() < MIN_KEY_LEN {
         return Err(TokenError::KeyTooShort(key.len()));
     }
     HS256
-        .verifier_from_bytes(key)
+        .signer_from_bytes(key)
         .map_err(|_| TokenError::KeyTooShort(key.len()))
 }
 
@@ -252,6 +336,60 @@ mod tests {
         use josekit::jws::JwsSigner;
         let sig = signer.sign(signing_input.as_bytes()).unwrap();
         format!("{signing_input}.{}", B64.encode(sig))
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn with_claims(extra: &str) -> String {
+        sign_raw(
+            r#"{"alg":"HS256","typ":"JWT"}"#,
+            &format!(
+                r#"{{"EnvironmentId":"42","EnvironmentName":"main","Namespace":"demo-project-main","ProjectName":"demo-project"{extra}}}"#
+            ),
+            KEY.as_bytes(),
+        )
+    }
+
+    #[test]
+    fn time_claims_are_checked_without_panicking() {
+        let ring = KeyRing::new(KEY).unwrap();
+        let later = now() + 3600;
+        let earlier = now() - 3600;
+        for (extra, want) in [
+            (format!(r#","nbf":{later}"#), Err(TokenError::NotYetValid)),
+            (format!(r#","iat":{later}"#), Err(TokenError::NotYetValid)),
+            (format!(r#","exp":{earlier}"#), Err(TokenError::Expired)),
+            (r#","exp":"soon""#.to_string(), Err(TokenError::Invalid)),
+            (r#","nbf":null"#.to_string(), Err(TokenError::Invalid)),
+            // Far away, not a panic.
+            (r#","exp":1e300"#.to_string(), Ok(())),
+            (r#","iat":-1e300"#.to_string(), Ok(())),
+            (
+                format!(r#","nbf":{earlier},"iat":{earlier},"exp":{later}"#),
+                Ok(()),
+            ),
+            // Within the tolerated skew.
+            (format!(r#","iat":{}"#, now() + 2), Ok(())),
+        ] {
+            let got = ring.verify(&with_claims(&extra)).map(|_| ());
+            assert_eq!(got, want, "{extra}");
+        }
+    }
+
+    #[test]
+    fn any_change_of_key_material_is_a_different_ring() {
+        let other_prev = "abcdefabcdefabcdefabcdefabcdefab";
+        let a = KeyRing::with_previous(KEY, [OTHER]).unwrap();
+        assert!(a.same_keys(&KeyRing::with_previous(KEY, [OTHER]).unwrap()));
+        // Same count, previous key replaced.
+        assert!(!a.same_keys(&KeyRing::with_previous(KEY, [other_prev]).unwrap()));
+        assert!(!a.same_keys(&KeyRing::new(KEY).unwrap()));
+        assert!(!a.same_keys(&KeyRing::with_previous(OTHER, [KEY]).unwrap()));
     }
 
     #[test]

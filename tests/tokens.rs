@@ -202,6 +202,46 @@ async fn token_secret_is_minted_repaired_and_rotated_in_place() {
         200,
         "current token still accepted"
     );
+    // Replacing the previous key by another (same number of keys) takes
+    // effect at once: tokens of the replaced key are refused.
+    irc.patch(
+        &config_name,
+        &PatchParams::apply("tests").force(),
+        &Patch::Apply(apply(true)),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "previous key listed again",
+        Duration::from_secs(30),
+        || async { op.ctx.keys.borrow().verify(&t).is_ok().then_some(()) },
+    )
+    .await;
+    let replacement = "replacement-previous-key-0123456789abcdef";
+    key_secrets
+        .patch(
+            "signing-key",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"old": replacement}})),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "replaced previous key refused",
+        Duration::from_secs(30),
+        || async { op.ctx.keys.borrow().verify(&t).is_err().then_some(()) },
+    )
+    .await;
+    assert_eq!(post(t.clone()).await, 401, "replaced key's token refused");
+    let by_replacement = KeyRing::new(replacement)
+        .unwrap()
+        .mint(&common::claims(&ns.name, "42"))
+        .unwrap();
+    assert_eq!(
+        post(by_replacement).await,
+        200,
+        "new previous key's token accepted"
+    );
     // The rotation is visible as an Event on the resource.
     let events: Api<Event> = Api::all(client.clone());
     let rotated_events = wait_for("KeyRotated event", Duration::from_secs(10), || async {

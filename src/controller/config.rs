@@ -117,7 +117,7 @@ pub async fn sync(ctx: &Context) {
         Some(k) => {
             let fp = k.fingerprint();
             let changed = ctx.keys.send_if_modified(|cur| {
-                if cur.fingerprint() == fp && format!("{cur:?}") == format!("{k:?}") {
+                if cur.same_keys(&k) {
                     false
                 } else {
                     *cur = k.clone();
