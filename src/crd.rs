@@ -6,8 +6,9 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::contract;
-
+/// Every field is optional: a field left out keeps the value from the
+/// operator's flags and environment (which have the Go original's
+/// defaults), so an object that sets one thing changes only that thing.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "insights.lagoon.sh",
@@ -24,38 +25,39 @@ use crate::contract;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct InsightsRemoteConfigSpec {
-    /// Where Lagoon core's broker is.
+    /// Where to publish (RABBITMQ_* when unset).
     #[serde(default)]
     pub broker: BrokerSpec,
-    /// The key that signs environment tokens.
+    /// The token signing key (INSIGHTS_TOKEN_SECRET when unset).
     #[serde(default)]
     pub signing_key: SigningKeySpec,
-    /// Delete insights ConfigMaps once they are forwarded.
-    #[serde(default)]
-    pub burn_after_reading: bool,
+    /// Delete insights ConfigMaps once processed (BURN_AFTER_READING).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burn_after_reading: Option<bool>,
     #[serde(default)]
     pub forwarding: ForwardingSpec,
     #[serde(default)]
     pub tokens: TokensSpec,
-    #[serde(default)]
-    pub ingestion: IngestionSpec,
 }
 
-/// A key of a Secret. The namespace defaults to the operator's own.
+/// A key of a Secret in the operator's own namespace (POD_NAMESPACE).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     pub name: String,
+    /// Only the operator's own namespace is accepted; any other is refused
+    /// (a condition says so), so the resource cannot read other Secrets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     pub key: String,
 }
 
-/// A Secret holding a username and a password.
+/// Broker credentials from a Secret in the operator's own namespace.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialsRef {
     pub name: String,
+    /// Only the operator's own namespace is accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     #[serde(default = "default_username_key")]
@@ -71,62 +73,39 @@ fn default_password_key() -> String {
     "password".into()
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BrokerSpec {
-    /// host or host:port of RabbitMQ.
-    #[serde(default = "default_address")]
-    pub address: String,
-    #[serde(default = "default_vhost")]
-    pub vhost: String,
-    /// Username and password; guest/guest when absent.
+    /// host or host:port (RABBITMQ_ADDRESS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// (RABBITMQ_VHOST)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost: Option<String>,
+    /// Username and password (RABBITMQ_USERNAME / RABBITMQ_PASSWORD).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<CredentialsRef>,
+    /// amqps with these certificates (RABBITMQ_TLS and its files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
-    #[serde(default = "default_exchange")]
-    pub exchange: String,
-    #[serde(default = "default_queue")]
-    pub queue: String,
-    #[serde(default)]
-    pub routing_key: String,
+    /// (RABBITMQ_EXCHANGE)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<String>,
+    /// (RABBITMQ_QUEUE)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// (RABBITMQ_ROUTING_KEY)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_key: Option<String>,
 }
 
-fn default_address() -> String {
-    "localhost".into()
-}
-fn default_vhost() -> String {
-    "/".into()
-}
-fn default_exchange() -> String {
-    contract::DEFAULT_EXCHANGE.into()
-}
-fn default_queue() -> String {
-    contract::DEFAULT_QUEUE.into()
-}
-
-impl Default for BrokerSpec {
-    fn default() -> Self {
-        Self {
-            address: default_address(),
-            vhost: default_vhost(),
-            credentials_secret: None,
-            tls: None,
-            exchange: default_exchange(),
-            queue: default_queue(),
-            routing_key: String::new(),
-        }
-    }
-}
-
-/// amqps. Certificates are always verified.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {
-    /// PEM CA bundle for a private CA.
+    /// The CA that signed the broker's certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret: Option<SecretKeyRef>,
-    /// A kubernetes.io/tls Secret (tls.crt, tls.key) for client certificates.
+    /// A kubernetes.io/tls Secret (tls.crt, tls.key) in the operator's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_certificate_secret: Option<String>,
 }
@@ -134,96 +113,40 @@ pub struct TlsSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SigningKeySpec {
-    /// The current key (at least 32 bytes). When absent, INSIGHTS_TOKEN_SECRET is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretKeyRef>,
-    /// Keys still accepted from workloads while tokens are re-minted.
+    /// Keys still accepted during a rotation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous_secret_refs: Vec<SecretKeyRef>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ForwardingSpec {
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    #[serde(default = "default_mins_between_retries")]
-    pub minutes_between_retries: u32,
-    #[serde(default = "default_max_retries")]
-    pub max_retries: u32,
-    /// Forward only ConfigMaps annotated core.insights.lagoon.sh/enabled=true;
-    /// others are marked processed without publishing.
-    #[serde(default)]
-    pub require_core_insights_enabled: bool,
-    /// ConfigMaps forwarded at once (read at start-up).
-    #[serde(default = "default_concurrency")]
-    pub concurrency: u16,
+    /// Forward insights ConfigMaps at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// (CONFIGMAP_RECONCILER_MINS_BETWEEN_RETRIES)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minutes_between_retries: Option<u32>,
+    /// (CONFIGMAP_RECONCILER_MAX_RETRIES)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    /// Publish only ConfigMaps annotated core.insights.lagoon.sh/enabled=true
+    /// (REQUIRE_CORE_INSIGHTS_ENABLED).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_core_insights_enabled: Option<bool>,
 }
 
-fn yes() -> bool {
-    true
-}
-fn default_mins_between_retries() -> u32 {
-    5
-}
-fn default_max_retries() -> u32 {
-    3
-}
-fn default_concurrency() -> u16 {
-    8
-}
-
-impl Default for ForwardingSpec {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            minutes_between_retries: default_mins_between_retries(),
-            max_retries: default_max_retries(),
-            require_core_insights_enabled: false,
-            concurrency: default_concurrency(),
-        }
-    }
-}
-
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokensSpec {
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    /// Only namespaces that also carry this label get a token.
+    /// Keep insights-token Secrets in environment namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Only namespaces with this label get a token (TOKEN_TARGET_LABEL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_label: Option<String>,
-}
-
-impl Default for TokensSpec {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            target_label: None,
-        }
-    }
-}
-
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct IngestionSpec {
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    #[serde(default = "default_body_limit")]
-    pub body_limit_bytes: u64,
-}
-
-fn default_body_limit() -> u64 {
-    1024 * 1024
-}
-
-impl Default for IngestionSpec {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            body_limit_bytes: default_body_limit(),
-        }
-    }
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -270,13 +193,17 @@ mod tests {
     }
 
     #[test]
-    fn empty_spec_takes_go_defaults() {
+    fn empty_spec_sets_nothing() {
         let spec: InsightsRemoteConfigSpec = serde_json::from_str("{}").unwrap();
-        assert_eq!(spec.forwarding.max_retries, 3);
-        assert_eq!(spec.forwarding.minutes_between_retries, 5);
-        assert!(spec.forwarding.enabled && spec.tokens.enabled && spec.ingestion.enabled);
-        assert_eq!(spec.broker.exchange, "lagoon-insights");
-        assert_eq!(spec.broker.queue, "lagoon-insights:items");
-        assert!(!spec.burn_after_reading);
+        assert_eq!(spec, InsightsRemoteConfigSpec::default());
+        assert_eq!(spec.forwarding.max_retries, None);
+        assert_eq!(spec.broker.address, None);
+        assert_eq!(spec.burn_after_reading, None);
+        // Fields this version no longer has are ignored, not an error.
+        let old: InsightsRemoteConfigSpec = serde_json::from_str(
+            r#"{"ingestion":{"enabled":false},"forwarding":{"concurrency":2}}"#,
+        )
+        .unwrap();
+        assert_eq!(old, InsightsRemoteConfigSpec::default());
     }
 }

@@ -75,6 +75,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             args.config_name.clone(),
         );
         ctx.watch_namespace = args.watch_namespace.clone().filter(|n| !n.is_empty());
+        ctx.token_resync = args.token_resync_interval;
         let ctx = Arc::new(ctx);
         if baseline_keys.is_none() {
             ctx.health.lock().expect("health lock").signing_key_problem = Some((

@@ -256,6 +256,10 @@ pub struct RunArgs {
     pub webservice_body_timeout: Duration,
     #[command(flatten)]
     pub key: KeyArgs,
+    /// How often each namespace's token Secret is re-checked (a Secret
+    /// edited or deleted by hand is repaired within this time).
+    #[arg(long = "token-resync-interval", env = "TOKEN_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub token_resync_interval: Duration,
     #[arg(long = "token-target-label", env = "TOKEN_TARGET_LABEL")]
     pub token_target_label: Option<String>,
     #[arg(long = "leader-elect", env = "LEADER_ELECT", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]

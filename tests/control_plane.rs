@@ -35,8 +35,11 @@ async fn real_api_server_supports_what_the_operator_needs() {
     .await
     .unwrap();
     let stored = irc.get(&name).await.unwrap();
-    assert!(stored.spec.burn_after_reading);
-    assert_eq!(stored.spec.forwarding.max_retries, 3, "defaults applied");
+    assert_eq!(stored.spec.burn_after_reading, Some(true));
+    assert_eq!(
+        stored.spec.forwarding.max_retries, None,
+        "no defaults stored: unset fields keep the flags' values"
+    );
 
     // A label-selected watch sees a matching create and not the others.
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);

@@ -148,6 +148,60 @@ async fn operator_runs_under_its_own_rbac_and_reports_missing_permissions() {
         secrets.get_opt("insights-token").await.unwrap()
     })
     .await;
+    // The rules give no way to read other Secrets: no cluster-wide list,
+    // no get outside the insights-token name and the own namespace.
+    let sa_client = {
+        use kube::config::{KubeConfigOptions, Kubeconfig};
+        let kc = Kubeconfig::read_from(&sa_kubeconfig).unwrap();
+        kube::Client::try_from(
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let forbidden =
+        |r: Result<_, kube::Error>| matches!(r, Err(kube::Error::Api(s)) if s.code == 403);
+    assert!(forbidden(
+        Api::<Secret>::all(sa_client.clone())
+            .list_metadata(&Default::default())
+            .await
+            .map(|_| ())
+    ));
+    assert!(forbidden(
+        Api::<Secret>::namespaced(sa_client.clone(), "default")
+            .get("anything")
+            .await
+            .map(|_| ())
+    ));
+    // A resource naming another namespace's Secret is refused, and says so.
+    Api::<InsightsRemoteConfig>::all(admin.clone())
+        .patch(
+            &config_name,
+            &PatchParams::apply("tests").force(),
+            &Patch::Apply(json!({"apiVersion": "insights.lagoon.sh/v1alpha1", "kind": "InsightsRemoteConfig",
+                "metadata": {"name": config_name},
+                "spec": {"broker": {"address": broker.host, "exchange": broker.exchange, "queue": broker.queue,
+                    "credentialsSecret": {"name": "rabbit", "namespace": "kube-system"}}}})),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "cross-namespace reference refused",
+        Duration::from_secs(30),
+        || async {
+            let irc = Api::<InsightsRemoteConfig>::all(admin.clone())
+                .get(&config_name)
+                .await
+                .ok()?;
+            irc.status?
+                .conditions
+                .iter()
+                .any(|c| c.message.contains("must be in the operator's namespace"))
+                .then_some(())
+        },
+    )
+    .await;
     assert!(Api::<Lease>::namespaced(admin.clone(), &ns.name)
         .get_opt("insights-remote-leader")
         .await

@@ -20,7 +20,8 @@ use tracing::{info, warn};
 use super::{until_shutdown, ConfigHealth, Context};
 use crate::broker::{BrokerSettings, TlsSettings};
 use crate::crd::{
-    InsightsRemoteConfig, InsightsRemoteConfigSpec, InsightsRemoteConfigStatus, SecretKeyRef,
+    BrokerSpec, InsightsRemoteConfig, InsightsRemoteConfigSpec, InsightsRemoteConfigStatus,
+    SecretKeyRef,
 };
 use crate::settings::Operations;
 use crate::token::KeyRing;
@@ -107,7 +108,7 @@ pub async fn sync(ctx: &Context) {
                     None
                 }
             };
-            (broker, keys, operations(ctx, spec))
+            (broker, keys, operations(&ctx.baseline.ops, spec))
         }
     };
     if let (Some(b), Some(p)) = (broker, &ctx.publisher) {
@@ -167,16 +168,54 @@ pub async fn sync(ctx: &Context) {
     }
 }
 
-fn operations(ctx: &Context, spec: &InsightsRemoteConfigSpec) -> Operations {
+/// The behaviour the resource asks for: each field it sets, else the value
+/// from flags and environment.
+pub fn operations(base: &Operations, spec: &InsightsRemoteConfigSpec) -> Operations {
+    let f = &spec.forwarding;
     Operations {
-        burn_after_reading: spec.burn_after_reading,
-        forwarding_enabled: spec.forwarding.enabled,
-        deferred_enabled: ctx.baseline.ops.deferred_enabled,
-        mins_between_retries: spec.forwarding.minutes_between_retries,
-        max_retries: spec.forwarding.max_retries,
-        require_core_enabled: spec.forwarding.require_core_insights_enabled,
-        tokens_enabled: spec.tokens.enabled,
-        target_label: spec.tokens.target_label.clone().filter(|l| !l.is_empty()),
+        burn_after_reading: spec.burn_after_reading.unwrap_or(base.burn_after_reading),
+        forwarding_enabled: f.enabled.unwrap_or(base.forwarding_enabled),
+        deferred_enabled: base.deferred_enabled,
+        mins_between_retries: f
+            .minutes_between_retries
+            .unwrap_or(base.mins_between_retries),
+        max_retries: f.max_retries.unwrap_or(base.max_retries),
+        require_core_enabled: f
+            .require_core_insights_enabled
+            .unwrap_or(base.require_core_enabled),
+        tokens_enabled: spec.tokens.enabled.unwrap_or(base.tokens_enabled),
+        target_label: match &spec.tokens.target_label {
+            Some(l) if l.is_empty() => None,
+            Some(l) => Some(l.clone()),
+            None => base.target_label.clone(),
+        },
+    }
+}
+
+/// The broker settings the resource asks for, Secrets aside: each field it
+/// sets, else the value from flags and environment.
+pub fn broker_settings(base: &BrokerSettings, spec: &BrokerSpec) -> BrokerSettings {
+    let pick = |v: &Option<String>, b: &String| v.clone().unwrap_or_else(|| b.clone());
+    BrokerSettings {
+        host: pick(&spec.address, &base.host),
+        vhost: pick(&spec.vhost, &base.vhost),
+        exchange: pick(&spec.exchange, &base.exchange),
+        queue: pick(&spec.queue, &base.queue),
+        routing_key: pick(&spec.routing_key, &base.routing_key),
+        ..base.clone()
+    }
+}
+
+/// Secrets are read only from the operator's own namespace: a resource
+/// naming another namespace's Secret is refused, so it cannot be used to
+/// read (and send to a broker of one's choosing) any Secret in the cluster.
+pub fn secret_namespace<'a>(asked: Option<&'a str>, own: &'a str) -> Result<&'a str, String> {
+    match asked {
+        None => Ok(own),
+        Some(ns) if ns.is_empty() || ns == own => Ok(own),
+        Some(ns) => Err(format!(
+            "Secret references must be in the operator's namespace {own:?}, not {ns:?}"
+        )),
     }
 }
 
@@ -186,7 +225,7 @@ async fn secret_value(
     name: &str,
     key: &str,
 ) -> Result<Vec<u8>, String> {
-    let ns = namespace.unwrap_or(&ctx.pod_namespace);
+    let ns = secret_namespace(namespace, &ctx.pod_namespace)?;
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let secret = api
         .get_opt(name)
@@ -209,15 +248,7 @@ async fn resolve_broker(
     spec: &InsightsRemoteConfigSpec,
 ) -> Result<BrokerSettings, String> {
     let b = &spec.broker;
-    let mut settings = BrokerSettings {
-        host: b.address.clone(),
-        vhost: b.vhost.clone(),
-        exchange: b.exchange.clone(),
-        queue: b.queue.clone(),
-        routing_key: b.routing_key.clone(),
-        tls: None,
-        ..ctx.baseline.broker.clone()
-    };
+    let mut settings = broker_settings(&ctx.baseline.broker, b);
     if let Some(c) = &b.credentials_secret {
         let ns = c.namespace.as_deref();
         let text =
@@ -462,5 +493,113 @@ fn build_status(
             .clone()
             .or_else(|| current.last_forward_time.clone()),
         signing_key_fingerprint: health.key_fingerprint.clone(),
+    }
+}
+
+#[cfg(test)]
+mod spec_tests {
+    use super::*;
+    use crate::crd::{ForwardingSpec, TokensSpec};
+
+    fn base_ops() -> Operations {
+        Operations {
+            burn_after_reading: true,
+            forwarding_enabled: true,
+            deferred_enabled: true,
+            mins_between_retries: 3,
+            max_retries: 7,
+            require_core_enabled: true,
+            tokens_enabled: true,
+            target_label: Some("from-flags".into()),
+        }
+    }
+
+    #[test]
+    fn unset_fields_keep_the_flag_values() {
+        let base = base_ops();
+        // (what the resource says, what must change)
+        let cases: Vec<(InsightsRemoteConfigSpec, Operations)> = vec![
+            (InsightsRemoteConfigSpec::default(), base.clone()),
+            (
+                InsightsRemoteConfigSpec {
+                    tokens: TokensSpec {
+                        target_label: Some("only-this".into()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+                Operations {
+                    target_label: Some("only-this".into()),
+                    ..base.clone()
+                },
+            ),
+            (
+                InsightsRemoteConfigSpec {
+                    burn_after_reading: Some(false),
+                    forwarding: ForwardingSpec {
+                        max_retries: Some(1),
+                        require_core_insights_enabled: Some(false),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+                Operations {
+                    burn_after_reading: false,
+                    max_retries: 1,
+                    require_core_enabled: false,
+                    ..base.clone()
+                },
+            ),
+            (
+                // An empty label clears the flag's.
+                InsightsRemoteConfigSpec {
+                    tokens: TokensSpec {
+                        target_label: Some(String::new()),
+                        enabled: Some(false),
+                    },
+                    ..Default::default()
+                },
+                Operations {
+                    target_label: None,
+                    tokens_enabled: false,
+                    ..base.clone()
+                },
+            ),
+        ];
+        for (spec, want) in cases {
+            assert_eq!(operations(&base, &spec), want, "{spec:?}");
+        }
+    }
+
+    #[test]
+    fn unset_broker_fields_keep_the_flag_values() {
+        let base = BrokerSettings {
+            host: "rabbit.lagoon:5672".into(),
+            exchange: "x".into(),
+            username: "flag-user".into(),
+            tls: Some(crate::broker::TlsSettings::default()),
+            ..Default::default()
+        };
+        let same = broker_settings(&base, &BrokerSpec::default());
+        assert_eq!(same, base);
+        let moved = broker_settings(
+            &base,
+            &BrokerSpec {
+                vhost: Some("lagoon".into()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(moved.vhost, "lagoon");
+        assert_eq!(moved.host, "rabbit.lagoon:5672");
+        assert_eq!(moved.username, "flag-user");
+        assert!(moved.tls.is_some());
+    }
+
+    #[test]
+    fn secret_references_stay_in_the_operators_namespace() {
+        assert_eq!(secret_namespace(None, "lagoon"), Ok("lagoon"));
+        assert_eq!(secret_namespace(Some("lagoon"), "lagoon"), Ok("lagoon"));
+        assert_eq!(secret_namespace(Some(""), "lagoon"), Ok("lagoon"));
+        assert!(secret_namespace(Some("kube-system"), "lagoon").is_err());
     }
 }

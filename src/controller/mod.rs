@@ -46,6 +46,9 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// How often a namespace's token Secret is re-checked by default.
+pub const DEFAULT_TOKEN_RESYNC: Duration = Duration::from_secs(300);
+
 /// Running totals reported in the InsightsRemoteConfig status.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -101,6 +104,8 @@ pub struct Context {
     pub watch_namespace: Option<String>,
     /// Wakes the status writer.
     pub status_changed: Notify,
+    /// How often each namespace's token Secret is re-checked.
+    pub token_resync: Duration,
 }
 
 impl Context {
@@ -131,6 +136,7 @@ impl Context {
             config_name,
             watch_namespace: None,
             status_changed: Notify::new(),
+            token_resync: DEFAULT_TOKEN_RESYNC,
         }
     }
 

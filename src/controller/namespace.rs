@@ -11,7 +11,6 @@ use k8s_openapi::ByteString;
 use kube::api::{ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio::sync::watch;
@@ -31,25 +30,19 @@ const FIELD_MANAGER: &str = "insights-remote";
 pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
     let mut ns_config = watcher::Config::default().labels(LABEL_PROJECT);
-    let secrets: Api<Secret> = match &ctx.watch_namespace {
-        Some(ns) => {
-            ns_config = ns_config.fields(&format!("metadata.name={ns}"));
-            Api::namespaced(ctx.client.clone(), ns)
-        }
-        None => Api::all(ctx.client.clone()),
-    };
+    if let Some(ns) = &ctx.watch_namespace {
+        ns_config = ns_config.fields(&format!("metadata.name={ns}"));
+    }
     // A new key or new token settings re-check every namespace.
     let keys_changed = WatchStream::from_changes(ctx.keys.subscribe()).map(|_| ());
     let ops_changed = WatchStream::from_changes(ctx.ops.subscribe()).map(|_| ());
     let trigger = futures::stream::select(keys_changed, ops_changed);
-    info!("keeping environment token Secrets");
-    Controller::new(namespaces, ns_config)
-        // A token Secret edited or deleted by hand is put right.
-        .watches(
-            secrets,
-            watcher::Config::default().labels(&format!("{LABEL_INSIGHTS_TOKEN}=true")),
-            |s: Secret| s.namespace().map(|ns| ObjectRef::<Namespace>::new(&ns)),
-        )
+    info!(resync = ?ctx.token_resync, "keeping environment token Secrets");
+    // No watch on Secrets: that would need list/watch of every Secret in the
+    // cluster. Each namespace is re-checked (one GET of its token Secret)
+    // every `token_resync`, so a Secret edited or deleted by hand is put
+    // right within that time.
+    Controller::new(namespaces, ns_config.any_semantic())
         .reconcile_all_on(trigger)
         .graceful_shutdown_on(until_shutdown(shutdown))
         .run(reconcile_observed, error_policy, ctx)
@@ -135,7 +128,7 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> 
         let valid = token
             .is_some_and(|t| !t.ends_with('\n') && keys.verify_current(t).as_ref() == Ok(&claims));
         if valid && labelled {
-            return Ok(Action::await_change());
+            return Ok(Action::requeue(ctx.token_resync));
         }
     }
     let token = keys.mint(&claims)?;
@@ -175,5 +168,5 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> 
     ctx.counters.add(&ctx.counters.tokens_issued);
     ctx.metrics.tokens_minted.inc();
     ctx.status_changed.notify_one();
-    Ok(Action::await_change())
+    Ok(Action::requeue(ctx.token_resync))
 }

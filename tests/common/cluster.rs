@@ -210,6 +210,7 @@ impl Operator {
             o.config_name,
         );
         ctx.watch_namespace = Some(o.namespace);
+        ctx.token_resync = Duration::from_secs(2);
         let ctx = Arc::new(ctx);
         controller::config::sync(&ctx).await;
         let (stop, stop_rx) = watch::channel(false);
