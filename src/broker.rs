@@ -295,7 +295,7 @@ impl Publisher {
 
     /// Publishes one JSON message and returns only once the broker confirmed
     /// it. A publish cut off by a dropped connection or channel is retried
-    /// once on the new channel if it comes back within the confirm timeout;
+    /// (up to twice) on the new channel if it comes back within the confirm timeout;
     /// a duplicate is harmless to the consumer, a loss is not.
     pub async fn publish_confirmed(&self, body: &[u8]) -> Result<(), PublishError> {
         let started = Instant::now();
@@ -338,20 +338,23 @@ impl Publisher {
             match res {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(PublishError::Unavailable(reason))) => {
-                    if let Some(limit) = broker_size_limit(&reason, body.len()) {
-                        // This message closed the channel: remember the
-                        // broker's limit so the next one is refused here.
+                    if let Some((culprit, limit)) = broker_size_limit(&reason) {
+                        // Remember the broker's limit at once (every publish
+                        // pending on the closed channel sees the reason), so
+                        // no oversized message reaches the next channel.
                         self.inner.broker_max.store(limit, Ordering::Relaxed);
                         self.inner.broken.notify_one();
-                        return Err(PublishError::TooLarge {
-                            size: body.len(),
-                            limit,
-                            which: "broker's (max_message_size)",
-                        });
+                        if culprit == body.len() {
+                            return Err(PublishError::TooLarge {
+                                size: body.len(),
+                                limit,
+                                which: "broker's (max_message_size)",
+                            });
+                        }
                     }
                     self.inner.broken.notify_one();
                     let remaining = timeout.saturating_sub(started.elapsed());
-                    if attempt >= 2 || !self.wait_new_channel(&live, remaining).await {
+                    if attempt >= MAX_ATTEMPTS || !self.wait_new_channel(&live, remaining).await {
                         return Err(PublishError::Unavailable(reason));
                     }
                     // Refuse the retry too if the other message taught us
@@ -392,11 +395,15 @@ impl Publisher {
     }
 }
 
-/// When the broker closed the channel because *this* message was over its
+/// Attempts of one publish: the first, and retries on a new channel or
+/// connection after a drop (all within the confirm timeout).
+const MAX_ATTEMPTS: u32 = 3;
+
+/// When the broker closed the channel because a message was over its
 /// `max_message_size` ("message size N is larger than configured max size
-/// M"), the broker's limit M. The same close reaches every publish pending
-/// on the channel; only the one of size N is the culprit.
-fn broker_size_limit(reason: &str, size: usize) -> Option<usize> {
+/// M"): (N, M). The same close reaches every publish pending on the
+/// channel; only the one of size N is the culprit.
+fn broker_size_limit(reason: &str) -> Option<(usize, usize)> {
     let rest = reason.split("message size ").nth(1)?;
     let (n, rest) = rest.split_once(' ')?;
     let m = rest.split("configured max size ").nth(1)?;
@@ -406,7 +413,7 @@ fn broker_size_limit(reason: &str, size: usize) -> Option<usize> {
         .next()?
         .parse()
         .ok()?;
-    (n.parse::<usize>().ok()? == size).then_some(m)
+    Some((n.parse().ok()?, m))
 }
 
 async fn publish_once(live: &Live, body: &[u8], id: &str) -> Result<(), PublishError> {
@@ -757,13 +764,11 @@ mod limits_tests {
     use super::*;
 
     #[test]
-    fn broker_size_limit_names_only_the_culprit() {
+    fn broker_size_limit_reads_the_culprit_and_the_limit() {
         let msg =
             "PRECONDITION_FAILED - message size 3145728 is larger than configured max size 1048576";
-        assert_eq!(broker_size_limit(msg, 3_145_728), Some(1_048_576));
-        // Another publish pending on the same channel is not the culprit.
-        assert_eq!(broker_size_limit(msg, 120), None);
-        assert_eq!(broker_size_limit("connection closed", 10), None);
+        assert_eq!(broker_size_limit(msg), Some((3_145_728, 1_048_576)));
+        assert_eq!(broker_size_limit("connection closed"), None);
     }
 
     #[test]

@@ -115,8 +115,9 @@ async fn oversized_message_is_refused_without_disturbing_others() {
         1,
         "the connection was never dropped"
     );
-    // The broker closed the channel once; later big messages never reached it.
-    assert!(api.metrics.broker_channels.get() <= 2);
+    // Only the first concurrent batch (3 messages, sent before the limit
+    // was known) can close a channel; every later one is refused here.
+    assert!(api.metrics.broker_channels.get() <= 4);
     println!(
         "oversized: {} refused with 413; channels opened: {}",
         hostile_statuses.len(),
