@@ -38,16 +38,18 @@ def new_id():
 
 
 def severity_score(value):
-    # The real API's SeverityScore: a number from 0 to 1.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise GraphQLError(f"SeverityScore must be a number from 0 to 1, got {value!r}")
-    return value
+    # The real API's SeverityScore takes any number as a variable
+    # (parseFloat), and only 0 to 1 as a literal in the query.
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise GraphQLError(f"SeverityScore must be a number, got {value!r}")
 
 
 def severity_literal(node, _variables=None):
-    if isinstance(node, (ast.FloatValueNode, ast.IntValueNode)):
-        return severity_score(float(node.value))
-    raise GraphQLError("SeverityScore must be a number")
+    if isinstance(node, (ast.FloatValueNode, ast.IntValueNode)) and 0 <= float(node.value) <= 1:
+        return float(node.value)
+    raise GraphQLError("SeverityScore literal must be a number from 0 to 1")
 
 
 def record(name, value):

@@ -108,10 +108,13 @@ fn string_enum(
 
 impl utoipa::PartialSchema for FactType {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        string_enum(
-            &["", "TEXT", "URL", "SEMVER"],
-            "Fact type; empty or absent means TEXT.",
-        )
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "Fact type: TEXT, URL or SEMVER in any case; empty, absent or anything else is stored as TEXT, as Lagoon core's consumer does.",
+            ))
+            .into()
     }
 }
 impl ToSchema for FactType {}
@@ -122,7 +125,7 @@ impl utoipa::PartialSchema for Severity {
         values.extend(SEVERITIES);
         string_enum(
             &values,
-            "Severity; empty or absent means none (left out of the message).",
+            "Severity; empty or absent means UNKNOWN (the Lagoon API refuses a problem without one).",
         )
     }
 }
@@ -130,6 +133,20 @@ impl ToSchema for Severity {}
 
 /// Fact types Lagoon's API accepts.
 pub const FACT_TYPES: [&str; 3] = ["TEXT", "URL", "SEMVER"];
+
+/// A fact type as Lagoon stores it: a known type in any case, normalised;
+/// anything else TEXT (what the consumer does with an unknown type).
+pub fn normalise_fact_type(t: &str) -> &'static str {
+    FACT_TYPES
+        .into_iter()
+        .find(|k| k.eq_ignore_ascii_case(t.trim()))
+        .unwrap_or("TEXT")
+}
+
+/// The severity sent for a problem that gives none: the API's enum has no
+/// empty value, and the consumer would delete the source's problems and
+/// then lose this one.
+pub const DEFAULT_SEVERITY: &str = "UNKNOWN";
 
 /// A problem as the consumer takes it; optional fields are omitted when empty.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]

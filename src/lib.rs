@@ -6,6 +6,7 @@ pub mod controller;
 pub mod crd;
 pub mod logging;
 pub mod metrics;
+pub mod payload;
 pub mod run;
 pub mod server;
 pub mod settings;

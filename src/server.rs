@@ -22,9 +22,9 @@ use tracing::{debug, warn};
 
 use crate::broker::{PublishError, Publisher};
 use crate::contract::{
-    DirectDelete, DirectFacts, DirectProblems, Fact, FactsBody, Problem, DEFAULT_SOURCE,
-    FACT_TYPES, SEVERITIES, TYPE_DELETE_FACTS, TYPE_DELETE_PROBLEMS, TYPE_DIRECT_FACTS,
-    TYPE_DIRECT_PROBLEMS,
+    normalise_fact_type, DirectDelete, DirectFacts, DirectProblems, Fact, FactsBody, Problem,
+    DEFAULT_SEVERITY, DEFAULT_SOURCE, SEVERITIES, TYPE_DELETE_FACTS, TYPE_DELETE_PROBLEMS,
+    TYPE_DIRECT_FACTS, TYPE_DIRECT_PROBLEMS,
 };
 use crate::metrics::Metrics;
 use crate::token::{Claims, KeyRing, TokenError};
@@ -481,15 +481,7 @@ pub fn facts_message(
             f.project_name = claims.project_name.clone();
             f.environment_name = claims.environment_name.clone();
             default_source(&mut f.source);
-            if f.fact_type.is_empty() {
-                f.fact_type = "TEXT".into();
-            }
-            if !FACT_TYPES.contains(&f.fact_type.as_str()) {
-                return Err(ApiError::BadRequest(format!(
-                    "fact {i}: type {:?} is not one of TEXT, URL, SEMVER",
-                    f.fact_type
-                )));
-            }
+            f.fact_type = normalise_fact_type(&f.fact_type).into();
             if f.name.is_empty() {
                 return Err(ApiError::BadRequest(format!("fact {i}: name is required")));
             }
@@ -549,7 +541,10 @@ pub fn problems_message(
         .map(|(i, mut p)| {
             p.environment = env_id;
             default_source(&mut p.source);
-            if !p.severity.is_empty() && !SEVERITIES.contains(&p.severity.as_str()) {
+            if p.severity.is_empty() {
+                p.severity = DEFAULT_SEVERITY.into();
+            }
+            if !SEVERITIES.contains(&p.severity.as_str()) {
                 return Err(ApiError::BadRequest(format!(
                     "problem {i}: severity {:?} is not one of {}",
                     p.severity,
@@ -590,16 +585,8 @@ async fn delete_message(
 ) -> Result<HttpResponse, ApiError> {
     let claims = admit(req, st)?;
     let env_id = environment_id(&claims)?;
-    let source = req
-        .match_info()
-        .get("source")
-        .unwrap_or_default()
-        .to_string();
-    let service = req
-        .match_info()
-        .get("service")
-        .unwrap_or_default()
-        .to_string();
+    let segment = |name| decode_segment(req.match_info().get(name).unwrap_or_default());
+    let (source, service) = (segment("source"), segment("service"));
     debug!(namespace = %claims.namespace, source = %source.escape_debug(), service = %service.escape_debug(), kind = message_type, "delete received");
     publish(
         st,
@@ -611,6 +598,35 @@ async fn delete_message(
         },
     )
     .await
+}
+
+/// A path segment fully decoded, as the Go original sees it: actix decodes
+/// every escape except `%2F`, `%2B` and `%25`, which it leaves as they are.
+pub fn decode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let code = rest.get(i + 1..i + 3).unwrap_or("");
+        let decoded = match code.to_ascii_uppercase().as_str() {
+            "2F" => Some('/'),
+            "2B" => Some('+'),
+            "25" => Some('%'),
+            _ => None,
+        };
+        match decoded {
+            Some(c) => {
+                out.push(c);
+                rest = &rest[i + 3..];
+            }
+            None => {
+                out.push('%');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 macro_rules! delete_route {
@@ -889,6 +905,40 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_segments_are_decoded_like_go() {
+        assert_eq!(decode_segment("a%2Bb"), "a+b");
+        assert_eq!(decode_segment("a%2fb%2F"), "a/b/");
+        assert_eq!(decode_segment("100%25"), "100%");
+        // Decoded once: a literal "%2B" arrives as %252B.
+        assert_eq!(decode_segment("%252B"), "%2B");
+        assert_eq!(decode_segment("50%"), "50%");
+        assert_eq!(decode_segment("plain"), "plain");
+    }
+
+    #[test]
+    fn fact_types_and_severities_are_what_the_api_takes() {
+        let claims = Claims {
+            namespace: "ns".into(),
+            environment_id: "42".into(),
+            project_name: "p".into(),
+            environment_name: "e".into(),
+        };
+        let m = facts_message(
+            &claims,
+            br#"[{"name":"a","type":"semver"},{"name":"b","type":"Url"},{"name":"c","type":"other"},{"name":"d"}]"#,
+            10,
+        )
+        .unwrap();
+        let types: Vec<_> = m.facts.iter().map(|f| f.fact_type.as_str()).collect();
+        assert_eq!(types, ["SEMVER", "URL", "TEXT", "TEXT"]);
+        let p = problems_message(&claims, br#"[{"identifier":"x"}]"#, 10).unwrap();
+        assert_eq!(p.problems[0].severity, "UNKNOWN");
+        assert!(
+            problems_message(&claims, br#"[{"identifier":"x","severity":"SEVERE"}]"#, 10).is_err()
+        );
+    }
 
     #[test]
     fn environment_ids_must_be_canonical_32_bit() {

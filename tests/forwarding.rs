@@ -37,6 +37,16 @@ fn gunzip(b64: &str) -> Value {
     serde_json::from_str(&out).unwrap()
 }
 
+/// A minimal SBOM the consumer can read (metadata.component and tools).
+const SBOM: &str = r#"{"bomFormat":"CycloneDX","specVersion":"1.5","metadata":{"component":{"name":"img"},"tools":{"components":[{"type":"application","name":"syft"}]}}}"#;
+
+fn gz(b: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), Default::default());
+    e.write_all(b).unwrap();
+    e.finish().unwrap()
+}
+
 fn cm_with(
     name: &str,
     labels: &[(&str, &str)],
@@ -196,14 +206,15 @@ async fn fixture_configmaps_are_forwarded_in_the_contract_shape() {
 }
 
 #[tokio::test]
-async fn text_data_travels_base64_and_go_deferred_configmaps_are_retried() {
+async fn text_data_travels_gzipped_and_go_deferred_configmaps_are_retried() {
     let client = client().await;
     let ns = TestNamespace::new(&client, "text").await;
     let broker = isolated_broker("text");
     let queue = broker.queue.clone();
     let op = start(&ns, broker, test_ops()).await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    let sbom = r#"{"bomFormat":"CycloneDX"}"#;
+    let sbom = SBOM;
+    let inspect = gz(br#"{"name":"img","env":["A=b"]}"#);
     api.create(
         &PostParams::default(),
         &cm_with(
@@ -229,7 +240,7 @@ async fn text_data_travels_base64_and_go_deferred_configmaps_are_retried() {
                 ("lagoon.sh/insightsWriteDeferred", "1000"),
             ],
             &[("insights.lagoon.sh/retries", "1")],
-            Some(("x.image-inspect.json.gz", b"\x1f\x8b")),
+            Some(("x.image-inspect.json.gz", &inspect)),
             None,
         ),
     )
@@ -250,15 +261,14 @@ async fn text_data_travels_base64_and_go_deferred_configmaps_are_retried() {
         .expect("text ConfigMap message");
     assert!(plain["payload"].is_null());
     assert_eq!(plain["type"], "sbom");
+    // Text travels gzipped: the consumer reads image inspect data only so.
     assert_eq!(
-        STANDARD
-            .decode(
-                plain["binaryPayload"]["php.cyclonedx.json"]
-                    .as_str()
-                    .unwrap()
-            )
-            .unwrap(),
-        sbom.as_bytes()
+        gunzip(
+            plain["binaryPayload"]["php.cyclonedx.json"]
+                .as_str()
+                .unwrap()
+        ),
+        serde_json::from_str::<Value>(sbom).unwrap()
     );
     assert!(got.iter().any(|m| m["type"] == "inspect"));
     op.stop().await;
@@ -284,7 +294,8 @@ async fn unforwardable_configmaps_are_rejected_with_an_event_and_not_published()
     let queue = broker.queue.clone();
     let op = start(&ns, broker, test_ops()).await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    let bin = Some(("a.json.gz", &b"\x1f\x8b"[..]));
+    let sbom_gz = gz(SBOM.as_bytes());
+    let bin = Some(("a.json.gz", &sbom_gz[..]));
     let cases = [
         cm_with(
             "legacy-sbom",
@@ -639,9 +650,10 @@ async fn replaced_configmap_is_forwarded_again_not_marked_blindly() {
     .await;
     // The build's replace: new content, no marks.
     let mut fresh = fixture_cm("configmap-image.json", &ns.name);
+    let new = gz(br#"{"name":"new","env":["A=b"]}"#);
     fresh.binary_data.as_mut().unwrap().insert(
         "cli.image-inspect.json.gz".into(),
-        k8s_openapi::ByteString(b"new".to_vec()),
+        k8s_openapi::ByteString(new.clone()),
     );
     fresh.metadata.resource_version = None;
     api.replace("lagoon-insights-image-cli", &PostParams::default(), &fresh)
@@ -657,7 +669,7 @@ async fn replaced_configmap_is_forwarded_again_not_marked_blindly() {
     assert_eq!(got.len(), 2);
     assert_eq!(
         got[1]["binaryPayload"]["cli.image-inspect.json.gz"],
-        STANDARD.encode(b"new")
+        STANDARD.encode(&new)
     );
     op.stop().await;
     ns.cleanup().await;

@@ -26,6 +26,7 @@ use crate::contract::{
     LABEL_MAX_RETRY_EXCEEDED, LABEL_PROCESSED, LABEL_SERVICE, LABEL_WRITE_DEFERRED,
     MAX_RETRY_EXCEEDED_VALUE,
 };
+use crate::payload;
 
 pub const CONTROLLER: &str = "configmap";
 
@@ -235,26 +236,37 @@ async fn build_message(
         Ok(t) => t,
         Err(reason) => return Ok(Err(reason)),
     };
-    let mut binary_payload = BTreeMap::new();
-    if let Some(bin) = &cm.binary_data {
-        for (k, v) in bin {
-            binary_payload.insert(k.clone(), STANDARD.encode(&v.0));
+    let entries: Vec<(&String, &[u8])> = cm
+        .binary_data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k, v.0.as_slice()))
+        .chain(cm.data.iter().flatten().map(|(k, v)| (k, v.as_bytes())))
+        .collect();
+    let (key, raw) = match entries.as_slice() {
+        [] => {
+            return Ok(Err(
+                "the ConfigMap has no payload (neither data nor binaryData)".into(),
+            ))
         }
-    }
-    // Text entries travel base64-encoded too: `payload` must stay null, and
-    // the consumer reads plain-JSON SBOMs from binaryPayload.
-    if let Some(data) = &cm.data {
-        for (k, v) in data {
-            binary_payload
-                .entry(k.clone())
-                .or_insert_with(|| STANDARD.encode(v.as_bytes()));
+        [one] => *one,
+        many => {
+            return Ok(Err(format!(
+                "the ConfigMap has {} payload entries; Lagoon core's consumer reads only one, chosen at random: keep one entry",
+                many.len()
+            )))
         }
-    }
-    if binary_payload.is_empty() {
-        return Ok(Err(
-            "the ConfigMap has no payload (neither data nor binaryData)".into(),
-        ));
-    }
+    };
+    // Checked and gzipped as the consumer needs it (src/payload.rs).
+    let payload =
+        match payload::Kind::from_label(labels.get(LABEL_INSIGHTS_TYPE).map(String::as_str)) {
+            Some(kind) => match payload::prepare(kind, raw) {
+                Ok(p) => p,
+                Err(reason) => return Ok(Err(format!("{key}: {reason}"))),
+            },
+            None => raw.to_vec(),
+        };
+    let binary_payload = BTreeMap::from([(key.clone(), STANDARD.encode(&payload))]);
     let ns_name = cm.namespace().unwrap_or_default();
     let ns = Api::<Namespace>::all(ctx.client.clone())
         .get_opt(&ns_name)
