@@ -190,7 +190,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(200, {"seeded": len(environments)})
         if self.path != "/graphql":
             return self.reply(404, {})
-        if not self.headers.get("Authorization", "").startswith("Bearer "):
+        if not self.headers.get("Authorization", "").lower().startswith("bearer "):
             return self.reply(401, {"errors": [{"message": "Unauthorized"}]})
         result = graphql_sync(self.schema, req.get("query", ""), variable_values=req.get("variables"))
         out = {"data": result.data}

@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash hack/deps.sh
+# Lagoon core's consumer (insights-handler) and the API stand-in's library,
+# for tests/consumer.rs; built once and cached outside git.
+bash hack/lagoon-core.sh >/dev/null
 trap 'bash hack/control-plane.sh down >/dev/null 2>&1 || true' EXIT
 KUBECONFIG=$(bash hack/control-plane.sh kubeconfig)
 export KUBECONFIG

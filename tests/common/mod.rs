@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod consumer;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

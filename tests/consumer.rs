@@ -1,0 +1,336 @@
+//! End to end through Lagoon core's real consumer: what we publish is read
+//! by insights-handler (built from ../shared/lagoon-core) and turned into
+//! Lagoon API calls, which a stand-in executes against the real schema.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::*;
+use common::consumer::{name, Consumer};
+use common::*;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::PostParams;
+use kube::Api;
+use serde_json::{json, Value};
+
+const ENV_ID: i64 = 42;
+
+fn facts_of(m: &Value) -> Vec<Value> {
+    m["input"]["facts"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_ends_in_the_expected_api_calls() {
+    let mut consumer = Consumer::start("routes").await;
+    consumer
+        .seed(ENV_ID, (7, "demo-project"), "main", "demo-project-main")
+        .await;
+    let api = start_api(consumer.broker(), 1 << 20, 0).await;
+    let token = ring()
+        .mint(&claims("demo-project-main", &ENV_ID.to_string()))
+        .unwrap();
+    let http = reqwest::Client::new();
+    let send = |method: reqwest::Method, path: &str, body: &str| {
+        http.request(method, format!("{}{path}", api.url))
+            .header("authorization", &token)
+            .body(body.to_string())
+            .send()
+    };
+
+    // Facts: a lower-case type is stored as the API's enum value.
+    let r = send(
+        reqwest::Method::POST,
+        "/facts",
+        r#"[{"name":"php-version","value":"8.3.13","source":"e2e","type":"semver","category":"Language","description":"PHP"},
+            {"name":"site","value":"https://example.com","source":"e2e","type":"URL"}]"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let added = consumer
+        .wait_mutations("addFacts", 1, |m| name(m) == "addFacts")
+        .await;
+    let facts = facts_of(&added[0]);
+    assert_eq!(facts.len(), 2);
+    assert_eq!(facts[0]["environment"], ENV_ID);
+    assert_eq!(facts[0]["name"], "php-version");
+    assert_eq!(facts[0]["value"], "8.3.13");
+    assert_eq!(facts[0]["source"], "e2e");
+    assert_eq!(facts[0]["type"], "SEMVER");
+    assert_eq!(facts[1]["type"], "URL");
+    let deleted = consumer
+        .wait_mutations("deleteFactsFromSource e2e", 1, |m| {
+            name(m) == "deleteFactsFromSource" && m["input"]["source"] == "e2e"
+        })
+        .await;
+    assert_eq!(deleted[0]["input"]["environment"], ENV_ID);
+
+    // Problems: one without severity is stored as UNKNOWN, not refused
+    // after the old ones were deleted.
+    let r = send(
+        reqwest::Method::POST,
+        "/problems",
+        r#"[{"identifier":"CVE-2026-1","source":"trivy","service":"cli","severity":"HIGH","severityScore":7.5,"associatedPackage":"openssl","version":"3.0","data":"{}"},
+            {"identifier":"CVE-2026-2","source":"trivy","service":"cli"}]"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let problems = consumer
+        .wait_mutations("two addProblem", 2, |m| name(m) == "addProblem")
+        .await;
+    let by_id = |id: &str| {
+        problems
+            .iter()
+            .find(|p| p["input"]["identifier"] == id)
+            .unwrap_or_else(|| panic!("{id} stored"))["input"]
+            .clone()
+    };
+    let p1 = by_id("CVE-2026-1");
+    assert_eq!(p1["environment"], ENV_ID);
+    assert_eq!(p1["severity"], "HIGH");
+    assert_eq!(p1["severityScore"], 7.5);
+    assert_eq!(p1["service"], "cli");
+    assert_eq!(p1["source"], "trivy");
+    assert_eq!(p1["associatedPackage"], "openssl");
+    assert_eq!(by_id("CVE-2026-2")["severity"], "UNKNOWN");
+    consumer
+        .wait_mutations("deleteProblemsFromSource trivy/cli", 1, |m| {
+            name(m) == "deleteProblemsFromSource"
+                && m["input"] == json!({"environment": ENV_ID, "source": "trivy", "service": "cli"})
+        })
+        .await;
+
+    // Deletes, with an escaped '+' and '/' decoded as the Go original does.
+    for (path, source) in [("/facts/a%2Bb%2Fc", "a+b/c"), ("/facts/plain/cli", "plain")] {
+        let r = send(reqwest::Method::DELETE, path, "").await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        consumer
+            .wait_mutations(&format!("deleteFactsFromSource {source}"), 1, |m| {
+                name(m) == "deleteFactsFromSource"
+                    && m["input"] == json!({"environment": ENV_ID, "source": source})
+            })
+            .await;
+    }
+    let r = send(reqwest::Method::DELETE, "/problems/scanner%25x/php", "")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    consumer
+        .wait_mutations("deleteProblemsFromSource scanner%x/php", 1, |m| {
+            name(m) == "deleteProblemsFromSource"
+                && m["input"]
+                    == json!({"environment": ENV_ID, "source": "scanner%x", "service": "php"})
+        })
+        .await;
+
+    let (_, errors) = consumer.recorded().await;
+    assert!(errors.is_empty(), "the API refused nothing: {errors:?}");
+    assert!(consumer.alive(), "the handler is still running");
+    api.stop().await;
+}
+
+fn gz(b: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), Default::default());
+    e.write_all(b).unwrap();
+    e.finish().unwrap()
+}
+
+fn insights_cm(
+    name: &str,
+    ns: &str,
+    kind: &str,
+    env_label: &str,
+    build: Option<(&str, &str)>,
+    binary: Option<Vec<u8>>,
+    text: Option<&str>,
+) -> ConfigMap {
+    let (file, insights_type) = match kind {
+        "sbom" => ("cli.cyclonedx.json.gz", "sbom-gz"),
+        _ => ("cli.image-inspect.json.gz", "image-gz"),
+    };
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": {
+                "lagoon.sh/insightsType": insights_type,
+                "insights.lagoon.sh/type": kind,
+                "lagoon.sh/project": "demo-project",
+                "lagoon.sh/environment": env_label,
+                "lagoon.sh/service": "cli",
+                "lagoon.sh/buildType": build.map_or("branch", |b| b.0),
+            },
+            "annotations": build.map(|b| json!({"lagoon.sh/branch": b.1})).unwrap_or(json!({})),
+        },
+        "binaryData": binary.map(|b| json!({ file: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b) })),
+        "data": text.map(|t| json!({ file.trim_end_matches(".gz"): t })),
+    }))
+    .unwrap()
+}
+
+/// Every ConfigMap kind the builds create, forwarded by the operator and
+/// processed by the handler: SBOM and image inspect, branch and
+/// pull-request builds, binary and text data, a CycloneDX 1.4 SBOM; and an
+/// image inspect that would crash the handler is never published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_configmap_kind_ends_in_the_expected_api_calls() {
+    let mut consumer = Consumer::start("cms").await;
+    consumer
+        .seed(ENV_ID, (7, "demo-project"), "main", "demo-project-main")
+        .await;
+    consumer
+        .seed(43, (7, "demo-project"), "pr-5", "demo-project-pr-5")
+        .await;
+    consumer
+        .seed(44, (7, "demo-project"), "feature", "demo-project-feature")
+        .await;
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "e2e").await;
+    let op = Operator::start(
+        &client,
+        OperatorOptions {
+            broker: consumer.broker(),
+            ops: test_ops(),
+            namespace: ns.name.clone(),
+            config_name: unique("absent"),
+            forward: true,
+            tokens: false,
+        },
+    )
+    .await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+
+    let fixture = std::fs::read(format!(
+        "{}/../shared/fixtures/sbom.cyclonedx.json",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let image = std::fs::read(format!(
+        "{}/../shared/fixtures/image-inspect.json",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let mut sbom14: Value = serde_json::from_slice(&fixture).unwrap();
+    sbom14["specVersion"] = json!("1.4");
+    sbom14["metadata"]["tools"] =
+        json!([{"vendor": "aquasecurity", "name": "trivy", "version": "0.50.0"}]);
+    let mut broken_image: Value = serde_json::from_slice(&image).unwrap();
+    broken_image["Env"] = json!(["PATH=/bin", "NO_EQUALS_SIGN"]);
+
+    let cases = [
+        // Branch build, SBOM as binary gzip (the usual case).
+        insights_cm(
+            "sbom-branch",
+            &ns.name,
+            "sbom",
+            "main",
+            None,
+            Some(gz(&fixture)),
+            None,
+        ),
+        // Pull-request build: the environment label names it, not the branch.
+        insights_cm(
+            "inspect-pr",
+            &ns.name,
+            "inspect",
+            "pr-5",
+            Some(("pullrequest", "feature/x")),
+            Some(gz(&image)),
+            None,
+        ),
+        // Branch build: the branch annotation names the environment.
+        insights_cm(
+            "inspect-branch-text",
+            &ns.name,
+            "inspect",
+            "ignored",
+            Some(("branch", "feature")),
+            None,
+            Some(std::str::from_utf8(&image).unwrap()),
+        ),
+        // CycloneDX 1.4 tools array, as text: normalised, not a crash loop.
+        insights_cm(
+            "sbom-14-text",
+            &ns.name,
+            "sbom",
+            "pr-5",
+            Some(("pullrequest", "pr-5")),
+            None,
+            Some(&sbom14.to_string()),
+        ),
+    ];
+    for cm in &cases {
+        cms.create(&PostParams::default(), cm).await.unwrap();
+    }
+    let broken = insights_cm(
+        "inspect-broken",
+        &ns.name,
+        "inspect",
+        "main",
+        None,
+        Some(gz(broken_image.to_string().as_bytes())),
+        None,
+    );
+    cms.create(&PostParams::default(), &broken).await.unwrap();
+
+    let added = |source: &'static str, env: i64| {
+        move |m: &Value| {
+            name(m) == "addFacts"
+                && facts_of(m)
+                    .first()
+                    .is_some_and(|f| f["source"] == source && f["environment"] == env)
+        }
+    };
+    let sbom_main = consumer
+        .wait_mutations("SBOM facts for main", 1, added("insights:sbom:cli", ENV_ID))
+        .await;
+    assert!(
+        facts_of(&sbom_main[0])
+            .iter()
+            .all(|f| f["environment"] == ENV_ID),
+        "{sbom_main:?}"
+    );
+    consumer
+        .wait_mutations("image facts for pr-5", 1, added("insights:image:cli", 43))
+        .await;
+    consumer
+        .wait_mutations(
+            "image facts from text data for the branch",
+            1,
+            added("insights:image:cli", 44),
+        )
+        .await;
+    consumer
+        .wait_mutations("SBOM 1.4 facts for pr-5", 1, added("insights:sbom:cli", 43))
+        .await;
+    // Each source's old facts were deleted first, with a real source name.
+    let (mutations, errors) = consumer.recorded().await;
+    let deletes: Vec<&Value> = mutations
+        .iter()
+        .filter(|m| name(m) == "deleteFactsFromSource")
+        .collect();
+    assert!(
+        deletes.iter().all(|m| m["input"]["source"] != ""),
+        "no delete with an empty source: {deletes:?}"
+    );
+    assert!(errors.is_empty(), "the API refused nothing: {errors:?}");
+
+    // The crashing image inspect was refused, not published.
+    let got = wait_for("broken one rejected", Duration::from_secs(30), || async {
+        cms.get("inspect-broken")
+            .await
+            .ok()?
+            .metadata
+            .annotations?
+            .get("insights.lagoon.sh/rejected")
+            .cloned()
+    })
+    .await;
+    assert!(got.contains("without '='"), "{got}");
+    assert!(consumer.alive(), "the handler did not crash");
+    op.stop().await;
+    ns.cleanup().await;
+}
