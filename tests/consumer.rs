@@ -275,6 +275,21 @@ async fn every_configmap_kind_ends_in_the_expected_api_calls() {
         None,
     );
     cms.create(&PostParams::default(), &broken).await.unwrap();
+    // Two payload entries: the consumer would read one at random.
+    let mut two = insights_cm(
+        "sbom-two",
+        &ns.name,
+        "sbom",
+        "main",
+        None,
+        Some(gz(&fixture)),
+        None,
+    );
+    two.binary_data.as_mut().unwrap().insert(
+        "other.cyclonedx.json.gz".into(),
+        k8s_openapi::ByteString(gz(&fixture)),
+    );
+    cms.create(&PostParams::default(), &two).await.unwrap();
 
     let added = |source: &'static str, env: i64| {
         move |m: &Value| {
@@ -330,6 +345,41 @@ async fn every_configmap_kind_ends_in_the_expected_api_calls() {
     })
     .await;
     assert!(got.contains("without '='"), "{got}");
+    let got = wait_for("two entries rejected", Duration::from_secs(30), || async {
+        cms.get("sbom-two")
+            .await
+            .ok()?
+            .metadata
+            .annotations?
+            .get("insights.lagoon.sh/rejected")
+            .cloned()
+    })
+    .await;
+    assert!(got.contains("2 payload entries"), "{got}");
+    // Neither was published: only the four good ones reached the consumer
+    // (it writes an image inspect's facts twice, so count destinations).
+    let (mutations, _) = consumer.recorded().await;
+    let destinations: std::collections::BTreeSet<(String, i64)> = mutations
+        .iter()
+        .filter(|m| name(m) == "addFacts")
+        .flat_map(facts_of)
+        .map(|f| {
+            (
+                f["source"].as_str().unwrap().to_string(),
+                f["environment"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let want: std::collections::BTreeSet<(String, i64)> = [
+        ("insights:sbom:cli", ENV_ID),
+        ("insights:image:cli", 43),
+        ("insights:image:cli", 44),
+        ("insights:sbom:cli", 43),
+    ]
+    .into_iter()
+    .map(|(s, e)| (s.to_string(), e))
+    .collect();
+    assert_eq!(destinations, want, "{mutations:?}");
     assert!(consumer.alive(), "the handler did not crash");
     op.stop().await;
     ns.cleanup().await;

@@ -279,8 +279,27 @@ fn insights_cm(i: usize, with_type: bool) -> ConfigMap {
     }
     cm.metadata.labels = Some(labels.into_iter().collect());
     cm.metadata.annotations = Some([("lagoon.sh/branch".to_string(), "main".to_string())].into());
-    cm.binary_data = Some([(key, ByteString(noise(size, i as u64 + 1)))].into());
+    cm.binary_data = Some([(key, ByteString(payload(sbom, size, i as u64 + 1)))].into());
     cm
+}
+
+/// A gzipped SBOM or image inspect that Lagoon core's consumer can read
+/// (the operator checks it), about `size` bytes compressed: the bulk is a
+/// field of incompressible text.
+fn payload(sbom: bool, size: usize, seed: u64) -> Vec<u8> {
+    use base64::Engine;
+    use std::io::Write;
+    let filler = base64::engine::general_purpose::STANDARD.encode(&noise(size, seed)[2..]);
+    let doc = if sbom {
+        serde_json::json!({"bomFormat": "CycloneDX", "specVersion": "1.5",
+            "metadata": {"component": {"name": "bench"}, "tools": {"components": [{"type": "application", "name": "bench"}]}},
+            "components": [{"type": "library", "name": "filler", "description": filler}]})
+    } else {
+        serde_json::json!({"name": "bench", "env": ["A=b"], "labels": {"filler": filler}})
+    };
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(doc.to_string().as_bytes()).unwrap();
+    gz.finish().unwrap()
 }
 
 async fn configmaps(

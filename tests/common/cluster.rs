@@ -100,10 +100,13 @@ pub fn numbered_insights_cm(i: usize) -> k8s_openapi::api::core::v1::ConfigMap {
         ]
         .into(),
     );
+    let inspect = format!(r#"{{"name":"cm-{i}","env":["I={i}"]}}"#);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), Default::default());
+    std::io::Write::write_all(&mut gz, inspect.as_bytes()).unwrap();
     cm.binary_data = Some(
         [(
             "x.image-inspect.json.gz".to_string(),
-            k8s_openapi::ByteString(vec![0x1f, 0x8b, i as u8]),
+            k8s_openapi::ByteString(gz.finish().unwrap()),
         )]
         .into(),
     );
