@@ -91,7 +91,7 @@ bench_configmaps() {
   header "ConfigMap forwarding: 1,000 insights ConfigMaps (500 x 100 KiB SBOM, 500 x 2 KiB inspect)"
   local n=${BENCH_CONFIGMAPS:-1000}
   k create namespace bench-fwd >/dev/null
-  start_operator --watch-namespace bench-fwd --enable-namespace-reconciler=false --enable-webservice=false \
+  start_operator --watch-namespace bench-fwd --enable-configmap-reconciler=true --enable-namespace-reconciler=false --enable-webservice=false \
     --rabbitmq-exchange bench-fwd-x --rabbitmq-queue bench-fwd-q
   local r; r=$("$IRB" configmaps --namespace bench-fwd --count "$n" --mode operator --queue bench-fwd-q)
   local hwm; hwm=$(hwm_mib "$op_pid")
@@ -99,7 +99,7 @@ bench_configmaps() {
   k create namespace bench-ceil >/dev/null
   local c; c=$("$IRB" configmaps --namespace bench-ceil --count "$n" --mode ceiling)
   k create namespace bench-burn >/dev/null
-  start_operator --watch-namespace bench-burn --enable-namespace-reconciler=false --enable-webservice=false \
+  start_operator --watch-namespace bench-burn --enable-configmap-reconciler=true --enable-namespace-reconciler=false --enable-webservice=false \
     --rabbitmq-exchange bench-fwd-x --rabbitmq-queue bench-burn-q --burn-after-reading
   local b; b=$("$IRB" configmaps --namespace bench-burn --count "$n" --mode burn --queue bench-burn-q)
   stop_operator

@@ -49,7 +49,7 @@ fn print_token(key: &KeyArgs, claims: Claims) -> Result<()> {
 }
 
 fn init_tracing(args: &RunArgs) {
-    insights_remote::logging::init(&args.log_format, &args.log_level);
+    insights_remote::logging::init(args.log_format(), &args.log_level());
 }
 
 fn run(args: RunArgs) -> Result<()> {

@@ -17,7 +17,11 @@ use crate::{Error, Result};
 
 pub async fn run(args: RunArgs) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let controllers = args.enable_configmap_reconciler || args.enable_namespace_reconciler;
+    let controllers = args.enable_configmap_reconciler() || args.enable_namespace_reconciler;
+    for note in args.compat_report()? {
+        warn!("{note}");
+    }
+
     let baseline_keys = match args.key.key_ring() {
         Ok(k) => {
             info!(key = %k.fingerprint(), "signing key loaded");
@@ -59,7 +63,18 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let operator = if controllers {
-        let client = kube::Client::try_default().await?;
+        let client = match &args.upstream.kubeconfig {
+            // controller-runtime's --kubeconfig
+            Some(path) => {
+                let kc = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| Error::Config(format!("--kubeconfig {}: {e}", path.display())))?;
+                let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                    .await
+                    .map_err(|e| Error::Config(format!("--kubeconfig {}: {e}", path.display())))?;
+                kube::Client::try_from(config)?
+            }
+            None => kube::Client::try_default().await?,
+        };
         let baseline = Baseline {
             broker: args.broker_settings()?,
             keys: baseline_keys.clone(),
@@ -109,7 +124,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             grace_secs: (args.leader_election_lease_duration.as_secs() / 3).max(1),
         });
         let opts = controller::RunOptions {
-            forward: args.enable_configmap_reconciler,
+            forward: args.enable_configmap_reconciler(),
             tokens: args.enable_namespace_reconciler,
             concurrency: args.configmap_max_concurrent,
             lease,

@@ -150,7 +150,7 @@ pub struct RunArgs {
     pub rabbitmq_tls: bool,
     /// Kept for compatibility: certificates are always verified (give the CA
     /// with --rabbitmq-cacert for a private CA).
-    #[arg(long = "rabbitmq-verify", env = "RABBITMQ_VERIFY", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true", value_parser = parse_bool)]
+    #[arg(long = "rabbitmq-verify", env = "RABBITMQ_VERIFY", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
     pub rabbitmq_verify: bool,
     #[arg(long = "rabbitmq-cacert", env = "RABBITMQ_CACERT")]
     pub rabbitmq_cacert: Option<std::path::PathBuf>,
@@ -199,7 +199,7 @@ pub struct RunArgs {
     #[arg(
         long = "configmap-reconciler-mins-between-retries",
         env = "CONFIGMAP_RECONCILER_MINS_BETWEEN_RETRIES",
-        default_value = "5"
+        default_value = "3"
     )]
     pub configmap_mins_between_retries: u32,
     #[arg(
@@ -211,8 +211,17 @@ pub struct RunArgs {
     /// Forward only ConfigMaps annotated core.insights.lagoon.sh/enabled=true.
     #[arg(long = "require-core-insights-enabled", env = "REQUIRE_CORE_INSIGHTS_ENABLED", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
     pub require_core_enabled: bool,
-    #[arg(long = "enable-configmap-reconciler", env = "ENABLE_CONFIGMAP_RECONCILER", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true", value_parser = parse_bool)]
-    pub enable_configmap_reconciler: bool,
+    /// Unset: follows --enable-namespace-reconciler, as upstream does.
+    #[arg(long = "enable-configmap-reconciler", env = "ENABLE_CONFIGMAP_RECONCILER", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
+    pub enable_configmap_reconciler_flag: Option<bool>,
+    /// ENABLE_NAMESPACE_RECONCILER as given in the environment: upstream's
+    /// ConfigMap fallback reads the namespace reconciler's *flag*, not it.
+    #[arg(
+        long = "namespace-reconciler-env",
+        env = "ENABLE_NAMESPACE_RECONCILER",
+        hide = true
+    )]
+    pub namespace_reconciler_env: Option<String>,
     #[arg(long = "enable-namespace-reconciler", env = "ENABLE_NAMESPACE_RECONCILER", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true", value_parser = parse_bool)]
     pub enable_namespace_reconciler: bool,
     #[arg(long = "enable-webservice", env = "ENABLE_WEBSERVICE", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true", value_parser = parse_bool)]
@@ -268,7 +277,7 @@ pub struct RunArgs {
     #[arg(
         long = "leader-election-id",
         env = "LEADER_ELECTION_ID",
-        default_value = "insights-remote-leader"
+        default_value = UPSTREAM_LEASE
     )]
     pub leader_election_id: String,
     /// How long a Lease stays valid without renewal: the longest handover after a leader dies.
@@ -276,7 +285,8 @@ pub struct RunArgs {
     pub leader_election_lease_duration: Duration,
     #[arg(long = "health-probe-bind-address", env = "HEALTH_PROBE_BIND_ADDRESS", default_value = ":8081", value_parser = parse_bind)]
     pub health_probe_bind_address: SocketAddr,
-    #[arg(long = "metrics-bind-address", env = "METRICS_BIND_ADDRESS", default_value = ":8080", value_parser = parse_bind)]
+    /// Prometheus metrics; `0` (the default, as upstream) turns them off.
+    #[arg(long = "metrics-bind-address", env = "METRICS_BIND_ADDRESS", default_value = "0", value_parser = parse_bind)]
     pub metrics_bind_address: SocketAddr,
     /// Name of the cluster-scoped InsightsRemoteConfig to follow, if it exists.
     #[arg(
@@ -295,10 +305,15 @@ pub struct RunArgs {
         default_value = "lagoon"
     )]
     pub pod_namespace: String,
-    #[arg(long = "log-format", env = "LOG_FORMAT", default_value = "plain", value_parser = ["plain", "json"])]
-    pub log_format: String,
-    #[arg(long = "log-level", env = "LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
+    /// plain (default) or json; --zap-encoder maps here when this is unset.
+    #[arg(long = "log-format", env = "LOG_FORMAT", value_parser = ["plain", "json"])]
+    pub log_format: Option<String>,
+    /// info (default), debug, warn, error, or RUST_LOG syntax; --zap-log-level
+    /// maps here when this is unset.
+    #[arg(long = "log-level", env = "LOG_LEVEL")]
+    pub log_level: Option<String>,
+    #[command(flatten)]
+    pub upstream: UpstreamArgs,
 
     #[arg(long = "generate-token-only", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
     pub generate_token_only: bool,
@@ -312,7 +327,198 @@ pub struct RunArgs {
     pub generate_token_only_environment_name: String,
 }
 
+/// Upstream v0.0.19's Lease name: a Go and a Rust replica share it, so a
+/// rolling switch never has two leaders.
+pub const UPSTREAM_LEASE: &str = "ac8a682b.lagoon.sh";
+
+/// Flags and variables of upstream v0.0.19 (controller-runtime, zap,
+/// Dependency-Track, build scanner) that this version accepts so that an
+/// existing Deployment starts; what they do here is reported at start-up
+/// ([`RunArgs::compat_report`]).
+#[derive(Debug, Clone, Args, Default)]
+pub struct UpstreamArgs {
+    /// Upstream serves metrics over HTTPS with authentication; not
+    /// implemented here (metrics are plain HTTP, off by default).
+    #[arg(long = "metrics-secure", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
+    pub metrics_secure: Option<bool>,
+    /// No effect: no listener here serves HTTP/2.
+    #[arg(long = "enable-http2", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
+    pub enable_http2: Option<bool>,
+    /// Kubeconfig file (the KUBECONFIG variable works too).
+    #[arg(long = "kubeconfig")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// zap development mode: accepted; logs are plain text unless json is asked for.
+    #[arg(long = "zap-devel", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
+    pub zap_devel: Option<bool>,
+    /// json or console: maps to --log-format json or plain.
+    #[arg(long = "zap-encoder", value_parser = ["json", "console"])]
+    pub zap_encoder: Option<String>,
+    /// debug, info, error, panic or a number: maps to --log-level.
+    #[arg(long = "zap-log-level")]
+    pub zap_log_level: Option<String>,
+    /// Accepted; no effect.
+    #[arg(long = "zap-stacktrace-level")]
+    pub zap_stacktrace_level: Option<String>,
+    /// Accepted; timestamps are RFC 3339.
+    #[arg(long = "zap-time-encoding")]
+    pub zap_time_encoding: Option<String>,
+    #[arg(long = "enable-dependency-track-integration", env = "ENABLE_DEPENDENCY_TRACK_INTEGRATION", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
+    pub dependency_track: bool,
+    #[arg(
+        long = "dependency-track-api-endpoint",
+        env = "DEPENDENCY_TRACK_API_ENDPOINT",
+        default_value = ""
+    )]
+    pub dependency_track_api_endpoint: String,
+    #[arg(
+        long = "dependency-track-api-key",
+        env = "DEPENDENCY_TRACK_API_KEY",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub dependency_track_api_key: String,
+    #[arg(
+        long = "dependency-track-root-project-name-template",
+        default_value = "{{ .ProjectName }}"
+    )]
+    pub dependency_track_root_project_name_template: String,
+    #[arg(
+        long = "dependency-track-parent-project-name-template",
+        default_value = "{{ .ProjectName }}-{{ .EnvironmentName }}"
+    )]
+    pub dependency_track_parent_project_name_template: String,
+    #[arg(
+        long = "dependency-track-project-name-template",
+        default_value = "{{ .ProjectName }}-{{ .EnvironmentName }}-{{ .ServiceName }}"
+    )]
+    pub dependency_track_project_name_template: String,
+    #[arg(long = "dependency-track-version-template", default_value = "unset")]
+    pub dependency_track_version_template: String,
+    #[arg(long = "dependency-track-push-prod-only", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true", value_parser = parse_bool)]
+    pub dependency_track_push_prod_only: bool,
+    #[arg(long = "enable-build-scanner", env = "ENABLE_BUILD_SCANNING", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
+    pub build_scanner: bool,
+    #[arg(
+        long = "build-scanner-image",
+        env = "BUILD_SCANNER_IMAGE",
+        default_value = "uselagoon/insights-scanner:latest"
+    )]
+    pub build_scanner_image: String,
+    /// KEY=VALUE for the scanner pod, repeatable (keys checked at start-up).
+    #[arg(long = "build-scanner-extra-env", value_parser = parse_env_pair)]
+    pub build_scanner_extra_env: Vec<(String, String)>,
+    /// Comma-separated KEY=VALUE pairs; win over the flag on the same key.
+    #[arg(
+        long = "build-scanner-extra-env-vars",
+        env = "BUILD_SCANNER_EXTRA_ENV_VARS",
+        default_value = "",
+        hide = true
+    )]
+    pub build_scanner_extra_env_vars: String,
+}
+
+/// `KEY=VALUE` with a key that is a valid environment variable name.
+pub fn parse_env_pair(s: &str) -> std::result::Result<(String, String), String> {
+    let s = s.trim();
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    let k = k.trim();
+    let valid = k
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!(
+            "{k:?} is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)"
+        ));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
 impl RunArgs {
+    /// Upstream reads ENABLE_CONFIGMAP_RECONCILER with the namespace
+    /// reconciler's value as its fallback.
+    pub fn enable_configmap_reconciler(&self) -> bool {
+        self.enable_configmap_reconciler_flag.unwrap_or(
+            // The flag's value: its default (true) when the namespace
+            // reconciler was set only through the environment.
+            self.namespace_reconciler_env.is_some() || self.enable_namespace_reconciler,
+        )
+    }
+
+    pub fn log_format(&self) -> &str {
+        match (&self.log_format, self.upstream.zap_encoder.as_deref()) {
+            (Some(f), _) => f,
+            (None, Some("json")) => "json",
+            _ => "plain",
+        }
+    }
+
+    pub fn log_level(&self) -> String {
+        if let Some(l) = &self.log_level {
+            return l.clone();
+        }
+        match self.upstream.zap_log_level.as_deref().map(str::trim) {
+            Some("debug") => "debug".into(),
+            Some("error" | "panic" | "dpanic" | "fatal") => "error".into(),
+            Some("warn") => "warn".into(),
+            // zap's numeric levels go below debug.
+            Some(n) if n.parse::<u8>().is_ok_and(|n| n > 0) => "trace".into(),
+            _ => "info".into(),
+        }
+    }
+
+    /// The build scanner's extra variables: flags, then the variable's pairs
+    /// (which win on the same key).
+    pub fn build_scanner_extra_env(&self) -> Result<Vec<(String, String)>> {
+        let mut out = self.upstream.build_scanner_extra_env.clone();
+        for item in self.upstream.build_scanner_extra_env_vars.split(',') {
+            if item.trim().is_empty() {
+                continue;
+            }
+            let pair = parse_env_pair(item)
+                .map_err(|e| Error::Config(format!("BUILD_SCANNER_EXTRA_ENV_VARS: {e}")))?;
+            out.retain(|(k, _)| *k != pair.0);
+            out.push(pair);
+        }
+        Ok(out)
+    }
+
+    /// What upstream's flags do here, one line each, for the start-up log.
+    pub fn compat_report(&self) -> Result<Vec<String>> {
+        let u = &self.upstream;
+        let mut notes = Vec::new();
+        if u.metrics_secure.unwrap_or(false) && self.metrics_bind_address.port() != 0 {
+            notes.push("--metrics-secure: metrics are served over plain HTTP here; keep the metrics port inside the cluster network (NetworkPolicy)".to_string());
+        }
+        if u.enable_http2.is_some() {
+            notes.push("--enable-http2: no effect (no HTTP/2 listener)".into());
+        }
+        if u.zap_devel.is_some()
+            || u.zap_stacktrace_level.is_some()
+            || u.zap_time_encoding.is_some()
+        {
+            notes.push("--zap-devel/--zap-stacktrace-level/--zap-time-encoding: no effect (--zap-log-level and --zap-encoder map to --log-level and --log-format)".into());
+        }
+        if u.dependency_track {
+            notes.push("ENABLE_DEPENDENCY_TRACK_INTEGRATION: Dependency-Track upload is not implemented in this version; SBOMs are NOT sent to Dependency-Track".into());
+        }
+        let extra = self.build_scanner_extra_env()?;
+        if u.build_scanner {
+            notes.push(format!(
+                "ENABLE_BUILD_SCANNING: the post-build scanner is not implemented in this version; builds are NOT scanned (image {}, {} extra variables)",
+                u.build_scanner_image,
+                extra.len()
+            ));
+        }
+        if !self.clear_configmap_sched.is_empty() {
+            notes.push("CLEAR_CONFIGMAP_SCHED: no effect (burn-after-reading deletes right after forwarding)".into());
+        }
+        Ok(notes)
+    }
+
     pub fn broker_settings(&self) -> Result<BrokerSettings> {
         let read = |p: &Option<std::path::PathBuf>| -> Result<Option<Vec<u8>>> {
             p.as_ref()
@@ -383,7 +589,7 @@ impl RunArgs {
     pub fn operations(&self) -> Operations {
         Operations {
             burn_after_reading: self.burn_after_reading,
-            forwarding_enabled: self.enable_configmap_reconciler,
+            forwarding_enabled: self.enable_configmap_reconciler(),
             deferred_enabled: self.enable_insights_deferred,
             mins_between_retries: self.configmap_mins_between_retries,
             max_retries: self.configmap_max_retries,
@@ -480,11 +686,66 @@ mod tests {
         assert_eq!(r.rabbitmq_hostname, "broker:5672");
         assert!(r.burn_after_reading);
         assert_eq!(r.webservice_port, 9999);
-        assert!(!r.enable_configmap_reconciler);
+        assert!(!r.enable_configmap_reconciler());
         assert!(r.enable_namespace_reconciler);
         assert_eq!(r.health_probe_bind_address.port(), 8082);
         assert_eq!(r.rabbitmq_reconnect_retry_interval, Duration::from_secs(2));
         assert_eq!(r.configmap_max_retries, 3);
+    }
+
+    /// The lagoon-remote chart's Deployment (no arguments) and upstream's
+    /// kustomize patch (controller-runtime and zap flags) both parse, with
+    /// upstream's meaning.
+    #[test]
+    fn upstream_argument_lists_parse() {
+        let r = parse(&[]).run;
+        assert!(
+            r.enable_configmap_reconciler(),
+            "follows the namespace reconciler"
+        );
+        assert_eq!(r.configmap_mins_between_retries, 3);
+        assert_eq!(r.metrics_bind_address.port(), 0, "metrics off by default");
+        assert_eq!(r.leader_election_id, "ac8a682b.lagoon.sh");
+        assert!(!r.rabbitmq_verify);
+        let r = parse(&[
+            "--leader-elect",
+            "--metrics-bind-address=:8443",
+            "--health-probe-bind-address=:8081",
+            "--metrics-secure",
+            "--enable-http2=false",
+            "--zap-devel=true",
+            "--zap-encoder=json",
+            "--zap-log-level=debug",
+            "--zap-stacktrace-level=error",
+            "--zap-time-encoding=iso8601",
+            "--enable-namespace-reconciler=false",
+            "--enable-dependency-track-integration=false",
+            "--dependency-track-push-prod-only=true",
+            "--enable-build-scanner=false",
+            "--build-scanner-image=registry/scanner:1",
+            "--build-scanner-extra-env=HTTP_PROXY=http://proxy:3128",
+            "--build-scanner-extra-env",
+            "A=b=c",
+        ])
+        .run;
+        assert!(
+            !r.enable_configmap_reconciler(),
+            "follows the namespace reconciler"
+        );
+        assert_eq!(r.log_format(), "json");
+        assert_eq!(r.log_level(), "debug");
+        assert_eq!(
+            r.build_scanner_extra_env().unwrap(),
+            [
+                ("HTTP_PROXY".to_string(), "http://proxy:3128".to_string()),
+                ("A".to_string(), "b=c".to_string())
+            ]
+        );
+        assert_eq!(r.compat_report().unwrap().len(), 3);
+        // A bad key stops start-up with a clear message.
+        let argv = ["insights-remote", "--build-scanner-extra-env=1BAD=x"];
+        let e = Cli::try_parse_from(argv).unwrap_err().to_string();
+        assert!(e.contains("not an environment variable name"), "{e}");
     }
 
     #[test]

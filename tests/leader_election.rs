@@ -53,6 +53,7 @@ fn spawn(
             "--rabbitmq-reconnect-retry-interval",
             "1",
             "--enable-webservice=false",
+            "--enable-configmap-reconciler=true",
             "--enable-namespace-reconciler=false",
             "--health-probe-bind-address",
             &format!("127.0.0.1:{}", free_port()),
@@ -247,4 +248,101 @@ async fn failed_leader_election_stops_the_process() {
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(!status.success());
     assert!(err.contains("leader election"), "stderr: {err}");
+}
+
+/// A Go replica holding upstream's Lease (as client-go writes it) keeps
+/// ours from leading during a rolling switch: nothing is forwarded while the
+/// Go replica renews; once it stops, ours takes the Lease and forwards.
+#[tokio::test]
+async fn a_go_replica_holding_upstreams_lease_excludes_ours() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "golease").await;
+    let broker = isolated_broker("golease");
+    let lease_name = insights_remote::settings::UPSTREAM_LEASE;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let renew = || async {
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        let lease = serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": lease_name},
+            "spec": {"holderIdentity": "go-replica_0123", "leaseDurationSeconds": 15,
+                     "acquireTime": now, "renewTime": now, "leaseTransitions": 0}});
+        leases
+            .patch(
+                lease_name,
+                &kube::api::PatchParams::apply("go-replica").force(),
+                &kube::api::Patch::Apply(lease),
+            )
+            .await
+            .unwrap();
+    };
+    renew().await;
+    // Ours, with the default Lease name (no --leader-election-id).
+    let log = std::env::temp_dir().join(format!("{}-ours.log", ns.name));
+    let mut ours = Command::new(env!("CARGO_BIN_EXE_insights-remote"))
+        .args([
+            "--leader-elect",
+            "--leader-election-lease-duration",
+            "15s",
+            "--watch-namespace",
+            &ns.name,
+            "--pod-namespace",
+            &ns.name,
+            "--config-name",
+            &unique("absent"),
+            "--rabbitmq-hostname",
+            &broker.host,
+            "--rabbitmq-exchange",
+            &broker.exchange,
+            "--rabbitmq-queue",
+            &broker.queue,
+            "--enable-webservice=false",
+            "--enable-configmap-reconciler=true",
+            "--enable-namespace-reconciler=false",
+            "--health-probe-bind-address",
+            "0",
+        ])
+        .env("KUBECONFIG", kubeconfig_path())
+        .env("INSIGHTS_TOKEN_SECRET", KEY)
+        .env("HOSTNAME", "rust-replica")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    create_batch(&api, 0, 1).await;
+    // The Go replica renews for 8 s; every observation sees it hold the
+    // Lease and the ConfigMap unprocessed.
+    for _ in 0..4 {
+        renew().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            holder(&client, &ns.name, lease_name).await.as_deref(),
+            Some("go-replica_0123")
+        );
+        let cm = api.get("cm-0").await.unwrap();
+        assert!(
+            !cm.metadata
+                .labels
+                .unwrap_or_default()
+                .contains_key("lagoon.sh/insightsProcessed"),
+            "nothing forwarded while the Go replica leads"
+        );
+    }
+    // The Go replica is gone: ours takes over after the Lease expires.
+    let took = wait_for("ours leads", Duration::from_secs(40), || async {
+        holder(&client, &ns.name, lease_name)
+            .await
+            .filter(|h| h.starts_with("rust-replica"))
+    })
+    .await;
+    assert!(took.starts_with("rust-replica"));
+    wait_all_processed(&api, 1).await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &ours.id().to_string()])
+        .status();
+    let _ = ours.wait();
+    delete_queue(&broker.queue).await;
+    ns.cleanup().await;
 }

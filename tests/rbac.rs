@@ -203,7 +203,7 @@ async fn operator_runs_under_its_own_rbac_and_reports_missing_permissions() {
     )
     .await;
     assert!(Api::<Lease>::namespaced(admin.clone(), &ns.name)
-        .get_opt("insights-remote-leader")
+        .get_opt(insights_remote::settings::UPSTREAM_LEASE)
         .await
         .unwrap()
         .is_some());

@@ -189,6 +189,11 @@ pub async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Action> 
     }
 
     let Some(publisher) = &ctx.publisher else {
+        // RABBITMQ_ENABLED=false: marked processed without publishing, as
+        // upstream does, so ConfigMaps do not pile up.
+        debug!(namespace = %ns, %name, "publishing disabled: marked processed without publishing");
+        ctx.metrics.count_configmap("skipped");
+        mark_processed(&api, &cm, &ctx, ops.burn_after_reading).await?;
         return Ok(Action::await_change());
     };
     let body = serde_json::to_vec(&message)?;
