@@ -18,7 +18,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::broker::{PublishError, Publisher};
 use crate::contract::{
@@ -394,7 +394,9 @@ async fn publish<T: Serialize>(st: &ApiState, msg: &T) -> Result<HttpResponse, A
     if let Err(e) = publisher.publish_confirmed(&body).await {
         match &e {
             PublishError::TooLarge { .. } => st.refuse("too_large"),
-            other => warn!(error = %other, "publish failed"),
+            // Per request at debug: an outage must not flood the log (the
+            // publisher logs the connection state once, metrics count).
+            other => debug!(error = %other, "publish failed"),
         }
         return Err(e.into());
     }

@@ -106,6 +106,8 @@ pub struct Context {
     pub status_changed: Notify,
     /// How often each namespace's token Secret is re-checked.
     pub token_resync: Duration,
+    /// Set once an Event was refused by RBAC (logged once).
+    pub events_denied: std::sync::atomic::AtomicBool,
 }
 
 impl Context {
@@ -137,6 +139,7 @@ impl Context {
             watch_namespace: None,
             status_changed: Notify::new(),
             token_resync: DEFAULT_TOKEN_RESYNC,
+            events_denied: Default::default(),
         }
     }
 
@@ -156,8 +159,21 @@ impl Context {
             action: action.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
-            warn!(error = %e, reason, "could not publish an Event");
+        match self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            Ok(()) => {}
+            // Denied (e.g. under the lagoon-remote chart's ClusterRole, which
+            // has no events rule): said once, then only at debug level.
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                if !self.events_denied.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        reason,
+                        "Events are forbidden by RBAC: not recording Events (said once)"
+                    );
+                } else {
+                    tracing::debug!(reason, "Event not recorded: forbidden");
+                }
+            }
+            Err(e) => warn!(error = %e, reason, "could not publish an Event"),
         }
     }
 
