@@ -131,6 +131,24 @@ async fn every_route_ends_in_the_expected_api_calls() {
     api.stop().await;
 }
 
+/// Waits for a ConfigMap's rejection annotation; its reason.
+async fn rejection(cms: &Api<ConfigMap>, name: &str) -> String {
+    wait_for(
+        &format!("{name} rejected"),
+        Duration::from_secs(30),
+        || async {
+            cms.get(name)
+                .await
+                .ok()?
+                .metadata
+                .annotations?
+                .get("insights.lagoon.sh/rejected")
+                .cloned()
+        },
+    )
+    .await
+}
+
 fn gz(b: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut e = flate2::write::GzEncoder::new(Vec::new(), Default::default());
@@ -334,27 +352,9 @@ async fn every_configmap_kind_ends_in_the_expected_api_calls() {
     assert!(errors.is_empty(), "the API refused nothing: {errors:?}");
 
     // The crashing image inspect was refused, not published.
-    let got = wait_for("broken one rejected", Duration::from_secs(30), || async {
-        cms.get("inspect-broken")
-            .await
-            .ok()?
-            .metadata
-            .annotations?
-            .get("insights.lagoon.sh/rejected")
-            .cloned()
-    })
-    .await;
+    let got = rejection(&cms, "inspect-broken").await;
     assert!(got.contains("without '='"), "{got}");
-    let got = wait_for("two entries rejected", Duration::from_secs(30), || async {
-        cms.get("sbom-two")
-            .await
-            .ok()?
-            .metadata
-            .annotations?
-            .get("insights.lagoon.sh/rejected")
-            .cloned()
-    })
-    .await;
+    let got = rejection(&cms, "sbom-two").await;
     assert!(got.contains("2 payload entries"), "{got}");
     // Neither was published: only the four good ones reached the consumer
     // (it writes an image inspect's facts twice, so count destinations).

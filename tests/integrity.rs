@@ -199,8 +199,8 @@ async fn inflight_budget_refuses_large_requests_but_serves_small_ones() {
     let settings = isolated_broker("budget");
     let queue = settings.queue.clone();
     let limits = Limits {
-        // Room for one 1 MiB body (6 MiB reserved) and small requests.
-        inflight_bytes: 7 * 1024 * 1024,
+        // Room for one 1 MiB body (16 MiB reserved) and small requests.
+        inflight_bytes: 17 * 1024 * 1024,
         body_timeout: Duration::from_secs(20),
         ..Default::default()
     };
@@ -347,32 +347,14 @@ fn listeners_have_a_backlog_of_1024() {
     assert_eq!(cols.get(2), Some(&"1024"), "ss: {text}");
 }
 
-fn binary() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_insights-remote"));
-    c.env("INSIGHTS_TOKEN_SECRET", KEY)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    c
-}
-
 /// A port already in use stops start-up with a message naming the address.
 #[test]
 fn port_in_use_names_the_address() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let out = binary()
-        .args([
-            "--enable-configmap-reconciler=false",
-            "--enable-namespace-reconciler=false",
-            "--webservice-bind-address",
-            "127.0.0.1",
-            "--webservice-port",
-            &port.to_string(),
-            "--health-probe-bind-address",
-            "0",
-            "--metrics-bind-address",
-            "0",
-        ])
+    let out = api_binary(port, &isolated_broker("inuse"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

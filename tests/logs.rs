@@ -17,28 +17,8 @@ async fn run_and_collect(
 ) -> String {
     let broker = isolated_broker("logs");
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_insights-remote"))
-        .args([
-            "--enable-configmap-reconciler=false",
-            "--enable-namespace-reconciler=false",
-            "--webservice-bind-address",
-            "127.0.0.1",
-            "--webservice-port",
-            &port.to_string(),
-            "--rabbitmq-hostname",
-            &broker.host,
-            "--rabbitmq-exchange",
-            &broker.exchange,
-            "--rabbitmq-queue",
-            &broker.queue,
-            "--health-probe-bind-address",
-            "0",
-            "--metrics-bind-address",
-            "0",
-            "--log-level",
-            level,
-        ])
-        .env("INSIGHTS_TOKEN_SECRET", KEY)
+    let mut child = api_binary(port, &broker)
+        .args(["--log-level", level])
         .env("RUST_LOG", rust_log)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -11,33 +11,9 @@ use common::*;
 #[tokio::test]
 async fn sigterm_finishes_in_flight_requests() {
     let broker = isolated_broker("shutdown");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_insights-remote"))
-        .args([
-            "--enable-configmap-reconciler=false",
-            "--enable-namespace-reconciler=false",
-            "--webservice-port",
-            &port.to_string(),
-            "--webservice-bind-address",
-            "127.0.0.1",
-            "--rabbitmq-hostname",
-            &broker.host,
-            "--rabbitmq-exchange",
-            &broker.exchange,
-            "--rabbitmq-queue",
-            &broker.queue,
-            "--health-probe-bind-address",
-            "0",
-            "--metrics-bind-address",
-            "0",
-            "--log-level",
-            "warn",
-        ])
-        .env("INSIGHTS_TOKEN_SECRET", KEY)
+    let port = free_port();
+    let mut child = api_binary(port, &broker)
+        .args(["--log-level", "warn"])
         .stdout(Stdio::null())
         .spawn()
         .unwrap();

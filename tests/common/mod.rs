@@ -207,3 +207,30 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The real binary as the ingestion API only (no controllers, no probe or
+/// metrics ports), on 127.0.0.1:`port`, publishing to `broker`; the signing
+/// key is [`KEY`]. Add arguments and stdio before spawning.
+pub fn api_binary(port: u16, broker: &BrokerSettings) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_insights-remote"));
+    c.args([
+        "--enable-configmap-reconciler=false",
+        "--enable-namespace-reconciler=false",
+        "--webservice-bind-address",
+        "127.0.0.1",
+        "--webservice-port",
+        &port.to_string(),
+        "--rabbitmq-hostname",
+        &broker.host,
+        "--rabbitmq-exchange",
+        &broker.exchange,
+        "--rabbitmq-queue",
+        &broker.queue,
+        "--health-probe-bind-address",
+        "0",
+        "--metrics-bind-address",
+        "0",
+    ])
+    .env("INSIGHTS_TOKEN_SECRET", KEY);
+    c
+}
