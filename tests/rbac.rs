@@ -343,3 +343,185 @@ async fn denied_watches_back_off() {
     let _ = task.await;
     ns.cleanup().await;
 }
+
+/// The lagoon-remote chart's own ClusterRole (chart 0.106.0) and its
+/// Deployment's environment, no arguments: the operator forwards (and burns),
+/// mints tokens and serves; what the role does not allow (Events, the custom
+/// resource) is said once in the log, not per attempt.
+#[tokio::test]
+async fn runs_under_the_lagoon_remote_charts_role() {
+    let admin = client().await;
+    ensure_crd(&admin).await;
+    let ns = TestNamespace::new(&admin, "chart").await;
+    let role_name = unique("chart-insights-remote-manager");
+    let rule = |groups: &[&str], resources: &[&str], verbs: &[&str]| json!({"apiGroups": groups, "resources": resources, "verbs": verbs});
+    let all = [
+        "create", "delete", "get", "list", "patch", "update", "watch",
+    ];
+    let role: ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": role_name},
+        "rules": [
+            rule(&["apps"], &["deployments"], &["get", "list", "watch"]),
+            rule(&[""], &["configmaps"], &all),
+            rule(&[""], &["deployments"], &["get", "list", "watch"]),
+            rule(&[""], &["namespaces"], &["get", "list", "watch"]),
+            rule(&[""], &["pods"], &all),
+            rule(&[""], &["secrets"], &all),
+        ]
+    }))
+    .unwrap();
+    let roles: Api<ClusterRole> = Api::all(admin.clone());
+    roles.create(&PostParams::default(), &role).await.unwrap();
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": role_name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
+        "subjects": [{"kind": "ServiceAccount", "name": "lagoon-remote-insights-remote", "namespace": ns.name}]
+    }))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ns.name);
+    sas.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "lagoon-remote-insights-remote"}}))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let token = sas
+        .create_token_request(
+            "lagoon-remote-insights-remote",
+            &PostParams::default(),
+            &TokenRequest::default(),
+        )
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    let mut kc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig_path()).unwrap()).unwrap();
+    for user in kc["users"].as_sequence_mut().unwrap() {
+        user["user"] = serde_yaml::to_value(json!({ "token": token })).unwrap();
+    }
+    let sa_kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", ns.name));
+    std::fs::write(&sa_kubeconfig, serde_yaml::to_string(&kc).unwrap()).unwrap();
+
+    let broker = isolated_broker("chart");
+    let port = free_port();
+    let log_path = std::env::temp_dir().join(format!("{}.log", ns.name));
+    // The chart's environment (values defaults, broker TLS off), and no
+    // arguments; the last variables only keep the test to its namespace.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_insights-remote"))
+        .env_clear()
+        .env("BURN_AFTER_READING", "TRUE")
+        .env("RABBITMQ_ADDRESS", &broker.host)
+        .env("RABBITMQ_VERIFY", "true")
+        .env("RABBITMQ_USERNAME", "guest")
+        .env("RABBITMQ_PASSWORD", "guest")
+        .env("INSIGHTS_TOKEN_SECRET", "AbCdEfGhIjKlMnOpQrStUvWxYzAbCdEf")
+        .env("KUBECONFIG", &sa_kubeconfig)
+        .env("RABBITMQ_EXCHANGE", &broker.exchange)
+        .env("RABBITMQ_QUEUE", &broker.queue)
+        .env("WATCH_NAMESPACE", &ns.name)
+        .env("POD_NAMESPACE", &ns.name)
+        .env("WEBSERVICE_PORT", port.to_string())
+        .env("HEALTH_PROBE_BIND_ADDRESS", "0")
+        .env("INSIGHTS_REMOTE_CONFIG_NAME", unique("absent"))
+        .stdout(std::fs::File::create(&log_path).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+
+    // Forwards and burns.
+    let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), &ns.name);
+    cms.create(
+        &PostParams::default(),
+        &fixture_configmap("configmap-image.json", &ns.name),
+    )
+    .await
+    .unwrap();
+    // Two rejected ConfigMaps: two Events the role does not allow.
+    for name in ["bad-1", "bad-2"] {
+        let mut bad = fixture_configmap("configmap-image.json", &ns.name);
+        bad.metadata.name = Some(name.into());
+        bad.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("lagoon.sh/insightsType".into(), "weird-gz".into());
+        bad.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove("insights.lagoon.sh/type");
+        cms.create(&PostParams::default(), &bad).await.unwrap();
+    }
+    wait_for("forwarded and burned", Duration::from_secs(30), || async {
+        cms.get_opt("lagoon-insights-image-cli")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    for name in ["bad-1", "bad-2"] {
+        wait_for(
+            &format!("{name} rejected"),
+            Duration::from_secs(30),
+            || async {
+                cms.get(name)
+                    .await
+                    .ok()?
+                    .metadata
+                    .annotations?
+                    .contains_key("insights.lagoon.sh/rejected")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    assert_eq!(
+        drain(&broker.queue, 2, Duration::from_secs(5)).await.len(),
+        1
+    );
+    // Mints the token, and the API takes it.
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns.name);
+    let secret = wait_for("token minted", Duration::from_secs(30), || async {
+        secrets.get_opt("insights-token").await.unwrap()
+    })
+    .await;
+    let minted = String::from_utf8(secret.data.unwrap()["INSIGHTS_TOKEN"].0.clone()).unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/facts"))
+        .header("authorization", minted)
+        .body(r#"[{"name":"a","value":"b"}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let said = |what: &str| {
+        log.lines()
+            .filter(|l| l.contains("said once") && l.contains(&format!("what=\"{what}\"")))
+            .count()
+    };
+    assert_eq!(
+        said("Events"),
+        1,
+        "the refused Events are said once:\n{log}"
+    );
+    assert!(said("InsightsRemoteConfig") <= 1, "{log}");
+    let _ = roles.delete(&role_name, &DeleteParams::default()).await;
+    let _ = Api::<ClusterRoleBinding>::all(admin.clone())
+        .delete(&role_name, &DeleteParams::default())
+        .await;
+    delete_queue(&broker.queue).await;
+    ns.cleanup().await;
+}

@@ -80,7 +80,11 @@ pub async fn sync(ctx: &Context) {
     let irc = match api.get_opt(&ctx.config_name).await {
         Ok(irc) => irc,
         Err(e) => {
-            warn!(error = %e, "cannot read the InsightsRemoteConfig; keeping current settings");
+            ctx.report(
+                "InsightsRemoteConfig",
+                &e,
+                "cannot read the InsightsRemoteConfig; keeping current settings",
+            );
             return;
         }
     };
@@ -340,7 +344,11 @@ pub async fn write_status(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
                 continue;
             }
             Err(e) => {
-                warn!(error = %e, "reading InsightsRemoteConfig for status");
+                ctx.report(
+                    "InsightsRemoteConfig status",
+                    &e,
+                    "reading the InsightsRemoteConfig for status",
+                );
                 continue;
             }
         };

@@ -106,8 +106,8 @@ pub struct Context {
     pub status_changed: Notify,
     /// How often each namespace's token Secret is re-checked.
     pub token_resync: Duration,
-    /// Set once an Event was refused by RBAC (logged once).
-    pub events_denied: std::sync::atomic::AtomicBool,
+    /// What RBAC refused already (each is logged once, then at debug).
+    pub denied: Mutex<std::collections::BTreeSet<&'static str>>,
 }
 
 impl Context {
@@ -139,7 +139,7 @@ impl Context {
             watch_namespace: None,
             status_changed: Notify::new(),
             token_resync: DEFAULT_TOKEN_RESYNC,
-            events_denied: Default::default(),
+            denied: Default::default(),
         }
     }
 
@@ -161,19 +161,25 @@ impl Context {
         };
         match self.recorder.publish(&ev, &obj.object_ref(&())).await {
             Ok(()) => {}
-            // Denied (e.g. under the lagoon-remote chart's ClusterRole, which
-            // has no events rule): said once, then only at debug level.
-            Err(kube::Error::Api(s)) if s.code == 403 => {
-                if !self.events_denied.swap(true, Ordering::Relaxed) {
-                    warn!(
-                        reason,
-                        "Events are forbidden by RBAC: not recording Events (said once)"
-                    );
-                } else {
-                    tracing::debug!(reason, "Event not recorded: forbidden");
-                }
-            }
-            Err(e) => warn!(error = %e, reason, "could not publish an Event"),
+            Err(e) => self.report(
+                "Events",
+                &e,
+                "could not publish an Event; Events are not recorded",
+            ),
+        }
+    }
+
+    /// Logs an API error; one refused by RBAC (403) is logged once per
+    /// `what` (e.g. under the lagoon-remote chart's ClusterRole, which has
+    /// no rules for Events or the custom resource), then at debug level.
+    pub fn report(&self, what: &'static str, err: &kube::Error, msg: &str) {
+        let forbidden = matches!(err, kube::Error::Api(s) if s.code == 403);
+        if forbidden && !self.denied.lock().expect("denied lock").insert(what) {
+            tracing::debug!(what, error = %err, "{msg}");
+        } else if forbidden {
+            warn!(what, error = %err, "{msg} (forbidden by RBAC; said once)");
+        } else {
+            warn!(what, error = %err, "{msg}");
         }
     }
 
