@@ -328,13 +328,15 @@ impl Publisher {
                 return Err(PublishError::Unavailable(self.unavailable_reason()));
             };
             let remaining = timeout.saturating_sub(started.elapsed());
-            if let Some(m) = &self.inner.metrics {
-                m.confirms_pending.inc();
+            // A retry with almost no time left would only send the message
+            // and then blame the new connection for the missing confirm.
+            if attempt > 1 && remaining < timeout / 4 {
+                return Err(PublishError::Unavailable(
+                    "the connection dropped and there is no time left to retry".into(),
+                ));
             }
+            let _pending = self.inner.metrics.as_ref().map(|m| Pending::new(m));
             let res = tokio::time::timeout(remaining, publish_once(&live, body, id)).await;
-            if let Some(m) = &self.inner.metrics {
-                m.confirms_pending.dec();
-            }
             match res {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(PublishError::Unavailable(reason))) => {
@@ -363,10 +365,12 @@ impl Publisher {
                 }
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {
-                    // A confirm that never comes means a hung or dead peer:
-                    // drop this connection so the next requests get a quick
-                    // 503 instead of waiting here too.
-                    live.suspect.store(true, Ordering::Relaxed);
+                    // A confirm that never comes, in a whole attempt, means
+                    // a hung or dead peer: drop this connection so the next
+                    // requests get a quick 503 instead of waiting here too.
+                    if attempt == 1 {
+                        live.suspect.store(true, Ordering::Relaxed);
+                    }
                     self.inner.broken.notify_one();
                     return Err(PublishError::Timeout(timeout));
                 }
@@ -392,6 +396,23 @@ impl Publisher {
             .last_error
             .clone()
             .unwrap_or_else(|| "not connected".into())
+    }
+}
+
+/// Counts a publish awaiting its confirm for as long as it lives, also
+/// when the request is cancelled mid-wait.
+struct Pending<'a>(&'a Metrics);
+
+impl<'a> Pending<'a> {
+    fn new(m: &'a Metrics) -> Self {
+        m.confirms_pending.inc();
+        Self(m)
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.confirms_pending.dec();
     }
 }
 

@@ -15,13 +15,15 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder as GzDecoder;
 use flate2::write::GzEncoder;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// The largest decompressed payload looked at (a gzip bomb stops here).
-pub const MAX_DECOMPRESSED: u64 = 64 * 1024 * 1024;
+pub const MAX_DECOMPRESSED: u64 = 32 * 1024 * 1024;
 
 /// How the consumer will read the payload: from the `lagoon.sh/insightsType`
 /// label, which is what drives it.
@@ -97,36 +99,283 @@ fn parse_error(what: &str, e: serde_json::Error) -> String {
     }
 }
 
-/// Only the fields the consumer needs to survive, read as a stream.
-#[derive(serde::Deserialize)]
-struct SbomHead {
+/// Whether `key` names `field` for Go's JSON decoder, which matches field
+/// names case-insensitively with Unicode simple folding (`ſ` is an `s`,
+/// the Kelvin sign a `k`).
+fn go_fold_eq(key: &str, field: &str) -> bool {
+    let fold = |c: char| match c {
+        'ſ' => 's',
+        '\u{212A}' => 'k',
+        c => c.to_ascii_lowercase(),
+    };
+    key.chars().map(fold).eq(field.chars().map(fold))
+}
+
+/// Reads a JSON object, handing the value of each key that Go would match
+/// to one of `fields` to `seen`, skipping every other value without keeping
+/// it. Two keys matching the same field are refused: the consumer would
+/// keep one of them, not necessarily the one checked here.
+fn visit_fields<'de, A: MapAccess<'de>>(
+    mut map: A,
+    fields: &[&str],
+    mut seen: impl FnMut(usize, &mut A) -> Result<(), A::Error>,
+) -> Result<(), A::Error> {
+    let mut found = vec![false; fields.len()];
+    while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        match fields.iter().position(|f| go_fold_eq(&key, f)) {
+            Some(i) if found[i] => {
+                return Err(serde::de::Error::custom(format!(
+                    "two fields named {:?} (in any case): ambiguous for Lagoon core's consumer",
+                    fields[i]
+                )))
+            }
+            Some(i) => {
+                found[i] = true;
+                seen(i, &mut map)?;
+            }
+            None => {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Any JSON value, reduced to whether it is an object (read, not kept).
+struct IsObject(bool);
+
+impl<'de> Deserialize<'de> for IsObject {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = IsObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<IsObject, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(IsObject(true))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<IsObject, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(IsObject(false))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<IsObject, E> {
+                Ok(IsObject(false))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<IsObject, E> {
+                Ok(IsObject(false))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<IsObject, E> {
+                Ok(IsObject(false))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<IsObject, E> {
+                Ok(IsObject(false))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<IsObject, E> {
+                Ok(IsObject(false))
+            }
+            fn visit_unit<E>(self) -> Result<IsObject, E> {
+                Ok(IsObject(false))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A CycloneDX 1.4 tool; the other fields are not carried.
+#[derive(Deserialize, Serialize)]
+struct LegacyTool {
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename(serialize = "publisher")
+    )]
+    vendor: Option<String>,
     #[serde(default)]
-    metadata: Option<Value>,
+    name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+}
+
+/// `metadata.tools`, as far as the consumer cares.
+enum Tools {
+    /// 1.5 object form: how many `components` it lists.
+    Components(usize),
+    /// 1.4 array form.
+    Legacy(Vec<LegacyTool>),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Tools {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Tools;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("CycloneDX tools")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<Tools, A::Error> {
+                let mut count = 0;
+                visit_fields(m, &["components"], |_, m| {
+                    count = m.next_value::<IsArray>()?.0;
+                    Ok(())
+                })?;
+                Ok(Tools::Components(count))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Tools, A::Error> {
+                let mut tools = Vec::new();
+                while let Some(t) = s.next_element::<Option<LegacyTool>>()? {
+                    tools.extend(t);
+                }
+                Ok(Tools::Legacy(tools))
+            }
+            fn visit_unit<E>(self) -> Result<Tools, E> {
+                Ok(Tools::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// How many elements an array has (0 when it is not an array); every
+/// element is skipped, not kept.
+struct IsArray(usize);
+
+impl<'de> Deserialize<'de> for IsArray {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = IsArray;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<IsArray, A::Error> {
+                let mut n = 0;
+                while s.next_element::<IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(IsArray(n))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<IsArray, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(IsArray(0))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<IsArray, E> {
+                Ok(IsArray(0))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<IsArray, E> {
+                Ok(IsArray(0))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<IsArray, E> {
+                Ok(IsArray(0))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<IsArray, E> {
+                Ok(IsArray(0))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<IsArray, E> {
+                Ok(IsArray(0))
+            }
+            fn visit_unit<E>(self) -> Result<IsArray, E> {
+                Ok(IsArray(0))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The SBOM's `metadata`, read field by field.
+#[derive(Default)]
+struct SbomCheck {
+    metadata: bool,
+    component: bool,
+    tools: Option<Tools>,
+}
+
+impl<'de> Deserialize<'de> for SbomCheck {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Top;
+        impl<'de> Visitor<'de> for Top {
+            type Value = SbomCheck;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a CycloneDX JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<SbomCheck, A::Error> {
+                let mut out = SbomCheck::default();
+                visit_fields(m, &["metadata"], |_, m| {
+                    let meta = m.next_value::<MetadataCheck>()?;
+                    out.metadata = meta.is_object;
+                    out.component = meta.component;
+                    out.tools = meta.tools;
+                    Ok(())
+                })?;
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Top)
+    }
+}
+
+#[derive(Default)]
+struct MetadataCheck {
+    is_object: bool,
+    component: bool,
+    tools: Option<Tools>,
+}
+
+impl<'de> Deserialize<'de> for MetadataCheck {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MetadataCheck;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("CycloneDX metadata")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<MetadataCheck, A::Error> {
+                let mut out = MetadataCheck {
+                    is_object: true,
+                    ..Default::default()
+                };
+                visit_fields(m, &["component", "tools"], |i, m| {
+                    if i == 0 {
+                        out.component = m.next_value::<IsObject>()?.0;
+                    } else {
+                        out.tools = Some(m.next_value::<Tools>()?);
+                    }
+                    Ok(())
+                })?;
+                Ok(out)
+            }
+            fn visit_unit<E>(self) -> Result<MetadataCheck, E> {
+                Ok(MetadataCheck::default())
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Reads one JSON value from the payload (what follows it is ignored, as
+/// Go's decoder does).
+fn read_json<T: serde::de::DeserializeOwned>(raw: &[u8], what: &str) -> Result<T, String> {
+    let mut de = serde_json::Deserializer::from_reader(json_reader(raw));
+    T::deserialize(&mut de).map_err(|e| parse_error(what, e))
 }
 
 /// Checks an SBOM's metadata; returns the rewritten document when the 1.4
 /// `tools` array had to be turned into the 1.5 object.
 fn check_sbom(raw: &[u8]) -> Result<Option<Vec<u8>>, String> {
-    let head: SbomHead =
-        serde_json::from_reader(json_reader(raw)).map_err(|e| parse_error("SBOM", e))?;
-    let metadata = head
-        .metadata
-        .ok_or("the SBOM has no metadata (Lagoon core's consumer would crash on it)")?;
-    if !metadata.get("component").is_some_and(Value::is_object) {
+    let check: SbomCheck = read_json(raw, "SBOM")?;
+    if !check.metadata {
+        return Err("the SBOM has no metadata (Lagoon core's consumer would crash on it)".into());
+    }
+    if !check.component {
         return Err(
             "the SBOM has no metadata.component (Lagoon core's consumer would crash on it)".into(),
         );
     }
-    match metadata.get("tools") {
-        Some(Value::Object(tools))
-            if tools
-                .get("components")
-                .and_then(Value::as_array)
-                .is_some_and(|c| !c.is_empty()) =>
-        {
-            Ok(None)
-        }
-        Some(Value::Array(tools)) if !tools.is_empty() => {
+    match check.tools {
+        Some(Tools::Components(n)) if n > 0 => Ok(None),
+        Some(Tools::Legacy(tools)) if !tools.is_empty() => {
             Ok(Some(rewrite_tools(raw, tools_as_components(tools))?))
         }
         _ => Err(
@@ -136,27 +385,17 @@ fn check_sbom(raw: &[u8]) -> Result<Option<Vec<u8>>, String> {
     }
 }
 
-/// CycloneDX 1.4 tools (`[{vendor, name, version, hashes, externalReferences}]`)
-/// as 1.5 tool components.
-fn tools_as_components(tools: &[Value]) -> Value {
+/// CycloneDX 1.4 tools (`[{vendor, name, version, ...}]`) as 1.5 tool
+/// components (`vendor` becomes `publisher`; hashes and references are not
+/// carried).
+fn tools_as_components(tools: Vec<LegacyTool>) -> Value {
     let components: Vec<Value> = tools
-        .iter()
-        .map(|t| {
-            let mut c = serde_json::Map::new();
-            c.insert("type".into(), "application".into());
-            for (from, to) in [
-                ("vendor", "publisher"),
-                ("name", "name"),
-                ("version", "version"),
-                ("hashes", "hashes"),
-                ("externalReferences", "externalReferences"),
-            ] {
-                if let Some(v) = t.get(from) {
-                    c.insert(to.into(), v.clone());
-                }
-            }
-            c.entry("name").or_insert_with(|| "unknown".into());
-            Value::Object(c)
+        .into_iter()
+        .map(|mut t| {
+            t.name.get_or_insert_with(|| "unknown".into());
+            let mut c = serde_json::to_value(t).expect("plain strings");
+            c["type"] = "application".into();
+            c
         })
         .collect();
     serde_json::json!({ "components": components })
@@ -165,6 +404,9 @@ fn tools_as_components(tools: &[Value]) -> Value {
 /// The document with `metadata.tools` replaced; the other top-level fields
 /// are carried as raw JSON text, never parsed.
 fn rewrite_tools(raw: &[u8], tools: Value) -> Result<Vec<u8>, String> {
+    // The one step that holds the whole document: one at a time.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let mut text = Vec::new();
     json_reader(raw)
         .read_to_end(&mut text)
@@ -185,29 +427,137 @@ fn rewrite_tools(raw: &[u8], tools: Value) -> Result<Vec<u8>, String> {
     serde_json::to_vec(&doc).map_err(|e| e.to_string())
 }
 
-/// Checks that every `Env` entry of an image inspect has a `=` (field names
-/// matched without regard to case, as Go's decoder does).
-fn check_image_inspect(raw: &[u8]) -> Result<(), String> {
-    let doc: BTreeMap<String, Value> =
-        serde_json::from_reader(json_reader(raw)).map_err(|e| parse_error("image inspect", e))?;
-    for (k, v) in &doc {
-        if !k.eq_ignore_ascii_case("env") {
-            continue;
-        }
-        if let Some(entries) = v.as_array() {
-            if let Some(bad) = entries
-                .iter()
-                .filter_map(Value::as_str)
-                .find(|e| !e.contains('='))
-            {
-                return Err(format!(
-                    "the image inspect's Env has an entry without '=' ({:?}); Lagoon core's consumer would crash on it",
-                    bad.chars().take(64).collect::<String>()
-                ));
+/// An image inspect's `Env`, as far as the consumer cares: whether some
+/// entry is not a string with a `=` (the consumer indexes `split("=")[1]`;
+/// a `null` entry becomes "" for it), with that entry's text if any.
+#[derive(Default)]
+struct EnvCheck {
+    bad: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for EnvCheck {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Top;
+        impl<'de> Visitor<'de> for Top {
+            type Value = EnvCheck;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an image inspect JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<EnvCheck, A::Error> {
+                let mut out = EnvCheck::default();
+                visit_fields(m, &["env"], |_, m| {
+                    out.bad = m.next_value::<EnvEntries>()?.0;
+                    Ok(())
+                })?;
+                Ok(out)
             }
         }
+        d.deserialize_map(Top)
     }
-    Ok(())
+}
+
+/// The first bad entry of an `Env` array.
+struct EnvEntries(Option<String>);
+
+impl<'de> Deserialize<'de> for EnvEntries {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = EnvEntries;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an Env array")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<EnvEntries, A::Error> {
+                let mut bad = None;
+                while let Some(entry) = s.next_element::<EnvEntry>()? {
+                    if bad.is_none() {
+                        bad = entry.0;
+                    }
+                }
+                Ok(EnvEntries(bad))
+            }
+            // Not an array: the consumer fails to decode it, without a crash.
+            fn visit_unit<E>(self) -> Result<EnvEntries, E> {
+                Ok(EnvEntries(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<EnvEntries, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(EnvEntries(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<EnvEntries, E> {
+                Ok(EnvEntries(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<EnvEntries, E> {
+                Ok(EnvEntries(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<EnvEntries, E> {
+                Ok(EnvEntries(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<EnvEntries, E> {
+                Ok(EnvEntries(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<EnvEntries, E> {
+                Ok(EnvEntries(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One `Env` entry: `None` when it is a string with a `=`.
+struct EnvEntry(Option<String>);
+
+impl<'de> Deserialize<'de> for EnvEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = EnvEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an Env entry")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<EnvEntry, E> {
+                Ok(EnvEntry(
+                    (!v.contains('=')).then(|| v.chars().take(64).collect()),
+                ))
+            }
+            fn visit_unit<E>(self) -> Result<EnvEntry, E> {
+                Ok(EnvEntry(Some("null".into())))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<EnvEntry, E> {
+                Ok(EnvEntry(Some("a boolean".into())))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<EnvEntry, E> {
+                Ok(EnvEntry(Some("a number".into())))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<EnvEntry, E> {
+                Ok(EnvEntry(Some("a number".into())))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<EnvEntry, E> {
+                Ok(EnvEntry(Some("a number".into())))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<EnvEntry, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(EnvEntry(Some("an array".into())))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<EnvEntry, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(EnvEntry(Some("an object".into())))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Checks that every `Env` entry of an image inspect is a string with a
+/// `=` (the field name matched as Go's decoder matches it).
+fn check_image_inspect(raw: &[u8]) -> Result<(), String> {
+    let check: EnvCheck = read_json(raw, "image inspect")?;
+    match check.bad {
+        None => Ok(()),
+        Some(bad) => Err(format!(
+            "the image inspect's Env has an entry that is not KEY=VALUE ({bad:?}); Lagoon core's consumer would crash on it"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -264,7 +614,7 @@ mod tests {
             (
                 Kind::ImageInspect,
                 br#"{"Env":["PATH=/bin","BROKEN"]}"#.to_vec(),
-                Err("without '='"),
+                Err("not KEY=VALUE"),
             ),
             (
                 Kind::ImageInspect,
@@ -275,7 +625,16 @@ mod tests {
         for (kind, raw, want) in cases {
             let got = prepare(kind, &raw);
             match want {
-                Ok(v) => assert_eq!(gunzip(&got.unwrap()), v),
+                Ok(v) => {
+                    let out = got.unwrap();
+                    let first: Value =
+                        serde_json::Deserializer::from_reader(GzDecoder::new(&out[..]))
+                            .into_iter()
+                            .next()
+                            .unwrap()
+                            .unwrap();
+                    assert_eq!(first, v)
+                }
                 Err(part) => {
                     let e = got.unwrap_err();
                     assert!(e.contains(part), "{e:?} should say {part:?}");
@@ -294,6 +653,25 @@ mod tests {
         );
         assert_eq!(out["components"], serde_json::json!([{"name":"php"}]));
         assert_eq!(out["metadata"]["component"]["name"], "img");
+    }
+
+    #[test]
+    fn large_values_are_skipped_not_kept() {
+        // 2 MiB of numbers in fields the checks skip: read, not stored.
+        let numbers = vec!["0"; 1 << 20].join(",");
+        let inspect = format!(r#"{{"layers":[{numbers}],"env":["A=b"]}}"#);
+        assert!(prepare(Kind::ImageInspect, &gzip(inspect.as_bytes())).is_ok());
+        let sbom = format!(
+            r#"{{"metadata":{{"component":{{"x":[{numbers}]}},"tools":{{"components":[{numbers}]}}}}}}"#
+        );
+        assert!(prepare(Kind::Sbom, &gzip(sbom.as_bytes())).is_ok());
+    }
+
+    #[test]
+    fn multi_member_gzip_is_read_whole() {
+        let mut two = gzip(br#"{"env":["A=b","#);
+        two.extend(gzip(br#""C=d"]}"#));
+        assert!(prepare(Kind::ImageInspect, &two).is_ok());
     }
 
     #[test]

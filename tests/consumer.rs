@@ -353,7 +353,7 @@ async fn every_configmap_kind_ends_in_the_expected_api_calls() {
 
     // The crashing image inspect was refused, not published.
     let got = rejection(&cms, "inspect-broken").await;
-    assert!(got.contains("without '='"), "{got}");
+    assert!(got.contains("not KEY=VALUE"), "{got}");
     let got = rejection(&cms, "sbom-two").await;
     assert!(got.contains("2 payload entries"), "{got}");
     // Neither was published: only the four good ones reached the consumer

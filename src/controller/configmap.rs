@@ -213,6 +213,10 @@ pub async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Action> 
             ctx.status_changed.notify_one();
             Ok(Action::await_change())
         }
+        // Too large for us or the broker: retrying cannot help.
+        Err(e @ crate::broker::PublishError::TooLarge { .. }) => {
+            reject(&api, &cm, &ctx, &e.to_string(), &fingerprint).await
+        }
         Err(e) if !ops.deferred_enabled => {
             warn!(namespace = %ns, %name, error = %e, "forward failed; will retry");
             Ok(Action::requeue(Duration::from_secs(30)))
