@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::cluster::*;
 use common::consumer::{name, Consumer};
 use common::*;
@@ -131,31 +129,6 @@ async fn every_route_ends_in_the_expected_api_calls() {
     api.stop().await;
 }
 
-/// Waits for a ConfigMap's rejection annotation; its reason.
-async fn rejection(cms: &Api<ConfigMap>, name: &str) -> String {
-    wait_for(
-        &format!("{name} rejected"),
-        Duration::from_secs(30),
-        || async {
-            cms.get(name)
-                .await
-                .ok()?
-                .metadata
-                .annotations?
-                .get("insights.lagoon.sh/rejected")
-                .cloned()
-        },
-    )
-    .await
-}
-
-fn gz(b: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), Default::default());
-    e.write_all(b).unwrap();
-    e.finish().unwrap()
-}
-
 fn insights_cm(
     name: &str,
     ns: &str,
@@ -246,7 +219,7 @@ async fn every_configmap_kind_ends_in_the_expected_api_calls() {
             "sbom",
             "main",
             None,
-            Some(gz(&fixture)),
+            Some(gzip(&fixture)),
             None,
         ),
         // Pull-request build: the environment label names it, not the branch.
@@ -256,7 +229,7 @@ async fn every_configmap_kind_ends_in_the_expected_api_calls() {
             "inspect",
             "pr-5",
             Some(("pullrequest", "feature/x")),
-            Some(gz(&image)),
+            Some(gzip(&image)),
             None,
         ),
         // Branch build: the branch annotation names the environment.
@@ -289,7 +262,7 @@ async fn every_configmap_kind_ends_in_the_expected_api_calls() {
         "inspect",
         "main",
         None,
-        Some(gz(broken_image.to_string().as_bytes())),
+        Some(gzip(broken_image.to_string().as_bytes())),
         None,
     );
     cms.create(&PostParams::default(), &broken).await.unwrap();
@@ -300,12 +273,12 @@ async fn every_configmap_kind_ends_in_the_expected_api_calls() {
         "sbom",
         "main",
         None,
-        Some(gz(&fixture)),
+        Some(gzip(&fixture)),
         None,
     );
     two.binary_data.as_mut().unwrap().insert(
         "other.cyclonedx.json.gz".into(),
-        k8s_openapi::ByteString(gz(&fixture)),
+        k8s_openapi::ByteString(gzip(&fixture)),
     );
     cms.create(&PostParams::default(), &two).await.unwrap();
 

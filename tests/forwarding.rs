@@ -40,13 +40,6 @@ fn gunzip(b64: &str) -> Value {
 /// A minimal SBOM the consumer can read (metadata.component and tools).
 const SBOM: &str = r#"{"bomFormat":"CycloneDX","specVersion":"1.5","metadata":{"component":{"name":"img"},"tools":{"components":[{"type":"application","name":"syft"}]}}}"#;
 
-fn gz(b: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), Default::default());
-    e.write_all(b).unwrap();
-    e.finish().unwrap()
-}
-
 fn cm_with(
     name: &str,
     labels: &[(&str, &str)],
@@ -214,7 +207,7 @@ async fn text_data_travels_gzipped_and_go_deferred_configmaps_are_retried() {
     let op = start(&ns, broker, test_ops()).await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
     let sbom = SBOM;
-    let inspect = gz(br#"{"name":"img","env":["A=b"]}"#);
+    let inspect = gzip(br#"{"name":"img","env":["A=b"]}"#);
     api.create(
         &PostParams::default(),
         &cm_with(
@@ -294,7 +287,7 @@ async fn unforwardable_configmaps_are_rejected_with_an_event_and_not_published()
     let queue = broker.queue.clone();
     let op = start(&ns, broker, test_ops()).await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    let sbom_gz = gz(SBOM.as_bytes());
+    let sbom_gz = gzip(SBOM.as_bytes());
     let bin = Some(("a.json.gz", &sbom_gz[..]));
     let cases = [
         cm_with(
@@ -650,7 +643,7 @@ async fn replaced_configmap_is_forwarded_again_not_marked_blindly() {
     .await;
     // The build's replace: new content, no marks.
     let mut fresh = fixture_cm("configmap-image.json", &ns.name);
-    let new = gz(br#"{"name":"new","env":["A=b"]}"#);
+    let new = gzip(br#"{"name":"new","env":["A=b"]}"#);
     fresh.binary_data.as_mut().unwrap().insert(
         "cli.image-inspect.json.gz".into(),
         k8s_openapi::ByteString(new.clone()),
@@ -672,5 +665,32 @@ async fn replaced_configmap_is_forwarded_again_not_marked_blindly() {
         STANDARD.encode(&new)
     );
     op.stop().await;
+    ns.cleanup().await;
+}
+
+/// A ConfigMap whose message is over the publish limit is rejected with the
+/// reason (retrying cannot help), not deferred and retried.
+#[tokio::test]
+async fn configmap_over_the_message_limit_is_rejected_not_retried() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "toolarge").await;
+    let mut broker = isolated_broker("toolarge");
+    broker.max_message_bytes = 1024;
+    let queue = broker.queue.clone();
+    let op = start(&ns, broker, test_ops()).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    api.create(
+        &PostParams::default(),
+        &fixture_cm("configmap-sbom.json", &ns.name),
+    )
+    .await
+    .unwrap();
+    let reason = rejection(&api, "lagoon-insights-sbom-cli").await;
+    assert!(reason.contains("limit of 1024 bytes"), "{reason}");
+    let cm = api.get("lagoon-insights-sbom-cli").await.unwrap();
+    assert!(!cm.labels().contains_key("lagoon.sh/insightsWriteDeferred"));
+    assert_eq!(queue_depth(&queue).await, 0);
+    op.stop().await;
+    delete_queue(&queue).await;
     ns.cleanup().await;
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::cluster::*;
 use common::*;
 use insights_remote::crd::InsightsRemoteConfig;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -63,32 +63,8 @@ async fn operator_runs_under_its_own_rbac_and_reports_missing_permissions() {
     sa.metadata.namespace = Some(ns.name.clone());
     let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ns.name);
     sas.create(&PostParams::default(), &sa).await.unwrap();
-    let token = sas
-        .create_token_request(
-            "insights-remote",
-            &PostParams::default(),
-            &TokenRequest {
-                spec: Some(TokenRequestSpec {
-                    expiration_seconds: Some(3600),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token;
-
     // A kubeconfig that authenticates as the ServiceAccount only.
-    let mut kc: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig_path()).unwrap()).unwrap();
-    for user in kc["users"].as_sequence_mut().unwrap() {
-        user["user"] = serde_yaml::to_value(json!({ "token": token })).unwrap();
-    }
-    let sa_kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", ns.name));
-    std::fs::write(&sa_kubeconfig, serde_yaml::to_string(&kc).unwrap()).unwrap();
+    let sa_kubeconfig = service_account_kubeconfig(&admin, &ns.name, "insights-remote").await;
 
     let broker = isolated_broker("rbac");
     let config_name = unique("irc-rbac");
@@ -390,24 +366,8 @@ async fn runs_under_the_lagoon_remote_charts_role() {
     )
     .await
     .unwrap();
-    let token = sas
-        .create_token_request(
-            "lagoon-remote-insights-remote",
-            &PostParams::default(),
-            &TokenRequest::default(),
-        )
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token;
-    let mut kc: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig_path()).unwrap()).unwrap();
-    for user in kc["users"].as_sequence_mut().unwrap() {
-        user["user"] = serde_yaml::to_value(json!({ "token": token })).unwrap();
-    }
-    let sa_kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", ns.name));
-    std::fs::write(&sa_kubeconfig, serde_yaml::to_string(&kc).unwrap()).unwrap();
+    let sa_kubeconfig =
+        service_account_kubeconfig(&admin, &ns.name, "lagoon-remote-insights-remote").await;
 
     let broker = isolated_broker("chart");
     let port = free_port();
@@ -468,20 +428,7 @@ async fn runs_under_the_lagoon_remote_charts_role() {
     })
     .await;
     for name in ["bad-1", "bad-2"] {
-        wait_for(
-            &format!("{name} rejected"),
-            Duration::from_secs(30),
-            || async {
-                cms.get(name)
-                    .await
-                    .ok()?
-                    .metadata
-                    .annotations?
-                    .contains_key("insights.lagoon.sh/rejected")
-                    .then_some(())
-            },
-        )
-        .await;
+        rejection(&cms, name).await;
     }
     assert_eq!(
         drain(&broker.queue, 2, Duration::from_secs(5)).await.len(),

@@ -101,12 +101,10 @@ pub fn numbered_insights_cm(i: usize) -> k8s_openapi::api::core::v1::ConfigMap {
         .into(),
     );
     let inspect = format!(r#"{{"name":"cm-{i}","env":["I={i}"]}}"#);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), Default::default());
-    std::io::Write::write_all(&mut gz, inspect.as_bytes()).unwrap();
     cm.binary_data = Some(
         [(
             "x.image-inspect.json.gz".to_string(),
-            k8s_openapi::ByteString(gz.finish().unwrap()),
+            k8s_openapi::ByteString(super::gzip(inspect.as_bytes())),
         )]
         .into(),
     );
@@ -241,4 +239,55 @@ impl Operator {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
         self.publisher.shutdown().await;
     }
+}
+
+/// Waits for a ConfigMap's `insights.lagoon.sh/rejected` annotation; its
+/// reason.
+pub async fn rejection(cms: &Api<k8s_openapi::api::core::v1::ConfigMap>, name: &str) -> String {
+    wait_for(
+        &format!("{name} rejected"),
+        Duration::from_secs(30),
+        || async {
+            cms.get(name)
+                .await
+                .ok()?
+                .metadata
+                .annotations?
+                .get("insights.lagoon.sh/rejected")
+                .cloned()
+        },
+    )
+    .await
+}
+
+/// A kubeconfig file that authenticates as the ServiceAccount `sa` of `ns`
+/// only (a token from the TokenRequest API).
+pub async fn service_account_kubeconfig(admin: &Client, ns: &str, sa: &str) -> std::path::PathBuf {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let token = Api::<ServiceAccount>::namespaced(admin.clone(), ns)
+        .create_token_request(
+            sa,
+            &PostParams::default(),
+            &TokenRequest {
+                spec: Some(TokenRequestSpec {
+                    expiration_seconds: Some(3600),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    let mut kc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig_path()).unwrap()).unwrap();
+    for user in kc["users"].as_sequence_mut().unwrap() {
+        user["user"] = serde_yaml::to_value(serde_json::json!({ "token": token })).unwrap();
+    }
+    let path = std::env::temp_dir().join(format!("{ns}-{sa}.kubeconfig"));
+    std::fs::write(&path, serde_yaml::to_string(&kc).unwrap()).unwrap();
+    path
 }

@@ -234,3 +234,11 @@ pub fn api_binary(port: u16, broker: &BrokerSettings) -> std::process::Command {
     .env("INSIGHTS_TOKEN_SECRET", KEY);
     c
 }
+
+/// gzip of `b`, as builds compress insights payloads.
+pub fn gzip(b: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), Default::default());
+    e.write_all(b).unwrap();
+    e.finish().unwrap()
+}
