@@ -141,42 +141,50 @@ fn visit_fields<'de, A: MapAccess<'de>>(
     Ok(())
 }
 
-/// Any JSON value, reduced to whether it is an object (read, not kept).
-struct IsObject(bool);
+/// Any JSON value reduced to its kind (and an array's length); every
+/// element and member is read and skipped, not kept.
+enum Shape {
+    Object,
+    Array(usize),
+    Scalar,
+}
 
-impl<'de> Deserialize<'de> for IsObject {
+impl<'de> Deserialize<'de> for Shape {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = IsObject;
+            type Value = Shape;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("any JSON value")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<IsObject, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Shape, A::Error> {
                 while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(IsObject(true))
+                Ok(Shape::Object)
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<IsObject, A::Error> {
-                while s.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(IsObject(false))
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Shape, A::Error> {
+                let mut n = 0;
+                while s.next_element::<IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(Shape::Array(n))
             }
-            fn visit_bool<E>(self, _: bool) -> Result<IsObject, E> {
-                Ok(IsObject(false))
+            fn visit_bool<E>(self, _: bool) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
             }
-            fn visit_i64<E>(self, _: i64) -> Result<IsObject, E> {
-                Ok(IsObject(false))
+            fn visit_i64<E>(self, _: i64) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
             }
-            fn visit_u64<E>(self, _: u64) -> Result<IsObject, E> {
-                Ok(IsObject(false))
+            fn visit_u64<E>(self, _: u64) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
             }
-            fn visit_f64<E>(self, _: f64) -> Result<IsObject, E> {
-                Ok(IsObject(false))
+            fn visit_f64<E>(self, _: f64) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
             }
-            fn visit_str<E>(self, _: &str) -> Result<IsObject, E> {
-                Ok(IsObject(false))
+            fn visit_str<E>(self, _: &str) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
             }
-            fn visit_unit<E>(self) -> Result<IsObject, E> {
-                Ok(IsObject(false))
+            fn visit_unit<E>(self) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
             }
         }
         d.deserialize_any(V)
@@ -218,7 +226,9 @@ impl<'de> Deserialize<'de> for Tools {
             fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<Tools, A::Error> {
                 let mut count = 0;
                 visit_fields(m, &["components"], |_, m| {
-                    count = m.next_value::<IsArray>()?.0;
+                    if let Shape::Array(n) = m.next_value::<Shape>()? {
+                        count = n;
+                    }
                     Ok(())
                 })?;
                 Ok(Tools::Components(count))
@@ -232,52 +242,6 @@ impl<'de> Deserialize<'de> for Tools {
             }
             fn visit_unit<E>(self) -> Result<Tools, E> {
                 Ok(Tools::Other)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// How many elements an array has (0 when it is not an array); every
-/// element is skipped, not kept.
-struct IsArray(usize);
-
-impl<'de> Deserialize<'de> for IsArray {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = IsArray;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<IsArray, A::Error> {
-                let mut n = 0;
-                while s.next_element::<IgnoredAny>()?.is_some() {
-                    n += 1;
-                }
-                Ok(IsArray(n))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<IsArray, A::Error> {
-                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(IsArray(0))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<IsArray, E> {
-                Ok(IsArray(0))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<IsArray, E> {
-                Ok(IsArray(0))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<IsArray, E> {
-                Ok(IsArray(0))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<IsArray, E> {
-                Ok(IsArray(0))
-            }
-            fn visit_str<E>(self, _: &str) -> Result<IsArray, E> {
-                Ok(IsArray(0))
-            }
-            fn visit_unit<E>(self) -> Result<IsArray, E> {
-                Ok(IsArray(0))
             }
         }
         d.deserialize_any(V)
@@ -338,7 +302,7 @@ impl<'de> Deserialize<'de> for MetadataCheck {
                 };
                 visit_fields(m, &["component", "tools"], |i, m| {
                     if i == 0 {
-                        out.component = m.next_value::<IsObject>()?.0;
+                        out.component = matches!(m.next_value::<Shape>()?, Shape::Object);
                     } else {
                         out.tools = Some(m.next_value::<Tools>()?);
                     }
