@@ -582,7 +582,14 @@ async fn broker_down_defers_then_forwards_after_hot_reload_and_gives_up_past_max
         .parse()
         .unwrap();
     assert!(retries >= 1);
-    let events = events_for(&client, &ns.name, "lagoon-insights-sbom-cli").await;
+    // The Event follows the label: wait for it rather than read once.
+    let events = wait_for("Deferred event", Duration::from_secs(10), || async {
+        let e = events_for(&client, &ns.name, "lagoon-insights-sbom-cli").await;
+        e.iter()
+            .any(|e| e.reason.as_deref() == Some("Deferred"))
+            .then_some(e)
+    })
+    .await;
     assert!(events
         .iter()
         .any(|e| e.reason.as_deref() == Some("Deferred")));
