@@ -483,17 +483,33 @@ async fn burn_after_reading_deletes_forwarded_and_older_processed_configmaps() {
     ns.cleanup().await;
 }
 
-/// Burn-after-reading switched on later (here through the live settings, as
-/// the custom resource does) deletes the ConfigMaps this operator labelled
-/// processed while it was off: the watch's selector follows the setting.
+/// Burn-after-reading switched on later through the custom resource deletes
+/// the ConfigMaps this operator labelled processed while it was off: the
+/// watch's selector follows the setting. (Switching through the resource,
+/// not by writing the live settings: the config controller owns those and
+/// may re-derive them from flags at any moment.)
 #[tokio::test]
 async fn burn_after_reading_switched_on_later_deletes_what_we_processed_before() {
     let client = client().await;
+    ensure_crd(&client).await;
     let ns = TestNamespace::new(&client, "burnlater").await;
     let broker = isolated_broker("burnlater");
     let queue = broker.queue.clone();
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    let op = start(&ns, broker, test_ops()).await;
+    let config_name = unique("irc-burnlater");
+    apply_config(&client, &config_name, json!({"burnAfterReading": false})).await;
+    let op = Operator::start(
+        &client,
+        OperatorOptions {
+            broker,
+            ops: test_ops(),
+            namespace: ns.name.clone(),
+            config_name: config_name.clone(),
+            forward: true,
+            tokens: false,
+        },
+    )
+    .await;
     api.create(
         &PostParams::default(),
         &fixture_cm("configmap-image.json", &ns.name),
@@ -501,15 +517,8 @@ async fn burn_after_reading_switched_on_later_deletes_what_we_processed_before()
     .await
     .unwrap();
     let name = "lagoon-insights-image-cli";
-    wait_for("labelled processed", Duration::from_secs(30), || async {
-        api.get_opt(name)
-            .await
-            .unwrap()
-            .filter(|cm| cm.labels().contains_key("lagoon.sh/insightsProcessed"))
-            .map(|_| ())
-    })
-    .await;
-    op.ctx.ops.send_modify(|o| o.burn_after_reading = true);
+    wait_label(&api, name, "lagoon.sh/insightsProcessed").await;
+    apply_config(&client, &config_name, json!({"burnAfterReading": true})).await;
     wait_for(
         "burned after the switch",
         Duration::from_secs(30),
@@ -519,6 +528,8 @@ async fn burn_after_reading_switched_on_later_deletes_what_we_processed_before()
     let got = drain(&queue, 2, Duration::from_secs(3)).await;
     assert_eq!(got.len(), 1, "burning does not publish it again");
     op.stop().await;
+    let configs: Api<InsightsRemoteConfig> = Api::all(client.clone());
+    let _ = configs.delete(&config_name, &Default::default()).await;
     ns.cleanup().await;
 }
 
