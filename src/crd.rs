@@ -38,6 +38,39 @@ pub struct InsightsRemoteConfigSpec {
     pub forwarding: ForwardingSpec,
     #[serde(default)]
     pub tokens: TokensSpec,
+    /// SBOM uploads to Dependency-Track (the DEPENDENCY_TRACK_* settings).
+    #[serde(default)]
+    pub dependency_track: DependencyTrackSpec,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DependencyTrackSpec {
+    /// (ENABLE_DEPENDENCY_TRACK_INTEGRATION)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// The central API server, e.g. https://dtrack.example.com
+    /// (DEPENDENCY_TRACK_API_ENDPOINT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_endpoint: Option<String>,
+    /// Its API key, from a Secret in the operator's namespace
+    /// (DEPENDENCY_TRACK_API_KEY).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret: Option<SecretKeyRef>,
+    /// Upload only production environments' SBOMs
+    /// (--dependency-track-push-prod-only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_prod_only: Option<bool>,
+    /// Name templates: literal text and {{ .ProjectName }},
+    /// {{ .EnvironmentName }}, {{ .ServiceName }}, {{ .EnvironmentType }}.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_project_name_template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_project_name_template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_name_template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_template: Option<String>,
 }
 
 /// A key of a Secret in the operator's own namespace (POD_NAMESPACE).
@@ -167,11 +200,27 @@ pub struct InsightsRemoteConfigStatus {
     pub burned: u64,
     #[serde(default)]
     pub tokens_issued: u64,
+    /// Per post-processor (core, dependencytrack-default,
+    /// dependencytrack-custom): steps that succeeded, were skipped (nothing to
+    /// do) or failed since start-up.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub post_processors: std::collections::BTreeMap<String, PostProcessorCounts>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_forward_time: Option<String>,
     /// Fingerprint of the signing key in use (not the key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_key_fingerprint: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostProcessorCounts {
+    #[serde(default)]
+    pub succeeded: u64,
+    #[serde(default)]
+    pub skipped: u64,
+    #[serde(default)]
+    pub failed: u64,
 }
 
 /// The CRD as YAML, as committed under `crds/`.

@@ -26,6 +26,12 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    pub processor: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
     pub controller: String,
 }
@@ -61,6 +67,7 @@ pub struct Metrics {
     pub watch_errors: Family<ControllerLabels, Counter>,
     pub reconcile_duration: Family<ControllerLabels, Histogram, fn() -> Histogram>,
     pub configmaps: Family<OutcomeLabels, Counter>,
+    pub post_processors: Family<StepLabels, Counter>,
     pub tokens_minted: Counter,
 }
 
@@ -90,6 +97,7 @@ impl Metrics {
                 latency_histogram as fn() -> Histogram,
             ),
             configmaps: Family::default(),
+            post_processors: Family::default(),
             tokens_minted: Counter::default(),
             registry: Registry::default(),
         };
@@ -164,6 +172,11 @@ impl Metrics {
             m.configmaps.clone(),
         );
         registry.register(
+            "post_processor_steps",
+            "Post-processor steps by processor (core, dependencytrack-default, dependencytrack-custom) and result (success, skipped, failure)",
+            m.post_processors.clone(),
+        );
+        registry.register(
             "tokens_minted",
             "Token Secrets written",
             m.tokens_minted.clone(),
@@ -201,6 +214,15 @@ impl Metrics {
                 route: route.into(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    pub fn count_step(&self, processor: &str, result: &str) {
+        self.post_processors
+            .get_or_create(&StepLabels {
+                processor: processor.into(),
+                result: result.into(),
+            })
+            .inc();
     }
 
     pub fn count_configmap(&self, outcome: &str) {

@@ -63,6 +63,26 @@ thread_local! {
     static LIMIT: std::cell::Cell<u64> = const { std::cell::Cell::new(MAX_DECOMPRESSED) };
 }
 
+/// The payload's bytes, decompressed if gzip, or why they cannot be read;
+/// stops at [`MAX_DECOMPRESSED`].
+pub fn decompressed(raw: &[u8]) -> Result<Vec<u8>, String> {
+    let limit = LIMIT.with(|l| l.get());
+    if !is_gzip(raw) {
+        return Ok(raw.to_vec());
+    }
+    let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(limit as usize));
+    GzDecoder::new(raw)
+        .take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("the payload could not be decompressed: {e}"))?;
+    if out.len() as u64 > limit {
+        return Err(format!(
+            "the payload is larger than {limit} bytes decompressed"
+        ));
+    }
+    Ok(out)
+}
+
 fn gzip(raw: &[u8]) -> Vec<u8> {
     let mut enc = GzEncoder::new(Vec::with_capacity(raw.len() / 4 + 64), Default::default());
     enc.write_all(raw).expect("writing to memory");

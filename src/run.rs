@@ -78,7 +78,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         let baseline = Baseline {
             broker: args.broker_settings()?,
             keys: baseline_keys.clone(),
-            ops: args.operations(),
+            ops: args.operations()?,
         };
         let mut ctx = Context::new(
             client,
@@ -91,6 +91,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         );
         ctx.watch_namespace = args.watch_namespace.clone().filter(|n| !n.is_empty());
         ctx.token_resync = args.token_resync_interval;
+        ctx.uploads = controller::uploads::Uploads::new(
+            args.dependency_track_max_concurrent,
+            args.dependency_track_timeout,
+        );
         let ctx = Arc::new(ctx);
         if baseline_keys.is_none() {
             ctx.health.lock().expect("health lock").signing_key_problem = Some((

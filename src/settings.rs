@@ -208,8 +208,22 @@ pub struct RunArgs {
         default_value = "8"
     )]
     pub configmap_max_concurrent: u16,
-    /// Forward only ConfigMaps annotated core.insights.lagoon.sh/enabled=true.
-    #[arg(long = "require-core-insights-enabled", env = "REQUIRE_CORE_INSIGHTS_ENABLED", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
+    /// Dependency-Track uploads running at once (each in the background: a
+    /// slow Dependency-Track never holds up forwarding to the broker).
+    #[arg(
+        long = "dependency-track-max-concurrent",
+        env = "DEPENDENCY_TRACK_MAX_CONCURRENT",
+        default_value = "2"
+    )]
+    pub dependency_track_max_concurrent: u16,
+    /// How long to wait for Dependency-Track to process one BOM (upstream: 300s).
+    #[arg(long = "dependency-track-timeout", env = "DEPENDENCY_TRACK_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
+    pub dependency_track_timeout: Duration,
+    /// Publish to Lagoon core only ConfigMaps annotated
+    /// core.insights.lagoon.sh/enabled=true, as upstream v0.0.19 does (the
+    /// build sets it when the environment has core insights on); false
+    /// publishes every one (for older build-deploy-tool versions).
+    #[arg(long = "require-core-insights-enabled", env = "REQUIRE_CORE_INSIGHTS_ENABLED", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true", value_parser = parse_bool)]
     pub require_core_enabled: bool,
     /// Unset: follows --enable-namespace-reconciler, as upstream does.
     #[arg(long = "enable-configmap-reconciler", env = "ENABLE_CONFIGMAP_RECONCILER", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
@@ -502,8 +516,10 @@ impl RunArgs {
         {
             notes.push("--zap-devel/--zap-stacktrace-level/--zap-time-encoding: no effect (--zap-log-level and --zap-encoder map to --log-level and --log-format)".into());
         }
-        if u.dependency_track {
-            notes.push("ENABLE_DEPENDENCY_TRACK_INTEGRATION: Dependency-Track upload is not implemented in this version; SBOMs are NOT sent to Dependency-Track".into());
+        if u.dependency_track
+            && (u.dependency_track_api_endpoint.is_empty() || u.dependency_track_api_key.is_empty())
+        {
+            notes.push("ENABLE_DEPENDENCY_TRACK_INTEGRATION: no DEPENDENCY_TRACK_API_ENDPOINT or DEPENDENCY_TRACK_API_KEY: only per-namespace uploads (dependencytrack.insights.lagoon.sh/custom-endpoint) run".into());
         }
         let extra = self.build_scanner_extra_env()?;
         if u.build_scanner {
@@ -583,11 +599,12 @@ pub struct Operations {
     pub require_core_enabled: bool,
     pub tokens_enabled: bool,
     pub target_label: Option<String>,
+    pub dependency_track: crate::dependency_track::Settings,
 }
 
 impl RunArgs {
-    pub fn operations(&self) -> Operations {
-        Operations {
+    pub fn operations(&self) -> Result<Operations> {
+        Ok(Operations {
             burn_after_reading: self.burn_after_reading,
             forwarding_enabled: self.enable_configmap_reconciler(),
             deferred_enabled: self.enable_insights_deferred,
@@ -596,7 +613,28 @@ impl RunArgs {
             require_core_enabled: self.require_core_enabled,
             tokens_enabled: self.enable_namespace_reconciler,
             target_label: self.token_target_label.clone().filter(|l| !l.is_empty()),
-        }
+            dependency_track: self.dependency_track_settings()?,
+        })
+    }
+
+    /// The Dependency-Track flags and variables; a template this version
+    /// cannot render stops start-up.
+    pub fn dependency_track_settings(&self) -> Result<crate::dependency_track::Settings> {
+        let u = &self.upstream;
+        let templates = crate::dependency_track::Templates::parse(
+            &u.dependency_track_root_project_name_template,
+            &u.dependency_track_parent_project_name_template,
+            &u.dependency_track_project_name_template,
+            &u.dependency_track_version_template,
+        )
+        .map_err(|e| Error::Config(format!("Dependency-Track: {e}")))?;
+        Ok(crate::dependency_track::Settings {
+            enabled: u.dependency_track,
+            endpoint: u.dependency_track_api_endpoint.clone(),
+            api_key: u.dependency_track_api_key.clone(),
+            templates,
+            push_prod_only: u.dependency_track_push_prod_only,
+        })
     }
 }
 

@@ -112,9 +112,39 @@ pub async fn sync(ctx: &Context) {
                     None
                 }
             };
-            (broker, keys, operations(&ctx.baseline.ops, spec))
+            let ops = match operations(&ctx.baseline.ops, spec) {
+                Ok(mut ops) => match &spec.dependency_track.api_key_secret {
+                    None => Some(ops),
+                    Some(r) => match secret_ref(ctx, r).await {
+                        Ok(k) => {
+                            ops.dependency_track.api_key =
+                                String::from_utf8_lossy(&k).trim().to_string();
+                            Some(ops)
+                        }
+                        Err(msg) => {
+                            health.settings_problem = Some((
+                                "SecretUnavailable".into(),
+                                format!("Dependency-Track API key: {msg}"),
+                            ));
+                            None
+                        }
+                    },
+                },
+                Err(msg) => {
+                    health.settings_problem = Some(("InvalidSpec".into(), msg));
+                    None
+                }
+            };
+            (
+                broker,
+                keys,
+                ops.unwrap_or_else(|| ctx.ops.borrow().clone()),
+            )
         }
     };
+    if let Some((_, msg)) = &health.settings_problem {
+        warn!(problem = %msg, "InsightsRemoteConfig: keeping the current behaviour settings");
+    }
     if let (Some(b), Some(p)) = (broker, &ctx.publisher) {
         p.reconfigure(b);
     }
@@ -174,9 +204,24 @@ pub async fn sync(ctx: &Context) {
 
 /// The behaviour the resource asks for: each field it sets, else the value
 /// from flags and environment.
-pub fn operations(base: &Operations, spec: &InsightsRemoteConfigSpec) -> Operations {
+pub fn operations(
+    base: &Operations,
+    spec: &InsightsRemoteConfigSpec,
+) -> Result<Operations, String> {
     let f = &spec.forwarding;
-    Operations {
+    let d = &spec.dependency_track;
+    let b = &base.dependency_track;
+    let pick = |v: &Option<String>, base: &crate::dependency_track::Template| {
+        v.clone().unwrap_or_else(|| base.source().to_string())
+    };
+    let templates = crate::dependency_track::Templates::parse(
+        &pick(&d.root_project_name_template, &b.templates.root),
+        &pick(&d.parent_project_name_template, &b.templates.parent),
+        &pick(&d.project_name_template, &b.templates.project),
+        &pick(&d.version_template, &b.templates.version),
+    )
+    .map_err(|e| format!("spec.dependencyTrack: {e}"))?;
+    Ok(Operations {
         burn_after_reading: spec.burn_after_reading.unwrap_or(base.burn_after_reading),
         forwarding_enabled: f.enabled.unwrap_or(base.forwarding_enabled),
         deferred_enabled: base.deferred_enabled,
@@ -193,7 +238,15 @@ pub fn operations(base: &Operations, spec: &InsightsRemoteConfigSpec) -> Operati
             Some(l) => Some(l.clone()),
             None => base.target_label.clone(),
         },
-    }
+        dependency_track: crate::dependency_track::Settings {
+            enabled: d.enabled.unwrap_or(b.enabled),
+            endpoint: d.api_endpoint.clone().unwrap_or_else(|| b.endpoint.clone()),
+            // Resolved from the Secret by the caller when the resource names one.
+            api_key: b.api_key.clone(),
+            templates,
+            push_prod_only: d.push_prod_only.unwrap_or(b.push_prod_only),
+        },
+    })
 }
 
 /// The broker settings the resource asks for, Secrets aside: each field it
@@ -447,8 +500,11 @@ fn build_status(
             ),
         ),
     };
-    let ready = broker_status == "True" && key_status == "True";
-    let (ready_reason, ready_msg) = if ready {
+    let ready =
+        broker_status == "True" && key_status == "True" && health.settings_problem.is_none();
+    let (ready_reason, ready_msg) = if let Some((reason, msg)) = &health.settings_problem {
+        (reason.clone(), msg.clone())
+    } else if ready {
         (
             "Ready".to_string(),
             "forwarding insights and minting tokens".to_string(),
@@ -501,6 +557,7 @@ fn build_status(
             .clone()
             .or_else(|| current.last_forward_time.clone()),
         signing_key_fingerprint: health.key_fingerprint.clone(),
+        post_processors: c.steps.lock().expect("counters lock").clone(),
     }
 }
 
@@ -519,6 +576,7 @@ mod spec_tests {
             require_core_enabled: true,
             tokens_enabled: true,
             target_label: Some("from-flags".into()),
+            dependency_track: Default::default(),
         }
     }
 
@@ -575,7 +633,7 @@ mod spec_tests {
             ),
         ];
         for (spec, want) in cases {
-            assert_eq!(operations(&base, &spec), want, "{spec:?}");
+            assert_eq!(operations(&base, &spec), Ok(want), "{spec:?}");
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -21,12 +21,13 @@ use tracing::{debug, info, warn};
 
 use super::{now_rfc3339, now_unix, until_shutdown, Context, Error, Result};
 use crate::contract::{
-    self, infer_insights_type, ConfigMapMessage, ANNOTATION_CORE_ENABLED, ANNOTATION_PROCESSED,
-    ANNOTATION_REJECTED, ANNOTATION_REJECTED_VERSION, ANNOTATION_RETRIES, LABEL_INSIGHTS_TYPE,
-    LABEL_MAX_RETRY_EXCEEDED, LABEL_PROCESSED, LABEL_SERVICE, LABEL_WRITE_DEFERRED,
-    MAX_RETRY_EXCEEDED_VALUE,
+    self, infer_insights_type, ConfigMapMessage, ANNOTATION_PROCESSED, ANNOTATION_REJECTED,
+    ANNOTATION_REJECTED_VERSION, ANNOTATION_RETRIES, LABEL_INSIGHTS_TYPE, LABEL_MAX_RETRY_EXCEEDED,
+    LABEL_PROCESSED, LABEL_SERVICE, LABEL_WRITE_DEFERRED, MAX_RETRY_EXCEEDED_VALUE,
 };
+use crate::dependency_track;
 use crate::payload;
+use crate::postprocess::{self, Next, Outcome, Step, Work};
 
 pub const CONTROLLER: &str = "configmap";
 
@@ -175,75 +176,309 @@ pub async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Action> 
         return Ok(Action::await_change());
     }
 
-    let message = match build_message(&cm, &ctx).await? {
+    let ns_labels = namespace_labels(&ctx, &ns).await?;
+    let message = match build_message(&cm, &ns_labels) {
         Ok(m) => m,
         Err(reason) => return reject(&api, &cm, &ctx, &reason, &fingerprint).await,
     };
-    if ops.require_core_enabled
-        && annotations.get(ANNOTATION_CORE_ENABLED).map(String::as_str) != Some("true")
-    {
-        debug!(namespace = %ns, %name, "core insights not enabled: marked processed without publishing");
-        ctx.metrics.count_configmap("skipped");
-        mark_processed(&api, &cm, &ctx, ops.burn_after_reading).await?;
-        return Ok(Action::await_change());
-    }
-
-    let Some(publisher) = &ctx.publisher else {
-        // RABBITMQ_ENABLED=false: marked processed without publishing, as
-        // upstream does, so ConfigMaps do not pile up.
-        debug!(namespace = %ns, %name, "publishing disabled: marked processed without publishing");
-        ctx.metrics.count_configmap("skipped");
-        mark_processed(&api, &cm, &ctx, ops.burn_after_reading).await?;
-        return Ok(Action::await_change());
+    let dt = &ops.dependency_track;
+    let enabled = postprocess::Enabled {
+        core: ctx.publisher.is_some(),
+        dt_default: dt.central_active(),
+        dt_custom: dt.custom_active(),
     };
-    let body = serde_json::to_vec(&message)?;
-    drop(message);
-    // Right after start-up, or during a reconnect, give the connection a
-    // moment rather than deferring for minutes.
-    if !publisher.is_connected() {
-        publisher.wait_connected(publisher.confirm_timeout()).await;
+    let facts = postprocess::Facts {
+        labels,
+        annotations,
+        is_sbom: message.insights_type == "sbom",
+        require_core: ops.require_core_enabled,
+        push_prod_only: dt.push_prod_only,
+    };
+    let steps = postprocess::plan(enabled, &facts);
+    let mut message = Some(message);
+    let mut results = Vec::with_capacity(steps.len());
+    for (step, work) in steps {
+        let outcome = match work {
+            Work::Skip(why) => {
+                debug!(namespace = %ns, %name, step = step.name(), %why, "nothing to do");
+                ctx.counters.add_step(step.name(), "skipped");
+                ctx.metrics.count_step(step.name(), "skipped");
+                if step == Step::Core {
+                    ctx.metrics.count_configmap("skipped");
+                }
+                results.push((step, Outcome::Success));
+                continue;
+            }
+            Work::Publish => {
+                let Some(m) = message.take() else {
+                    continue;
+                };
+                match publish(&ctx, &ns, &name, m).await {
+                    Ok(()) => Outcome::Success,
+                    // Too large for us or the broker: retrying cannot help.
+                    Err(e @ crate::broker::PublishError::TooLarge { .. }) => {
+                        return reject(&api, &cm, &ctx, &e.to_string(), &fingerprint).await
+                    }
+                    Err(e) => Outcome::Failure(e.to_string()),
+                }
+            }
+            Work::Upload => upload(&ctx, &cm, &ns_labels, step, &fingerprint, None, dt).await,
+            Work::UploadCustom { endpoint } => {
+                upload(
+                    &ctx,
+                    &cm,
+                    &ns_labels,
+                    step,
+                    &fingerprint,
+                    Some(endpoint),
+                    dt,
+                )
+                .await
+            }
+        };
+        match &outcome {
+            Outcome::Success => {
+                ctx.counters.add_step(step.name(), "success");
+                ctx.metrics.count_step(step.name(), "success");
+            }
+            Outcome::Failure(e) => {
+                warn!(namespace = %ns, %name, step = step.name(), error = %e, "post-processor failed");
+                ctx.counters.add_step(step.name(), "failure");
+                ctx.metrics.count_step(step.name(), "failure");
+            }
+            Outcome::Running => {}
+        }
+        results.push((step, outcome));
     }
-    match publisher.publish_confirmed(&body).await {
-        Ok(()) => {
-            info!(namespace = %ns, %name, bytes = body.len(), "insights ConfigMap forwarded");
-            ctx.counters.add(&ctx.counters.forwarded);
-            *ctx.counters.last_forward.lock().expect("counters lock") = Some(now_rfc3339());
-            ctx.metrics.count_configmap("forwarded");
-            mark_processed(&api, &cm, &ctx, ops.burn_after_reading).await?;
-            ctx.status_changed.notify_one();
+    drop(message);
+    let retries: u32 = annotations
+        .get(ANNOTATION_RETRIES)
+        .and_then(|r| r.trim().parse().ok())
+        .unwrap_or(0);
+    let done = postprocess::conclude(&results, retries, ops.max_retries);
+    let statuses = json!(done.annotations);
+    match done.next {
+        Next::Processed => {
+            mark_processed(&api, &cm, &ctx, ops.burn_after_reading, statuses).await?;
             Ok(Action::await_change())
         }
-        // Too large for us or the broker: retrying cannot help.
-        Err(e @ crate::broker::PublishError::TooLarge { .. }) => {
-            reject(&api, &cm, &ctx, &e.to_string(), &fingerprint).await
+        Next::Wait => {
+            // Record what finished (so it is not repeated) and look again.
+            if !done.annotations.is_empty() {
+                patch_meta(
+                    &api,
+                    &name,
+                    cm.metadata.resource_version.as_deref(),
+                    json!({}),
+                    statuses,
+                )
+                .await?;
+            }
+            Ok(Action::requeue(UPLOAD_POLL))
         }
-        Err(e) if !ops.deferred_enabled => {
-            warn!(namespace = %ns, %name, error = %e, "forward failed; will retry");
+        Next::Defer { reason, .. } if !ops.deferred_enabled => {
+            warn!(namespace = %ns, %name, error = %reason, "post-processing failed; will retry");
+            patch_meta(
+                &api,
+                &name,
+                cm.metadata.resource_version.as_deref(),
+                json!({}),
+                statuses,
+            )
+            .await?;
             Ok(Action::requeue(Duration::from_secs(30)))
         }
-        Err(e) => {
+        Next::Defer {
+            retries,
+            give_up,
+            reason,
+        } => {
             defer(
                 &api,
                 &cm,
                 &ctx,
-                &e.to_string(),
-                ops.mins_between_retries,
-                ops.max_retries,
+                Deferral {
+                    reason: &reason,
+                    retries,
+                    give_up,
+                    mins: ops.mins_between_retries,
+                    statuses,
+                },
             )
             .await
         }
     }
 }
 
-/// Builds the message, or says why this ConfigMap must not be forwarded.
-async fn build_message(
-    cm: &ConfigMap,
+/// How often a ConfigMap waiting on a Dependency-Track upload is looked at.
+const UPLOAD_POLL: Duration = Duration::from_secs(2);
+
+async fn publish(
     ctx: &Context,
-) -> Result<std::result::Result<ConfigMapMessage, String>> {
+    ns: &str,
+    name: &str,
+    message: ConfigMapMessage,
+) -> std::result::Result<(), crate::broker::PublishError> {
+    let Some(publisher) = &ctx.publisher else {
+        return Ok(());
+    };
+    let body = serde_json::to_vec(&message).expect("the message serializes");
+    drop(message);
+    // Right after start-up, or during a reconnect, give the connection a
+    // moment rather than deferring for minutes.
+    if !publisher.is_connected() {
+        publisher.wait_connected(publisher.confirm_timeout()).await;
+    }
+    publisher.publish_confirmed(&body).await?;
+    info!(namespace = %ns, %name, bytes = body.len(), "insights ConfigMap forwarded");
+    ctx.counters.add(&ctx.counters.forwarded);
+    *ctx.counters.last_forward.lock().expect("counters lock") = Some(now_rfc3339());
+    ctx.metrics.count_configmap("forwarded");
+    ctx.status_changed.notify_one();
+    Ok(())
+}
+
+/// One Dependency-Track step: its finished result, or Running once the
+/// upload is started (or waiting for a free slot).
+async fn upload(
+    ctx: &Context,
+    cm: &ConfigMap,
+    ns_labels: &BTreeMap<String, String>,
+    step: Step,
+    fingerprint: &str,
+    custom_endpoint: Option<String>,
+    dt: &dependency_track::Settings,
+) -> Outcome {
+    let key = (
+        cm.metadata.uid.clone().unwrap_or_default(),
+        fingerprint.to_string(),
+        step,
+    );
+    if let Some(o) = ctx.uploads.poll(&key) {
+        return o;
+    }
+    let labels = cm.labels();
+    let info = match dependency_track::WriteInfo::from_labels(labels, ns_labels) {
+        Ok(i) => i,
+        Err(e) => return Outcome::Failure(e),
+    };
+    let (endpoint, key_value) = match custom_endpoint {
+        None => (dt.endpoint.clone(), dt.api_key.clone()),
+        Some(endpoint) => {
+            let ns = cm.namespace().unwrap_or_default();
+            let env = match lagoon_env(ctx, &ns).await {
+                Ok(env) => env,
+                Err(e) => return Outcome::Failure(e),
+            };
+            let (prod_only, warning) = dependency_track::prod_only_override(
+                dt.push_prod_only,
+                env.get(dependency_track::KEY_PUSH_PROD_ONLY)
+                    .map(String::as_str),
+            );
+            if let Some(w) = warning {
+                warn!(namespace = %ns, "{w}");
+            }
+            if let Some(why) = dependency_track::skip_reason(prod_only, labels) {
+                debug!(namespace = %ns, name = %cm.name_any(), %why, "per-namespace upload skipped");
+                return Outcome::Success;
+            }
+            match env
+                .get(dependency_track::KEY_API_KEY)
+                .filter(|k| !k.is_empty())
+            {
+                Some(k) => (endpoint, k.clone()),
+                None => {
+                    return Outcome::Failure(format!(
+                        "no {} in Secret {}",
+                        dependency_track::KEY_API_KEY,
+                        dependency_track::LAGOON_ENV_SECRET
+                    ))
+                }
+            }
+        }
+    };
+    let client =
+        match dependency_track::Client::new(ctx.uploads.http.clone(), &endpoint, &key_value) {
+            Ok(c) => c,
+            Err(e) => return Outcome::Failure(e),
+        };
+    let bom = match sbom_bytes(cm) {
+        Ok(b) => b,
+        Err(e) => return Outcome::Failure(e),
+    };
+    let target = dependency_track::target(&dt.templates, &info, labels);
+    let wait = ctx.uploads.timeout;
+    let (ns, name) = (cm.namespace().unwrap_or_default(), cm.name_any());
+    let started = ctx.uploads.try_start(key, async move {
+        let res = client.upload(&target, &bom, wait).await;
+        match &res {
+            Ok(()) => info!(namespace = %ns, %name, project = %target.project, step = step.name(), "SBOM uploaded to Dependency-Track"),
+            Err(e) => warn!(namespace = %ns, %name, project = %target.project, step = step.name(), error = %e, "Dependency-Track upload failed"),
+        }
+        res
+    });
+    if !started {
+        debug!(
+            step = step.name(),
+            "all Dependency-Track upload slots busy; waiting"
+        );
+    }
+    Outcome::Running
+}
+
+/// The namespace's `lagoon-env` Secret, as text.
+async fn lagoon_env(
+    ctx: &Context,
+    ns: &str,
+) -> std::result::Result<BTreeMap<String, String>, String> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let secret = secrets
+        .get(dependency_track::LAGOON_ENV_SECRET)
+        .await
+        .map_err(|e| {
+            format!(
+                "reading Secret {}: {e}",
+                dependency_track::LAGOON_ENV_SECRET
+            )
+        })?;
+    let mut out: BTreeMap<String, String> = secret.string_data.unwrap_or_default();
+    for (k, v) in secret.data.unwrap_or_default() {
+        out.insert(k, String::from_utf8_lossy(&v.0).into_owned());
+    }
+    Ok(out)
+}
+
+/// The SBOM itself (the only payload entry), decompressed.
+fn sbom_bytes(cm: &ConfigMap) -> std::result::Result<Vec<u8>, String> {
+    let raw = cm
+        .binary_data
+        .iter()
+        .flatten()
+        .map(|(_, v)| v.0.as_slice())
+        .chain(cm.data.iter().flatten().map(|(_, v)| v.as_bytes()))
+        .next()
+        .ok_or("the ConfigMap has no payload")?;
+    payload::decompressed(raw)
+}
+
+/// The namespace's labels (project and environment come from there).
+async fn namespace_labels(ctx: &Context, ns: &str) -> Result<BTreeMap<String, String>> {
+    Ok(Api::<Namespace>::all(ctx.client.clone())
+        .get_opt(ns)
+        .await?
+        .map(|n| n.labels().clone())
+        .unwrap_or_default())
+}
+
+/// Builds the message, or says why this ConfigMap must not be forwarded.
+fn build_message(
+    cm: &ConfigMap,
+    ns_labels: &BTreeMap<String, String>,
+) -> std::result::Result<ConfigMapMessage, String> {
     let labels = cm.labels();
     let insights_type = match infer_insights_type(labels) {
         Ok(t) => t,
-        Err(reason) => return Ok(Err(reason)),
+        Err(reason) => return Err(reason),
     };
     let entries: Vec<(&String, &[u8])> = cm
         .binary_data
@@ -253,17 +488,13 @@ async fn build_message(
         .chain(cm.data.iter().flatten().map(|(k, v)| (k, v.as_bytes())))
         .collect();
     let (key, raw) = match entries.as_slice() {
-        [] => {
-            return Ok(Err(
-                "the ConfigMap has no payload (neither data nor binaryData)".into(),
-            ))
-        }
+        [] => return Err("the ConfigMap has no payload (neither data nor binaryData)".into()),
         [one] => *one,
         many => {
-            return Ok(Err(format!(
+            return Err(format!(
                 "the ConfigMap has {} payload entries; Lagoon core's consumer reads only one, chosen at random: keep one entry",
                 many.len()
-            )))
+            ))
         }
     };
     // Checked and gzipped as the consumer needs it (src/payload.rs).
@@ -271,16 +502,12 @@ async fn build_message(
         match payload::Kind::from_label(labels.get(LABEL_INSIGHTS_TYPE).map(String::as_str)) {
             Some(kind) => match payload::prepare(kind, raw) {
                 Ok(p) => p,
-                Err(reason) => return Ok(Err(format!("{key}: {reason}"))),
+                Err(reason) => return Err(format!("{key}: {reason}")),
             },
             None => raw.to_vec(),
         };
     let binary_payload = BTreeMap::from([(key.clone(), STANDARD.encode(&payload))]);
     let ns_name = cm.namespace().unwrap_or_default();
-    let ns = Api::<Namespace>::all(ctx.client.clone())
-        .get_opt(&ns_name)
-        .await?;
-    let ns_labels = ns.as_ref().map(|n| n.labels().clone()).unwrap_or_default();
     // Project and environment come from the namespace; the ConfigMap's own
     // labels (set by the build) are the fallback.
     let pick = |key: &str| {
@@ -290,7 +517,7 @@ async fn build_message(
             .cloned()
             .unwrap_or_default()
     };
-    Ok(Ok(ConfigMapMessage {
+    Ok(ConfigMapMessage {
         payload: None,
         binary_payload,
         annotations: cm.annotations().clone(),
@@ -300,7 +527,7 @@ async fn build_message(
         service: labels.get(LABEL_SERVICE).cloned().unwrap_or_default(),
         project: pick(contract::LABEL_PROJECT),
         insights_type: insights_type.as_str().into(),
-    }))
+    })
 }
 
 /// A merge patch of our labels and annotations only. With `resource_version`
@@ -326,11 +553,13 @@ async fn patch_meta(
         .await?)
 }
 
+/// Marks a ConfigMap processed with the steps' statuses (or burns it).
 async fn mark_processed(
     api: &Api<ConfigMap>,
     cm: &ConfigMap,
     ctx: &Context,
     burn_after: bool,
+    statuses: serde_json::Value,
 ) -> Result<()> {
     if burn_after {
         // One call: delete exactly the version that was forwarded.
@@ -351,10 +580,28 @@ async fn mark_processed(
         &cm.name_any(),
         cm.metadata.resource_version.as_deref(),
         json!({ LABEL_PROCESSED: now_unix().to_string(), LABEL_WRITE_DEFERRED: null }),
-        json!({ ANNOTATION_PROCESSED: now_rfc3339() }),
+        with(statuses, ANNOTATION_PROCESSED, json!(now_rfc3339())),
     )
     .await?;
     Ok(())
+}
+
+/// `obj` (a JSON object) with one more entry.
+fn with(mut obj: serde_json::Value, key: &str, value: serde_json::Value) -> serde_json::Value {
+    if let Some(m) = obj.as_object_mut() {
+        m.insert(key.to_string(), value);
+    }
+    obj
+}
+
+/// A failed attempt: what failed, the attempt's number, whether that was
+/// the last allowed, and the steps' statuses to record.
+struct Deferral<'a> {
+    reason: &'a str,
+    retries: u32,
+    give_up: bool,
+    mins: u32,
+    statuses: serde_json::Value,
 }
 
 async fn delete_version(api: &Api<ConfigMap>, cm: &ConfigMap) -> Result<()> {
@@ -396,29 +643,29 @@ async fn defer(
     api: &Api<ConfigMap>,
     cm: &ConfigMap,
     ctx: &Context,
-    reason: &str,
-    mins: u32,
-    max_retries: u32,
+    d: Deferral<'_>,
 ) -> Result<Action> {
-    let retries: u32 = cm
-        .annotations()
-        .get(ANNOTATION_RETRIES)
-        .and_then(|r| r.trim().parse().ok())
-        .unwrap_or(0)
-        + 1;
+    let Deferral {
+        reason,
+        retries,
+        give_up,
+        mins,
+        statuses,
+    } = d;
     let name = cm.name_any();
     let ns = cm.namespace().unwrap_or_default();
     ctx.counters.add(&ctx.counters.deferred);
     ctx.metrics.count_configmap("deferred");
     ctx.status_changed.notify_one();
-    if retries > max_retries {
+    let annotations = with(statuses, ANNOTATION_RETRIES, json!(retries.to_string()));
+    if give_up {
         warn!(namespace = %ns, %name, retries, "insights ConfigMap exceeded its retries; giving up");
         patch_meta(
             api,
             &name,
             cm.metadata.resource_version.as_deref(),
             json!({ LABEL_MAX_RETRY_EXCEEDED: MAX_RETRY_EXCEEDED_VALUE, LABEL_WRITE_DEFERRED: null }),
-            json!({ ANNOTATION_RETRIES: retries.to_string() }),
+            annotations,
         )
         .await?;
         ctx.event(
@@ -426,20 +673,20 @@ async fn defer(
             EventType::Warning,
             "MaxRetriesExceeded",
             "Forward",
-            format!("not forwarded after {retries} attempts: {reason}"),
+            format!("not processed after {retries} attempts: {reason}"),
         )
         .await;
         return Ok(Action::await_change());
     }
     let wait = u64::from(mins) * 60;
     let until = now_unix() + wait;
-    warn!(namespace = %ns, %name, retries, retry_in_s = wait, error = %reason, "forward failed; deferred");
+    warn!(namespace = %ns, %name, retries, retry_in_s = wait, error = %reason, "post-processing failed; deferred");
     patch_meta(
         api,
         &name,
         cm.metadata.resource_version.as_deref(),
         json!({ LABEL_WRITE_DEFERRED: until.to_string() }),
-        json!({ ANNOTATION_RETRIES: retries.to_string() }),
+        annotations,
     )
     .await?;
     ctx.event(

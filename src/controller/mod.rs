@@ -4,6 +4,7 @@
 pub mod config;
 pub mod configmap;
 pub mod namespace;
+pub mod uploads;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -59,11 +60,24 @@ pub struct Counters {
     pub tokens_issued: AtomicU64,
     /// RFC 3339 time of the last confirmed forward.
     pub last_forward: Mutex<Option<String>>,
+    /// Per post-processor step.
+    pub steps: Mutex<std::collections::BTreeMap<String, crate::crd::PostProcessorCounts>>,
 }
 
 impl Counters {
     pub fn add(&self, which: &AtomicU64) {
         which.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One step's result: `success`, `skipped` or `failure`.
+    pub fn add_step(&self, processor: &str, result: &str) {
+        let mut steps = self.steps.lock().expect("counters lock");
+        let c = steps.entry(processor.to_string()).or_default();
+        match result {
+            "success" => c.succeeded += 1,
+            "skipped" => c.skipped += 1,
+            _ => c.failed += 1,
+        }
     }
 }
 
@@ -74,6 +88,8 @@ pub struct ConfigHealth {
     pub signing_key_problem: Option<(String, String)>,
     /// None when the broker settings resolved; else (reason, message).
     pub broker_problem: Option<(String, String)>,
+    /// None when the behaviour settings resolved; else (reason, message).
+    pub settings_problem: Option<(String, String)>,
     pub observed_generation: Option<i64>,
     pub key_fingerprint: Option<String>,
 }
@@ -108,6 +124,8 @@ pub struct Context {
     pub token_resync: Duration,
     /// What RBAC refused already (each is logged once, then at debug).
     pub denied: Mutex<std::collections::BTreeSet<&'static str>>,
+    /// Dependency-Track uploads in the background.
+    pub uploads: uploads::Uploads,
 }
 
 impl Context {
@@ -140,6 +158,7 @@ impl Context {
             status_changed: Notify::new(),
             token_resync: DEFAULT_TOKEN_RESYNC,
             denied: Default::default(),
+            uploads: uploads::Uploads::new(2, Duration::from_secs(300)),
         }
     }
 

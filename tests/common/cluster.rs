@@ -170,6 +170,7 @@ pub fn test_ops() -> Operations {
         require_core_enabled: false,
         tokens_enabled: true,
         target_label: None,
+        dependency_track: Default::default(),
     }
 }
 

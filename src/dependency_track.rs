@@ -1,0 +1,693 @@
+//! Dependency-Track uploads of SBOM ConfigMaps, as upstream v0.0.19's
+//! post-processors do: the project hierarchy from name templates (parents as
+//! collection projects aggregating their direct children), the BOM uploaded
+//! under its parent with auto-create, then waiting until Dependency-Track
+//! has processed it.
+//!
+//! The decisions (templates, which project, skip or upload) are pure
+//! functions; [`Client`] only talks HTTP.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::contract::{LABEL_ENVIRONMENT, LABEL_ENVIRONMENT_TYPE, LABEL_PROJECT, LABEL_SERVICE};
+
+/// On an SBOM ConfigMap: upload (also) to this Dependency-Track, with the
+/// key from the namespace's `lagoon-env` Secret.
+pub const ANNOTATION_CUSTOM_ENDPOINT: &str = "dependencytrack.insights.lagoon.sh/custom-endpoint";
+/// The namespace Secret holding the per-namespace key and override.
+pub const LAGOON_ENV_SECRET: &str = "lagoon-env";
+pub const KEY_API_KEY: &str = "LAGOON_FEATURE_FLAG_INSIGHTS_DEPENDENCY_TRACK_API_KEY";
+pub const KEY_PUSH_PROD_ONLY: &str = "LAGOON_FEATURE_FLAG_INSIGHTS_DEPENDENCY_TRACK_PUSH_PROD_ONLY";
+
+pub const DEFAULT_ROOT_TEMPLATE: &str = "{{ .ProjectName }}";
+pub const DEFAULT_PARENT_TEMPLATE: &str = "{{ .ProjectName }}-{{ .EnvironmentName }}";
+pub const DEFAULT_PROJECT_TEMPLATE: &str =
+    "{{ .ProjectName }}-{{ .EnvironmentName }}-{{ .ServiceName }}";
+pub const DEFAULT_VERSION_TEMPLATE: &str = "unset";
+
+/// The fields a template may use: those upstream's defaults and
+/// documentation use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    ProjectName,
+    EnvironmentName,
+    ServiceName,
+    EnvironmentType,
+    /// Upstream has it and never sets it: always empty.
+    Version,
+}
+
+const FIELDS: [(&str, Field); 5] = [
+    ("ProjectName", Field::ProjectName),
+    ("EnvironmentName", Field::EnvironmentName),
+    ("ServiceName", Field::ServiceName),
+    ("EnvironmentType", Field::EnvironmentType),
+    ("Version", Field::Version),
+];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Field(Field),
+}
+
+/// A name template in the Go-template syntax admins already have in their
+/// values: literal text and `{{ .Field }}` placeholders, nothing else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template {
+    source: String,
+    parts: Vec<Part>,
+}
+
+impl Template {
+    pub fn parse(source: &str) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut rest = source;
+        while let Some(open) = rest.find("{{") {
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_string()));
+            }
+            let after = &rest[open + 2..];
+            let close = after
+                .find("}}")
+                .ok_or_else(|| format!("template {source:?}: unclosed {{{{"))?;
+            let action = after[..close].trim();
+            let field = action
+                .strip_prefix('.')
+                .and_then(|name| FIELDS.iter().find(|(n, _)| *n == name))
+                .map(|(_, f)| *f)
+                .ok_or_else(|| {
+                    format!(
+                        "template {source:?}: {{{{ {action} }}}} is not supported; use literal text and {}",
+                        FIELDS
+                            .iter()
+                            .map(|(n, _)| format!("{{{{ .{n} }}}}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })?;
+            parts.push(Part::Field(field));
+            rest = &after[close + 2..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_string()));
+        }
+        Ok(Template {
+            source: source.to_string(),
+            parts,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn render(&self, info: &WriteInfo) -> String {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => t.as_str(),
+                Part::Field(Field::ProjectName) => &info.project,
+                Part::Field(Field::EnvironmentName) => &info.environment,
+                Part::Field(Field::ServiceName) => &info.service,
+                Part::Field(Field::EnvironmentType) => &info.environment_type,
+                Part::Field(Field::Version) => "",
+            })
+            .collect()
+    }
+}
+
+/// The four name templates (`--dependency-track-*-template`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Templates {
+    pub root: Template,
+    pub parent: Template,
+    pub project: Template,
+    pub version: Template,
+}
+
+impl Templates {
+    pub fn parse(root: &str, parent: &str, project: &str, version: &str) -> Result<Self, String> {
+        let t = Templates {
+            root: Template::parse(root)?,
+            parent: Template::parse(parent)?,
+            project: Template::parse(project)?,
+            version: Template::parse(version)?,
+        };
+        if t.project.is_empty() {
+            return Err("the Dependency-Track project name template is empty".into());
+        }
+        Ok(t)
+    }
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Templates::parse(
+            DEFAULT_ROOT_TEMPLATE,
+            DEFAULT_PARENT_TEMPLATE,
+            DEFAULT_PROJECT_TEMPLATE,
+            DEFAULT_VERSION_TEMPLATE,
+        )
+        .expect("the defaults parse")
+    }
+}
+
+/// The central Dependency-Track settings (flags, environment, custom
+/// resource). The key never reaches a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub enabled: bool,
+    pub endpoint: String,
+    pub api_key: String,
+    pub templates: Templates,
+    pub push_prod_only: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            enabled: false,
+            endpoint: String::new(),
+            api_key: String::new(),
+            templates: Templates::default(),
+            push_prod_only: true,
+        }
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("enabled", &self.enabled)
+            .field("endpoint", &self.endpoint)
+            .field(
+                "api_key",
+                &if self.api_key.is_empty() { "" } else { "<set>" },
+            )
+            .field("templates", &self.templates)
+            .field("push_prod_only", &self.push_prod_only)
+            .finish()
+    }
+}
+
+impl Settings {
+    /// Upstream's rule: the central upload runs only when switched on with
+    /// both an endpoint and a key.
+    pub fn central_active(&self) -> bool {
+        self.enabled && !self.endpoint.is_empty() && !self.api_key.is_empty()
+    }
+    /// The per-namespace upload runs whenever the integration is on.
+    pub fn custom_active(&self) -> bool {
+        self.enabled
+    }
+}
+
+/// What the templates are filled with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteInfo {
+    pub project: String,
+    pub environment: String,
+    pub service: String,
+    pub environment_type: String,
+}
+
+impl WriteInfo {
+    /// Project and environment from the namespace's labels, else the
+    /// ConfigMap's; the service from the ConfigMap; the environment type
+    /// from the ConfigMap, `unknown` when absent.
+    pub fn from_labels(
+        cm: &BTreeMap<String, String>,
+        ns: &BTreeMap<String, String>,
+    ) -> Result<WriteInfo, String> {
+        let pick = |key: &str| {
+            ns.get(key)
+                .filter(|v| !v.is_empty())
+                .or_else(|| cm.get(key).filter(|v| !v.is_empty()))
+                .cloned()
+        };
+        Ok(WriteInfo {
+            project: pick(LABEL_PROJECT)
+                .ok_or("no project name found (label lagoon.sh/project)")?,
+            environment: pick(LABEL_ENVIRONMENT)
+                .ok_or("no environment name found (label lagoon.sh/environment)")?,
+            service: cm
+                .get(LABEL_SERVICE)
+                .filter(|v| !v.is_empty())
+                .cloned()
+                .ok_or("no service found (label lagoon.sh/service)")?,
+            environment_type: cm
+                .get(LABEL_ENVIRONMENT_TYPE)
+                .cloned()
+                .unwrap_or_else(|| "unknown".into()),
+        })
+    }
+}
+
+/// Where one BOM goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Collection projects, outermost first.
+    pub parents: Vec<String>,
+    pub project: String,
+    pub version: String,
+    pub tags: Vec<String>,
+}
+
+/// Upstream's rule for the hierarchy: with a parent template the parents are
+/// the root (if its template is set) then the parent; without one, none.
+/// Empty rendered names are left out rather than created.
+pub fn target(t: &Templates, info: &WriteInfo, cm_labels: &BTreeMap<String, String>) -> Target {
+    let mut parents = Vec::new();
+    if !t.parent.is_empty() {
+        if !t.root.is_empty() {
+            parents.push(t.root.render(info));
+        }
+        parents.push(t.parent.render(info));
+    }
+    parents.retain(|p| !p.is_empty());
+    Target {
+        parents,
+        project: t.project.render(info),
+        version: t.version.render(info),
+        tags: cm_labels
+            .get(LABEL_ENVIRONMENT_TYPE)
+            .map(|t| vec![format!("lagoon-environmenttype-{t}")])
+            .unwrap_or_default(),
+    }
+}
+
+/// Why an SBOM is not uploaded, if it is not: with push-prod-only, only
+/// ConfigMaps labelled `lagoon.sh/environmentType: production` go.
+pub fn skip_reason(push_prod_only: bool, cm_labels: &BTreeMap<String, String>) -> Option<String> {
+    let env_type = cm_labels
+        .get(LABEL_ENVIRONMENT_TYPE)
+        .map(String::as_str)
+        .unwrap_or("");
+    (push_prod_only && env_type != "production")
+        .then(|| format!("push-prod-only: environment type {env_type:?} is not production"))
+}
+
+/// The per-namespace push-prod-only: the `lagoon-env` value when it parses
+/// as Go's ParseBool does, else the global one (and a warning to log).
+pub fn prod_only_override(global: bool, value: Option<&str>) -> (bool, Option<String>) {
+    match value.map(str::trim) {
+        None | Some("") => (global, None),
+        Some("1" | "t" | "T" | "TRUE" | "true" | "True") => (true, None),
+        Some("0" | "f" | "F" | "FALSE" | "false" | "False") => (false, None),
+        Some(other) => (
+            global,
+            Some(format!(
+                "{KEY_PUSH_PROD_ONLY}={other:?} is not a boolean; using the global push-prod-only ({global})"
+            )),
+        ),
+    }
+}
+
+/// One Dependency-Track API server.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client").field("base", &self.base).finish()
+    }
+}
+
+/// How long one HTTP request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const POLL_EVERY: Duration = Duration::from_secs(1);
+
+impl Client {
+    pub fn new(http: reqwest::Client, endpoint: &str, key: &str) -> Result<Client, String> {
+        let base = endpoint.trim().trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(format!(
+                "Dependency-Track endpoint {base:?} is not an http(s) URL"
+            ));
+        }
+        if key.is_empty() {
+            return Err("no Dependency-Track API key".into());
+        }
+        Ok(Client {
+            http,
+            base,
+            key: key.to_string(),
+        })
+    }
+
+    /// A shared HTTP client for all uploads.
+    pub fn http() -> reqwest::Client {
+        reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("insights-remote/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("the HTTP client builds")
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), String> {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base))
+            .header("X-Api-Key", &self.key)
+            .header("Accept", "application/json");
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("{method} {path}: {}", with_causes(&e)))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| format!("{method} {path}: {}", with_causes(&e)))?;
+        if !(200..300).contains(&status) && status != 409 {
+            let mut text = text;
+            text.truncate(300);
+            return Err(format!("{method} {path}: status {status}: {text}"));
+        }
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    /// Upstream's check: the token API needs 4.11 or later.
+    async fn check_version(&self) -> Result<(), String> {
+        let (_, v) = self
+            .call(reqwest::Method::GET, "/api/version", None)
+            .await?;
+        let version = v["version"].as_str().unwrap_or_default();
+        let mut nums = version.split('.').map(|n| n.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
+        if (major, minor) < (4, 11) {
+            return Err(format!(
+                "Dependency-Track server version must be at least 4.11.0, but is {version:?}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The project `name` directly under `parent` (at the top when None),
+    /// created as a collection project if absent. A project of that name
+    /// under another parent is an error, not silently reused.
+    async fn collection(&self, name: &str, parent: Option<&str>) -> Result<String, String> {
+        for attempt in 0..2 {
+            let path = format!(
+                "/api/v1/project?name={}&excludeInactive=true&onlyRoot=false",
+                encode(name)
+            );
+            let (_, found) = self.call(reqwest::Method::GET, &path, None).await?;
+            let uuids: Vec<String> = found
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["name"].as_str() == Some(name))
+                .filter_map(|p| p["uuid"].as_str().map(String::from))
+                .collect();
+            for uuid in &uuids {
+                // The list omits "parent"; the project itself has it.
+                let (_, p) = self
+                    .call(
+                        reqwest::Method::GET,
+                        &format!("/api/v1/project/{uuid}"),
+                        None,
+                    )
+                    .await?;
+                if p["parent"]["uuid"].as_str() == parent {
+                    return Ok(uuid.clone());
+                }
+            }
+            if !uuids.is_empty() {
+                return Err(match parent {
+                    Some(p) => format!("project {name:?} exists, but not under parent {p}"),
+                    None => format!("project {name:?} exists, but not at the top level"),
+                });
+            }
+            let mut body = json!({
+                "name": name,
+                "active": true,
+                "classifier": "APPLICATION",
+                "collectionLogic": "AGGREGATE_DIRECT_CHILDREN",
+            });
+            if let Some(p) = parent {
+                body["parent"] = json!({ "uuid": p });
+            }
+            let (status, created) = self
+                .call(reqwest::Method::PUT, "/api/v1/project", Some(&body))
+                .await?;
+            match (status, created["uuid"].as_str()) {
+                (409, _) if attempt == 0 => continue, // created meanwhile: look again
+                (_, Some(uuid)) => return Ok(uuid.to_string()),
+                _ => return Err(format!("creating project {name:?}: status {status}")),
+            }
+        }
+        Err(format!("creating project {name:?}: conflict"))
+    }
+
+    /// Uploads one BOM (the decompressed CycloneDX JSON) to `target` and
+    /// waits until Dependency-Track has processed it, at most `wait`.
+    pub async fn upload(&self, target: &Target, bom: &[u8], wait: Duration) -> Result<(), String> {
+        self.check_version().await?;
+        let mut parent: Option<String> = None;
+        for name in &target.parents {
+            parent = Some(self.collection(name, parent.as_deref()).await?);
+        }
+        let mut body = json!({
+            "projectName": target.project,
+            "autoCreate": true,
+            "bom": STANDARD.encode(bom),
+        });
+        if !target.version.is_empty() {
+            body["projectVersion"] = json!(target.version);
+        }
+        if let Some(p) = &parent {
+            body["parentUUID"] = json!(p);
+        }
+        if !target.tags.is_empty() {
+            body["projectTags"] = json!(target
+                .tags
+                .iter()
+                .map(|t| json!({ "name": t }))
+                .collect::<Vec<_>>());
+        }
+        let (status, resp) = self
+            .call(reqwest::Method::PUT, "/api/v1/bom", Some(&body))
+            .await?;
+        drop(body);
+        let token = match (status, resp["token"].as_str()) {
+            (200..=299, Some(t)) => t.to_string(),
+            _ => return Err(format!("PUT /api/v1/bom: status {status}, no token")),
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::time::sleep(POLL_EVERY.min(wait)).await;
+            let (_, ev) = self
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/event/token/{}", encode(&token)),
+                    None,
+                )
+                .await?;
+            if ev["processing"] == Value::Bool(false) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "Dependency-Track had not processed the BOM after {}s",
+                    wait.as_secs()
+                ));
+            }
+        }
+    }
+}
+
+/// A reqwest error with its causes (the URL never holds the key).
+fn with_causes(e: &reqwest::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn info() -> WriteInfo {
+        WriteInfo {
+            project: "demo".into(),
+            environment: "main".into(),
+            service: "cli".into(),
+            environment_type: "production".into(),
+        }
+    }
+
+    #[test]
+    fn templates_render_the_supported_fields_and_refuse_the_rest() {
+        let cases: &[(&str, Result<&str, &str>)] = &[
+            ("{{ .ProjectName }}", Ok("demo")),
+            ("{{.ProjectName}}-{{ .EnvironmentName }}", Ok("demo-main")),
+            (
+                "{{ .ProjectName }}-{{ .EnvironmentName }}-{{ .ServiceName }}",
+                Ok("demo-main-cli"),
+            ),
+            ("lagoon/{{ .EnvironmentType }}", Ok("lagoon/production")),
+            ("unset", Ok("unset")),
+            ("v{{ .Version }}", Ok("v")),
+            ("", Ok("")),
+            ("{{ .Namespace }}", Err("is not supported")),
+            ("{{ printf \"%s\" .ProjectName }}", Err("is not supported")),
+            ("{{ .ProjectName | upper }}", Err("is not supported")),
+            ("{{- .ProjectName }}", Err("is not supported")),
+            ("{{ .ProjectName ", Err("unclosed")),
+        ];
+        for (src, want) in cases {
+            match (Template::parse(src), want) {
+                (Ok(t), Ok(w)) => assert_eq!(t.render(&info()), *w, "{src}"),
+                (Err(e), Err(w)) => assert!(e.contains(w), "{src}: {e}"),
+                (got, want) => panic!("{src}: got {got:?}, want {want:?}"),
+            }
+        }
+        assert!(
+            Templates::parse("", "", "", "").is_err(),
+            "empty project name"
+        );
+    }
+
+    #[test]
+    fn hierarchy_follows_upstreams_rule() {
+        let cm = labels(&[("lagoon.sh/environmentType", "production")]);
+        let t = |root: &str, parent: &str| {
+            target(
+                &Templates::parse(root, parent, DEFAULT_PROJECT_TEMPLATE, "unset").unwrap(),
+                &info(),
+                &cm,
+            )
+        };
+        let d = t(DEFAULT_ROOT_TEMPLATE, DEFAULT_PARENT_TEMPLATE);
+        assert_eq!(d.parents, ["demo", "demo-main"]);
+        assert_eq!(d.project, "demo-main-cli");
+        assert_eq!(d.version, "unset");
+        assert_eq!(d.tags, ["lagoon-environmenttype-production"]);
+        assert_eq!(t("", DEFAULT_PARENT_TEMPLATE).parents, ["demo-main"]);
+        // No parent template: no parents, even with a root (upstream's rule;
+        // upstream then crashes, this uploads at the top level).
+        assert!(t(DEFAULT_ROOT_TEMPLATE, "").parents.is_empty());
+        assert!(target(&Templates::default(), &info(), &labels(&[]))
+            .tags
+            .is_empty());
+    }
+
+    #[test]
+    fn write_info_prefers_namespace_labels_and_needs_a_service() {
+        let cm = labels(&[
+            ("lagoon.sh/project", "cm-project"),
+            ("lagoon.sh/environment", "cm-env"),
+            ("lagoon.sh/service", "nginx"),
+        ]);
+        let ns = labels(&[("lagoon.sh/project", "ns-project")]);
+        let i = WriteInfo::from_labels(&cm, &ns).unwrap();
+        assert_eq!(
+            (
+                i.project.as_str(),
+                i.environment.as_str(),
+                i.service.as_str(),
+                i.environment_type.as_str()
+            ),
+            ("ns-project", "cm-env", "nginx", "unknown")
+        );
+        let no_service = labels(&[("lagoon.sh/project", "p"), ("lagoon.sh/environment", "e")]);
+        assert!(WriteInfo::from_labels(&no_service, &ns)
+            .unwrap_err()
+            .contains("service"));
+        assert!(
+            WriteInfo::from_labels(&labels(&[("lagoon.sh/service", "s")]), &labels(&[]))
+                .unwrap_err()
+                .contains("project")
+        );
+    }
+
+    #[test]
+    fn prod_only_and_its_override() {
+        let prod = labels(&[("lagoon.sh/environmentType", "production")]);
+        let dev = labels(&[("lagoon.sh/environmentType", "development")]);
+        assert_eq!(skip_reason(true, &prod), None);
+        assert!(skip_reason(true, &dev).is_some());
+        assert!(skip_reason(true, &labels(&[])).is_some());
+        assert_eq!(skip_reason(false, &dev), None);
+        let cases: &[(bool, Option<&str>, bool, bool)] = &[
+            (true, None, true, false),
+            (true, Some(""), true, false),
+            (true, Some("false"), false, false),
+            (true, Some("F"), false, false),
+            (false, Some("TRUE"), true, false),
+            (false, Some("1"), true, false),
+            (true, Some("nope"), true, true),
+            (false, Some("yes"), false, true),
+        ];
+        for (global, value, want, warns) in cases {
+            let (got, warning) = prod_only_override(*global, *value);
+            assert_eq!(
+                (got, warning.is_some()),
+                (*want, *warns),
+                "{global} {value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn settings_debug_hides_the_key() {
+        let s = Settings {
+            api_key: "odt_secret".into(),
+            ..Default::default()
+        };
+        assert!(!format!("{s:?}").contains("odt_secret"));
+        let c = Client::new(Client::http(), "http://dt", "odt_secret").unwrap();
+        assert!(!format!("{c:?}").contains("odt_secret"));
+        assert!(Client::new(Client::http(), "dt:8080", "k").is_err());
+        assert!(Client::new(Client::http(), "http://dt", "").is_err());
+    }
+}
