@@ -8,7 +8,11 @@ bash hack/deps.sh
 # Lagoon core's consumer (insights-handler) and the API stand-in's library,
 # for tests/consumer.rs; built once and cached outside git.
 bash hack/lagoon-core.sh >/dev/null
-trap 'bash hack/control-plane.sh down >/dev/null 2>&1 || true' EXIT
+# A real Dependency-Track API server for tests/dependency_track.rs (built
+# from ../shared/dependency-track with Maven Central, cached outside git;
+# started on loopback, or reused when already running).
+bash ../shared/dependency-track/run.sh >/dev/null
+trap 'bash hack/control-plane.sh down >/dev/null 2>&1 || true; bash ../shared/dependency-track/stop.sh >/dev/null 2>&1 || true' EXIT
 KUBECONFIG=$(bash hack/control-plane.sh kubeconfig)
 export KUBECONFIG
 cargo fmt --all -- --check

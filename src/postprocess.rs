@@ -438,6 +438,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)]
     fn conclude_table() {
         let ok = |s| (s, Outcome::Success);
         let fail = |s, e: &str| (s, Outcome::Failure(e.to_string()));

@@ -424,6 +424,17 @@ async fn core_insights_gate_marks_without_publishing() {
     .await;
     let got = drain(&queue, 2, Duration::from_secs(5)).await;
     assert_eq!(got.len(), 1, "only the core-enabled ConfigMap is published");
+    // Both record the core step as done (upstream's annotation).
+    for name in ["core-off", "lagoon-insights-sbom-cli"] {
+        let cm = api.get(name).await.unwrap();
+        assert_eq!(
+            cm.annotations()
+                .get("core.insights.lagoon.sh/status")
+                .map(String::as_str),
+            Some("success"),
+            "{name}"
+        );
+    }
     assert_eq!(
         got[0]["annotations"]["core.insights.lagoon.sh/enabled"],
         "true"

@@ -476,10 +476,7 @@ fn build_message(
     ns_labels: &BTreeMap<String, String>,
 ) -> std::result::Result<ConfigMapMessage, String> {
     let labels = cm.labels();
-    let insights_type = match infer_insights_type(labels) {
-        Ok(t) => t,
-        Err(reason) => return Err(reason),
-    };
+    let insights_type = infer_insights_type(labels)?;
     let entries: Vec<(&String, &[u8])> = cm
         .binary_data
         .iter()

@@ -100,6 +100,14 @@ pub fn numbered_insights_cm(i: usize) -> k8s_openapi::api::core::v1::ConfigMap {
         ]
         .into(),
     );
+    // As a build with core insights on marks it (the gate is on by default).
+    cm.metadata.annotations = Some(
+        [(
+            "core.insights.lagoon.sh/enabled".to_string(),
+            "true".to_string(),
+        )]
+        .into(),
+    );
     let inspect = format!(r#"{{"name":"cm-{i}","env":["I={i}"]}}"#);
     cm.binary_data = Some(
         [(

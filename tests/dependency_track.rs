@@ -1,0 +1,494 @@
+//! The post-processor pipeline against a real Dependency-Track API server
+//! (`../shared/dependency-track/run.sh`, started by `hack/test.sh`), the
+//! real API server and RabbitMQ: the hierarchy and upload, push-prod-only
+//! and its per-namespace override, the per-namespace endpoint and key, and
+//! an outage deferring the ConfigMap without publishing it twice.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::cluster::*;
+use common::*;
+use insights_remote::crd::InsightsRemoteConfig;
+use insights_remote::dependency_track::{Settings, Templates};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::{json, Value};
+
+/// The running Dependency-Track: `DT_BASE_URL` and `DT_API_KEY`, else what
+/// run.sh wrote to `$DT_WORK/dt.env`.
+fn dt() -> (String, String) {
+    if let (Ok(u), Ok(k)) = (std::env::var("DT_BASE_URL"), std::env::var("DT_API_KEY")) {
+        return (u, k);
+    }
+    let work = std::env::var("DT_WORK")
+        .unwrap_or_else(|_| format!("{}/.cache/dependency-track", std::env::var("HOME").unwrap()));
+    let env = std::fs::read_to_string(format!("{work}/dt.env"))
+        .expect("no dt.env: run ../shared/dependency-track/run.sh (hack/test.sh does)");
+    let get = |k: &str| {
+        env.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{k}=")))
+            .next_back()
+            .unwrap_or_else(|| panic!("{k} missing in dt.env"))
+            .to_string()
+    };
+    (get("DT_BASE_URL"), get("DT_API_KEY"))
+}
+
+async fn dt_get(path: &str) -> (u16, Value) {
+    let (base, key) = dt();
+    let r = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .header("X-Api-Key", key)
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// The project `name` (any version) with its parent, if it exists.
+async fn project(name: &str) -> Option<Value> {
+    let (st, found) = dt_get(&format!("/api/v1/project?name={name}")).await;
+    assert_eq!(st, 200, "{found}");
+    let uuid = found.as_array()?.iter().find(|p| p["name"] == name)?["uuid"]
+        .as_str()?
+        .to_string();
+    Some(dt_get(&format!("/api/v1/project/{uuid}")).await.1)
+}
+
+fn dt_ops(
+    endpoint: &str,
+    key: &str,
+    push_prod_only: bool,
+) -> insights_remote::settings::Operations {
+    let mut ops = test_ops();
+    ops.require_core_enabled = true;
+    ops.mins_between_retries = 0;
+    ops.max_retries = 1000;
+    ops.dependency_track = Settings {
+        enabled: true,
+        endpoint: endpoint.into(),
+        api_key: key.into(),
+        templates: Templates::default(),
+        push_prod_only,
+    };
+    ops
+}
+
+/// The shared SBOM fixture as its build writes it, for `project` (a name
+/// unique to the test, so Dependency-Track's projects do not collide).
+fn sbom_cm(name: &str, project: &str, env_type: &str, annotations: &[(&str, &str)]) -> ConfigMap {
+    let mut cm = fixture_configmap("configmap-sbom.json", "");
+    cm.metadata.name = Some(name.into());
+    cm.metadata.namespace = None;
+    let labels = cm.metadata.labels.get_or_insert_with(Default::default);
+    labels.insert("lagoon.sh/project".into(), project.into());
+    labels.insert("lagoon.sh/environmentType".into(), env_type.into());
+    let a = cm.metadata.annotations.get_or_insert_with(Default::default);
+    for (k, v) in annotations {
+        a.insert(k.to_string(), v.to_string());
+    }
+    cm
+}
+
+/// A namespace whose labels leave project and environment to the
+/// ConfigMap's (Lagoon's namespaces carry the same values).
+async fn namespace(client: &kube::Client, tag: &str) -> TestNamespace {
+    TestNamespace::with_labels(
+        client,
+        tag,
+        BTreeMap::from([("lagoon.sh/environmentId".to_string(), "42".to_string())]),
+    )
+    .await
+}
+
+async fn processed(api: &Api<ConfigMap>, name: &str) -> BTreeMap<String, String> {
+    wait_for(
+        &format!("{name} processed"),
+        Duration::from_secs(90),
+        || async {
+            api.get_opt(name)
+                .await
+                .unwrap()
+                .filter(|cm| cm.labels().contains_key("lagoon.sh/insightsProcessed"))
+                .map(|cm| cm.annotations().clone())
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn central_upload_builds_the_hierarchy_and_waits_until_processed() {
+    let (base, key) = dt();
+    let client = client().await;
+    let ns = namespace(&client, "dtcentral").await;
+    let broker = isolated_broker("dtcentral");
+    let queue = broker.queue.clone();
+    let proj = unique("dtp");
+    let op = Operator::start(
+        &client,
+        OperatorOptions {
+            broker,
+            ops: dt_ops(&base, &key, true),
+            namespace: ns.name.clone(),
+            config_name: unique("irc"),
+            forward: true,
+            tokens: false,
+        },
+    )
+    .await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    api.create(
+        &PostParams::default(),
+        &sbom_cm("sbom", &proj, "production", &[]),
+    )
+    .await
+    .unwrap();
+    let a = processed(&api, "sbom").await;
+    assert_eq!(a["core.insights.lagoon.sh/status"], "success");
+    assert_eq!(
+        a["dependencytrack.insights.lagoon.sh/default-status"],
+        "success"
+    );
+    assert_eq!(
+        a["dependencytrack.insights.lagoon.sh/custom-status"], "success",
+        "nothing to do: no custom endpoint"
+    );
+    assert!(!a.contains_key("dependencytrack.insights.lagoon.sh/default-status-error"));
+
+    // The hierarchy: <project> (top) > <project>-main > <project>-main-cli.
+    let root = project(&proj).await.expect("root project");
+    assert_eq!(root["collectionLogic"], "AGGREGATE_DIRECT_CHILDREN");
+    assert!(root["parent"].is_null(), "the root is at the top: {root}");
+    let parent = project(&format!("{proj}-main"))
+        .await
+        .expect("parent project");
+    assert_eq!(parent["collectionLogic"], "AGGREGATE_DIRECT_CHILDREN");
+    assert_eq!(parent["parent"]["uuid"], root["uuid"]);
+    let leaf = project(&format!("{proj}-main-cli"))
+        .await
+        .expect("the SBOM's project");
+    assert_eq!(leaf["parent"]["uuid"], parent["uuid"]);
+    assert_eq!(leaf["version"], "unset");
+    let tags: Vec<&str> = leaf["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(
+        tags.contains(&"lagoon-environmenttype-production"),
+        "{tags:?}"
+    );
+    assert!(
+        leaf["lastBomImport"].is_number(),
+        "processed before marked: {leaf}"
+    );
+    let (_, comps) = dt_get(&format!(
+        "/api/v1/component/project/{}",
+        leaf["uuid"].as_str().unwrap()
+    ))
+    .await;
+    assert!(!comps.as_array().unwrap().is_empty(), "components present");
+    // And Lagoon core got it once.
+    assert_eq!(drain(&queue, 2, Duration::from_secs(3)).await.len(), 1);
+    let counts = op.ctx.counters.steps.lock().unwrap().clone();
+    assert_eq!(counts["dependencytrack-default"].succeeded, 1);
+    op.stop().await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn prod_only_skips_development_and_lagoon_env_overrides_it_for_the_custom_endpoint() {
+    let (base, key) = dt();
+    let client = client().await;
+    let ns = namespace(&client, "dtprod").await;
+    let broker = isolated_broker("dtprod");
+    // Central upload is on with push-prod-only; per-namespace too.
+    let op = Operator::start(
+        &client,
+        OperatorOptions {
+            broker,
+            ops: dt_ops(&base, &key, true),
+            namespace: ns.name.clone(),
+            config_name: unique("irc"),
+            forward: true,
+            tokens: false,
+        },
+    )
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "lagoon-env"},
+                "stringData": {
+                    "LAGOON_FEATURE_FLAG_INSIGHTS_DEPENDENCY_TRACK_API_KEY": key,
+                    "LAGOON_FEATURE_FLAG_INSIGHTS_DEPENDENCY_TRACK_PUSH_PROD_ONLY": "false",
+                },
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    // A development SBOM without a custom endpoint: skipped (recorded success).
+    let skipped = unique("dtskip");
+    api.create(
+        &PostParams::default(),
+        &sbom_cm("dev", &skipped, "development", &[]),
+    )
+    .await
+    .unwrap();
+    // A development SBOM for the namespace's own Dependency-Track, whose
+    // lagoon-env says push-prod-only=false: uploaded there.
+    let custom = unique("dtcustom");
+    api.create(
+        &PostParams::default(),
+        &sbom_cm(
+            "dev-custom",
+            &custom,
+            "development",
+            &[("dependencytrack.insights.lagoon.sh/custom-endpoint", &base)],
+        ),
+    )
+    .await
+    .unwrap();
+    let a = processed(&api, "dev").await;
+    assert_eq!(
+        a["dependencytrack.insights.lagoon.sh/default-status"],
+        "success"
+    );
+    let b = processed(&api, "dev-custom").await;
+    assert_eq!(
+        b["dependencytrack.insights.lagoon.sh/custom-status"],
+        "success"
+    );
+    let leaf = project(&format!("{custom}-main-cli"))
+        .await
+        .expect("uploaded with the namespace's key");
+    assert!(leaf["lastBomImport"].is_number());
+    let tags: Vec<&str> = leaf["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(
+        tags.contains(&"lagoon-environmenttype-development"),
+        "{tags:?}"
+    );
+    assert!(
+        project(&format!("{skipped}-main-cli")).await.is_none(),
+        "push-prod-only skipped it"
+    );
+    assert!(project(&skipped).await.is_none(), "not even the parents");
+
+    // An invalid override falls back to the global push-prod-only: skipped.
+    secrets
+        .patch(
+            "lagoon-env",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"LAGOON_FEATURE_FLAG_INSIGHTS_DEPENDENCY_TRACK_PUSH_PROD_ONLY": "maybe"}})),
+        )
+        .await
+        .unwrap();
+    let fallback = unique("dtfallback");
+    api.create(
+        &PostParams::default(),
+        &sbom_cm(
+            "dev-fallback",
+            &fallback,
+            "development",
+            &[("dependencytrack.insights.lagoon.sh/custom-endpoint", &base)],
+        ),
+    )
+    .await
+    .unwrap();
+    let c = processed(&api, "dev-fallback").await;
+    assert_eq!(
+        c["dependencytrack.insights.lagoon.sh/custom-status"],
+        "success"
+    );
+    assert!(
+        project(&fallback).await.is_none(),
+        "global push-prod-only applied"
+    );
+    op.stop().await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn custom_endpoint_without_a_key_fails_and_records_why() {
+    let (base, key) = dt();
+    let client = client().await;
+    let ns = namespace(&client, "dtnokey").await;
+    let op = Operator::start(
+        &client,
+        OperatorOptions {
+            broker: isolated_broker("dtnokey"),
+            ops: dt_ops(&base, &key, false),
+            namespace: ns.name.clone(),
+            config_name: unique("irc"),
+            forward: true,
+            tokens: false,
+        },
+    )
+    .await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let proj = unique("dtnokey");
+    api.create(
+        &PostParams::default(),
+        &sbom_cm(
+            "sbom",
+            &proj,
+            "production",
+            &[("dependencytrack.insights.lagoon.sh/custom-endpoint", &base)],
+        ),
+    )
+    .await
+    .unwrap();
+    let a = wait_for("custom step failed", Duration::from_secs(60), || async {
+        api.get_opt("sbom")
+            .await
+            .unwrap()
+            .map(|cm| cm.annotations().clone())
+            .filter(|a| {
+                a.get("dependencytrack.insights.lagoon.sh/custom-status")
+                    .map(String::as_str)
+                    == Some("failure")
+                    && a.contains_key("dependencytrack.insights.lagoon.sh/default-status")
+            })
+    })
+    .await;
+    assert!(
+        a["dependencytrack.insights.lagoon.sh/custom-status-error"].contains("lagoon-env"),
+        "{a:?}"
+    );
+    // The other steps went through and are not repeated.
+    assert_eq!(a["core.insights.lagoon.sh/status"], "success");
+    assert_eq!(
+        a["dependencytrack.insights.lagoon.sh/default-status"],
+        "success"
+    );
+    op.stop().await;
+    ns.cleanup().await;
+}
+
+async fn apply_config(client: &kube::Client, name: &str, spec: Value) {
+    let api: Api<InsightsRemoteConfig> = Api::all(client.clone());
+    let obj = json!({"apiVersion": "insights.lagoon.sh/v1alpha1", "kind": "InsightsRemoteConfig", "metadata": {"name": name}, "spec": spec});
+    api.patch(
+        name,
+        &PatchParams::apply("tests").force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .unwrap();
+}
+
+/// Dependency-Track away: the ConfigMap is deferred with `failure` and the
+/// error recorded, Lagoon core is not published to again on retry, and the
+/// upload is done once Dependency-Track is back (through the custom
+/// resource, with the key from a Secret).
+#[tokio::test]
+async fn outage_defers_then_uploads_once_back_without_publishing_twice() {
+    let (base, key) = dt();
+    let client = client().await;
+    ensure_crd(&client).await;
+    let ns = namespace(&client, "dtoutage").await;
+    let broker = isolated_broker("dtoutage");
+    let queue = broker.queue.clone();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "dt-key"}, "stringData": {"key": key}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let config_name = unique("irc-dt");
+    let spec = |endpoint: &str| {
+        json!({"dependencyTrack": {
+            "enabled": true,
+            "apiEndpoint": endpoint,
+            "apiKeySecret": {"name": "dt-key", "key": "key"},
+        }})
+    };
+    apply_config(&client, &config_name, spec("http://127.0.0.1:1")).await;
+    let mut ops = dt_ops("", "", true);
+    ops.dependency_track.enabled = false;
+    let op = Operator::start(
+        &client,
+        OperatorOptions {
+            broker,
+            ops,
+            namespace: ns.name.clone(),
+            config_name: config_name.clone(),
+            forward: true,
+            tokens: false,
+        },
+    )
+    .await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let proj = unique("dtout");
+    api.create(
+        &PostParams::default(),
+        &sbom_cm("sbom", &proj, "production", &[]),
+    )
+    .await
+    .unwrap();
+    let deferred = wait_for(
+        "deferred with a failure",
+        Duration::from_secs(60),
+        || async {
+            api.get_opt("sbom").await.unwrap().filter(|cm| {
+                cm.labels().contains_key("lagoon.sh/insightsWriteDeferred")
+                    && cm
+                        .annotations()
+                        .get("dependencytrack.insights.lagoon.sh/default-status")
+                        .map(String::as_str)
+                        == Some("failure")
+            })
+        },
+    )
+    .await;
+    let a = deferred.annotations();
+    assert!(!a["dependencytrack.insights.lagoon.sh/default-status-error"].is_empty());
+    assert_eq!(a["core.insights.lagoon.sh/status"], "success");
+    assert!(a["insights.lagoon.sh/retries"].parse::<u32>().unwrap() >= 1);
+    assert!(!deferred
+        .labels()
+        .contains_key("lagoon.sh/insightsProcessed"));
+    // Back: the resource now points at the live server.
+    apply_config(&client, &config_name, spec(&base)).await;
+    let done = processed(&api, "sbom").await;
+    assert_eq!(
+        done["dependencytrack.insights.lagoon.sh/default-status"],
+        "success"
+    );
+    assert!(
+        !done.contains_key("dependencytrack.insights.lagoon.sh/default-status-error"),
+        "the stale error is removed"
+    );
+    let leaf = project(&format!("{proj}-main-cli"))
+        .await
+        .expect("uploaded once back");
+    assert!(leaf["lastBomImport"].is_number());
+    let got = drain(&queue, 3, Duration::from_secs(3)).await;
+    assert_eq!(got.len(), 1, "Lagoon core got it once, not once per retry");
+    op.stop().await;
+    let _ = Api::<InsightsRemoteConfig>::all(client.clone())
+        .delete(&config_name, &Default::default())
+        .await;
+    ns.cleanup().await;
+}
