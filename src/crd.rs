@@ -41,6 +41,25 @@ pub struct InsightsRemoteConfigSpec {
     /// SBOM uploads to Dependency-Track (the DEPENDENCY_TRACK_* settings).
     #[serde(default)]
     pub dependency_track: DependencyTrackSpec,
+    /// The post-build image scanner (ENABLE_BUILD_SCANNING and its settings).
+    #[serde(default)]
+    pub build_scanner: BuildScannerSpec,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildScannerSpec {
+    /// (ENABLE_BUILD_SCANNING)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// (BUILD_SCANNER_IMAGE)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Added to the scanner pod's environment, over the flag's and the
+    /// copied values (BUILD_SCANNER_EXTRA_ENV_VARS); keys must be
+    /// [A-Za-z_][A-Za-z0-9_]*.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub extra_env: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -68,6 +68,7 @@ pub struct Metrics {
     pub reconcile_duration: Family<ControllerLabels, Histogram, fn() -> Histogram>,
     pub configmaps: Family<OutcomeLabels, Counter>,
     pub post_processors: Family<StepLabels, Counter>,
+    pub build_scans: Family<OutcomeLabels, Counter>,
     pub tokens_minted: Counter,
 }
 
@@ -98,6 +99,7 @@ impl Metrics {
             ),
             configmaps: Family::default(),
             post_processors: Family::default(),
+            build_scans: Family::default(),
             tokens_minted: Counter::default(),
             registry: Registry::default(),
         };
@@ -177,6 +179,11 @@ impl Metrics {
             m.post_processors.clone(),
         );
         registry.register(
+            "build_scans",
+            "Succeeded build pods by scan outcome (started, no_images, failed)",
+            m.build_scans.clone(),
+        );
+        registry.register(
             "tokens_minted",
             "Token Secrets written",
             m.tokens_minted.clone(),
@@ -214,6 +221,14 @@ impl Metrics {
                 route: route.into(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    pub fn count_scan(&self, outcome: &str) {
+        self.build_scans
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 
     pub fn count_step(&self, processor: &str, result: &str) {

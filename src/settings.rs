@@ -521,14 +521,7 @@ impl RunArgs {
         {
             notes.push("ENABLE_DEPENDENCY_TRACK_INTEGRATION: no DEPENDENCY_TRACK_API_ENDPOINT or DEPENDENCY_TRACK_API_KEY: only per-namespace uploads (dependencytrack.insights.lagoon.sh/custom-endpoint) run".into());
         }
-        let extra = self.build_scanner_extra_env()?;
-        if u.build_scanner {
-            notes.push(format!(
-                "ENABLE_BUILD_SCANNING: the post-build scanner is not implemented in this version; builds are NOT scanned (image {}, {} extra variables)",
-                u.build_scanner_image,
-                extra.len()
-            ));
-        }
+        self.build_scanner_extra_env()?;
         if !self.clear_configmap_sched.is_empty() {
             notes.push("CLEAR_CONFIGMAP_SCHED: no effect (burn-after-reading deletes right after forwarding)".into());
         }
@@ -600,6 +593,7 @@ pub struct Operations {
     pub tokens_enabled: bool,
     pub target_label: Option<String>,
     pub dependency_track: crate::dependency_track::Settings,
+    pub build_scanner: crate::controller::build::ScannerSettings,
 }
 
 impl RunArgs {
@@ -614,6 +608,11 @@ impl RunArgs {
             tokens_enabled: self.enable_namespace_reconciler,
             target_label: self.token_target_label.clone().filter(|l| !l.is_empty()),
             dependency_track: self.dependency_track_settings()?,
+            build_scanner: crate::controller::build::ScannerSettings {
+                enabled: self.upstream.build_scanner,
+                image: self.upstream.build_scanner_image.clone(),
+                extra_env: self.build_scanner_extra_env()?,
+            },
         })
     }
 

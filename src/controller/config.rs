@@ -221,6 +221,14 @@ pub fn operations(
         &pick(&d.version_template, &b.templates.version),
     )
     .map_err(|e| format!("spec.dependencyTrack: {e}"))?;
+    let bs = &spec.build_scanner;
+    let mut extra_env = base.build_scanner.extra_env.clone();
+    for (k, v) in &bs.extra_env {
+        crate::settings::parse_env_pair(&format!("{k}={v}"))
+            .map_err(|e| format!("spec.buildScanner.extraEnv: {e}"))?;
+        extra_env.retain(|(key, _)| key != k);
+        extra_env.push((k.clone(), v.clone()));
+    }
     Ok(Operations {
         burn_after_reading: spec.burn_after_reading.unwrap_or(base.burn_after_reading),
         forwarding_enabled: f.enabled.unwrap_or(base.forwarding_enabled),
@@ -245,6 +253,15 @@ pub fn operations(
             api_key: b.api_key.clone(),
             templates,
             push_prod_only: d.push_prod_only.unwrap_or(b.push_prod_only),
+        },
+        build_scanner: crate::controller::build::ScannerSettings {
+            enabled: bs.enabled.unwrap_or(base.build_scanner.enabled),
+            image: bs
+                .image
+                .clone()
+                .filter(|i| !i.is_empty())
+                .unwrap_or_else(|| base.build_scanner.image.clone()),
+            extra_env,
         },
     })
 }
@@ -577,6 +594,7 @@ mod spec_tests {
             tokens_enabled: true,
             target_label: Some("from-flags".into()),
             dependency_track: Default::default(),
+            build_scanner: Default::default(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The operator: reconcilers for insights ConfigMaps, Lagoon namespaces and
 //! the InsightsRemoteConfig, sharing one [`Context`].
 
+pub mod build;
 pub mod config;
 pub mod configmap;
 pub mod namespace;
@@ -310,6 +311,8 @@ async fn lead(ctx: Arc<Context>, opts: &RunOptions, stop: watch::Receiver<bool>)
     if opts.tokens {
         tasks.spawn(namespace::run(ctx.clone(), stop.clone()));
     }
+    // Idle until the scanner is enabled (flag, environment or resource).
+    tasks.spawn(build::run(ctx.clone(), stop.clone()));
     while tasks.join_next().await.is_some() {}
 }
 

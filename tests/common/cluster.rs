@@ -179,6 +179,7 @@ pub fn test_ops() -> Operations {
         tokens_enabled: true,
         target_label: None,
         dependency_track: Default::default(),
+        build_scanner: Default::default(),
     }
 }
 

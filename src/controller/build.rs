@@ -1,0 +1,628 @@
+//! The post-build image scanner (upstream v0.0.16+, `--enable-build-scanner`):
+//! when a Lagoon build pod succeeds, a scanner pod is started for the images
+//! of the namespace's Deployments; it writes the SBOM ConfigMaps that the
+//! forwarding pipeline then carries.
+//!
+//! [`scanner_pod`] and [`plan`] decide (pure, table-tested); [`reconcile`]
+//! acts. Idempotent across restarts and leader changes: the scanner pod's
+//! name derives from the build pod's, an existing one of that name is kept,
+//! and the build pod is labelled `insights.lagoon.sh/scanned` last.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, KeyToPath, Pod, PodSpec, SecretVolumeSource, Volume, VolumeMount,
+};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::{until_shutdown, Context, Error, Result};
+
+pub const CONTROLLER: &str = "build";
+pub const LABEL_BUILD_NAME: &str = "lagoon.sh/buildName";
+pub const LABEL_SCANNED: &str = "insights.lagoon.sh/scanned";
+pub const LABEL_SCAN_STATUS: &str = "insights.lagoon.sh/scan-status";
+pub const LABEL_IMAGE_SCANNER: &str = "insights.lagoon.sh/imagescanner";
+pub const ANNOTATION_DOCKER_HOST: &str = "dockerhost.lagoon.sh/name";
+pub const DEFAULT_DOCKER_HOST: &str = "docker-host.lagoon.svc";
+pub const SCANNER_SERVICE_ACCOUNT: &str = "lagoon-deployer";
+pub const REGISTRY_SECRET: &str = "lagoon-internal-registry-secret";
+pub const DEFAULT_SCANNER_IMAGE: &str = "uselagoon/insights-scanner:latest";
+
+/// Build pods not yet scanned (scanner pods carry scan-status and are left out).
+pub fn selector() -> String {
+    format!("{LABEL_BUILD_NAME},!{LABEL_SCANNED},!{LABEL_SCAN_STATUS}")
+}
+
+/// The scanner's settings (flags, environment, custom resource).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScannerSettings {
+    pub enabled: bool,
+    pub image: String,
+    /// KEY=VALUE pairs, keys checked at start-up; they win over copied ones.
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl Default for ScannerSettings {
+    fn default() -> Self {
+        ScannerSettings {
+            enabled: false,
+            image: DEFAULT_SCANNER_IMAGE.into(),
+            extra_env: Vec::new(),
+        }
+    }
+}
+
+/// Upstream's list of build-pod variables the scanner gets (exact names,
+/// any case) plus every `LAGOON_FEATURE_FLAG_<something>`.
+fn copied(name: &str) -> bool {
+    const NAMES: [&str; 9] = [
+        "BRANCH",
+        "BUILD_TYPE",
+        "ENVIRONMENT",
+        "ENVIRONMENT_TYPE",
+        "PROJECT",
+        "PR_BASE_BRANCH",
+        "PR_HEAD_BRANCH",
+        "PR_NUMBER",
+        "LAGOON_ENVIRONMENT_VARIABLES",
+    ];
+    let upper = name.to_ascii_uppercase();
+    NAMES.contains(&upper.as_str())
+        || upper
+            .strip_prefix("LAGOON_FEATURE_FLAG_")
+            .is_some_and(|rest| !rest.is_empty())
+}
+
+/// Container images of the Deployments, in order, each once.
+pub fn images(deployments: &[Deployment]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for d in deployments {
+        let containers = d
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .map(|s| s.containers.as_slice())
+            .unwrap_or_default();
+        for c in containers {
+            if let Some(i) = c.image.as_ref().filter(|i| !i.is_empty()) {
+                if !out.contains(i) {
+                    out.push(i.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The scanner pod's name: upstream's, cut to the 253 characters a name may have.
+pub fn scanner_name(build_pod: &str) -> String {
+    let mut n = format!("insights-scanner-{build_pod}");
+    n.truncate(253);
+    n.trim_end_matches(['-', '.']).to_string()
+}
+
+/// The scanner pod for a succeeded build pod and the images to scan.
+pub fn scanner_pod(build: &Pod, images: &[String], s: &ScannerSettings) -> Pod {
+    let docker_host = build
+        .annotations()
+        .get(ANNOTATION_DOCKER_HOST)
+        .filter(|h| !h.is_empty())
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_DOCKER_HOST.into());
+    let mut env: BTreeMap<String, EnvVar> = BTreeMap::new();
+    let mut plain = |name: &str, value: String| {
+        env.insert(
+            name.to_string(),
+            EnvVar {
+                name: name.to_string(),
+                value: Some(value),
+                value_from: None,
+            },
+        );
+    };
+    plain("INSIGHT_SCAN_IMAGES", images.join(","));
+    plain("NAMESPACE", build.namespace().unwrap_or_default());
+    plain("DOCKER_HOST", docker_host);
+    let build_env = build
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.env.as_ref());
+    for e in build_env.into_iter().flatten() {
+        if copied(&e.name) {
+            env.insert(e.name.clone(), e.clone());
+        }
+    }
+    for (k, v) in &s.extra_env {
+        env.insert(
+            k.clone(),
+            EnvVar {
+                name: k.clone(),
+                value: Some(v.clone()),
+                value_from: None,
+            },
+        );
+    }
+    let volume = "lagoon-internal-registry-secret";
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(scanner_name(&build.name_any())),
+            namespace: build.namespace(),
+            labels: Some(BTreeMap::from([
+                (LABEL_SCAN_STATUS.to_string(), "scanning".to_string()),
+                (LABEL_IMAGE_SCANNER.to_string(), "true".to_string()),
+            ])),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            service_account_name: Some(SCANNER_SERVICE_ACCOUNT.into()),
+            restart_policy: Some("Never".into()),
+            containers: vec![Container {
+                name: "scanner".into(),
+                image: Some(s.image.clone()),
+                image_pull_policy: Some("Always".into()),
+                // Sorted by name: the spec is the same however it was built.
+                env: Some(env.into_values().collect()),
+                volume_mounts: Some(vec![VolumeMount {
+                    name: volume.into(),
+                    mount_path: "/home/.docker/".into(),
+                    read_only: Some(true),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }],
+            volumes: Some(vec![Volume {
+                name: volume.into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(REGISTRY_SECRET.into()),
+                    items: Some(vec![KeyToPath {
+                        key: ".dockerconfigjson".into(),
+                        path: "config.json".into(),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// What to do about one build pod.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Plan {
+    /// Not succeeded (yet): nothing.
+    Wait,
+    /// Succeeded, but no Deployment has an image: say so, look again later.
+    NoImages,
+    /// Remove these earlier scanner pods, create this one (kept if it exists
+    /// already), then mark the build pod scanned.
+    Scan { remove: Vec<String>, pod: Box<Pod> },
+}
+
+pub fn plan(
+    build: &Pod,
+    deployments: &[Deployment],
+    scanners: &[String],
+    s: &ScannerSettings,
+) -> Plan {
+    let phase = build.status.as_ref().and_then(|st| st.phase.as_deref());
+    if phase != Some("Succeeded") {
+        return Plan::Wait;
+    }
+    let images = images(deployments);
+    if images.is_empty() {
+        return Plan::NoImages;
+    }
+    let pod = scanner_pod(build, &images, s);
+    let name = pod.name_any();
+    Plan::Scan {
+        remove: scanners.iter().filter(|n| **n != name).cloned().collect(),
+        pod: Box::new(pod),
+    }
+}
+
+/// Runs while the scanner is enabled; follows the setting live.
+pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
+    let api: Api<Pod> = match &ctx.watch_namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    loop {
+        let mut ops = ctx.ops.subscribe();
+        tokio::select! {
+            _ = until_shutdown(shutdown.clone()) => return,
+            r = ops.wait_for(|o| o.build_scanner.enabled) => if r.is_err() { return },
+        }
+        info!(selector = %selector(), "build scanner enabled: watching build pods");
+        let switched = {
+            let shutdown = shutdown.clone();
+            let mut ops = ctx.ops.subscribe();
+            async move {
+                tokio::select! {
+                    _ = until_shutdown(shutdown) => {}
+                    _ = ops.wait_for(|o| !o.build_scanner.enabled) => {}
+                }
+            }
+        };
+        Controller::new(api.clone(), watcher::Config::default().labels(&selector()))
+            .graceful_shutdown_on(switched)
+            .run(reconcile_observed, error_policy, ctx.clone())
+            .for_each(|_| async {})
+            .await;
+        if *shutdown.borrow() {
+            return;
+        }
+        info!("build scanner disabled");
+    }
+}
+
+async fn reconcile_observed(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let res = reconcile(pod, ctx.clone()).await;
+    ctx.observe_reconcile(CONTROLLER, started.elapsed(), res.as_ref().err());
+    res
+}
+
+fn error_policy(pod: Arc<Pod>, err: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(namespace = pod.namespace().unwrap_or_default(), name = %pod.name_any(), error = %err, "build scan failed; retrying");
+    Action::requeue(Duration::from_secs(15))
+}
+
+pub async fn reconcile(build: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
+    let settings = ctx.ops.borrow().build_scanner.clone();
+    if !settings.enabled
+        || build.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Succeeded")
+    {
+        return Ok(Action::await_change());
+    }
+    let ns = build.namespace().unwrap_or_default();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = async {
+        let deps = deployments.list(&ListParams::default()).await?.items;
+        let scanners: Vec<String> = pods
+            .list_metadata(&ListParams::default().labels(&format!(
+                "{LABEL_SCAN_STATUS}=scanning,{LABEL_IMAGE_SCANNER}=true"
+            )))
+            .await?
+            .items
+            .iter()
+            .map(|p| p.name_any())
+            .collect();
+        Ok::<_, Error>(plan(&build, &deps, &scanners, &settings))
+    }
+    .await;
+    let plan = match result {
+        Ok(p) => p,
+        Err(e) => {
+            ctx.metrics.count_scan("failed");
+            ctx.event(
+                &*build,
+                EventType::Warning,
+                "ScanFailed",
+                "Scan",
+                e.to_string(),
+            )
+            .await;
+            return Err(e);
+        }
+    };
+    match plan {
+        Plan::Wait => Ok(Action::await_change()),
+        Plan::NoImages => {
+            ctx.metrics.count_scan("no_images");
+            ctx.event(
+                &*build,
+                EventType::Warning,
+                "NothingToScan",
+                "Scan",
+                "no Deployment in this namespace has a container image; looking again in 60s"
+                    .into(),
+            )
+            .await;
+            Ok(Action::requeue(Duration::from_secs(60)))
+        }
+        Plan::Scan { remove, pod } => {
+            let acted = async {
+                for old in &remove {
+                    match pods.delete(old, &DeleteParams::default()).await {
+                        Ok(_) => info!(namespace = %ns, pod = %old, "removed an earlier scanner pod"),
+                        Err(kube::Error::Api(s)) if s.code == 404 => {}
+                        Err(e) => return Err(Error::from(e)),
+                    }
+                }
+                let name = pod.name_any();
+                match pods.create(&PostParams::default(), &pod).await {
+                    Ok(_) => info!(namespace = %ns, pod = %name, build = %build.name_any(), "scanner pod created"),
+                    // Created before a restart or by the previous leader: keep it.
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) => return Err(Error::from(e)),
+                }
+                pods.patch(
+                    &build.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"labels": {LABEL_SCANNED: "true"}}})),
+                )
+                .await?;
+                Ok(name)
+            }
+            .await;
+            match acted {
+                Ok(name) => {
+                    ctx.metrics.count_scan("started");
+                    ctx.event(
+                        &*build,
+                        EventType::Normal,
+                        "ScanStarted",
+                        "Scan",
+                        format!("scanner pod {name} started"),
+                    )
+                    .await;
+                    Ok(Action::await_change())
+                }
+                Err(e) => {
+                    ctx.metrics.count_scan("failed");
+                    ctx.event(
+                        &*build,
+                        EventType::Warning,
+                        "ScanFailed",
+                        "Scan",
+                        e.to_string(),
+                    )
+                    .await;
+                    Err(e)
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::DeploymentSpec;
+    use k8s_openapi::api::core::v1::{EnvVarSource, PodStatus, PodTemplateSpec, SecretKeySelector};
+
+    fn deployment(images: &[&str]) -> Deployment {
+        Deployment {
+            spec: DeploymentSpec {
+                template: PodTemplateSpec {
+                    spec: Some(PodSpec {
+                        containers: images
+                            .iter()
+                            .map(|i| Container {
+                                name: "c".into(),
+                                image: Some(i.to_string()),
+                                ..Default::default()
+                            })
+                            .collect(),
+                        init_containers: Some(vec![Container {
+                            name: "init".into(),
+                            image: Some("init-image".into()),
+                            ..Default::default()
+                        }]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn env(name: &str, value: &str) -> EnvVar {
+        EnvVar {
+            name: name.into(),
+            value: Some(value.into()),
+            value_from: None,
+        }
+    }
+
+    fn build_pod(phase: &str, annotations: &[(&str, &str)]) -> Pod {
+        let from_secret = EnvVar {
+            name: "LAGOON_FEATURE_FLAG_SECRET".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: "lagoon-env".into(),
+                    key: "X".into(),
+                    optional: None,
+                }),
+                ..Default::default()
+            }),
+        };
+        Pod {
+            metadata: ObjectMeta {
+                name: Some("lagoon-build-abc".into()),
+                namespace: Some("demo-main".into()),
+                annotations: Some(
+                    annotations
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "lagoon-build".into(),
+                    env: Some(vec![
+                        env("PROJECT", "demo"),
+                        env("branch", "main"),
+                        env("ENVIRONMENT_ID", "42"),
+                        env("LAGOON_FEATURE_FLAG_", "bare"),
+                        env("LAGOON_FEATURE_FLAG_X", "1"),
+                        env("SSH_PRIVATE_KEY", "never copied"),
+                        env("BUILD_TYPE", "branch"),
+                        from_secret,
+                    ]),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn settings(extra: &[(&str, &str)]) -> ScannerSettings {
+        ScannerSettings {
+            enabled: true,
+            image: "scanner:1".into(),
+            extra_env: extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn plan_table() {
+        let deps = [
+            deployment(&["nginx:1", "php:8"]),
+            deployment(&["nginx:1", "cli:2"]),
+        ];
+        let s = settings(&[]);
+        let scanners = [
+            "insights-scanner-old".to_string(),
+            "insights-scanner-lagoon-build-abc".to_string(),
+        ];
+        assert_eq!(
+            plan(&build_pod("Running", &[]), &deps, &scanners, &s),
+            Plan::Wait
+        );
+        assert_eq!(
+            plan(&build_pod("Failed", &[]), &deps, &scanners, &s),
+            Plan::Wait
+        );
+        assert_eq!(
+            plan(&build_pod("Succeeded", &[]), &[], &scanners, &s),
+            Plan::NoImages
+        );
+        match plan(&build_pod("Succeeded", &[]), &deps, &scanners, &s) {
+            Plan::Scan { remove, pod } => {
+                assert_eq!(
+                    remove,
+                    ["insights-scanner-old"],
+                    "earlier scanners go, ours stays"
+                );
+                assert_eq!(pod.name_any(), "insights-scanner-lagoon-build-abc");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn scanner_pod_as_upstream_builds_it() {
+        let images = images(&[deployment(&["nginx:1", "php:8"]), deployment(&["nginx:1"])]);
+        assert_eq!(images, ["nginx:1", "php:8"], "containers only, each once");
+        let pod = scanner_pod(
+            &build_pod(
+                "Succeeded",
+                &[(ANNOTATION_DOCKER_HOST, "docker-host-2.lagoon.svc")],
+            ),
+            &images,
+            &settings(&[
+                ("PROJECT", "overridden"),
+                ("HTTP_PROXY", "http://proxy:3128"),
+            ]),
+        );
+        assert_eq!(pod.namespace().as_deref(), Some("demo-main"));
+        assert_eq!(pod.labels()[LABEL_SCAN_STATUS], "scanning");
+        assert_eq!(pod.labels()[LABEL_IMAGE_SCANNER], "true");
+        let spec = pod.spec.unwrap();
+        assert_eq!(
+            spec.service_account_name.as_deref(),
+            Some("lagoon-deployer")
+        );
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        let vol = &spec.volumes.unwrap()[0];
+        let secret = vol.secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some(REGISTRY_SECRET));
+        assert_eq!(secret.items.as_ref().unwrap()[0].key, ".dockerconfigjson");
+        assert_eq!(secret.items.as_ref().unwrap()[0].path, "config.json");
+        let c = &spec.containers[0];
+        assert_eq!(
+            (c.name.as_str(), c.image.as_deref()),
+            ("scanner", Some("scanner:1"))
+        );
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+        let m = &c.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (m.name.as_str(), m.mount_path.as_str(), m.read_only),
+            (vol.name.as_str(), "/home/.docker/", Some(true))
+        );
+        let env = c.env.as_ref().unwrap();
+        let names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "BUILD_TYPE",
+                "DOCKER_HOST",
+                "HTTP_PROXY",
+                "INSIGHT_SCAN_IMAGES",
+                "LAGOON_FEATURE_FLAG_SECRET",
+                "LAGOON_FEATURE_FLAG_X",
+                "NAMESPACE",
+                "PROJECT",
+                "branch",
+            ],
+            "sorted; ENVIRONMENT_ID, a bare LAGOON_FEATURE_FLAG_ and other variables are not copied"
+        );
+        let get = |n: &str| env.iter().find(|e| e.name == n).unwrap();
+        assert_eq!(
+            get("INSIGHT_SCAN_IMAGES").value.as_deref(),
+            Some("nginx:1,php:8")
+        );
+        assert_eq!(
+            get("DOCKER_HOST").value.as_deref(),
+            Some("docker-host-2.lagoon.svc")
+        );
+        assert_eq!(get("NAMESPACE").value.as_deref(), Some("demo-main"));
+        assert_eq!(
+            get("PROJECT").value.as_deref(),
+            Some("overridden"),
+            "extras win"
+        );
+        assert!(
+            get("LAGOON_FEATURE_FLAG_SECRET").value_from.is_some(),
+            "valueFrom kept"
+        );
+        // Without the annotation: upstream's default docker host.
+        let plain = scanner_pod(&build_pod("Succeeded", &[]), &images, &settings(&[]));
+        let env = plain.spec.unwrap().containers[0].env.clone().unwrap();
+        assert_eq!(
+            env.iter()
+                .find(|e| e.name == "DOCKER_HOST")
+                .unwrap()
+                .value
+                .as_deref(),
+            Some(DEFAULT_DOCKER_HOST)
+        );
+    }
+
+    #[test]
+    fn long_names_are_cut_to_a_valid_length() {
+        let n = scanner_name(&"b".repeat(300));
+        assert_eq!(n.len(), 253);
+        assert!(n.starts_with("insights-scanner-b"));
+    }
+}
