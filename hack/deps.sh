@@ -25,7 +25,55 @@ fi
 command -v cargo >/dev/null 2>&1 || { log "cargo is required (rustup)"; exit 1; }
 command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ] || { log "Go is required to build the control plane"; exit 1; }
 
+# A TLS listener on 127.0.0.1:5671 for tests/broker_tls.rs: a test CA, a
+# server certificate for localhost/127.0.0.1 and a client certificate, made
+# once with openssl (kept in $tls_dir; RabbitMQ reads its copies in
+# /etc/rabbitmq/tls). Peers are verified when they present a certificate.
+tls_dir=${XDG_CACHE_HOME:-$HOME/.cache}/insights-remote/tls
+if [ ! -s "$tls_dir/client.pem" ]; then
+  log "making test TLS certificates in $tls_dir"
+  mkdir -p "$tls_dir"
+  (
+    cd "$tls_dir"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=insights-remote test CA" \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+      -keyout ca.key -out ca.pem 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server.key -out server.csr 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile server.ext -out server.pem 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=guest" -keyout client.key -out client.csr 2>/dev/null
+    printf 'extendedKeyUsage=clientAuth\n' > client.ext
+    openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile client.ext -out client.pem 2>/dev/null
+    rm -f ./*.csr ./*.ext
+  )
+fi
+conf=/etc/rabbitmq/rabbitmq.conf
+tls_conf="listeners.ssl.default = 127.0.0.1:5671
+ssl_options.cacertfile = /etc/rabbitmq/tls/ca.pem
+ssl_options.certfile = /etc/rabbitmq/tls/server.pem
+ssl_options.keyfile = /etc/rabbitmq/tls/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false"
+restart_broker=0
+if ! cmp -s "$tls_dir/server.pem" /etc/rabbitmq/tls/server.pem 2>/dev/null || ! grep -q "listeners.ssl.default" "$conf" 2>/dev/null; then
+  mkdir -p /etc/rabbitmq/tls
+  cp "$tls_dir/ca.pem" "$tls_dir/server.pem" "$tls_dir/server.key" /etc/rabbitmq/tls/
+  chown -R rabbitmq:rabbitmq /etc/rabbitmq/tls 2>/dev/null || true
+  chmod 0600 /etc/rabbitmq/tls/server.key
+  { grep -v '^listeners.ssl\|^ssl_options' "$conf" 2>/dev/null || true; printf '%s\n' "$tls_conf"; } > "$conf.new"
+  mv "$conf.new" "$conf"
+  restart_broker=1
+fi
+
 broker_up() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
+tls_up() { (exec 3<>/dev/tcp/127.0.0.1/5671) 2>/dev/null; }
+if [ "$restart_broker" = 1 ] && broker_up; then
+  log "restarting RabbitMQ for its TLS listener"
+  rabbitmqctl stop >/dev/null 2>&1 || true
+  for _ in $(seq 1 60); do broker_up || break; sleep 1; done
+fi
 if ! broker_up; then
   log "starting RabbitMQ"
   rabbitmq-server -detached >/dev/null 2>&1 || true
@@ -37,6 +85,8 @@ rabbitmqctl await_startup --timeout 120 >/dev/null 2>&1 || {
 }
 for _ in $(seq 1 60); do broker_up && break; sleep 1; done
 broker_up || { log "RabbitMQ did not open 127.0.0.1:5672"; exit 1; }
-log "RabbitMQ is up on 127.0.0.1:5672"
+for _ in $(seq 1 30); do tls_up && break; sleep 1; done
+tls_up || { log "RabbitMQ did not open its TLS listener 127.0.0.1:5671 (see $conf)"; exit 1; }
+log "RabbitMQ is up on 127.0.0.1:5672 and (TLS) 127.0.0.1:5671"
 
 "$here/control-plane.sh" up

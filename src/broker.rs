@@ -62,6 +62,10 @@ pub struct TlsSettings {
     pub ca_pem: Option<String>,
     pub client_cert_pem: Option<Vec<u8>>,
     pub client_key_pem: Option<Vec<u8>>,
+    /// `RABBITMQ_VERIFY=false`, as upstream honours it: the broker's
+    /// certificate is not checked (encrypted, not authenticated). Warned
+    /// about at start-up, in the status and in the metrics.
+    pub skip_verify: bool,
 }
 
 impl std::fmt::Debug for BrokerSettings {
@@ -170,6 +174,9 @@ pub enum PublishError {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BrokerState {
     pub connected: bool,
+    /// Connected over TLS without checking the broker's certificate
+    /// (RABBITMQ_VERIFY=false).
+    pub unverified: bool,
     /// Why the last attempt failed or the connection dropped (no secrets).
     pub last_error: Option<String>,
 }
@@ -479,6 +486,9 @@ async fn publish_once(live: &Live, body: &[u8], id: &str) -> Result<(), PublishE
 
 async fn connect(settings: &BrokerSettings) -> Result<Arc<Connection>, String> {
     let props = ConnectionProperties::default().with_connection_name("insights-remote".into());
+    if let Some(tls) = settings.tls.as_ref().filter(|t| t.skip_verify) {
+        return connect_unverified(settings, tls, props).await;
+    }
     let conn = Connection::connect_with_config(
         &settings.uri(),
         props,
@@ -488,6 +498,109 @@ async fn connect(settings: &BrokerSettings) -> Result<Arc<Connection>, String> {
     .await
     .map_err(|e| redact(&e.to_string(), settings))?;
     Ok(Arc::new(conn))
+}
+
+/// amqps without checking the broker's certificate (RABBITMQ_VERIFY=false):
+/// the handshake's signatures are still checked, the chain and name are not.
+async fn connect_unverified(
+    settings: &BrokerSettings,
+    tls: &TlsSettings,
+    props: ConnectionProperties,
+) -> Result<Arc<Connection>, String> {
+    use lapin::tcp::RustlsConnector;
+    let config = unverified_client_config(tls)?;
+    let connector = Arc::new(RustlsConnector::from(Arc::new(config)));
+    let uri: lapin::uri::AMQPUri = settings
+        .uri()
+        .parse()
+        .map_err(|e: String| redact(&e, settings))?;
+    let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+    let conn = Connection::connector(
+        uri,
+        runtime,
+        async move |uri, runtime| {
+            let host = uri.authority.host.clone();
+            let addrs = runtime.to_socket_addrs((host.clone(), uri.authority.port));
+            let stream = lapin::AsyncTcpStream::connect(&runtime, addrs).await?;
+            Ok(stream.into_rustls(&connector, &host).await?)
+        },
+        props,
+    )
+    .await
+    .map_err(|e| redact(&e.to_string(), settings))?;
+    Ok(Arc::new(conn))
+}
+
+fn unverified_client_config(tls: &TlsSettings) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)));
+    match (&tls.client_cert_pem, &tls.client_key_pem) {
+        (Some(cert), Some(key)) => {
+            use rustls::pki_types::pem::PemObject;
+            let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("client certificate: {e}"))?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key)
+                .map_err(|e| format!("client key: {e}"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("client certificate: {e}"))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// Accepts any server certificate; checks the handshake signatures.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Opens a channel on `conn`, declares the topology and enables confirms.
@@ -637,6 +750,7 @@ async fn supervise(inner: Arc<Inner>) {
                 }
                 inner.state.send_replace(BrokerState {
                     connected: false,
+                    unverified: false,
                     last_error: Some(e),
                 });
                 if away {
@@ -664,14 +778,21 @@ async fn supervise(inner: Arc<Inner>) {
                 continue;
             }
         };
-        info!(host = %settings.host, vhost = %settings.vhost, "connected to the message broker");
+        let unverified = settings.tls.as_ref().is_some_and(|t| t.skip_verify);
+        if unverified {
+            warn!(host = %settings.host, "connected to the message broker over TLS WITHOUT verifying its certificate (RABBITMQ_VERIFY=false): set RABBITMQ_VERIFY=true and give its CA with RABBITMQ_CACERT");
+        } else {
+            info!(host = %settings.host, vhost = %settings.vhost, "connected to the message broker");
+        }
         if let Some(m) = &inner.metrics {
             m.broker_connections.inc();
             m.broker_channels.inc();
             m.broker_connected.set(1);
+            m.broker_tls_unverified.set(i64::from(unverified));
         }
         inner.state.send_replace(BrokerState {
             connected: true,
+            unverified,
             last_error: None,
         });
         let reason = loop {
@@ -698,6 +819,7 @@ async fn supervise(inner: Arc<Inner>) {
         inner.live.send_replace(None);
         if let Some(m) = &inner.metrics {
             m.broker_connected.set(0);
+            m.broker_tls_unverified.set(0);
         }
         close_quietly(&live.connection, "reconnecting").await;
         if *shutdown_rx.borrow() {
@@ -707,6 +829,7 @@ async fn supervise(inner: Arc<Inner>) {
         backoff = FIRST_BACKOFF;
         inner.state.send_replace(BrokerState {
             connected: false,
+            unverified: false,
             last_error: Some(reason),
         });
     }

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub publish_duration: Histogram,
     pub confirms_pending: Gauge,
     pub broker_connected: Gauge,
+    /// 1 while connected over TLS without verifying the broker's certificate.
+    pub broker_tls_unverified: Gauge,
     /// AMQP connections opened (a reconnect adds one).
     pub broker_connections: Counter,
     /// Channels opened, on new or existing connections.
@@ -89,6 +91,7 @@ impl Metrics {
             confirms_pending: Gauge::default(),
             broker_connected: Gauge::default(),
             broker_connections: Counter::default(),
+            broker_tls_unverified: Gauge::default(),
             broker_channels: Counter::default(),
             refused: Family::default(),
             reconciliations: Family::default(),
@@ -132,6 +135,11 @@ impl Metrics {
             "broker_connected",
             "1 while connected to the broker",
             m.broker_connected.clone(),
+        );
+        registry.register(
+            "broker_tls_unverified",
+            "1 while connected over TLS without verifying the broker's certificate (RABBITMQ_VERIFY=false)",
+            m.broker_tls_unverified.clone(),
         );
         registry.register(
             "broker_connections",

@@ -538,10 +538,8 @@ impl RunArgs {
                 .transpose()
         };
         let tls = if self.rabbitmq_tls {
-            if !self.rabbitmq_verify {
-                tracing::warn!("--rabbitmq-verify=false is ignored: the broker's certificate is always verified; give its CA with --rabbitmq-cacert");
-            }
             Some(TlsSettings {
+                skip_verify: !self.rabbitmq_verify,
                 ca_pem: read(&self.rabbitmq_cacert)?
                     .map(|b| String::from_utf8_lossy(&b).into_owned()),
                 client_cert_pem: read(&self.rabbitmq_clientcert)?,

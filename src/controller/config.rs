@@ -492,12 +492,18 @@ fn build_status(
     let health = ctx.health.lock().expect("health lock").clone();
     let c = &ctx.counters;
     let broker_ok = ctx.publisher.as_ref().map(|p| p.state().connected);
+    let unverified = ctx.publisher.as_ref().is_some_and(|p| p.state().unverified);
     let (broker_status, broker_reason, broker_msg) = match (&health.broker_problem, broker_ok) {
         (Some((reason, msg)), _) => ("False", reason.clone(), msg.clone()),
         (None, None) => (
             "False",
             "Disabled".into(),
             "RABBITMQ_ENABLED is false".into(),
+        ),
+        (None, Some(true)) if unverified => (
+            "True",
+            "ConnectedUnverified".into(),
+            "publishing with confirms over TLS WITHOUT verifying the broker's certificate (RABBITMQ_VERIFY=false)".into(),
         ),
         (None, Some(true)) => (
             "True",
