@@ -34,7 +34,7 @@ json() { python3 -c "import json,sys; d=json.loads(sys.stdin.readline()); print(
 start_operator() {
   INSIGHTS_TOKEN_SECRET=$KEY RUST_LOG=${BENCH_LOG:-info} WEBSERVICE_WORKERS=${BENCH_WORKERS:-} "$BIN" \
     --rabbitmq-hostname 127.0.0.1:5672 --rabbitmq-reconnect-retry-interval 1 \
-    --health-probe-bind-address 127.0.0.1:18081 --metrics-bind-address 127.0.0.1:18080 \
+    --health-probe-bind-address 127.0.0.1:18081 --metrics-bind-address 127.0.0.1:18080 --metrics-secure=false \
     --webservice-port 18888 --config-name bench-absent --pod-namespace default "$@" \
     >"$work/operator.log" 2>&1 &
   op_pid=$!

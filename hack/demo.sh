@@ -38,7 +38,7 @@ if [ -f "$state/operator.pid" ] && kill -0 "$(cat "$state/operator.pid")" 2>/dev
   kill "$(cat "$state/operator.pid")"; sleep 1
 fi
 POD_NAMESPACE=lagoon WEBSERVICE_PORT=8888 \
-  "$bin" --health-probe-bind-address 127.0.0.1:18081 --metrics-bind-address 127.0.0.1:18080 \
+  "$bin" --health-probe-bind-address 127.0.0.1:18081 --metrics-bind-address 127.0.0.1:18080 --metrics-secure=false \
   >"$state/operator.log" 2>&1 &
 echo $! >"$state/operator.pid"
 for _ in $(seq 1 60); do curl -fsS http://127.0.0.1:18081/readyz 2>/dev/null | grep -q '"broker":"connected"' && break; sleep 0.5; done

@@ -7,6 +7,7 @@ pub mod crd;
 pub mod dependency_track;
 pub mod logging;
 pub mod metrics;
+pub mod metrics_auth;
 pub mod payload;
 pub mod postprocess;
 pub mod run;

@@ -63,18 +63,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let operator = if controllers {
-        let client = match &args.upstream.kubeconfig {
-            // controller-runtime's --kubeconfig
-            Some(path) => {
-                let kc = kube::config::Kubeconfig::read_from(path)
-                    .map_err(|e| Error::Config(format!("--kubeconfig {}: {e}", path.display())))?;
-                let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                    .await
-                    .map_err(|e| Error::Config(format!("--kubeconfig {}: {e}", path.display())))?;
-                kube::Client::try_from(config)?
-            }
-            None => kube::Client::try_default().await?,
-        };
+        let client = kube_client(&args).await?;
         let baseline = Baseline {
             broker: args.broker_settings()?,
             keys: baseline_keys.clone(),
@@ -149,14 +138,30 @@ pub async fn run(args: RunArgs) -> Result<()> {
     } else {
         None
     };
-    let ops = server::ops_server(
-        state.clone(),
-        &[args.health_probe_bind_address, args.metrics_bind_address],
-    )?
-    .map(|ops| {
+    let secure = args.metrics_secure();
+    let plain_addrs = if secure {
+        vec![args.health_probe_bind_address]
+    } else {
+        vec![args.health_probe_bind_address, args.metrics_bind_address]
+    };
+    let ops = server::ops_server(state.clone(), &plain_addrs, !secure)?.map(|ops| {
         handles.push(ops.handle());
         tokio::spawn(ops)
     });
+    let secure_metrics = if secure {
+        let client = kube_client(&args).await?;
+        let srv = server::secure_metrics_server(
+            state.clone(),
+            args.metrics_bind_address,
+            crate::metrics_auth::MetricsAuth::new(client),
+            crate::metrics_auth::self_signed_tls()?,
+        )?;
+        info!(addr = %args.metrics_bind_address, "metrics over HTTPS for callers allowed to get /metrics (--metrics-secure)");
+        handles.push(srv.handle());
+        Some(tokio::spawn(srv))
+    } else {
+        None
+    };
 
     // The operator ending on its own (e.g. leader election could not be set
     // up) is fatal: a replica that serves but never reconciles would look
@@ -190,6 +195,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if let Some(ops) = ops {
         let _ = ops.await;
     }
+    if let Some(m) = secure_metrics {
+        let _ = m.await;
+    }
     if let Some(p) = publisher {
         p.shutdown().await;
     }
@@ -198,6 +206,22 @@ pub async fn run(args: RunArgs) -> Result<()> {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// The API server client (controller-runtime's --kubeconfig, else the
+/// usual kubeconfig or in-cluster configuration).
+async fn kube_client(args: &RunArgs) -> Result<kube::Client> {
+    Ok(match &args.upstream.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| Error::Config(format!("--kubeconfig {}: {e}", path.display())))?;
+            let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| Error::Config(format!("--kubeconfig {}: {e}", path.display())))?;
+            kube::Client::try_from(config)?
+        }
+        None => kube::Client::try_default().await?,
+    })
 }
 
 async fn shutdown_signal() {

@@ -846,21 +846,28 @@ pub fn ingestion_server(
 
 /// Probes and metrics, on their own ports as in the Go original. Port 0
 /// disables an address (Go's "0"); with none left, no server is started.
+/// With `serve_metrics` false (metrics served securely elsewhere), these
+/// ports answer only the probes.
 pub fn ops_server(
     state: web::Data<ApiState>,
     addrs: &[std::net::SocketAddr],
+    serve_metrics: bool,
 ) -> std::io::Result<Option<Server>> {
     let addrs: Vec<_> = addrs.iter().filter(|a| a.port() != 0).collect();
     if addrs.is_empty() {
         return Ok(None);
     }
     let mut server = HttpServer::new(move || {
-        App::new()
+        let app = App::new()
             .app_data(state.clone())
             .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
-            .route("/metrics", web::get().to(metrics))
-            .default_service(web::to(not_found))
+            .route("/readyz", web::get().to(readyz));
+        let app = if serve_metrics {
+            app.route("/metrics", web::get().to(metrics))
+        } else {
+            app
+        };
+        app.default_service(web::to(not_found))
     })
     .disable_signals()
     .workers(1);
@@ -868,6 +875,50 @@ pub fn ops_server(
         server = server.listen(listen(*addr)?)?;
     }
     Ok(Some(server.run()))
+}
+
+/// `/metrics` over HTTPS for callers the API server authenticates and
+/// authorises (`--metrics-secure`).
+pub fn secure_metrics_server(
+    state: web::Data<ApiState>,
+    addr: std::net::SocketAddr,
+    auth: std::sync::Arc<crate::metrics_auth::MetricsAuth>,
+    tls: rustls::ServerConfig,
+) -> std::io::Result<Server> {
+    let auth = web::Data::from(auth);
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(auth.clone())
+            .route("/metrics", web::get().to(secure_metrics))
+            .default_service(web::to(not_found))
+    })
+    .disable_signals()
+    .workers(1)
+    .listen_rustls_0_23(listen(addr)?, tls)?
+    .run())
+}
+
+async fn secure_metrics(
+    req: HttpRequest,
+    st: web::Data<ApiState>,
+    auth: web::Data<crate::metrics_auth::MetricsAuth>,
+) -> HttpResponse {
+    use crate::metrics_auth::Decision;
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    match auth.check(header).await {
+        Decision::Allowed => metrics(st).await,
+        Decision::Unauthenticated => HttpResponse::Unauthorized()
+            .insert_header(("WWW-Authenticate", "Bearer"))
+            .body("Unauthorized"),
+        Decision::Forbidden => HttpResponse::Forbidden().body("Forbidden"),
+        Decision::Unavailable => {
+            HttpResponse::ServiceUnavailable().body("cannot reach the API server")
+        }
+    }
 }
 
 /// A token bucket per environment, so one workload cannot starve the others.

@@ -351,8 +351,10 @@ pub const UPSTREAM_LEASE: &str = "ac8a682b.lagoon.sh";
 /// ([`RunArgs::compat_report`]).
 #[derive(Debug, Clone, Args, Default)]
 pub struct UpstreamArgs {
-    /// Upstream serves metrics over HTTPS with authentication; not
-    /// implemented here (metrics are plain HTTP, off by default).
+    /// As upstream (default true): metrics over HTTPS for callers the API
+    /// server authenticates (TokenReview) and authorises to get /metrics
+    /// (SubjectAccessReview); false serves plain HTTP. Only when
+    /// --metrics-bind-address is not 0.
     #[arg(long = "metrics-secure", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
     pub metrics_secure: Option<bool>,
     /// No effect: no listener here serves HTTP/2.
@@ -500,13 +502,15 @@ impl RunArgs {
         Ok(out)
     }
 
+    /// Metrics over HTTPS with API-server authentication (upstream's default).
+    pub fn metrics_secure(&self) -> bool {
+        self.metrics_bind_address.port() != 0 && self.upstream.metrics_secure.unwrap_or(true)
+    }
+
     /// What upstream's flags do here, one line each, for the start-up log.
     pub fn compat_report(&self) -> Result<Vec<String>> {
         let u = &self.upstream;
         let mut notes = Vec::new();
-        if u.metrics_secure.unwrap_or(false) && self.metrics_bind_address.port() != 0 {
-            notes.push("--metrics-secure: metrics are served over plain HTTP here; keep the metrics port inside the cluster network (NetworkPolicy)".to_string());
-        }
         if u.enable_http2.is_some() {
             notes.push("--enable-http2: no effect (no HTTP/2 listener)".into());
         }

@@ -192,6 +192,7 @@ async fn the_binary_honours_rabbitmq_verify_false_with_a_warning() {
             &format!("--rabbitmq-queue={}", broker.queue),
             "--health-probe-bind-address=0",
             &format!("--metrics-bind-address=127.0.0.1:{metrics_port}"),
+            "--metrics-secure=false",
         ])
         .env("INSIGHTS_TOKEN_SECRET", KEY)
         .env("RABBITMQ_TLS", "TRUE")

@@ -99,6 +99,7 @@ async fn operator_runs_under_its_own_rbac_and_reports_missing_permissions() {
             "127.0.0.1:0",
             "--metrics-bind-address",
             &format!("127.0.0.1:{metrics_port}"),
+            "--metrics-secure=false",
         ])
         .env("KUBECONFIG", &sa_kubeconfig)
         .env("INSIGHTS_TOKEN_SECRET", KEY)

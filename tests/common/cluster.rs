@@ -270,12 +270,11 @@ pub async fn rejection(cms: &Api<k8s_openapi::api::core::v1::ConfigMap>, name: &
     .await
 }
 
-/// A kubeconfig file that authenticates as the ServiceAccount `sa` of `ns`
-/// only (a token from the TokenRequest API).
-pub async fn service_account_kubeconfig(admin: &Client, ns: &str, sa: &str) -> std::path::PathBuf {
+/// A bearer token for the ServiceAccount `sa` of `ns` (TokenRequest API).
+pub async fn service_account_token(admin: &Client, ns: &str, sa: &str) -> String {
     use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
     use k8s_openapi::api::core::v1::ServiceAccount;
-    let token = Api::<ServiceAccount>::namespaced(admin.clone(), ns)
+    Api::<ServiceAccount>::namespaced(admin.clone(), ns)
         .create_token_request(
             sa,
             &PostParams::default(),
@@ -291,7 +290,14 @@ pub async fn service_account_kubeconfig(admin: &Client, ns: &str, sa: &str) -> s
         .unwrap()
         .status
         .unwrap()
-        .token;
+        .token
+        .expect("the TokenRequest answers a token")
+}
+
+/// A kubeconfig file that authenticates as the ServiceAccount `sa` of `ns`
+/// only (a token from the TokenRequest API).
+pub async fn service_account_kubeconfig(admin: &Client, ns: &str, sa: &str) -> std::path::PathBuf {
+    let token = service_account_token(admin, ns, sa).await;
     let mut kc: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(kubeconfig_path()).unwrap()).unwrap();
     for user in kc["users"].as_sequence_mut().unwrap() {
