@@ -744,6 +744,7 @@ mod tests {
         );
         assert_eq!(r.configmap_mins_between_retries, 3);
         assert_eq!(r.metrics_bind_address.port(), 0, "metrics off by default");
+        assert!(!r.metrics_secure(), "nothing to secure when off");
         assert_eq!(r.leader_election_id, "ac8a682b.lagoon.sh");
         assert!(!r.rabbitmq_verify);
         let r = parse(&[
@@ -780,7 +781,12 @@ mod tests {
                 ("A".to_string(), "b=c".to_string())
             ]
         );
-        assert_eq!(r.compat_report().unwrap().len(), 3);
+        // --enable-http2 and the zap flags without an equivalent.
+        assert_eq!(r.compat_report().unwrap().len(), 2);
+        assert!(
+            r.metrics_secure(),
+            "metrics on :8443 over HTTPS, as upstream"
+        );
         // A bad key stops start-up with a clear message.
         let argv = ["insights-remote", "--build-scanner-extra-env=1BAD=x"];
         let e = Cli::try_parse_from(argv).unwrap_err().to_string();

@@ -135,7 +135,9 @@ async fn metrics_move_after_a_forward_and_a_request() {
         .unwrap()
         .port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let ops_srv = server::ops_server(state.clone(), &[addr], true).unwrap().unwrap();
+    let ops_srv = server::ops_server(state.clone(), &[addr], true)
+        .unwrap()
+        .unwrap();
     let ops_handle = ops_srv.handle();
     tokio::spawn(ops_srv);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

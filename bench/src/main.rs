@@ -278,7 +278,17 @@ fn insights_cm(i: usize, with_type: bool) -> ConfigMap {
         labels.push(("lagoon.sh/insightsType".to_string(), t.to_string()));
     }
     cm.metadata.labels = Some(labels.into_iter().collect());
-    cm.metadata.annotations = Some([("lagoon.sh/branch".to_string(), "main".to_string())].into());
+    // As a build with core insights on marks it (the core gate is on by default).
+    cm.metadata.annotations = Some(
+        [
+            ("lagoon.sh/branch".to_string(), "main".to_string()),
+            (
+                "core.insights.lagoon.sh/enabled".to_string(),
+                "true".to_string(),
+            ),
+        ]
+        .into(),
+    );
     cm.binary_data = Some([(key, ByteString(payload(sbom, size, i as u64 + 1)))].into());
     cm
 }

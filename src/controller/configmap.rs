@@ -461,8 +461,12 @@ fn sbom_bytes(cm: &ConfigMap) -> std::result::Result<Vec<u8>, String> {
     payload::decompressed(raw)
 }
 
-/// The namespace's labels (project and environment come from there).
+/// The namespace's labels (project and environment come from there): from
+/// the cache, or one GET for a namespace it does not know.
 async fn namespace_labels(ctx: &Context, ns: &str) -> Result<BTreeMap<String, String>> {
+    if let Some(labels) = ctx.namespaces.labels(ns) {
+        return Ok(labels);
+    }
     Ok(Api::<Namespace>::all(ctx.client.clone())
         .get_opt(ns)
         .await?

@@ -5,6 +5,7 @@ pub mod build;
 pub mod config;
 pub mod configmap;
 pub mod namespace;
+pub mod namespaces;
 pub mod uploads;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -127,6 +128,8 @@ pub struct Context {
     pub denied: Mutex<std::collections::BTreeSet<&'static str>>,
     /// Dependency-Track uploads in the background.
     pub uploads: uploads::Uploads,
+    /// Lagoon namespaces' project and environment labels.
+    pub namespaces: namespaces::NamespaceCache,
 }
 
 impl Context {
@@ -160,6 +163,7 @@ impl Context {
             token_resync: DEFAULT_TOKEN_RESYNC,
             denied: Default::default(),
             uploads: uploads::Uploads::new(2, Duration::from_secs(300)),
+            namespaces: Default::default(),
         }
     }
 
@@ -306,6 +310,7 @@ async fn lead(ctx: Arc<Context>, opts: &RunOptions, stop: watch::Receiver<bool>)
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(config::write_status(ctx.clone(), stop.clone()));
     if opts.forward {
+        tasks.spawn(namespaces::run(ctx.clone(), stop.clone()));
         tasks.spawn(configmap::run(ctx.clone(), opts.concurrency, stop.clone()));
     }
     if opts.tokens {
