@@ -745,6 +745,10 @@ mod tests {
         assert_eq!(r.configmap_mins_between_retries, 3);
         assert_eq!(r.metrics_bind_address.port(), 0, "metrics off by default");
         assert!(!r.metrics_secure(), "nothing to secure when off");
+        assert!(
+            r.operations().unwrap().require_core_enabled,
+            "the core gate is on by default, as upstream v0.0.19"
+        );
         assert_eq!(r.leader_election_id, "ac8a682b.lagoon.sh");
         assert!(!r.rabbitmq_verify);
         let r = parse(&[

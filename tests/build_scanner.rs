@@ -84,6 +84,17 @@ fn pod(name: &str, labels: serde_json::Value, annotations: serde_json::Value) ->
     .unwrap()
 }
 
+/// The service account Lagoon namespaces have and the scanner pod uses.
+async fn lagoon_deployer(client: &kube::Client, ns: &TestNamespace) {
+    Api::<ServiceAccount>::namespaced(client.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "lagoon-deployer"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+}
+
 async fn phase(pods: &Api<Pod>, name: &str, phase: &str) {
     pods.patch_status(
         name,
@@ -98,13 +109,7 @@ async fn phase(pods: &Api<Pod>, name: &str, phase: &str) {
 async fn succeeded_build_gets_one_scanner_pod_even_across_restarts() {
     let client = client().await;
     let ns = TestNamespace::new(&client, "scan").await;
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns.name);
-    sas.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": "lagoon-deployer"}})).unwrap(),
-    )
-    .await
-    .unwrap();
+    lagoon_deployer(&client, &ns).await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     for d in [
         deployment("nginx", &["nginx:1.27", "php:8.3"]),
@@ -291,13 +296,7 @@ async fn succeeded_build_gets_one_scanner_pod_even_across_restarts() {
 async fn failed_build_is_not_scanned_and_a_later_success_is() {
     let client = client().await;
     let ns = TestNamespace::new(&client, "scanfail").await;
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns.name);
-    sas.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": "lagoon-deployer"}})).unwrap(),
-    )
-    .await
-    .unwrap();
+    lagoon_deployer(&client, &ns).await;
     Api::<Deployment>::namespaced(client.clone(), &ns.name)
         .create(&PostParams::default(), &deployment("web", &["nginx:1.27"]))
         .await

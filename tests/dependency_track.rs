@@ -132,14 +132,7 @@ async fn central_upload_builds_the_hierarchy_and_waits_until_processed() {
     let proj = unique("dtp");
     let op = Operator::start(
         &client,
-        OperatorOptions {
-            broker,
-            ops: dt_ops(&base, &key, true),
-            namespace: ns.name.clone(),
-            config_name: unique("irc"),
-            forward: true,
-            tokens: false,
-        },
+        OperatorOptions::forwarding(&ns, broker, dt_ops(&base, &key, true), &unique("irc")),
     )
     .await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
@@ -212,14 +205,7 @@ async fn prod_only_skips_development_and_lagoon_env_overrides_it_for_the_custom_
     // Central upload is on with push-prod-only; per-namespace too.
     let op = Operator::start(
         &client,
-        OperatorOptions {
-            broker,
-            ops: dt_ops(&base, &key, true),
-            namespace: ns.name.clone(),
-            config_name: unique("irc"),
-            forward: true,
-            tokens: false,
-        },
+        OperatorOptions::forwarding(&ns, broker, dt_ops(&base, &key, true), &unique("irc")),
     )
     .await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
@@ -331,14 +317,12 @@ async fn custom_endpoint_without_a_key_fails_and_records_why() {
     let ns = namespace(&client, "dtnokey").await;
     let op = Operator::start(
         &client,
-        OperatorOptions {
-            broker: isolated_broker("dtnokey"),
-            ops: dt_ops(&base, &key, false),
-            namespace: ns.name.clone(),
-            config_name: unique("irc"),
-            forward: true,
-            tokens: false,
-        },
+        OperatorOptions::forwarding(
+            &ns,
+            isolated_broker("dtnokey"),
+            dt_ops(&base, &key, false),
+            &unique("irc"),
+        ),
     )
     .await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
@@ -381,18 +365,6 @@ async fn custom_endpoint_without_a_key_fails_and_records_why() {
     ns.cleanup().await;
 }
 
-async fn apply_config(client: &kube::Client, name: &str, spec: Value) {
-    let api: Api<InsightsRemoteConfig> = Api::all(client.clone());
-    let obj = json!({"apiVersion": "insights.lagoon.sh/v1alpha1", "kind": "InsightsRemoteConfig", "metadata": {"name": name}, "spec": spec});
-    api.patch(
-        name,
-        &PatchParams::apply("tests").force(),
-        &Patch::Apply(obj),
-    )
-    .await
-    .unwrap();
-}
-
 /// Dependency-Track away: the ConfigMap is deferred with `failure` and the
 /// error recorded, Lagoon core is not published to again on retry, and the
 /// upload is done once Dependency-Track is back (through the custom
@@ -429,14 +401,7 @@ async fn outage_defers_then_uploads_once_back_without_publishing_twice() {
     ops.dependency_track.enabled = false;
     let op = Operator::start(
         &client,
-        OperatorOptions {
-            broker,
-            ops,
-            namespace: ns.name.clone(),
-            config_name: config_name.clone(),
-            forward: true,
-            tokens: false,
-        },
+        OperatorOptions::forwarding(&ns, broker, ops, &config_name),
     )
     .await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);

@@ -80,14 +80,7 @@ async fn start(
 ) -> Operator {
     Operator::start(
         &ns.client,
-        OperatorOptions {
-            broker,
-            ops,
-            namespace: ns.name.clone(),
-            config_name: unique("irc"),
-            forward: true,
-            tokens: false,
-        },
+        OperatorOptions::forwarding(ns, broker, ops, &unique("irc")),
     )
     .await
 }
@@ -391,6 +384,41 @@ async fn unforwardable_configmaps_are_rejected_with_an_event_and_not_published()
     ns.cleanup().await;
 }
 
+/// `--require-core-insights-enabled=false` (for older build-deploy-tool
+/// versions that do not annotate): every ConfigMap is published.
+#[tokio::test]
+async fn with_the_gate_off_unannotated_configmaps_are_published() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "nogate").await;
+    let broker = isolated_broker("nogate");
+    let queue = broker.queue.clone();
+    let mut ops = test_ops();
+    ops.require_core_enabled = false;
+    let op = start(&ns, broker, ops).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let mut cm = fixture_cm("configmap-sbom.json", &ns.name);
+    cm.metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .remove("core.insights.lagoon.sh/enabled");
+    api.create(&PostParams::default(), &cm).await.unwrap();
+    let done = wait_label(
+        &api,
+        "lagoon-insights-sbom-cli",
+        "lagoon.sh/insightsProcessed",
+    )
+    .await;
+    assert_eq!(
+        done.annotations()["core.insights.lagoon.sh/status"],
+        "success"
+    );
+    let got = drain(&queue, 2, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1, "published although not annotated");
+    op.stop().await;
+    ns.cleanup().await;
+}
+
 #[tokio::test]
 async fn core_insights_gate_marks_without_publishing() {
     let client = client().await;
@@ -511,14 +539,7 @@ async fn burn_after_reading_switched_on_later_deletes_what_we_processed_before()
     apply_config(&client, &config_name, json!({"burnAfterReading": false})).await;
     let op = Operator::start(
         &client,
-        OperatorOptions {
-            broker,
-            ops: test_ops(),
-            namespace: ns.name.clone(),
-            config_name: config_name.clone(),
-            forward: true,
-            tokens: false,
-        },
+        OperatorOptions::forwarding(&ns, broker, test_ops(), &config_name),
     )
     .await;
     api.create(
@@ -544,18 +565,6 @@ async fn burn_after_reading_switched_on_later_deletes_what_we_processed_before()
     ns.cleanup().await;
 }
 
-async fn apply_config(client: &kube::Client, name: &str, spec: Value) {
-    let api: Api<InsightsRemoteConfig> = Api::all(client.clone());
-    let obj = json!({"apiVersion": "insights.lagoon.sh/v1alpha1", "kind": "InsightsRemoteConfig", "metadata": {"name": name}, "spec": spec});
-    api.patch(
-        name,
-        &PatchParams::apply("tests").force(),
-        &Patch::Apply(obj),
-    )
-    .await
-    .unwrap();
-}
-
 #[tokio::test]
 async fn broker_down_defers_then_forwards_after_hot_reload_and_gives_up_past_max_retries() {
     let client = client().await;
@@ -577,14 +586,7 @@ async fn broker_down_defers_then_forwards_after_hot_reload_and_gives_up_past_max
     apply_config(&client, &config_name, spec("127.0.0.1:1", 1000)).await;
     let op = Operator::start(
         &client,
-        OperatorOptions {
-            broker: dead,
-            ops: test_ops(),
-            namespace: ns.name.clone(),
-            config_name: config_name.clone(),
-            forward: true,
-            tokens: false,
-        },
+        OperatorOptions::forwarding(&ns, dead, test_ops(), &config_name),
     )
     .await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);

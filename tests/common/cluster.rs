@@ -202,6 +202,39 @@ pub struct OperatorOptions {
     pub tokens: bool,
 }
 
+impl OperatorOptions {
+    /// Forwarding only (no tokens), scoped to `ns`, following the
+    /// InsightsRemoteConfig `config_name`.
+    pub fn forwarding(
+        ns: &TestNamespace,
+        broker: BrokerSettings,
+        ops: Operations,
+        config_name: &str,
+    ) -> Self {
+        OperatorOptions {
+            broker,
+            ops,
+            namespace: ns.name.clone(),
+            config_name: config_name.to_string(),
+            forward: true,
+            tokens: false,
+        }
+    }
+}
+
+/// Creates or replaces (server-side apply) the InsightsRemoteConfig `name`.
+pub async fn apply_config(client: &Client, name: &str, spec: serde_json::Value) {
+    let api: Api<insights_remote::crd::InsightsRemoteConfig> = Api::all(client.clone());
+    let obj = serde_json::json!({"apiVersion": "insights.lagoon.sh/v1alpha1", "kind": "InsightsRemoteConfig", "metadata": {"name": name}, "spec": spec});
+    api.patch(
+        name,
+        &kube::api::PatchParams::apply("tests").force(),
+        &kube::api::Patch::Apply(obj),
+    )
+    .await
+    .unwrap();
+}
+
 impl Operator {
     pub async fn start(client: &Client, o: OperatorOptions) -> Operator {
         let metrics = Arc::new(Metrics::new());
