@@ -11,7 +11,7 @@ command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteract
 cargo build --release --quiet -p insights-remote -p insights-remote-bench
 KUBECONFIG=$(bash hack/control-plane.sh kubeconfig)
 export KUBECONFIG
-BIN=$root/target/release/insights-remote
+BIN=${BENCH_BIN:-$root/target/release/insights-remote}
 IRB=$root/target/release/irbench
 KEY=bench-signing-key-0123456789abcdef0123
 work=$(mktemp -d)
@@ -138,6 +138,31 @@ bench_memory() {
   bash hack/control-plane.sh down >/dev/null && bash hack/control-plane.sh up >/dev/null
 }
 
+bench_postprocessors() {
+  local n=${BENCH_PP_CONFIGMAPS:-100}
+  header "Post-processors: $n insights ConfigMaps (half SBOMs) through Lagoon core and Dependency-Track"
+  local dt; dt=$(bash "$root/../shared/dependency-track/run.sh" | grep '^DT_')
+  local url key; url=$(echo "$dt" | sed -n 's/^DT_BASE_URL=//p' | tail -1); key=$(echo "$dt" | sed -n 's/^DT_API_KEY=//p' | tail -1)
+  k create namespace bench-core >/dev/null
+  start_operator --watch-namespace bench-core --enable-configmap-reconciler=true --enable-namespace-reconciler=false --enable-webservice=false \
+    --rabbitmq-exchange bench-pp-x --rabbitmq-queue bench-core-q
+  local c; c=$("$IRB" configmaps --namespace bench-core --count "$n" --mode operator --queue bench-core-q)
+  stop_operator
+  k create namespace bench-pp >/dev/null
+  DEPENDENCY_TRACK_API_KEY=$key start_operator --watch-namespace bench-pp --enable-configmap-reconciler=true --enable-namespace-reconciler=false --enable-webservice=false \
+    --rabbitmq-exchange bench-pp-x --rabbitmq-queue bench-pp-q \
+    --enable-dependency-track-integration=true --dependency-track-api-endpoint "$url" --dependency-track-push-prod-only=false
+  local r; r=$("$IRB" configmaps --namespace bench-pp --count "$n" --mode operator --queue bench-pp-q)
+  local hwm; hwm=$(hwm_mib "$op_pid")
+  stop_operator
+  say "| | seconds until all marked processed | messages | create-to-publish p50 | p99 | operator peak RSS |"
+  say "|---|---|---|---|---|---|"
+  say "| Lagoon core only | $(echo "$c" | json done_s | xargs printf %.1f) | $(echo "$c" | json published) | $(echo "$c" | json p50_ms | xargs printf %.0f)ms | $(echo "$c" | json p99_ms | xargs printf %.0f)ms | |"
+  say "| Lagoon core + Dependency-Track ($((n / 2)) uploads, 2 at a time, each waited until processed) | $(echo "$r" | json done_s | xargs printf %.1f) | $(echo "$r" | json published) | $(echo "$r" | json p50_ms | xargs printf %.0f)ms | $(echo "$r" | json p99_ms | xargs printf %.0f)ms | ${hwm} MiB |"
+  for q in bench-core-q bench-pp-q; do rabbitmqctl delete_queue "$q" >/dev/null 2>&1 || true; done
+  k delete namespace bench-core bench-pp --wait=false >/dev/null
+}
+
 bench_tokens() {
   header "Tokens: 1,000 new Lagoon namespaces"
   local n=${BENCH_NAMESPACES:-1000}
@@ -193,10 +218,11 @@ case "${1:-all}" in
   hostile) bench_hostile ;;
   ingest) bench_ingest ;;
   configmaps) bench_configmaps ;;
+  postprocessors) bench_postprocessors ;;
   memory) bench_memory ;;
   tokens) bench_tokens ;;
   footprint) bench_footprint ;;
-  all) bench_footprint; bench_ingest; bench_hostile; bench_configmaps; bench_tokens; bench_memory ;;
-  *) echo "usage: bench/run.sh ingest|hostile|configmaps|memory|tokens|footprint|all" >&2; exit 2 ;;
+  all) bench_footprint; bench_ingest; bench_hostile; bench_configmaps; bench_postprocessors; bench_tokens; bench_memory ;;
+  *) echo "usage: bench/run.sh ingest|hostile|configmaps|postprocessors|memory|tokens|footprint|all" >&2; exit 2 ;;
 esac
 echo "results appended to $out"

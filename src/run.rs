@@ -17,7 +17,9 @@ use crate::{Error, Result};
 
 pub async fn run(args: RunArgs) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let controllers = args.enable_configmap_reconciler() || args.enable_namespace_reconciler;
+    let controllers = args.enable_configmap_reconciler()
+        || args.enable_namespace_reconciler
+        || args.upstream.build_scanner;
     for note in args.compat_report()? {
         warn!("{note}");
     }

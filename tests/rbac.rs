@@ -23,29 +23,34 @@ fn manifest<T: serde::de::DeserializeOwned>(path: &str) -> T {
     serde_yaml::from_str(&text).unwrap()
 }
 
-#[tokio::test]
-async fn operator_runs_under_its_own_rbac_and_reports_missing_permissions() {
-    let admin = client().await;
-    ensure_crd(&admin).await;
-    let ns = TestNamespace::new(&admin, "rbac").await;
-    let role_name = unique("insights-remote");
-
-    // The committed rules, bound to a ServiceAccount of this test.
-    let mut cluster_role: ClusterRole = manifest("config/rbac/role.yaml");
-    cluster_role.metadata.name = Some(role_name.clone());
-    let roles: Api<ClusterRole> = Api::all(admin.clone());
-    roles
-        .create(&PostParams::default(), &cluster_role)
-        .await
-        .unwrap();
-    let mut binding: ClusterRoleBinding = manifest("config/rbac/role_binding.yaml");
-    binding.metadata.name = Some(role_name.clone());
-    binding.role_ref.name = role_name.clone();
-    binding.subjects.as_mut().unwrap()[0].namespace = Some(ns.name.clone());
-    Api::<ClusterRoleBinding>::all(admin.clone())
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
+/// The committed ClusterRoles in `cluster_roles` and the operator's Role
+/// (config/rbac/leader_election_role.yaml), bound to the ServiceAccount
+/// `insights-remote` of `ns`: a kubeconfig that authenticates as it only,
+/// and the ClusterRoles' (unique) names.
+async fn grant_committed_roles(
+    admin: &kube::Client,
+    ns: &TestNamespace,
+    cluster_roles: &[&str],
+) -> (std::path::PathBuf, Vec<String>) {
+    let mut names = Vec::new();
+    for file in cluster_roles {
+        let role_name = unique("insights-remote");
+        let mut cluster_role: ClusterRole = manifest(file);
+        cluster_role.metadata.name = Some(role_name.clone());
+        Api::<ClusterRole>::all(admin.clone())
+            .create(&PostParams::default(), &cluster_role)
+            .await
+            .unwrap();
+        let mut binding: ClusterRoleBinding = manifest("config/rbac/role_binding.yaml");
+        binding.metadata.name = Some(role_name.clone());
+        binding.role_ref.name = role_name.clone();
+        binding.subjects.as_mut().unwrap()[0].namespace = Some(ns.name.clone());
+        Api::<ClusterRoleBinding>::all(admin.clone())
+            .create(&PostParams::default(), &binding)
+            .await
+            .unwrap();
+        names.push(role_name);
+    }
     let mut le_role: Role = manifest("config/rbac/leader_election_role.yaml");
     le_role.metadata.namespace = Some(ns.name.clone());
     Api::<Role>::namespaced(admin.clone(), &ns.name)
@@ -61,10 +66,25 @@ async fn operator_runs_under_its_own_rbac_and_reports_missing_permissions() {
         .unwrap();
     let mut sa: ServiceAccount = manifest("config/rbac/service_account.yaml");
     sa.metadata.namespace = Some(ns.name.clone());
-    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ns.name);
-    sas.create(&PostParams::default(), &sa).await.unwrap();
-    // A kubeconfig that authenticates as the ServiceAccount only.
-    let sa_kubeconfig = service_account_kubeconfig(&admin, &ns.name, "insights-remote").await;
+    Api::<ServiceAccount>::namespaced(admin.clone(), &ns.name)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+    (
+        service_account_kubeconfig(admin, &ns.name, "insights-remote").await,
+        names,
+    )
+}
+
+#[tokio::test]
+async fn operator_runs_under_its_own_rbac_and_reports_missing_permissions() {
+    let admin = client().await;
+    ensure_crd(&admin).await;
+    let ns = TestNamespace::new(&admin, "rbac").await;
+    let (sa_kubeconfig, names) =
+        grant_committed_roles(&admin, &ns, &["config/rbac/role.yaml"]).await;
+    let role_name = names[0].clone();
+    let roles: Api<ClusterRole> = Api::all(admin.clone());
 
     let broker = isolated_broker("rbac");
     let config_name = unique("irc-rbac");
@@ -471,5 +491,111 @@ async fn runs_under_the_lagoon_remote_charts_role() {
         .delete(&role_name, &DeleteParams::default())
         .await;
     delete_queue(&broker.queue).await;
+    ns.cleanup().await;
+}
+
+/// The build scanner under exactly config/rbac plus its own ClusterRole
+/// (config/build-scanner): a succeeded build gets its scanner pod and mark.
+#[tokio::test]
+async fn build_scanner_runs_under_its_own_role() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Pod;
+    let admin = client().await;
+    let ns = TestNamespace::new(&admin, "rbacscan").await;
+    let (sa_kubeconfig, names) = grant_committed_roles(
+        &admin,
+        &ns,
+        &["config/rbac/role.yaml", "config/build-scanner/role.yaml"],
+    )
+    .await;
+    Api::<ServiceAccount>::namespaced(admin.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "lagoon-deployer"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    Api::<Deployment>::namespaced(admin.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "web"},
+                "spec": {"selector": {"matchLabels": {"app": "web"}},
+                         "template": {"metadata": {"labels": {"app": "web"}},
+                                      "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns.name);
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": "lagoon-build-x", "labels": {"lagoon.sh/buildName": "lagoon-build-x"}},
+            "spec": {"serviceAccountName": "lagoon-deployer", "automountServiceAccountToken": false,
+                     "restartPolicy": "Never", "containers": [{"name": "build", "image": "build:1"}]},
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_insights-remote"))
+        .args([
+            "--pod-namespace",
+            &ns.name,
+            "--watch-namespace",
+            &ns.name,
+            "--config-name",
+            &unique("absent"),
+            "--enable-webservice=false",
+            "--enable-configmap-reconciler=false",
+            "--enable-namespace-reconciler=false",
+            "--rabbitmq-enabled=false",
+            "--enable-build-scanner",
+            "--health-probe-bind-address=0",
+        ])
+        .env("KUBECONFIG", &sa_kubeconfig)
+        .env("INSIGHTS_TOKEN_SECRET", KEY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    pods.patch_status(
+        "lagoon-build-x",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
+    )
+    .await
+    .unwrap();
+    let scanner = wait_for("scanner pod", Duration::from_secs(30), || async {
+        pods.get_opt("insights-scanner-lagoon-build-x")
+            .await
+            .unwrap()
+    })
+    .await;
+    let env = scanner.spec.unwrap().containers[0].env.clone().unwrap();
+    assert!(env
+        .iter()
+        .any(|e| e.name == "INSIGHT_SCAN_IMAGES" && e.value.as_deref() == Some("nginx:1.27")));
+    wait_for("build marked scanned", Duration::from_secs(30), || async {
+        pods.get("lagoon-build-x")
+            .await
+            .unwrap()
+            .labels()
+            .contains_key("insights.lagoon.sh/scanned")
+            .then_some(())
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    for n in names {
+        let _ = Api::<ClusterRole>::all(admin.clone())
+            .delete(&n, &DeleteParams::default())
+            .await;
+        let _ = Api::<ClusterRoleBinding>::all(admin.clone())
+            .delete(&n, &DeleteParams::default())
+            .await;
+    }
     ns.cleanup().await;
 }
