@@ -113,9 +113,9 @@ impl BrokerSettings {
             .trim_end_matches('/');
         format!(
             "{scheme}://{}:{}@{host}/{}?heartbeat=20&connection_timeout=5000",
-            encode(&self.username),
-            encode(&self.password),
-            encode(&self.vhost)
+            crate::contract::percent_encode(&self.username),
+            crate::contract::percent_encode(&self.password),
+            crate::contract::percent_encode(&self.vhost)
         )
     }
 
@@ -135,19 +135,6 @@ impl BrokerSettings {
             cert_chain: tls.ca_pem.clone(),
         }
     }
-}
-
-/// Percent-encodes everything outside RFC 3986's unreserved set.
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -666,7 +653,7 @@ fn redact(msg: &str, settings: &BrokerSettings) -> String {
         return msg.to_string();
     }
     msg.replace(&settings.password, "***")
-        .replace(&encode(&settings.password), "***")
+        .replace(&crate::contract::percent_encode(&settings.password), "***")
 }
 
 /// The first wait after a failed AMQP attempt while the broker's port

@@ -15,7 +15,9 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::contract::{LABEL_ENVIRONMENT, LABEL_ENVIRONMENT_TYPE, LABEL_PROJECT, LABEL_SERVICE};
+use crate::contract::{
+    percent_encode, LABEL_ENVIRONMENT, LABEL_ENVIRONMENT_TYPE, LABEL_PROJECT, LABEL_SERVICE,
+};
 
 /// On an SBOM ConfigMap: upload (also) to this Dependency-Track, with the
 /// key from the namespace's `lagoon-env` Secret.
@@ -414,7 +416,7 @@ impl Client {
         for attempt in 0..2 {
             let path = format!(
                 "/api/v1/project?name={}&excludeInactive=true&onlyRoot=false",
-                encode(name)
+                percent_encode(name)
             );
             let (_, found) = self.call(reqwest::Method::GET, &path, None).await?;
             let uuids: Vec<String> = found
@@ -504,7 +506,7 @@ impl Client {
             let (_, ev) = self
                 .call(
                     reqwest::Method::GET,
-                    &format!("/api/v1/event/token/{}", encode(&token)),
+                    &format!("/api/v1/event/token/{}", percent_encode(&token)),
                     None,
                 )
                 .await?;
@@ -531,18 +533,6 @@ fn with_causes(e: &reqwest::Error) -> String {
         src = s.source();
     }
     msg
-}
-
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

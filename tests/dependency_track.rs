@@ -96,6 +96,30 @@ fn sbom_cm(name: &str, project: &str, env_type: &str, annotations: &[(&str, &str
     cm
 }
 
+async fn create_sbom(
+    api: &Api<ConfigMap>,
+    name: &str,
+    project: &str,
+    env_type: &str,
+    annotations: &[(&str, &str)],
+) {
+    api.create(
+        &PostParams::default(),
+        &sbom_cm(name, project, env_type, annotations),
+    )
+    .await
+    .unwrap();
+}
+
+fn tag_names(project: &Value) -> Vec<&str> {
+    project["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect()
+}
+
 /// A namespace whose labels leave project and environment to the
 /// ConfigMap's (Lagoon's namespaces carry the same values).
 async fn namespace(client: &kube::Client, tag: &str) -> TestNamespace {
@@ -136,12 +160,7 @@ async fn central_upload_builds_the_hierarchy_and_waits_until_processed() {
     )
     .await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    api.create(
-        &PostParams::default(),
-        &sbom_cm("sbom", &proj, "production", &[]),
-    )
-    .await
-    .unwrap();
+    create_sbom(&api, "sbom", &proj, "production", &[]).await;
     let a = processed(&api, "sbom").await;
     assert_eq!(a["core.insights.lagoon.sh/status"], "success");
     assert_eq!(
@@ -168,12 +187,7 @@ async fn central_upload_builds_the_hierarchy_and_waits_until_processed() {
         .expect("the SBOM's project");
     assert_eq!(leaf["parent"]["uuid"], parent["uuid"]);
     assert_eq!(leaf["version"], "unset");
-    let tags: Vec<&str> = leaf["tags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|t| t["name"].as_str())
-        .collect();
+    let tags = tag_names(&leaf);
     assert!(
         tags.contains(&"lagoon-environmenttype-production"),
         "{tags:?}"
@@ -226,26 +240,18 @@ async fn prod_only_skips_development_and_lagoon_env_overrides_it_for_the_custom_
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
     // A development SBOM without a custom endpoint: skipped (recorded success).
     let skipped = unique("dtskip");
-    api.create(
-        &PostParams::default(),
-        &sbom_cm("dev", &skipped, "development", &[]),
-    )
-    .await
-    .unwrap();
+    create_sbom(&api, "dev", &skipped, "development", &[]).await;
     // A development SBOM for the namespace's own Dependency-Track, whose
     // lagoon-env says push-prod-only=false: uploaded there.
     let custom = unique("dtcustom");
-    api.create(
-        &PostParams::default(),
-        &sbom_cm(
-            "dev-custom",
-            &custom,
-            "development",
-            &[("dependencytrack.insights.lagoon.sh/custom-endpoint", &base)],
-        ),
+    create_sbom(
+        &api,
+        "dev-custom",
+        &custom,
+        "development",
+        &[("dependencytrack.insights.lagoon.sh/custom-endpoint", &base)],
     )
-    .await
-    .unwrap();
+    .await;
     let a = processed(&api, "dev").await;
     assert_eq!(
         a["dependencytrack.insights.lagoon.sh/default-status"],
@@ -260,12 +266,7 @@ async fn prod_only_skips_development_and_lagoon_env_overrides_it_for_the_custom_
         .await
         .expect("uploaded with the namespace's key");
     assert!(leaf["lastBomImport"].is_number());
-    let tags: Vec<&str> = leaf["tags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|t| t["name"].as_str())
-        .collect();
+    let tags = tag_names(&leaf);
     assert!(
         tags.contains(&"lagoon-environmenttype-development"),
         "{tags:?}"
@@ -286,17 +287,14 @@ async fn prod_only_skips_development_and_lagoon_env_overrides_it_for_the_custom_
         .await
         .unwrap();
     let fallback = unique("dtfallback");
-    api.create(
-        &PostParams::default(),
-        &sbom_cm(
-            "dev-fallback",
-            &fallback,
-            "development",
-            &[("dependencytrack.insights.lagoon.sh/custom-endpoint", &base)],
-        ),
+    create_sbom(
+        &api,
+        "dev-fallback",
+        &fallback,
+        "development",
+        &[("dependencytrack.insights.lagoon.sh/custom-endpoint", &base)],
     )
-    .await
-    .unwrap();
+    .await;
     let c = processed(&api, "dev-fallback").await;
     assert_eq!(
         c["dependencytrack.insights.lagoon.sh/custom-status"],
@@ -327,17 +325,14 @@ async fn custom_endpoint_without_a_key_fails_and_records_why() {
     .await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
     let proj = unique("dtnokey");
-    api.create(
-        &PostParams::default(),
-        &sbom_cm(
-            "sbom",
-            &proj,
-            "production",
-            &[("dependencytrack.insights.lagoon.sh/custom-endpoint", &base)],
-        ),
+    create_sbom(
+        &api,
+        "sbom",
+        &proj,
+        "production",
+        &[("dependencytrack.insights.lagoon.sh/custom-endpoint", &base)],
     )
-    .await
-    .unwrap();
+    .await;
     let a = wait_for("custom step failed", Duration::from_secs(60), || async {
         api.get_opt("sbom")
             .await
@@ -406,12 +401,7 @@ async fn outage_defers_then_uploads_once_back_without_publishing_twice() {
     .await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
     let proj = unique("dtout");
-    api.create(
-        &PostParams::default(),
-        &sbom_cm("sbom", &proj, "production", &[]),
-    )
-    .await
-    .unwrap();
+    create_sbom(&api, "sbom", &proj, "production", &[]).await;
     let deferred = wait_for(
         "deferred with a failure",
         Duration::from_secs(60),

@@ -309,18 +309,7 @@ pub async fn reconcile(build: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
     .await;
     let plan = match result {
         Ok(p) => p,
-        Err(e) => {
-            ctx.metrics.count_scan("failed");
-            ctx.event(
-                &*build,
-                EventType::Warning,
-                "ScanFailed",
-                "Scan",
-                e.to_string(),
-            )
-            .await;
-            return Err(e);
-        }
+        Err(e) => return Err(failed(&ctx, &build, e).await),
     };
     match plan {
         Plan::Wait => Ok(Action::await_change()),
@@ -375,21 +364,24 @@ pub async fn reconcile(build: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
                     .await;
                     Ok(Action::await_change())
                 }
-                Err(e) => {
-                    ctx.metrics.count_scan("failed");
-                    ctx.event(
-                        &*build,
-                        EventType::Warning,
-                        "ScanFailed",
-                        "Scan",
-                        e.to_string(),
-                    )
-                    .await;
-                    Err(e)
-                }
+                Err(e) => Err(failed(&ctx, &build, e).await),
             }
         }
     }
+}
+
+/// A failed scan: counted and said on the build pod; the error for the retry.
+async fn failed(ctx: &Context, build: &Pod, e: Error) -> Error {
+    ctx.metrics.count_scan("failed");
+    ctx.event(
+        build,
+        EventType::Warning,
+        "ScanFailed",
+        "Scan",
+        e.to_string(),
+    )
+    .await;
+    e
 }
 
 #[cfg(test)]

@@ -265,27 +265,13 @@ pub async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Action> 
         Next::Wait => {
             // Record what finished (so it is not repeated) and look again.
             if !done.annotations.is_empty() {
-                patch_meta(
-                    &api,
-                    &name,
-                    cm.metadata.resource_version.as_deref(),
-                    json!({}),
-                    statuses,
-                )
-                .await?;
+                record(&api, &cm, statuses).await?;
             }
             Ok(Action::requeue(UPLOAD_POLL))
         }
         Next::Defer { reason, .. } if !ops.deferred_enabled => {
             warn!(namespace = %ns, %name, error = %reason, "post-processing failed; will retry");
-            patch_meta(
-                &api,
-                &name,
-                cm.metadata.resource_version.as_deref(),
-                json!({}),
-                statuses,
-            )
-            .await?;
+            record(&api, &cm, statuses).await?;
             Ok(Action::requeue(Duration::from_secs(30)))
         }
         Next::Defer {
@@ -308,6 +294,19 @@ pub async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Action> 
             .await
         }
     }
+}
+
+/// Records the steps' statuses on exactly the version that was looked at.
+async fn record(api: &Api<ConfigMap>, cm: &ConfigMap, statuses: serde_json::Value) -> Result<()> {
+    patch_meta(
+        api,
+        &cm.name_any(),
+        cm.metadata.resource_version.as_deref(),
+        json!({}),
+        statuses,
+    )
+    .await
+    .map(|_| ())
 }
 
 /// How often a ConfigMap waiting on a Dependency-Track upload is looked at.
