@@ -31,6 +31,8 @@ pub const LABEL_PROCESSED: &str = "lagoon.sh/insightsProcessed";
 pub const ANNOTATION_PROCESSED: &str = "lagoon.sh/insightsProcessed";
 pub const LABEL_WRITE_DEFERRED: &str = "lagoon.sh/insightsWriteDeferred";
 pub const ANNOTATION_RETRIES: &str = "insights.lagoon.sh/retries";
+/// The content (fingerprint) the post-processor statuses were recorded for.
+pub const ANNOTATION_STEPS_FOR: &str = "insights.lagoon.sh/steps-for";
 pub const LABEL_MAX_RETRY_EXCEEDED: &str = "insights.lagoon.sh/max-retry-exceeded";
 pub const MAX_RETRY_EXCEEDED_VALUE: &str = "MAX_RETRY_EXCEEDED";
 pub const ANNOTATION_CORE_ENABLED: &str = "core.insights.lagoon.sh/enabled";

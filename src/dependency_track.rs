@@ -345,6 +345,15 @@ impl Client {
         if key.is_empty() {
             return Err("no Dependency-Track API key".into());
         }
+        let authority = base.split_once("://").map_or("", |(_, r)| r);
+        if authority
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .contains('@')
+        {
+            return Err("Dependency-Track endpoint must not hold credentials".into());
+        }
         Ok(Client {
             http,
             base,
@@ -357,6 +366,8 @@ impl Client {
         reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_secs(5))
+            // The key is a header reqwest would carry across redirects.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("insights-remote/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the HTTP client builds")
@@ -381,16 +392,15 @@ impl Client {
             .await
             .map_err(|e| format!("{method} {path}: {}", with_causes(&e)))?;
         let status = resp.status().as_u16();
-        let text = resp
-            .text()
+        let body = read_bounded(resp)
             .await
-            .map_err(|e| format!("{method} {path}: {}", with_causes(&e)))?;
+            .map_err(|e| format!("{method} {path}: {e}"))?;
         if !(200..300).contains(&status) && status != 409 {
-            let mut text = text;
-            text.truncate(300);
-            return Err(format!("{method} {path}: status {status}: {text}"));
+            let text = String::from_utf8_lossy(&body);
+            let short: String = text.chars().take(200).collect();
+            return Err(format!("{method} {path}: status {status}: {short}"));
         }
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+        Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
     }
 
     /// Upstream's check: the token API needs 4.11 or later.
@@ -468,7 +478,12 @@ impl Client {
 
     /// Uploads one BOM (the decompressed CycloneDX JSON) to `target` and
     /// waits until Dependency-Track has processed it, at most `wait`.
-    pub async fn upload(&self, target: &Target, bom: &[u8], wait: Duration) -> Result<(), String> {
+    pub async fn upload(
+        &self,
+        target: &Target,
+        bom: Vec<u8>,
+        wait: Duration,
+    ) -> Result<(), String> {
         self.check_version().await?;
         let mut parent: Option<String> = None;
         for name in &target.parents {
@@ -477,8 +492,10 @@ impl Client {
         let mut body = json!({
             "projectName": target.project,
             "autoCreate": true,
-            "bom": STANDARD.encode(bom),
+            "bom": STANDARD.encode(&bom),
         });
+        // Not held through the processing wait.
+        drop(bom);
         if !target.version.is_empty() {
             body["projectVersion"] = json!(target.version);
         }
@@ -521,6 +538,20 @@ impl Client {
             }
         }
     }
+}
+
+/// The most of a response body read (a hostile server cannot fill memory).
+const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+
+async fn read_bounded(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| with_causes(&e))? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(format!("response larger than {MAX_RESPONSE_BYTES} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// A reqwest error with its causes (the URL never holds the key).
@@ -679,5 +710,7 @@ mod tests {
         assert!(!format!("{c:?}").contains("odt_secret"));
         assert!(Client::new(Client::http(), "dt:8080", "k").is_err());
         assert!(Client::new(Client::http(), "http://dt", "").is_err());
+        assert!(Client::new(Client::http(), "https://user:pw@dt/x", "k").is_err());
+        assert!(Client::new(Client::http(), "https://dt/a@b", "k").is_ok());
     }
 }

@@ -34,6 +34,18 @@ const CACHE_MAX: usize = 1024;
 pub struct MetricsAuth {
     client: kube::Client,
     cache: Mutex<HashMap<[u8; 32], (Decision, Instant)>>,
+    reviews: tokio::sync::Semaphore,
+}
+
+fn looks_like_jwt(token: &str) -> bool {
+    let parts: Vec<&str> = token.split('.').collect();
+    token.len() <= 16 * 1024
+        && parts.len() == 3
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=')
+        })
 }
 
 impl MetricsAuth {
@@ -41,6 +53,7 @@ impl MetricsAuth {
         Arc::new(MetricsAuth {
             client,
             cache: Mutex::new(HashMap::new()),
+            reviews: tokio::sync::Semaphore::new(4),
         })
     }
 
@@ -53,6 +66,11 @@ impl MetricsAuth {
         else {
             return Decision::Unauthenticated;
         };
+        // Only what could be a ServiceAccount token (a JWT) is sent to the
+        // API server: random strings cost no TokenReview.
+        if !looks_like_jwt(token) {
+            return Decision::Unauthenticated;
+        }
         let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
             .as_ref()
             .try_into()
@@ -62,7 +80,11 @@ impl MetricsAuth {
                 return *d;
             }
         }
-        let decision = self.ask(token).await;
+        let decision = {
+            // At most a few reviews at once, whatever callers send.
+            let _permit = self.reviews.acquire().await;
+            self.ask(token).await
+        };
         if decision != Decision::Unavailable {
             let mut cache = self.cache.lock().expect("cache lock");
             if cache.len() >= CACHE_MAX {
@@ -141,4 +163,16 @@ pub fn self_signed_tls() -> std::io::Result<rustls::ServerConfig> {
         .with_no_client_auth()
         .with_single_cert(vec![cert.cert.der().clone()], key)
         .map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_jwt_shaped_tokens_are_reviewed() {
+        assert!(super::looks_like_jwt("eyJh.eyJz.c2ln"));
+        assert!(!super::looks_like_jwt("not-a-token"));
+        assert!(!super::looks_like_jwt("a.b"));
+        assert!(!super::looks_like_jwt("a..c"));
+        assert!(!super::looks_like_jwt("a.b c.d"));
+    }
 }

@@ -81,6 +81,9 @@ pub struct Facts<'a> {
     pub require_core: bool,
     /// The central push-prod-only.
     pub push_prod_only: bool,
+    /// The recorded statuses are for this content (the fingerprint stored
+    /// with them matches); statuses of other content are ignored.
+    pub statuses_current: bool,
 }
 
 /// What a step has to do for one ConfigMap.
@@ -107,7 +110,10 @@ pub fn plan(enabled: Enabled, f: &Facts) -> Vec<(Step, Work)> {
             Step::DependencyTrackDefault => enabled.dt_default,
             Step::DependencyTrackCustom => enabled.dt_custom,
         })
-        .filter(|s| f.annotations.get(s.status_key()).map(String::as_str) != Some(SUCCESS))
+        .filter(|s| {
+            !f.statuses_current
+                || f.annotations.get(s.status_key()).map(String::as_str) != Some(SUCCESS)
+        })
         .map(|s| (s, work(s, f)))
         .collect()
 }
@@ -198,7 +204,9 @@ pub fn conclude(results: &[(Step, Outcome)], retries_so_far: u32, max_retries: u
             Outcome::Running => running = true,
         }
     }
-    let next = if running {
+    // A failure defers at once, even while an upload still runs (its result
+    // is picked up on the retry): no step is re-run every poll meanwhile.
+    let next = if failures.is_empty() && running {
         Next::Wait
     } else if failures.is_empty() {
         Next::Processed
@@ -432,9 +440,37 @@ mod tests {
                 is_sbom,
                 require_core,
                 push_prod_only,
+                statuses_current: true,
             };
             assert_eq!(plan(enabled, &f), want, "{what}");
         }
+    }
+
+    #[test]
+    fn statuses_of_other_content_are_ignored() {
+        let labels = map(&[("lagoon.sh/environmentType", "production")]);
+        let annotations = map(&[
+            ("core.insights.lagoon.sh/enabled", "true"),
+            ("core.insights.lagoon.sh/status", "success"),
+        ]);
+        let f = |statuses_current| Facts {
+            labels: &labels,
+            annotations: &annotations,
+            is_sbom: true,
+            require_core: true,
+            push_prod_only: true,
+            statuses_current,
+        };
+        let core = Enabled {
+            core: true,
+            ..Default::default()
+        };
+        assert_eq!(plan(core, &f(true)), vec![]);
+        assert_eq!(
+            plan(core, &f(false)),
+            vec![(Step::Core, Work::Publish)],
+            "replaced in place: published again"
+        );
     }
 
     #[test]

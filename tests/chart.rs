@@ -84,6 +84,18 @@ fn lint_passes_with_lagoon_remote_values_and_defaults() {
         "rabbitMQHostname=rabbit:5672,rabbitMQUsername=u,rabbitMQPassword=p",
     ]);
     assert!(ok, "{out}{err}");
+    // lagoon-remote's own image (the Go original) is refused with a reason.
+    let (ok, _, err) = run_helm(&[
+        "template",
+        "x",
+        CHART,
+        "-f",
+        LAGOON_VALUES,
+        "--set",
+        "image.repository=uselagoon/insights-remote,image.tag=v0.0.19",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("is the Go original"), "{err}");
     // The lagoon-remote chart's required values stay required.
     let (ok, _, err) = run_helm(&["template", "x", CHART]);
     assert!(!ok);
@@ -165,8 +177,8 @@ fn template_matches_the_golden_file_and_keeps_lagoon_remotes_contract() {
     assert_eq!(mount["mountPath"], "/ca.crt");
     assert_eq!(mount["subPath"], "ca.crt");
     assert_eq!(
-        c["image"], "uselagoon/insights-remote:v0.0.19",
-        "the admin's image"
+        c["image"], "ghcr.io/uselagoon/insights-remote-rs:0.1.0",
+        "this project's image, not lagoon-remote's"
     );
     let svc = find(&d, "Service", "lagoon-remote-insights-remote");
     assert_eq!(svc["spec"]["ports"][0]["port"], 80);
@@ -230,6 +242,11 @@ async fn installs_on_the_api_server_and_keeps_the_key_on_upgrade() {
         .await
         .unwrap();
     assert_eq!(dep.spec.replicas, Some(2));
+    // Two replicas: a PodDisruptionBudget (with one it would block drains).
+    Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::namespaced(client.clone(), &ns.name)
+        .get(&fullname)
+        .await
+        .unwrap();
     let svc: Service = Api::namespaced(client.clone(), &ns.name)
         .get("lagoon-remote-insights-remote")
         .await

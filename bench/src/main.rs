@@ -302,7 +302,7 @@ fn payload(sbom: bool, size: usize, seed: u64) -> Vec<u8> {
     let filler = base64::engine::general_purpose::STANDARD.encode(&noise(size, seed)[2..]);
     let doc = if sbom {
         serde_json::json!({"bomFormat": "CycloneDX", "specVersion": "1.5",
-            "metadata": {"component": {"name": "bench"}, "tools": {"components": [{"type": "application", "name": "bench"}]}},
+            "metadata": {"component": {"type": "application", "name": "bench"}, "tools": {"components": [{"type": "application", "name": "bench"}]}},
             "components": [{"type": "library", "name": "filler", "description": filler}]})
     } else {
         serde_json::json!({"name": "bench", "env": ["A=b"], "labels": {"filler": filler}})

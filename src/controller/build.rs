@@ -214,14 +214,39 @@ pub enum Plan {
     Scan { remove: Vec<String>, pod: Box<Pod> },
 }
 
+/// Builds that finished longer ago than this are not scanned: switching the
+/// scanner on does not start a scan for every old build pod in the cluster
+/// (upstream reacts only to build pods that change).
+pub const MAX_BUILD_AGE: Duration = Duration::from_secs(3600);
+
+/// When the build pod's containers finished (the latest), if known.
+fn finished_at(build: &Pod) -> Option<k8s_openapi::jiff::Timestamp> {
+    build
+        .status
+        .as_ref()?
+        .container_statuses
+        .iter()
+        .flatten()
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref())
+        .map(|t| t.0)
+        .max()
+}
+
 pub fn plan(
     build: &Pod,
     deployments: &[Deployment],
     scanners: &[String],
     s: &ScannerSettings,
+    now: k8s_openapi::jiff::Timestamp,
 ) -> Plan {
     let phase = build.status.as_ref().and_then(|st| st.phase.as_deref());
     if phase != Some("Succeeded") {
+        return Plan::Wait;
+    }
+    if finished_at(build).is_some_and(|t| {
+        now.duration_since(t)
+            > k8s_openapi::jiff::SignedDuration::try_from(MAX_BUILD_AGE).unwrap_or_default()
+    }) {
         return Plan::Wait;
     }
     let images = images(deployments);
@@ -304,7 +329,13 @@ pub async fn reconcile(build: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
             .iter()
             .map(|p| p.name_any())
             .collect();
-        Ok::<_, Error>(plan(&build, &deps, &scanners, &settings))
+        Ok::<_, Error>(plan(
+            &build,
+            &deps,
+            &scanners,
+            &settings,
+            k8s_openapi::jiff::Timestamp::now(),
+        ))
     }
     .await;
     let plan = match result {
@@ -497,6 +528,38 @@ mod tests {
             "insights-scanner-old".to_string(),
             "insights-scanner-lagoon-build-abc".to_string(),
         ];
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let plan =
+            |b: &Pod, d: &[Deployment], sc: &[String], s: &ScannerSettings| plan(b, d, sc, s, now);
+        // Finished two hours ago: not scanned when the scanner is switched on.
+        let finished = |ago: k8s_openapi::jiff::SignedDuration| {
+            let mut b = build_pod("Succeeded", &[]);
+            b.status.as_mut().unwrap().container_statuses =
+                Some(vec![serde_json::from_value(serde_json::json!({
+                    "name": "lagoon-build", "image": "b", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 0, "finishedAt": (now - ago).to_string()}},
+                }))
+                .unwrap()]);
+            b
+        };
+        assert_eq!(
+            plan(
+                &finished(k8s_openapi::jiff::SignedDuration::from_hours(2)),
+                &deps,
+                &scanners,
+                &s
+            ),
+            Plan::Wait
+        );
+        assert!(matches!(
+            plan(
+                &finished(k8s_openapi::jiff::SignedDuration::from_mins(5)),
+                &deps,
+                &scanners,
+                &s
+            ),
+            Plan::Scan { .. }
+        ));
         assert_eq!(
             plan(&build_pod("Running", &[]), &deps, &scanners, &s),
             Plan::Wait

@@ -22,8 +22,9 @@ use tracing::{debug, info, warn};
 use super::{now_rfc3339, now_unix, until_shutdown, Context, Error, Result};
 use crate::contract::{
     self, infer_insights_type, ConfigMapMessage, ANNOTATION_PROCESSED, ANNOTATION_REJECTED,
-    ANNOTATION_REJECTED_VERSION, ANNOTATION_RETRIES, LABEL_INSIGHTS_TYPE, LABEL_MAX_RETRY_EXCEEDED,
-    LABEL_PROCESSED, LABEL_SERVICE, LABEL_WRITE_DEFERRED, MAX_RETRY_EXCEEDED_VALUE,
+    ANNOTATION_REJECTED_VERSION, ANNOTATION_RETRIES, ANNOTATION_STEPS_FOR, LABEL_INSIGHTS_TYPE,
+    LABEL_MAX_RETRY_EXCEEDED, LABEL_PROCESSED, LABEL_SERVICE, LABEL_WRITE_DEFERRED,
+    MAX_RETRY_EXCEEDED_VALUE,
 };
 use crate::dependency_track;
 use crate::payload;
@@ -193,6 +194,7 @@ pub async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Action> 
         is_sbom: message.insights_type == "sbom",
         require_core: ops.require_core_enabled,
         push_prod_only: dt.push_prod_only,
+        statuses_current: annotations.get(ANNOTATION_STEPS_FOR) == Some(&fingerprint),
     };
     let steps = postprocess::plan(enabled, &facts);
     let mut message = Some(message);
@@ -256,7 +258,11 @@ pub async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Action> 
         .and_then(|r| r.trim().parse().ok())
         .unwrap_or(0);
     let done = postprocess::conclude(&results, retries, ops.max_retries);
-    let statuses = json!(done.annotations);
+    let statuses = with(
+        json!(done.annotations),
+        ANNOTATION_STEPS_FOR,
+        json!(fingerprint),
+    );
     match done.next {
         Next::Processed => {
             mark_processed(&api, &cm, &ctx, ops.burn_after_reading, statuses).await?;
@@ -356,6 +362,10 @@ async fn upload(
     if let Some(o) = ctx.uploads.poll(&key) {
         return o;
     }
+    // No free slot: look again later, without reading or decompressing anything.
+    if !ctx.uploads.has_free_slot() {
+        return Outcome::Running;
+    }
     let labels = cm.labels();
     let info = match dependency_track::WriteInfo::from_labels(labels, ns_labels) {
         Ok(i) => i,
@@ -409,7 +419,7 @@ async fn upload(
     let wait = ctx.uploads.timeout;
     let (ns, name) = (cm.namespace().unwrap_or_default(), cm.name_any());
     let started = ctx.uploads.try_start(key, async move {
-        let res = client.upload(&target, &bom, wait).await;
+        let res = client.upload(&target, bom, wait).await;
         match &res {
             Ok(()) => info!(namespace = %ns, %name, project = %target.project, step = step.name(), "SBOM uploaded to Dependency-Track"),
             Err(e) => warn!(namespace = %ns, %name, project = %target.project, step = step.name(), error = %e, "Dependency-Track upload failed"),

@@ -74,8 +74,12 @@ impl Uploads {
         // The upload's own requests time out; this bounds the whole job.
         let limit = self.timeout + Duration::from_secs(120);
         tokio::spawn(async move {
-            let res = match tokio::time::timeout(limit, upload).await {
-                Ok(r) => r,
+            use futures::FutureExt;
+            // A panic in the upload is a failed upload, not a job that runs forever.
+            let guarded = std::panic::AssertUnwindSafe(upload).catch_unwind();
+            let res = match tokio::time::timeout(limit, guarded).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err("the upload failed unexpectedly (a bug: see the log)".into()),
                 Err(_) => Err(format!(
                     "the upload did not finish within {}s",
                     limit.as_secs()
@@ -87,6 +91,10 @@ impl Uploads {
                 .insert(key, Job::Done(res, Instant::now()));
         });
         true
+    }
+
+    pub fn has_free_slot(&self) -> bool {
+        self.permits.available_permits() > 0
     }
 
     pub fn running(&self) -> usize {
