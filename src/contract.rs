@@ -407,6 +407,18 @@ pub fn infer_insights_type(labels: &BTreeMap<String, String>) -> Result<Insights
     }
 }
 
+/// A Lagoon environment id as Lagoon can store it: canonical digits (no
+/// sign, no leading zero) from 1 to 2^31-1, the API's 32-bit `Int`.
+pub fn lagoon_environment_id(id: &str) -> Option<i64> {
+    let canonical = !id.is_empty()
+        && id.len() <= 10
+        && id.bytes().all(|b| b.is_ascii_digit())
+        && !id.starts_with('0');
+    id.parse::<i64>()
+        .ok()
+        .filter(|n| canonical && *n <= i64::from(i32::MAX))
+}
+
 /// Percent-encodes everything outside RFC 3986's unreserved set.
 pub fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

@@ -282,17 +282,12 @@ fn authenticate(req: &HttpRequest, st: &ApiState) -> Result<Claims, ApiError> {
 /// Anything else would be dropped by the consumer or fail every API call.
 pub fn environment_id(claims: &Claims) -> Result<i64, ApiError> {
     let id = &claims.environment_id;
-    let canonical = !id.is_empty()
-        && id.len() <= 10
-        && id.bytes().all(|b| b.is_ascii_digit())
-        && !id.starts_with('0');
-    match id.parse::<i64>() {
-        Ok(n) if canonical && n <= i64::from(i32::MAX) => Ok(n),
-        _ => Err(ApiError::BadRequest(format!(
+    crate::contract::lagoon_environment_id(id).ok_or_else(|| {
+        ApiError::BadRequest(format!(
             "the token's EnvironmentId {:?} is not a Lagoon environment id (an integer from 1 to 2147483647)",
             id.escape_debug().to_string()
-        ))),
-    }
+        ))
+    })
 }
 
 fn declared_length(req: &HttpRequest) -> Option<usize> {

@@ -290,33 +290,42 @@ fn base64_of(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
-#[tokio::test]
-async fn namespace_missing_a_label_gets_an_event_and_no_token() {
+/// A namespace with `labels` gets a Warning Event `reason` (its note
+/// containing `note`) and no token; setting `lagoon.sh/environmentId: 7`
+/// gets it one.
+async fn refused_until_relabelled(
+    tag: &str,
+    labels: BTreeMap<String, String>,
+    reason: &str,
+    note: &str,
+) {
     let client = client().await;
-    let mut labels = lagoon_labels("7");
-    labels.remove("lagoon.sh/environmentId");
-    let ns = TestNamespace::with_labels(&client, "nolabel", labels).await;
+    let ns = TestNamespace::with_labels(&client, tag, labels).await;
     let op = start(&client, &ns.name, &unique("irc")).await;
     // Events about cluster-scoped objects live in the default namespace.
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
-    let ev = wait_for("MissingLabels event", Duration::from_secs(30), || async {
-        events
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .find(|e| {
-                e.reason.as_deref() == Some("MissingLabels")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref())
-                        == Some(ns.name.as_str())
-            })
-    })
+    let ev = wait_for(
+        &format!("{reason} event"),
+        Duration::from_secs(30),
+        || async {
+            events
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                            == Some(ns.name.as_str())
+                })
+        },
+    )
     .await;
-    assert!(ev.note.unwrap().contains("lagoon.sh/environmentId"));
+    let text = ev.note.unwrap();
+    assert!(text.contains(note), "{text}");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
     assert!(secrets.get_opt("insights-token").await.unwrap().is_none());
-    // Adding the label gets the token.
     Api::<Namespace>::all(client.clone())
         .patch(
             &ns.name,
@@ -329,6 +338,31 @@ async fn namespace_missing_a_label_gets_an_event_and_no_token() {
     assert_eq!(ring().verify(&token_of(&s)).unwrap().environment_id, "7");
     op.stop().await;
     ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn namespace_missing_a_label_gets_an_event_and_no_token() {
+    let mut labels = lagoon_labels("7");
+    labels.remove("lagoon.sh/environmentId");
+    refused_until_relabelled(
+        "nolabel",
+        labels,
+        "MissingLabels",
+        "lagoon.sh/environmentId",
+    )
+    .await;
+}
+
+/// A token for an id Lagoon cannot store would be refused on every request.
+#[tokio::test]
+async fn non_canonical_environment_id_gets_an_event_and_no_token() {
+    refused_until_relabelled(
+        "badid",
+        lagoon_labels("007"),
+        "InvalidEnvironmentId",
+        "\"007\"",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -19,10 +19,11 @@ use tracing::{info, warn};
 
 use super::{until_shutdown, Context, Error, Result};
 use crate::contract::{
-    LABEL_DYNAMIC_SECRET, LABEL_ENVIRONMENT, LABEL_ENVIRONMENT_ID, LABEL_INSIGHTS_TOKEN,
-    LABEL_PROJECT, TOKEN_SECRET_KEY, TOKEN_SECRET_NAME,
+    lagoon_environment_id, LABEL_DYNAMIC_SECRET, LABEL_ENVIRONMENT, LABEL_ENVIRONMENT_ID,
+    LABEL_INSIGHTS_TOKEN, LABEL_PROJECT, TOKEN_SECRET_KEY, TOKEN_SECRET_NAME,
 };
-use crate::token::Claims;
+use crate::settings::Operations;
+use crate::token::{Claims, KeyRing};
 
 pub const CONTROLLER: &str = "namespace";
 const FIELD_MANAGER: &str = "insights-remote";
@@ -62,83 +63,88 @@ pub fn error_policy(ns: Arc<Namespace>, err: &Error, _ctx: Arc<Context>) -> Acti
     Action::requeue(Duration::from_secs(10))
 }
 
-/// The claims a namespace's token must carry, or the labels it lacks.
-pub fn desired_claims(ns: &Namespace) -> std::result::Result<Claims, Vec<&'static str>> {
+/// What to do about one namespace's token, before looking at its Secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Not ours to mint: tokens off, terminating, or not targeted.
+    Skip,
+    /// No token can be made; say why on the namespace.
+    Refuse {
+        reason: &'static str,
+        message: String,
+    },
+    /// The Secret must hold a valid token with these claims.
+    Ensure(Claims),
+}
+
+pub fn plan(ns: &Namespace, ops: &Operations) -> Plan {
+    // Terminating namespaces reject new objects: leave them alone.
+    let terminating = ns.metadata.deletion_timestamp.is_some()
+        || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating");
+    let targeted = ops
+        .target_label
+        .as_ref()
+        .is_none_or(|t| ns.labels().contains_key(t));
+    if !ops.tokens_enabled || terminating || !targeted {
+        return Plan::Skip;
+    }
     let labels = ns.labels();
     let missing: Vec<&'static str> = [LABEL_ENVIRONMENT_ID, LABEL_PROJECT, LABEL_ENVIRONMENT]
         .into_iter()
         .filter(|l| labels.get(*l).is_none_or(|v| v.is_empty()))
         .collect();
     if !missing.is_empty() {
-        return Err(missing);
+        return Plan::Refuse {
+            reason: "MissingLabels",
+            message: format!(
+                "no insights token: the namespace lacks label(s) {}",
+                missing.join(", ")
+            ),
+        };
     }
-    Ok(Claims {
+    let id = &labels[LABEL_ENVIRONMENT_ID];
+    if lagoon_environment_id(id).is_none() {
+        // Every request with such a token would be refused (400).
+        return Plan::Refuse {
+            reason: "InvalidEnvironmentId",
+            message: format!(
+                "no insights token: {LABEL_ENVIRONMENT_ID} {:?} is not a Lagoon environment id (an integer from 1 to 2147483647)",
+                id.escape_debug().to_string()
+            ),
+        };
+    }
+    Plan::Ensure(Claims {
         namespace: ns.name_any(),
-        environment_id: labels[LABEL_ENVIRONMENT_ID].clone(),
+        environment_id: id.clone(),
         project_name: labels[LABEL_PROJECT].clone(),
         environment_name: labels[LABEL_ENVIRONMENT].clone(),
     })
 }
 
-pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> {
-    let ops = ctx.ops.borrow().clone();
-    if !ops.tokens_enabled {
-        return Ok(Action::await_change());
-    }
-    // Terminating namespaces reject new objects: leave them alone.
-    let terminating = ns.metadata.deletion_timestamp.is_some()
-        || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating");
-    if terminating {
-        return Ok(Action::await_change());
-    }
-    if let Some(target) = &ops.target_label {
-        if !ns.labels().contains_key(target) {
-            return Ok(Action::await_change());
-        }
-    }
-    let claims = match desired_claims(&ns) {
-        Ok(c) => c,
-        Err(missing) => {
-            ctx.event(
-                ns.as_ref(),
-                EventType::Warning,
-                "MissingLabels",
-                "MintToken",
-                format!(
-                    "no insights token: the namespace lacks label(s) {}",
-                    missing.join(", ")
-                ),
-            )
-            .await;
-            return Ok(Action::await_change());
-        }
+/// Whether the Secret already holds a token, valid under the current key,
+/// for exactly these claims, with the labels Lagoon looks for.
+pub fn up_to_date(existing: Option<&Secret>, claims: &Claims, keys: &KeyRing) -> bool {
+    let Some(s) = existing else {
+        return false;
     };
-    let name = ns.name_any();
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &name);
-    let keys = ctx.keys.borrow().clone();
-    let existing = api.get_opt(TOKEN_SECRET_NAME).await?;
-    if let Some(s) = &existing {
-        let token = s
-            .data
-            .as_ref()
-            .and_then(|d| d.get(TOKEN_SECRET_KEY))
-            .and_then(|b| std::str::from_utf8(&b.0).ok());
-        let labelled = s.labels().get(LABEL_INSIGHTS_TOKEN).map(String::as_str) == Some("true")
-            && s.labels().get(LABEL_DYNAMIC_SECRET).map(String::as_str) == Some(TOKEN_SECRET_NAME);
-        let valid = token
-            .is_some_and(|t| !t.ends_with('\n') && keys.verify_current(t).as_ref() == Ok(&claims));
-        if valid && labelled {
-            return Ok(Action::requeue(ctx.token_resync));
-        }
-    }
-    let token = keys.mint(&claims)?;
-    // Server-side apply updates in place: never delete first, since Lagoon
-    // mounts this Secret with optional: false and a pod starting in the gap
-    // would fail.
-    let secret = Secret {
+    let token = s
+        .data
+        .as_ref()
+        .and_then(|d| d.get(TOKEN_SECRET_KEY))
+        .and_then(|b| std::str::from_utf8(&b.0).ok());
+    let labelled = s.labels().get(LABEL_INSIGHTS_TOKEN).map(String::as_str) == Some("true")
+        && s.labels().get(LABEL_DYNAMIC_SECRET).map(String::as_str) == Some(TOKEN_SECRET_NAME);
+    labelled
+        && token
+            .is_some_and(|t| !t.ends_with('\n') && keys.verify_current(t).as_ref() == Ok(claims))
+}
+
+/// The token Secret as it should be.
+fn token_secret(namespace: &str, token: String) -> Secret {
+    Secret {
         metadata: ObjectMeta {
             name: Some(TOKEN_SECRET_NAME.into()),
-            namespace: Some(name.clone()),
+            namespace: Some(namespace.into()),
             labels: Some(BTreeMap::from([
                 (LABEL_INSIGHTS_TOKEN.to_string(), "true".to_string()),
                 (
@@ -154,14 +160,40 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> 
             ByteString(token.into_bytes()),
         )])),
         ..Default::default()
+    }
+}
+
+pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> {
+    let ops = ctx.ops.borrow().clone();
+    let claims = match plan(&ns, &ops) {
+        Plan::Skip => return Ok(Action::await_change()),
+        Plan::Refuse { reason, message } => {
+            ctx.event(
+                ns.as_ref(),
+                EventType::Warning,
+                reason,
+                "MintToken",
+                message,
+            )
+            .await;
+            return Ok(Action::await_change());
+        }
+        Plan::Ensure(claims) => claims,
     };
-    let mut value = serde_json::to_value(&secret)?;
-    value["apiVersion"] = "v1".into();
-    value["kind"] = "Secret".into();
+    let name = ns.name_any();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &name);
+    let keys = ctx.keys.borrow().clone();
+    let existing = api.get_opt(TOKEN_SECRET_NAME).await?;
+    if up_to_date(existing.as_ref(), &claims, &keys) {
+        return Ok(Action::requeue(ctx.token_resync));
+    }
+    // Server-side apply updates in place: never delete first, since Lagoon
+    // mounts this Secret with optional: false and a pod starting in the gap
+    // would fail.
     api.patch(
         TOKEN_SECRET_NAME,
         &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(value),
+        &Patch::Apply(&token_secret(&name, keys.mint(&claims)?)),
     )
     .await?;
     info!(namespace = %name, renewed = existing.is_some(), "environment token written");
@@ -169,4 +201,136 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> 
     ctx.metrics.tokens_minted.inc();
     ctx.status_changed.notify_one();
     Ok(Action::requeue(ctx.token_resync))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::KeyRing;
+
+    fn ns(labels: &[(&str, &str)], terminating: bool) -> Namespace {
+        let mut n = Namespace::default();
+        n.metadata.name = Some("demo-main".into());
+        n.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        if terminating {
+            n.status = Some(k8s_openapi::api::core::v1::NamespaceStatus {
+                phase: Some("Terminating".into()),
+                ..Default::default()
+            });
+        }
+        n
+    }
+
+    fn ops(tokens: bool, target: Option<&str>) -> Operations {
+        Operations {
+            burn_after_reading: false,
+            forwarding_enabled: true,
+            deferred_enabled: true,
+            mins_between_retries: 3,
+            max_retries: 3,
+            require_core_enabled: true,
+            tokens_enabled: tokens,
+            target_label: target.map(String::from),
+            dependency_track: Default::default(),
+            build_scanner: Default::default(),
+        }
+    }
+
+    const LAGOON: &[(&str, &str)] = &[
+        ("lagoon.sh/environmentId", "42"),
+        ("lagoon.sh/project", "demo"),
+        ("lagoon.sh/environment", "main"),
+    ];
+
+    #[test]
+    fn plan_table() {
+        let claims = Claims {
+            namespace: "demo-main".into(),
+            environment_id: "42".into(),
+            project_name: "demo".into(),
+            environment_name: "main".into(),
+        };
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut l: Vec<(&str, &str)> = LAGOON.to_vec();
+            for (k, v) in extra {
+                l.retain(|(key, _)| key != k);
+                l.push((k, v));
+            }
+            l
+        };
+        let refused = |reason: &str, n: &Namespace, o: &Operations| match plan(n, o) {
+            Plan::Refuse { reason: r, .. } => r == reason,
+            _ => false,
+        };
+        assert_eq!(
+            plan(&ns(LAGOON, false), &ops(true, None)),
+            Plan::Ensure(claims.clone())
+        );
+        assert_eq!(
+            plan(&ns(LAGOON, false), &ops(false, None)),
+            Plan::Skip,
+            "tokens off"
+        );
+        assert_eq!(
+            plan(&ns(LAGOON, true), &ops(true, None)),
+            Plan::Skip,
+            "terminating"
+        );
+        assert_eq!(
+            plan(&ns(LAGOON, false), &ops(true, Some("t"))),
+            Plan::Skip,
+            "not targeted"
+        );
+        assert_eq!(
+            plan(&ns(&with(&[("t", "")]), false), &ops(true, Some("t"))),
+            Plan::Ensure(claims),
+            "targeted"
+        );
+        assert!(refused(
+            "MissingLabels",
+            &ns(&[("lagoon.sh/project", "demo")], false),
+            &ops(true, None)
+        ));
+        assert!(refused(
+            "MissingLabels",
+            &ns(&with(&[("lagoon.sh/environment", "")]), false),
+            &ops(true, None)
+        ));
+        for bad in ["042", "-1", "0", "2147483648", "4x"] {
+            assert!(
+                refused(
+                    "InvalidEnvironmentId",
+                    &ns(&with(&[("lagoon.sh/environmentId", bad)]), false),
+                    &ops(true, None)
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn up_to_date_needs_a_valid_token_for_these_claims_and_the_labels() {
+        let keys = KeyRing::new("0123456789abcdef0123456789abcdef-current").unwrap();
+        let other = KeyRing::new("0123456789abcdef0123456789abcdef-another").unwrap();
+        let Plan::Ensure(claims) = plan(&ns(LAGOON, false), &ops(true, None)) else {
+            panic!()
+        };
+        let good = token_secret("demo-main", keys.mint(&claims).unwrap());
+        assert!(up_to_date(Some(&good), &claims, &keys));
+        assert!(!up_to_date(None, &claims, &keys));
+        assert!(!up_to_date(Some(&good), &claims, &other), "another key");
+        let mut moved = claims.clone();
+        moved.environment_name = "dev".into();
+        assert!(!up_to_date(Some(&good), &moved, &keys), "other claims");
+        let mut unlabelled = good.clone();
+        unlabelled.metadata.labels = None;
+        assert!(!up_to_date(Some(&unlabelled), &claims, &keys));
+        let newline = token_secret("demo-main", format!("{}\n", keys.mint(&claims).unwrap()));
+        assert!(!up_to_date(Some(&newline), &claims, &keys));
+    }
 }
