@@ -40,10 +40,37 @@ pub async fn client() -> Client {
     Client::try_from(config).unwrap()
 }
 
-/// A namespace of the test's own, with Lagoon's labels; deleted by `cleanup`.
+/// A namespace of the test's own, with Lagoon's labels; deleted by
+/// `cleanup`, or when dropped without it (a failed assertion), so a failing
+/// test leaves nothing behind.
 pub struct TestNamespace {
     pub name: String,
     pub client: Client,
+    cleaned: bool,
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        // Not on the test's runtime (it is blocked here): a thread with a
+        // runtime and a client of its own.
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the clean-up");
+            rt.block_on(async {
+                let client = client().await;
+                let _ = Api::<Namespace>::all(client)
+                    .delete(&name, &DeleteParams::default())
+                    .await;
+            });
+        })
+        .join();
+    }
 }
 
 impl TestNamespace {
@@ -68,13 +95,15 @@ impl TestNamespace {
         Self {
             name,
             client: client.clone(),
+            cleaned: false,
         }
     }
 
-    pub async fn cleanup(self) {
+    pub async fn cleanup(mut self) {
         let _ = Api::<Namespace>::all(self.client.clone())
             .delete(&self.name, &DeleteParams::default())
             .await;
+        self.cleaned = true;
     }
 }
 
