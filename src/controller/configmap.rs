@@ -363,7 +363,7 @@ async fn upload(
         return o;
     }
     // No free slot: look again later, without reading or decompressing anything.
-    if !ctx.uploads.has_free_slot() {
+    if !ctx.uploads.has_free_slot(step) {
         return Outcome::Running;
     }
     let labels = cm.labels();

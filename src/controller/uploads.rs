@@ -27,7 +27,11 @@ const KEEP_DONE: Duration = Duration::from_secs(600);
 pub struct Uploads {
     pub http: reqwest::Client,
     pub timeout: Duration,
-    permits: Arc<Semaphore>,
+    /// Slots for the central Dependency-Track; per-namespace endpoints
+    /// (chosen by the namespace's workloads) have slots of their own, so a
+    /// slow one never holds up the central uploads.
+    central: Arc<Semaphore>,
+    custom: Arc<Semaphore>,
     jobs: Arc<Mutex<HashMap<Key, Job>>>,
 }
 
@@ -36,7 +40,8 @@ impl Uploads {
         Uploads {
             http: crate::dependency_track::Client::http(),
             timeout,
-            permits: Arc::new(Semaphore::new(usize::from(max_concurrent.max(1)))),
+            central: Arc::new(Semaphore::new(usize::from(max_concurrent.max(1)))),
+            custom: Arc::new(Semaphore::new(usize::from(max_concurrent.max(1)))),
             jobs: Arc::default(),
         }
     }
@@ -63,7 +68,7 @@ impl Uploads {
     where
         F: Future<Output = Result<(), String>> + Send + 'static,
     {
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+        let Ok(permit) = self.slots(key.2).clone().try_acquire_owned() else {
             return false;
         };
         self.jobs
@@ -93,8 +98,15 @@ impl Uploads {
         true
     }
 
-    pub fn has_free_slot(&self) -> bool {
-        self.permits.available_permits() > 0
+    fn slots(&self, step: Step) -> &Arc<Semaphore> {
+        match step {
+            Step::DependencyTrackCustom => &self.custom,
+            _ => &self.central,
+        }
+    }
+
+    pub fn has_free_slot(&self, step: Step) -> bool {
+        self.slots(step).available_permits() > 0
     }
 
     pub fn running(&self) -> usize {
@@ -125,7 +137,17 @@ mod tests {
         }));
         assert_eq!(u.poll(&key("a")), Some(Outcome::Running));
         // The only slot is taken: the next one does not start (and keeps nothing).
+        assert!(!u.has_free_slot(Step::DependencyTrackDefault));
         assert!(!u.try_start(key("b"), async { Ok(()) }));
+        // A per-namespace upload has slots of its own.
+        let custom = (
+            "c".to_string(),
+            "f".to_string(),
+            Step::DependencyTrackCustom,
+        );
+        assert!(u.has_free_slot(Step::DependencyTrackCustom));
+        assert!(u.try_start(custom, std::future::pending()));
+        assert!(!u.has_free_slot(Step::DependencyTrackCustom));
         assert_eq!(u.poll(&key("b")), None);
         tx.send(()).unwrap();
         let got = loop {
