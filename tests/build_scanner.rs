@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::cluster::*;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -84,17 +84,6 @@ fn pod(name: &str, labels: serde_json::Value, annotations: serde_json::Value) ->
     .unwrap()
 }
 
-/// The service account Lagoon namespaces have and the scanner pod uses.
-async fn lagoon_deployer(client: &kube::Client, ns: &TestNamespace) {
-    Api::<ServiceAccount>::namespaced(client.clone(), &ns.name)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "lagoon-deployer"}})).unwrap(),
-        )
-        .await
-        .unwrap();
-}
-
 async fn phase(pods: &Api<Pod>, name: &str, phase: &str) {
     pods.patch_status(
         name,
@@ -109,7 +98,7 @@ async fn phase(pods: &Api<Pod>, name: &str, phase: &str) {
 async fn succeeded_build_gets_one_scanner_pod_even_across_restarts() {
     let client = client().await;
     let ns = TestNamespace::new(&client, "scan").await;
-    lagoon_deployer(&client, &ns).await;
+    lagoon_deployer(&client, &ns.name).await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     for d in [
         deployment("nginx", &["nginx:1.27", "php:8.3"]),
@@ -228,20 +217,7 @@ async fn succeeded_build_gets_one_scanner_pod_even_across_restarts() {
     assert!(get("LAGOON_FEATURE_FLAG_FROM_SECRET").value_from.is_some());
 
     // The build pod is marked, the earlier scanner is gone.
-    wait_for(
-        "build pod marked scanned",
-        Duration::from_secs(30),
-        || async {
-            pods.get(build)
-                .await
-                .unwrap()
-                .labels()
-                .get("insights.lagoon.sh/scanned")
-                .filter(|v| *v == "true")
-                .map(|_| ())
-        },
-    )
-    .await;
+    wait_scanned(&pods, build).await;
     wait_for(
         "earlier scanner removed",
         Duration::from_secs(30),
@@ -268,19 +244,8 @@ async fn succeeded_build_gets_one_scanner_pod_even_across_restarts() {
     .await
     .unwrap();
     let op = start(&ns, scanner_ops(&[])).await;
-    wait_for(
-        "marked again after restart",
-        Duration::from_secs(30),
-        || async {
-            pods.get(build)
-                .await
-                .unwrap()
-                .labels()
-                .contains_key("insights.lagoon.sh/scanned")
-                .then_some(())
-        },
-    )
-    .await;
+    // Marked again after the restart.
+    wait_scanned(&pods, build).await;
     let after = pods.get(&scanner_name).await.unwrap();
     assert_eq!(after.uid().unwrap(), first_uid, "not created twice");
     let scanners = pods
@@ -296,7 +261,7 @@ async fn succeeded_build_gets_one_scanner_pod_even_across_restarts() {
 async fn failed_build_is_not_scanned_and_a_later_success_is() {
     let client = client().await;
     let ns = TestNamespace::new(&client, "scanfail").await;
-    lagoon_deployer(&client, &ns).await;
+    lagoon_deployer(&client, &ns.name).await;
     Api::<Deployment>::namespaced(client.clone(), &ns.name)
         .create(&PostParams::default(), &deployment("web", &["nginx:1.27"]))
         .await

@@ -28,6 +28,17 @@ fn fixture_cm(name: &str, ns: &str) -> ConfigMap {
     fixture_configmap(name, ns)
 }
 
+/// The fixture SBOM as a build without core insights leaves it.
+fn sbom_without_core_annotation(ns: &str) -> ConfigMap {
+    let mut cm = fixture_cm("configmap-sbom.json", ns);
+    cm.metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .remove("core.insights.lagoon.sh/enabled");
+    cm
+}
+
 fn gunzip(b64: &str) -> Value {
     let bytes = STANDARD.decode(b64).expect("standard padded base64");
     let mut out = String::new();
@@ -396,12 +407,7 @@ async fn with_the_gate_off_unannotated_configmaps_are_published() {
     ops.require_core_enabled = false;
     let op = start(&ns, broker, ops).await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    let mut cm = fixture_cm("configmap-sbom.json", &ns.name);
-    cm.metadata
-        .annotations
-        .as_mut()
-        .unwrap()
-        .remove("core.insights.lagoon.sh/enabled");
+    let cm = sbom_without_core_annotation(&ns.name);
     api.create(&PostParams::default(), &cm).await.unwrap();
     let done = wait_label(
         &api,
@@ -429,13 +435,8 @@ async fn core_insights_gate_marks_without_publishing() {
     ops.require_core_enabled = true;
     let op = start(&ns, broker, ops).await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    let mut off = fixture_cm("configmap-sbom.json", &ns.name);
+    let mut off = sbom_without_core_annotation(&ns.name);
     off.metadata.name = Some("core-off".into());
-    off.metadata
-        .annotations
-        .as_mut()
-        .unwrap()
-        .remove("core.insights.lagoon.sh/enabled");
     api.create(&PostParams::default(), &off).await.unwrap();
     api.create(
         &PostParams::default(),

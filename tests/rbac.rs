@@ -508,13 +508,7 @@ async fn build_scanner_runs_under_its_own_role() {
         &["config/rbac/role.yaml", "config/build-scanner/role.yaml"],
     )
     .await;
-    Api::<ServiceAccount>::namespaced(admin.clone(), &ns.name)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "lagoon-deployer"}})).unwrap(),
-        )
-        .await
-        .unwrap();
+    lagoon_deployer(&admin, &ns.name).await;
     Api::<Deployment>::namespaced(admin.clone(), &ns.name)
         .create(
             &PostParams::default(),
@@ -578,15 +572,7 @@ async fn build_scanner_runs_under_its_own_role() {
     assert!(env
         .iter()
         .any(|e| e.name == "INSIGHT_SCAN_IMAGES" && e.value.as_deref() == Some("nginx:1.27")));
-    wait_for("build marked scanned", Duration::from_secs(30), || async {
-        pods.get("lagoon-build-x")
-            .await
-            .unwrap()
-            .labels()
-            .contains_key("insights.lagoon.sh/scanned")
-            .then_some(())
-    })
-    .await;
+    wait_scanned(&pods, "lagoon-build-x").await;
     let _ = child.kill();
     let _ = child.wait();
     for n in names {

@@ -450,11 +450,13 @@ async fn lagoon_env(
                 dependency_track::LAGOON_ENV_SECRET
             )
         })?;
-    let mut out: BTreeMap<String, String> = secret.string_data.unwrap_or_default();
-    for (k, v) in secret.data.unwrap_or_default() {
-        out.insert(k, String::from_utf8_lossy(&v.0).into_owned());
-    }
-    Ok(out)
+    // The API server returns `data` only (`stringData` is write-only).
+    Ok(secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect())
 }
 
 /// The SBOM itself (the only payload entry), decompressed.

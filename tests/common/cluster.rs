@@ -369,3 +369,33 @@ pub async fn service_account_kubeconfig(admin: &Client, ns: &str, sa: &str) -> s
     std::fs::write(&path, serde_yaml::to_string(&kc).unwrap()).unwrap();
     path
 }
+
+/// The ServiceAccount Lagoon namespaces have and the scanner pod uses.
+pub async fn lagoon_deployer(client: &Client, ns: &str) {
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "lagoon-deployer"}}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+}
+
+/// Waits until the build pod `name` carries `insights.lagoon.sh/scanned: "true"`.
+pub async fn wait_scanned(pods: &Api<k8s_openapi::api::core::v1::Pod>, name: &str) {
+    wait_for(
+        &format!("{name} marked scanned"),
+        Duration::from_secs(30),
+        || async {
+            pods.get(name)
+                .await
+                .unwrap()
+                .labels()
+                .get("insights.lagoon.sh/scanned")
+                .filter(|v| *v == "true")
+                .map(|_| ())
+        },
+    )
+    .await
+}
