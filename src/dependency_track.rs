@@ -713,4 +713,68 @@ mod tests {
         assert!(Client::new(Client::http(), "https://user:pw@dt/x", "k").is_err());
         assert!(Client::new(Client::http(), "https://dt/a@b", "k").is_ok());
     }
+
+    /// A one-connection HTTP server on loopback answering `response`.
+    fn serve_once(response: Vec<u8>) -> String {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        std::thread::spawn(move || {
+            if let Ok((mut c, _)) = l.accept() {
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf);
+                let _ = c.write_all(&response);
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_hostile_server_gets_no_redirect_followed_and_fills_no_memory() {
+        // A redirect to a server that would answer fine: not followed (the
+        // X-Api-Key header would go along), so the call fails on the 302.
+        let elsewhere = serve_once(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 21\r\n\r\n{\"version\":\"4.14.2\"}"
+                .to_vec(),
+        );
+        let redirect = serve_once(
+            format!("HTTP/1.1 302 Found\r\nlocation: {elsewhere}/api/version\r\ncontent-length: 0\r\n\r\n")
+                .into_bytes(),
+        );
+        let c = Client::new(Client::http(), &redirect, "odt_key").unwrap();
+        let err = c
+            .call(reqwest::Method::GET, "/api/version", None)
+            .await
+            .unwrap_err();
+        assert!(err.contains("status 302"), "{err}");
+        // A body over the bound is refused, not read to the end.
+        let mut huge = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+            MAX_RESPONSE_BYTES + 1024 * 1024
+        )
+        .into_bytes();
+        huge.extend(std::iter::repeat_n(b'x', MAX_RESPONSE_BYTES + 1024 * 1024));
+        let big = serve_once(huge);
+        let c = Client::new(Client::http(), &big, "odt_key").unwrap();
+        let err = c
+            .call(reqwest::Method::GET, "/api/version", None)
+            .await
+            .unwrap_err();
+        assert!(err.contains("larger than"), "{err}");
+        // An error reply with a multi-byte character where it is cut: no panic.
+        let body = "é".repeat(400);
+        let bad = serve_once(
+            format!(
+                "HTTP/1.1 500 Oops\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        );
+        let c = Client::new(Client::http(), &bad, "odt_key").unwrap();
+        let err = c
+            .call(reqwest::Method::GET, "/api/version", None)
+            .await
+            .unwrap_err();
+        assert!(err.contains("status 500") && err.contains('é'), "{err}");
+    }
 }

@@ -441,6 +441,17 @@ async fn outage_defers_then_uploads_once_back_without_publishing_twice() {
     assert!(leaf["lastBomImport"].is_number());
     let got = drain(&queue, 3, Duration::from_secs(3)).await;
     assert_eq!(got.len(), 1, "Lagoon core got it once, not once per retry");
+    // The resource's status counts the step's failures and its success.
+    let irc: Api<InsightsRemoteConfig> = Api::all(client.clone());
+    wait_for("status.postProcessors", Duration::from_secs(30), || async {
+        let status = irc.get(&config_name).await.ok()?.status?;
+        let dt = status
+            .post_processors
+            .get("dependencytrack-default")?
+            .clone();
+        (dt.failed >= 1 && dt.succeeded == 1).then_some(())
+    })
+    .await;
     op.stop().await;
     let _ = Api::<InsightsRemoteConfig>::all(client.clone())
         .delete(&config_name, &Default::default())
