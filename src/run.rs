@@ -88,10 +88,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         );
         let ctx = Arc::new(ctx);
         if baseline_keys.is_none() {
-            ctx.health.lock().expect("health lock").signing_key_problem = Some((
-                "Loading".into(),
-                "waiting for the InsightsRemoteConfig's signing key".into(),
-            ));
+            ctx.health.lock().expect("health lock").signing_key_problem =
+                Some(controller::config::Problem::Loading(
+                    "waiting for the InsightsRemoteConfig's signing key".into(),
+                ));
         }
         // Settings from the resource before the first reconcile.
         controller::config::sync(&ctx).await;

@@ -13,11 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, store::Writer, Store};
 use kube::{Client, Resource};
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
 use crate::broker::{BrokerSettings, Publisher};
+use crate::crd::InsightsRemoteConfig;
 use crate::metrics::{ControllerErrorLabels, ControllerLabels, Metrics};
 use crate::settings::Operations;
 use crate::token::KeyRing;
@@ -86,12 +88,12 @@ impl Counters {
 /// What the config reconciler found wrong, for the status conditions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConfigHealth {
-    /// None when the signing key is fine; else (reason, message).
-    pub signing_key_problem: Option<(String, String)>,
-    /// None when the broker settings resolved; else (reason, message).
-    pub broker_problem: Option<(String, String)>,
-    /// None when the behaviour settings resolved; else (reason, message).
-    pub settings_problem: Option<(String, String)>,
+    /// None when the signing key is fine.
+    pub signing_key_problem: Option<config::Problem>,
+    /// None when the broker settings resolved.
+    pub broker_problem: Option<config::Problem>,
+    /// None when the behaviour settings resolved.
+    pub settings_problem: Option<config::Problem>,
     pub observed_generation: Option<i64>,
     pub key_fingerprint: Option<String>,
 }
@@ -130,6 +132,10 @@ pub struct Context {
     pub uploads: uploads::Uploads,
     /// Lagoon namespaces' project and environment labels.
     pub namespaces: namespaces::NamespaceCache,
+    /// The InsightsRemoteConfig, as the config follower last saw it.
+    pub config_store: Store<InsightsRemoteConfig>,
+    /// Fills `config_store`; taken by the config follower.
+    pub config_writer: Mutex<Option<Writer<InsightsRemoteConfig>>>,
 }
 
 impl Context {
@@ -142,6 +148,7 @@ impl Context {
         pod_namespace: String,
         config_name: String,
     ) -> Self {
+        let (config_store, config_writer) = reflector::store();
         let reporter = Reporter {
             controller: "insights-remote".into(),
             instance: std::env::var("HOSTNAME").ok(),
@@ -164,6 +171,8 @@ impl Context {
             denied: Default::default(),
             uploads: uploads::Uploads::new(2, Duration::from_secs(300)),
             namespaces: Default::default(),
+            config_store,
+            config_writer: Mutex::new(Some(config_writer)),
         }
     }
 

@@ -1,0 +1,198 @@
+//! Follows the InsightsRemoteConfig named by `--config-name`: resolves it and
+//! its Secrets into live settings (broker, signing key, behaviour), and writes
+//! its status. Without the resource, the flags and environment apply.
+//!
+//! - [`spec`]: what a spec asks for on top of flags and environment, and the
+//!   typed [`Problem`]s (pure, tested as tables);
+//! - [`resolve`]: reads the Secrets the spec names (the API calls);
+//! - this file: the follower's loop, and applying a resolved spec to the
+//!   live [`Context`];
+//! - [`status`]: the status, built by a pure function and written in batches.
+
+mod resolve;
+pub mod spec;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::{Api, ResourceExt};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::{until_shutdown, ConfigHealth, Context};
+use crate::crd::InsightsRemoteConfig;
+pub use spec::{broker_settings, operations, referenced_secrets, secret_namespace, Problem};
+pub use status::write_status;
+
+/// Re-reads the resource's Secrets on every change, and at least this often.
+const RESYNC: Duration = Duration::from_secs(30);
+
+/// Follows the resource through a cache (a reflector the status writer
+/// reads too) and the names of the Secrets in the operator's namespace
+/// (metadata only); re-resolves when the resource or a Secret it names
+/// changes, and every [`RESYNC`].
+pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
+    let Some(writer) = ctx.config_writer.lock().expect("writer lock").take() else {
+        warn!("the InsightsRemoteConfig follower already runs in this process");
+        return;
+    };
+    let key = ObjectRef::new(&ctx.config_name);
+    let irc: Api<InsightsRemoteConfig> = Api::all(ctx.client.clone());
+    let by_name = watcher::Config::default().fields(&format!("metadata.name={}", ctx.config_name));
+    // Backoff on errors: a missing CRD or denied RBAC must not become a hot
+    // loop against the API server.
+    let mut irc_events = reflector(writer, watcher::watcher(irc, by_name))
+        .default_backoff()
+        .boxed();
+    let secrets: Api<PartialObjectMeta<Secret>> =
+        Api::namespaced(ctx.client.clone(), &ctx.pod_namespace);
+    let mut secret_events = watcher::watcher(secrets, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let named = |ctx: &Context, name: &str| {
+        ctx.config_store
+            .get(&key)
+            .is_some_and(|irc| referenced_secrets(&irc.spec).contains(name))
+    };
+    // Until the cache is filled, the settings loaded at start-up stay.
+    let mut cached = false;
+    let mut tick = tokio::time::interval(RESYNC);
+    let stop = until_shutdown(shutdown);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => {}
+            Some(ev) = irc_events.next() => match ev {
+                Ok(watcher::Event::InitDone) => cached = true,
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    ctx.metrics.count_watch_error("config");
+                    warn!(error = %e, "watching InsightsRemoteConfig");
+                    continue;
+                }
+            },
+            Some(ev) = secret_events.next() => match ev {
+                Ok(watcher::Event::Apply(s) | watcher::Event::Delete(s)) if named(&ctx, &s.name_any()) => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    ctx.metrics.count_watch_error("secrets");
+                    warn!(error = %e, "watching Secrets");
+                    continue
+                }
+            },
+        }
+        if cached {
+            apply_resource(&ctx, ctx.config_store.get(&key).as_deref()).await;
+        }
+    }
+}
+
+/// Reads the resource once (at start-up, before anything reconciles) and
+/// applies it, or the baseline when there is none; afterwards [`run`]
+/// follows it through its cache.
+pub async fn sync(ctx: &Context) {
+    let api: Api<InsightsRemoteConfig> = Api::all(ctx.client.clone());
+    match api.get_opt(&ctx.config_name).await {
+        Ok(irc) => apply_resource(ctx, irc.as_ref()).await,
+        Err(e) => ctx.report(
+            "InsightsRemoteConfig",
+            &e,
+            "cannot read the InsightsRemoteConfig; keeping current settings",
+        ),
+    }
+}
+
+/// Applies the resource (or the baseline) to the live context: the broker,
+/// the key ring and the behaviour settings, each kept as it is when its
+/// part did not resolve; the problems go to the status.
+async fn apply_resource(ctx: &Context, irc: Option<&InsightsRemoteConfig>) {
+    let mut health = ConfigHealth::default();
+    let (broker, keys, ops) = match irc {
+        None => (
+            Some(ctx.baseline.broker.clone()),
+            ctx.baseline.keys.clone(),
+            ctx.baseline.ops.clone(),
+        ),
+        Some(irc) => {
+            health.observed_generation = irc.metadata.generation;
+            let r = resolve::resolve(ctx, &irc.spec).await;
+            let broker = r.broker.map_err(|p| health.broker_problem = Some(p)).ok();
+            let keys = r
+                .keys
+                .map_err(|p| health.signing_key_problem = Some(p))
+                .ok();
+            let ops = r.ops.map_err(|p| health.settings_problem = Some(p)).ok();
+            (
+                broker,
+                keys,
+                ops.unwrap_or_else(|| ctx.ops.borrow().clone()),
+            )
+        }
+    };
+    if let Some(p) = &health.settings_problem {
+        warn!(problem = %p, "InsightsRemoteConfig: keeping the current behaviour settings");
+    }
+    if let (Some(b), Some(p)) = (broker, &ctx.publisher) {
+        p.reconfigure(b);
+    }
+    match keys {
+        Some(k) => {
+            let fp = k.fingerprint();
+            let changed = ctx.keys.send_if_modified(|cur| {
+                if cur.same_keys(&k) {
+                    false
+                } else {
+                    *cur = k.clone();
+                    true
+                }
+            });
+            if changed {
+                info!(key = %fp, "signing key changed; tokens will be re-minted");
+                if let Some(irc) = irc {
+                    ctx.event(
+                        irc,
+                        EventType::Normal,
+                        "KeyRotated",
+                        "Rotate",
+                        format!("signing key is now {fp}; re-minting tokens"),
+                    )
+                    .await;
+                }
+            }
+            health.key_fingerprint = Some(fp);
+        }
+        None if health.signing_key_problem.is_none() => {
+            health.signing_key_problem = Some(Problem::NoSigningKey(
+                "no signing key: set spec.signingKey.secretRef or INSIGHTS_TOKEN_SECRET".into(),
+            ));
+        }
+        None => {}
+    }
+    ctx.ops.send_if_modified(|cur| {
+        if *cur == ops {
+            false
+        } else {
+            info!(?ops, "settings changed");
+            *cur = ops;
+            true
+        }
+    });
+    let changed = {
+        let mut h = ctx.health.lock().expect("health lock");
+        let changed = *h != health;
+        *h = health;
+        changed
+    };
+    if changed {
+        ctx.status_changed.notify_one();
+    }
+}
