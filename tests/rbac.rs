@@ -14,7 +14,7 @@ use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
@@ -168,6 +168,19 @@ async fn operator_runs_under_its_own_rbac_and_reports_missing_permissions() {
     assert!(forbidden(
         Api::<Secret>::namespaced(sa_client.clone(), "default")
             .get("anything")
+            .await
+            .map(|_| ())
+    ));
+    // Listing is allowed only by the token Secret's name (what the token
+    // cache watches), never for other names.
+    let by_name = |name: &str| ListParams::default().fields(&format!("metadata.name={name}"));
+    Api::<Secret>::all(sa_client.clone())
+        .list_metadata(&by_name("insights-token"))
+        .await
+        .expect("list of insights-token Secrets by name is allowed");
+    assert!(forbidden(
+        Api::<Secret>::all(sa_client.clone())
+            .list_metadata(&by_name("lagoon-env"))
             .await
             .map(|_| ())
     ));

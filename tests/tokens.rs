@@ -45,6 +45,54 @@ async fn wait_secret(api: &Api<Secret>, what: &str, ok: impl Fn(&Secret) -> bool
     .await
 }
 
+/// The token Secrets are watched (by name, metadata only): one deleted or
+/// edited by hand is put right at once, not at the next periodic re-check
+/// (an hour here, so waiting for it would time out).
+#[tokio::test]
+async fn token_secret_changed_by_hand_is_put_right_at_once() {
+    let client = client().await;
+    ensure_crd(&client).await;
+    let ns = TestNamespace::new(&client, "tokw").await;
+    let op = Operator::start_with(
+        &client,
+        OperatorOptions {
+            broker: isolated_broker("tokw"),
+            ops: test_ops(),
+            namespace: ns.name.clone(),
+            config_name: unique("irc-tokw"),
+            forward: false,
+            tokens: true,
+        },
+        |ctx| ctx.token_resync = Duration::from_secs(3600),
+    )
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let first = wait_secret(&secrets, "token Secret", |_| true).await;
+    secrets
+        .delete("insights-token", &DeleteParams::default())
+        .await
+        .unwrap();
+    let again = wait_secret(&secrets, "re-minted after a delete", |s| {
+        s.uid() != first.uid()
+    })
+    .await;
+    secrets
+        .patch(
+            "insights-token",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"INSIGHTS_TOKEN": base64_of("forged.token.value")}})),
+        )
+        .await
+        .unwrap();
+    let repaired = wait_secret(&secrets, "repaired after an edit", |s| {
+        ring().verify(&token_of(s)).is_ok()
+    })
+    .await;
+    assert_eq!(repaired.uid(), again.uid(), "updated in place");
+    op.stop().await;
+    ns.cleanup().await;
+}
+
 #[tokio::test]
 async fn token_secret_is_minted_repaired_and_rotated_in_place() {
     let client = client().await;

@@ -6,6 +6,7 @@ pub mod config;
 pub mod configmap;
 pub mod namespace;
 pub mod namespaces;
+pub mod token_secrets;
 pub mod uploads;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -132,6 +133,8 @@ pub struct Context {
     pub uploads: uploads::Uploads,
     /// Lagoon namespaces' project and environment labels.
     pub namespaces: namespaces::NamespaceCache,
+    /// What is known of the insights-token Secrets without a GET.
+    pub token_secrets: token_secrets::TokenSecrets,
     /// The InsightsRemoteConfig, as the config follower last saw it.
     pub config_store: Store<InsightsRemoteConfig>,
     /// Fills `config_store`; taken by the config follower.
@@ -171,6 +174,7 @@ impl Context {
             denied: Default::default(),
             uploads: uploads::Uploads::new(2, Duration::from_secs(300)),
             namespaces: Default::default(),
+            token_secrets: Default::default(),
             config_store,
             config_writer: Mutex::new(Some(config_writer)),
         }

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 use tracing::{info, warn};
 
+use super::token_secrets::{Known, Verified};
 use super::{until_shutdown, Context, Error, Result};
 use crate::contract::{
     lagoon_environment_id, LABEL_DYNAMIC_SECRET, LABEL_ENVIRONMENT, LABEL_ENVIRONMENT_ID,
@@ -39,16 +40,23 @@ pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
     let ops_changed = WatchStream::from_changes(ctx.ops.subscribe()).map(|_| ());
     let trigger = futures::stream::select(keys_changed, ops_changed);
     info!(resync = ?ctx.token_resync, "keeping environment token Secrets");
-    // No watch on Secrets: that would need list/watch of every Secret in the
-    // cluster. Each namespace is re-checked (one GET of its token Secret)
-    // every `token_resync`, so a Secret edited or deleted by hand is put
-    // right within that time.
+    // The token Secrets are followed by name and metadata only (see
+    // token_secrets): a namespace is re-checked at once when its Secret
+    // changes behind our back, and every `token_resync` in any case.
+    let (recheck_tx, recheck_rx) = tokio::sync::mpsc::channel(1024);
+    let secrets = tokio::spawn(super::token_secrets::run(
+        ctx.clone(),
+        recheck_tx,
+        shutdown.clone(),
+    ));
     Controller::new(namespaces, ns_config.any_semantic())
         .reconcile_all_on(trigger)
+        .reconcile_on(tokio_stream::wrappers::ReceiverStream::new(recheck_rx))
         .graceful_shutdown_on(until_shutdown(shutdown))
         .run(reconcile_observed, error_policy, ctx)
         .for_each(|_| async {})
         .await;
+    let _ = secrets.await;
 }
 
 async fn reconcile_observed(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> {
@@ -183,19 +191,35 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> 
     let name = ns.name_any();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &name);
     let keys = ctx.keys.borrow().clone();
-    let existing = api.get_opt(TOKEN_SECRET_NAME).await?;
-    if up_to_date(existing.as_ref(), &claims, &keys) {
+    let key = keys.fingerprint();
+    let existing = match ctx.token_secrets.known(&name, &key, &claims) {
+        Known::Good => return Ok(Action::requeue(ctx.token_resync)),
+        Known::Absent => None,
+        Known::Unknown => api.get_opt(TOKEN_SECRET_NAME).await?,
+    };
+    let verified = |s: &Secret| Verified {
+        resource_version: s.resource_version().unwrap_or_default(),
+        key: key.clone(),
+        claims: claims.clone(),
+    };
+    if let Some(s) = existing
+        .as_ref()
+        .filter(|s| up_to_date(Some(s), &claims, &keys))
+    {
+        ctx.token_secrets.verified(&name, verified(s));
         return Ok(Action::requeue(ctx.token_resync));
     }
     // Server-side apply updates in place: never delete first, since Lagoon
     // mounts this Secret with optional: false and a pod starting in the gap
     // would fail.
-    api.patch(
-        TOKEN_SECRET_NAME,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&token_secret(&name, keys.mint(&claims)?)),
-    )
-    .await?;
+    let written = api
+        .patch(
+            TOKEN_SECRET_NAME,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&token_secret(&name, keys.mint(&claims)?)),
+        )
+        .await?;
+    ctx.token_secrets.verified(&name, verified(&written));
     info!(namespace = %name, renewed = existing.is_some(), "environment token written");
     ctx.counters.add(&ctx.counters.tokens_issued);
     ctx.metrics.tokens_minted.inc();

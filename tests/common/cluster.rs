@@ -266,6 +266,15 @@ pub async fn apply_config(client: &Client, name: &str, spec: serde_json::Value) 
 
 impl Operator {
     pub async fn start(client: &Client, o: OperatorOptions) -> Operator {
+        Self::start_with(client, o, |_| {}).await
+    }
+
+    /// As [`Operator::start`], with a last word on the context.
+    pub async fn start_with(
+        client: &Client,
+        o: OperatorOptions,
+        customise: impl FnOnce(&mut Context),
+    ) -> Operator {
         let metrics = Arc::new(Metrics::new());
         let publisher = Publisher::start(o.broker.clone(), Some(metrics.clone()));
         let keys = watch::Sender::new(Arc::new(ring()));
@@ -284,6 +293,7 @@ impl Operator {
         );
         ctx.watch_namespace = Some(o.namespace);
         ctx.token_resync = Duration::from_secs(2);
+        customise(&mut ctx);
         let ctx = Arc::new(ctx);
         controller::config::sync(&ctx).await;
         let (stop, stop_rx) = watch::channel(false);
