@@ -133,7 +133,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut handles = Vec::new();
     let ingestion = if args.enable_webservice {
         let addr = args.webservice_addr()?;
-        let srv = server::ingestion_server(state.clone(), server::listen(addr)?)?;
+        let workers = args
+            .webservice_workers
+            .filter(|&n| n > 0)
+            .unwrap_or_else(server::default_workers);
+        let srv =
+            server::ingestion_server_with_workers(state.clone(), server::listen(addr)?, workers)?;
         info!(%addr, "ingestion API listening");
         handles.push(srv.handle());
         Some(tokio::spawn(srv))

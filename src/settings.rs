@@ -277,6 +277,9 @@ pub struct RunArgs {
     /// How long a client may take to send its whole body (e.g. 10s).
     #[arg(long = "webservice-body-timeout", env = "WEBSERVICE_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub webservice_body_timeout: Duration,
+    /// Worker threads of the ingestion API (unset, empty or 0: one per core).
+    #[arg(long = "webservice-workers", env = "WEBSERVICE_WORKERS", value_parser = parse_workers)]
+    pub webservice_workers: Option<usize>,
     #[command(flatten)]
     pub key: KeyArgs,
     /// How often each namespace's token Secret is re-checked (a Secret
@@ -684,6 +687,17 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     })
 }
 
+/// A worker count; empty is 0 (one per core), so `WEBSERVICE_WORKERS=` as
+/// scripts set it for "unset" keeps the default.
+pub fn parse_workers(s: &str) -> std::result::Result<usize, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(0);
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?} is not a number of workers"))
+}
+
 /// Go-style bind addresses: `:8081` means every interface; `0` disables.
 pub fn parse_bind(s: &str) -> std::result::Result<SocketAddr, String> {
     let s = s.trim();
@@ -850,6 +864,9 @@ mod tests {
         assert!(parse_bool("TRUE").unwrap());
         assert!(!parse_bool("false").unwrap());
         assert!(parse_bool("maybe").is_err());
+        assert_eq!(parse_workers("4").unwrap(), 4);
+        assert_eq!(parse_workers("").unwrap(), 0);
+        assert!(parse_workers("many").is_err());
         assert_eq!(parse_bind(":8080").unwrap().to_string(), "0.0.0.0:8080");
         assert_eq!(
             parse_bind("127.0.0.1:9").unwrap().to_string(),

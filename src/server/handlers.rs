@@ -1,0 +1,196 @@
+//! The ingestion routes: post facts and problems, delete them by source,
+//! each answered once the broker confirmed the message; and [`routes`],
+//! which mounts them with the probes and the OpenAPI document.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Serialize;
+use tracing::debug;
+
+use super::auth::{admit, environment_id};
+use super::body::admit_with_body;
+use super::error::{respond, ErrorBody, OkBody};
+use super::messages::{decode_segment, facts_message, problems_message};
+use super::openapi::openapi_json;
+use super::ops::{healthz, readyz};
+use super::{ApiError, ApiState};
+use crate::broker::PublishError;
+use crate::contract::{DirectDelete, FactsBody, Problem, TYPE_DELETE_FACTS, TYPE_DELETE_PROBLEMS};
+
+/// Serialises the message, frees it, and publishes the bytes: only the
+/// bytes are held while the confirm is awaited.
+async fn publish<T: Serialize>(st: &ApiState, msg: T) -> Result<HttpResponse, ApiError> {
+    let Some(publisher) = &st.publisher else {
+        return Err(ApiError::Unavailable(
+            "publishing to the broker is disabled".into(),
+        ));
+    };
+    let body = serde_json::to_vec(&msg).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    drop(msg);
+    if let Err(e) = publisher.publish_confirmed(&body).await {
+        match &e {
+            PublishError::TooLarge { .. } => st.refuse("too_large"),
+            // Per request at debug: an outage must not flood the log (the
+            // publisher logs the connection state once, metrics count).
+            other => debug!(error = %other, "publish failed"),
+        }
+        return Err(e.into());
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({"message": "okay"})))
+}
+
+/// Publish facts for the token's environment.
+#[utoipa::path(post, path = "/facts", tag = "facts", request_body = FactsBody,
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "the broker confirmed the message", body = OkBody),
+        (status = 400, description = "malformed JSON or wrong field types", body = ErrorBody),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+        (status = 408, description = "the body did not arrive within the body timeout", body = ErrorBody),
+        (status = 413, description = "body, item count or message over its limit (the message says which)", body = ErrorBody),
+        (status = 429, description = "rate limited; see Retry-After", body = ErrorBody),
+        (status = 503, description = "broker unavailable, or the server busy with other large requests; see Retry-After", body = ErrorBody),
+    ))]
+async fn post_facts(
+    req: HttpRequest,
+    mut payload: web::Payload,
+    st: web::Data<ApiState>,
+) -> HttpResponse {
+    let res = async {
+        let (claims, _budget, body) = admit_with_body(&req, &mut payload, &st).await?;
+        let message = facts_message(&claims, &body, st.limits.max_items)?;
+        drop(body);
+        debug!(namespace = %claims.namespace, count = message.facts.len(), "facts received");
+        publish(&st, message).await
+    }
+    .await;
+    respond(res, payload)
+}
+
+/// Publish problems for the token's environment.
+#[utoipa::path(post, path = "/problems", tag = "problems", request_body = Vec<Problem>,
+    security(("token" = [])),
+    responses(
+        (status = 200, description = "the broker confirmed the message", body = OkBody),
+        (status = 400, description = "malformed JSON or wrong field types", body = ErrorBody),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+        (status = 408, description = "the body did not arrive within the body timeout", body = ErrorBody),
+        (status = 413, description = "body, item count or message over its limit (the message says which)", body = ErrorBody),
+        (status = 429, description = "rate limited; see Retry-After", body = ErrorBody),
+        (status = 503, description = "broker unavailable, or the server busy with other large requests; see Retry-After", body = ErrorBody),
+    ))]
+async fn post_problems(
+    req: HttpRequest,
+    mut payload: web::Payload,
+    st: web::Data<ApiState>,
+) -> HttpResponse {
+    let res = async {
+        let (claims, _budget, body) = admit_with_body(&req, &mut payload, &st).await?;
+        let message = problems_message(&claims, &body, st.limits.max_items)?;
+        drop(body);
+        debug!(namespace = %claims.namespace, count = message.problems.len(), "problems received");
+        publish(&st, message).await
+    }
+    .await;
+    respond(res, payload)
+}
+
+async fn delete(
+    req: HttpRequest,
+    st: web::Data<ApiState>,
+    message_type: &str,
+    payload: web::Payload,
+) -> HttpResponse {
+    let res = delete_message(&req, &st, message_type).await;
+    respond(res, payload)
+}
+
+async fn delete_message(
+    req: &HttpRequest,
+    st: &ApiState,
+    message_type: &str,
+) -> Result<HttpResponse, ApiError> {
+    let claims = admit(req, st)?;
+    let env_id = environment_id(&claims)?;
+    let segment = |name| decode_segment(req.match_info().get(name).unwrap_or_default());
+    let (source, service) = (segment("source"), segment("service"));
+    debug!(namespace = %claims.namespace, source = %source.escape_debug(), service = %service.escape_debug(), kind = message_type, "delete received");
+    publish(
+        st,
+        DirectDelete {
+            message_type: message_type.into(),
+            environment: env_id,
+            source,
+            service,
+        },
+    )
+    .await
+}
+
+macro_rules! delete_route {
+    ($name:ident, $path:literal, $tag:literal, $kind:expr, $doc:literal $(, $param:literal)*) => {
+        #[doc = $doc]
+        #[utoipa::path(delete, path = $path, tag = $tag,
+            params(("source" = String, Path, description = "the source whose entries are removed")
+                $(, ($param = String, Path, description = "limit to this service"))*),
+            security(("token" = [])),
+            responses(
+                (status = 200, description = "the broker confirmed the message", body = OkBody),
+                (status = 400, description = "the token's environment id is not an integer", body = ErrorBody),
+                (status = 401, description = "missing or invalid token", body = ErrorBody),
+                (status = 429, description = "rate limited; see Retry-After", body = ErrorBody),
+                (status = 503, description = "broker unavailable; see Retry-After", body = ErrorBody),
+            ))]
+        async fn $name(req: HttpRequest, payload: web::Payload, st: web::Data<ApiState>) -> HttpResponse {
+            delete(req, st, $kind, payload).await
+        }
+    };
+}
+
+delete_route!(
+    delete_facts,
+    "/facts/{source}",
+    "facts",
+    TYPE_DELETE_FACTS,
+    "Delete the environment's facts from a source."
+);
+delete_route!(
+    delete_service_facts,
+    "/facts/{source}/{service}",
+    "facts",
+    TYPE_DELETE_FACTS,
+    "Delete the environment's facts from a source for one service.",
+    "service"
+);
+delete_route!(
+    delete_problems,
+    "/problems/{source}",
+    "problems",
+    TYPE_DELETE_PROBLEMS,
+    "Delete the environment's problems from a source."
+);
+delete_route!(
+    delete_service_problems,
+    "/problems/{source}/{service}",
+    "problems",
+    TYPE_DELETE_PROBLEMS,
+    "Delete the environment's problems from a source for one service.",
+    "service"
+);
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/facts", web::post().to(post_facts))
+        .route("/problems", web::post().to(post_problems))
+        .route("/facts/{source}", web::delete().to(delete_facts))
+        .route(
+            "/facts/{source}/{service}",
+            web::delete().to(delete_service_facts),
+        )
+        .route("/problems/{source}", web::delete().to(delete_problems))
+        .route(
+            "/problems/{source}/{service}",
+            web::delete().to(delete_service_problems),
+        )
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/openapi.json", web::get().to(openapi_json));
+}
