@@ -1,10 +1,15 @@
 //! Wires settings, the publisher, the HTTP servers and the controllers
-//! together, and drives one graceful shutdown for all of them.
+//! together ([`App::build`]), runs them under supervision and drives one
+//! graceful shutdown for all of them ([`App::serve`]).
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use actix_web::dev::{Server, ServerHandle};
 use actix_web::web;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::broker::Publisher;
@@ -15,203 +20,280 @@ use crate::settings::RunArgs;
 use crate::token::KeyRing;
 use crate::{Error, Result};
 
+/// Runs until SIGTERM or Ctrl-C, or until a part fails.
 pub async fn run(args: RunArgs) -> Result<()> {
-    let metrics = Arc::new(Metrics::new());
-    let controllers = args.enable_configmap_reconciler()
-        || args.enable_namespace_reconciler
-        || args.upstream.build_scanner;
-    for note in args.compat_report()? {
-        warn!("{note}");
+    App::build(&args).await?.serve(shutdown_signal()).await
+}
+
+/// Everything one process runs, built and started from one settings value.
+pub struct App {
+    pub state: web::Data<ApiState>,
+    pub publisher: Option<Publisher>,
+    /// The operator's context, when any reconciler or the scanner runs.
+    pub ctx: Option<Arc<Context>>,
+    /// Where the ingestion API listens (the port the OS chose for port 0).
+    pub ingestion_addr: Option<SocketAddr>,
+    parts: Vec<Part>,
+    stop: watch::Sender<bool>,
+}
+
+/// A supervised part: any end before shutdown is a failure.
+struct Part {
+    name: &'static str,
+    task: JoinHandle<Result<()>>,
+    handle: Option<ServerHandle>,
+}
+
+impl Part {
+    fn server(name: &'static str, srv: Server) -> Self {
+        let handle = Some(srv.handle());
+        let task = tokio::spawn(async move { srv.await.map_err(Error::from) });
+        Part { name, task, handle }
+    }
+}
+
+impl App {
+    /// Loads the key, connects the publisher, follows the custom resource
+    /// once (so its key applies before anything is minted or verified),
+    /// binds the listeners and starts every part.
+    pub async fn build(args: &RunArgs) -> Result<App> {
+        let metrics = Arc::new(Metrics::new());
+        let controllers = args.enable_configmap_reconciler()
+            || args.enable_namespace_reconciler
+            || args.upstream.build_scanner;
+        for note in args.compat_report()? {
+            warn!("{note}");
+        }
+        let baseline_keys = baseline_keys(args, controllers)?;
+        // Until a key is known, tokens are checked against a random key:
+        // nothing verifies, and nothing is minted (the namespace reconciler
+        // waits).
+        let initial = baseline_keys.clone().unwrap_or_else(|| {
+            Arc::new(KeyRing::new(uuid::Uuid::new_v4().simple().to_string()).expect("32-byte key"))
+        });
+        let keys = watch::Sender::new(initial);
+        let publisher = if args.rabbitmq_enabled {
+            Some(Publisher::start(
+                args.broker_settings()?,
+                Some(metrics.clone()),
+            ))
+        } else {
+            warn!("RABBITMQ_ENABLED=false: nothing will be published");
+            None
+        };
+        let state = web::Data::new(ApiState::new(
+            keys.subscribe(),
+            publisher.clone(),
+            metrics.clone(),
+            args.limits(),
+            args.webservice_rate_limit,
+        ));
+        let (stop, stop_rx) = watch::channel(false);
+        let mut parts = Vec::new();
+        let ctx = if controllers {
+            let ctx =
+                operator_context(args, publisher.clone(), keys, baseline_keys, metrics).await?;
+            let opts = run_options(args);
+            parts.push(Part {
+                name: "operator",
+                task: tokio::spawn({
+                    let (ctx, stop_rx) = (ctx.clone(), stop_rx.clone());
+                    async move {
+                        controller::run(ctx, opts, stop_rx)
+                            .await
+                            .map_err(|e| Error::Config(e.to_string()))
+                    }
+                }),
+                handle: None,
+            });
+            Some(ctx)
+        } else {
+            None
+        };
+        let mut ingestion_addr = None;
+        if args.enable_webservice {
+            let listener = server::listen(args.webservice_addr()?)?;
+            let addr = listener.local_addr()?;
+            let workers = args
+                .webservice_workers
+                .filter(|&n| n > 0)
+                .unwrap_or_else(server::default_workers);
+            let srv = server::ingestion_server_with_workers(state.clone(), listener, workers)?;
+            info!(%addr, "ingestion API listening");
+            ingestion_addr = Some(addr);
+            parts.push(Part::server("ingestion API", srv));
+        }
+        let secure = args.metrics_secure();
+        let plain_addrs = if secure {
+            vec![args.health_probe_bind_address]
+        } else {
+            vec![args.health_probe_bind_address, args.metrics_bind_address]
+        };
+        if let Some(ops) = server::ops_server(state.clone(), &plain_addrs, !secure)? {
+            parts.push(Part::server("probes and metrics", ops));
+        }
+        if secure {
+            let client = kube_client(args).await?;
+            let srv = server::secure_metrics_server(
+                state.clone(),
+                args.metrics_bind_address,
+                crate::metrics_auth::MetricsAuth::new(client),
+                crate::metrics_auth::self_signed_tls()?,
+            )?;
+            info!(addr = %args.metrics_bind_address, "metrics over HTTPS for callers allowed to get /metrics (--metrics-secure)");
+            parts.push(Part::server("secure metrics", srv));
+        }
+        Ok(App {
+            state,
+            publisher,
+            ctx,
+            ingestion_addr,
+            parts,
+            stop,
+        })
     }
 
-    let baseline_keys = match args.key.key_ring() {
+    /// Serves until `shutdown` resolves or a part ends on its own. A part
+    /// ending (a server that stopped, the operator that could not set up
+    /// leader election or whose reconciler died) is fatal: a replica that
+    /// serves but does not work would look healthy while doing nothing, and
+    /// a restart by the kubelet is the better cure. Either way everything
+    /// is stopped gracefully: in-flight requests and reconciles finish, and
+    /// the publisher closes after the last confirm.
+    pub async fn serve(mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let failed = if self.parts.is_empty() {
+            shutdown.await;
+            None
+        } else {
+            let watched = futures::future::select_all(self.parts.iter_mut().map(|p| {
+                let name = p.name;
+                Box::pin(async move { (name, (&mut p.task).await) })
+            }));
+            tokio::select! {
+                _ = shutdown => None,
+                ((name, r), _, _) = watched => Some(match r {
+                    Ok(Ok(())) => Error::Config(format!("the {name} stopped unexpectedly")),
+                    Ok(Err(e)) => Error::Config(format!("the {name} stopped: {e}")),
+                    Err(e) => Error::Config(format!("the {name} failed: {e}")),
+                }),
+            }
+        };
+        if let Some(e) = &failed {
+            tracing::error!(error = %e, "shutting down");
+        }
+        info!("shutting down: finishing in-flight requests and reconciles");
+        let _ = self.stop.send(true);
+        for p in &self.parts {
+            if let Some(h) = &p.handle {
+                h.stop(true).await;
+            }
+        }
+        for p in self.parts {
+            if !p.task.is_finished() {
+                let _ = p.task.await;
+            }
+        }
+        if let Some(p) = self.publisher {
+            p.shutdown().await;
+        }
+        info!("stopped");
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The signing key from flags and environment; None when the custom
+/// resource is expected to name it.
+fn baseline_keys(args: &RunArgs, controllers: bool) -> Result<Option<Arc<KeyRing>>> {
+    match args.key.key_ring() {
         Ok(k) => {
             info!(key = %k.fingerprint(), "signing key loaded");
-            Some(Arc::new(k))
+            Ok(Some(Arc::new(k)))
         }
-        // The InsightsRemoteConfig may name the key instead.
         Err(e)
             if controllers
                 && args.key.token_secret.is_none()
                 && args.key.token_secret_file.is_none() =>
         {
             warn!(error = %e, "no signing key from flags or environment; expecting one from the InsightsRemoteConfig");
-            None
+            Ok(None)
         }
-        Err(e) => return Err(e),
-    };
-    // Until a key is known, tokens are checked against a random key: nothing
-    // verifies, and nothing is minted (the namespace reconciler waits).
-    let initial = baseline_keys.clone().unwrap_or_else(|| {
-        Arc::new(KeyRing::new(uuid::Uuid::new_v4().simple().to_string()).expect("32-byte key"))
-    });
-    let keys = watch::Sender::new(initial);
-    let publisher = if args.rabbitmq_enabled {
-        Some(Publisher::start(
-            args.broker_settings()?,
-            Some(metrics.clone()),
-        ))
-    } else {
-        warn!("RABBITMQ_ENABLED=false: nothing will be published");
-        None
-    };
-    let state = web::Data::new(ApiState::new(
-        keys.subscribe(),
-        publisher.clone(),
-        metrics.clone(),
-        args.limits(),
-        args.webservice_rate_limit,
-    ));
+        Err(e) => Err(e),
+    }
+}
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let operator = if controllers {
-        let client = kube_client(&args).await?;
-        let baseline = Baseline {
-            broker: args.broker_settings()?,
-            keys: baseline_keys.clone(),
-            ops: args.operations()?,
-        };
-        let mut ctx = Context::new(
-            client,
-            publisher.clone(),
-            keys,
-            baseline,
-            metrics.clone(),
-            args.pod_namespace.clone(),
-            args.config_name.clone(),
-        );
-        ctx.watch_namespace = args.watch_namespace.clone().filter(|n| !n.is_empty());
-        ctx.token_resync = args.token_resync_interval;
-        ctx.uploads = controller::uploads::Uploads::new(
-            args.dependency_track_max_concurrent,
-            args.dependency_track_timeout,
-        );
-        let ctx = Arc::new(ctx);
-        if baseline_keys.is_none() {
-            ctx.health.lock().expect("health lock").signing_key_problem =
-                Some(controller::config::Problem::Loading(
-                    "waiting for the InsightsRemoteConfig's signing key".into(),
-                ));
-        }
-        // Settings from the resource before the first reconcile.
-        controller::config::sync(&ctx).await;
-        if ctx
-            .health
-            .lock()
-            .expect("health lock")
-            .signing_key_problem
-            .is_some()
-            && baseline_keys.is_none()
-        {
-            return Err(Error::Config(
-                "no signing key: set INSIGHTS_TOKEN_SECRET (at least 32 bytes) or spec.signingKey.secretRef in the InsightsRemoteConfig".into(),
+/// The operator's context, with the custom resource followed once.
+async fn operator_context(
+    args: &RunArgs,
+    publisher: Option<Publisher>,
+    keys: watch::Sender<Arc<KeyRing>>,
+    baseline_keys: Option<Arc<KeyRing>>,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<Context>> {
+    let client = kube_client(args).await?;
+    let baseline = Baseline {
+        broker: args.broker_settings()?,
+        keys: baseline_keys.clone(),
+        ops: args.operations()?,
+    };
+    let mut ctx = Context::new(
+        client,
+        publisher,
+        keys,
+        baseline,
+        metrics,
+        args.pod_namespace.clone(),
+        args.config_name.clone(),
+    );
+    ctx.watch_namespace = args.watch_namespace.clone().filter(|n| !n.is_empty());
+    ctx.token_resync = args.token_resync_interval;
+    ctx.uploads = controller::uploads::Uploads::new(
+        args.dependency_track_max_concurrent,
+        args.dependency_track_timeout,
+    );
+    let ctx = Arc::new(ctx);
+    if baseline_keys.is_none() {
+        ctx.health.lock().expect("health lock").signing_key_problem =
+            Some(controller::config::Problem::Loading(
+                "waiting for the InsightsRemoteConfig's signing key".into(),
             ));
-        }
-        let lease = args.leader_elect.then(|| controller::LeaseOptions {
-            name: args.leader_election_id.clone(),
-            namespace: args.pod_namespace.clone(),
-            identity: format!(
-                "{}-{}",
-                std::env::var("HOSTNAME").unwrap_or_else(|_| "insights-remote".into()),
-                &uuid::Uuid::new_v4().simple().to_string()[..8]
-            ),
-            duration_secs: args.leader_election_lease_duration.as_secs().max(2),
-            grace_secs: (args.leader_election_lease_duration.as_secs() / 3).max(1),
-        });
-        let opts = controller::RunOptions {
-            forward: args.enable_configmap_reconciler(),
-            tokens: args.enable_namespace_reconciler,
-            concurrency: args.configmap_max_concurrent,
-            lease,
-        };
-        Some(tokio::spawn(controller::run(ctx, opts, stop_rx.clone())))
-    } else {
-        drop(keys);
-        None
-    };
+    }
+    // Settings from the resource before the first reconcile.
+    controller::config::sync(&ctx).await;
+    let no_key = ctx
+        .health
+        .lock()
+        .expect("health lock")
+        .signing_key_problem
+        .is_some();
+    if no_key && baseline_keys.is_none() {
+        return Err(Error::Config(
+            "no signing key: set INSIGHTS_TOKEN_SECRET (at least 32 bytes) or spec.signingKey.secretRef in the InsightsRemoteConfig".into(),
+        ));
+    }
+    Ok(ctx)
+}
 
-    let mut handles = Vec::new();
-    let ingestion = if args.enable_webservice {
-        let addr = args.webservice_addr()?;
-        let workers = args
-            .webservice_workers
-            .filter(|&n| n > 0)
-            .unwrap_or_else(server::default_workers);
-        let srv =
-            server::ingestion_server_with_workers(state.clone(), server::listen(addr)?, workers)?;
-        info!(%addr, "ingestion API listening");
-        handles.push(srv.handle());
-        Some(tokio::spawn(srv))
-    } else {
-        None
-    };
-    let secure = args.metrics_secure();
-    let plain_addrs = if secure {
-        vec![args.health_probe_bind_address]
-    } else {
-        vec![args.health_probe_bind_address, args.metrics_bind_address]
-    };
-    let ops = server::ops_server(state.clone(), &plain_addrs, !secure)?.map(|ops| {
-        handles.push(ops.handle());
-        tokio::spawn(ops)
+/// Which reconcilers run, and how leadership is decided.
+fn run_options(args: &RunArgs) -> controller::RunOptions {
+    let lease = args.leader_elect.then(|| controller::LeaseOptions {
+        name: args.leader_election_id.clone(),
+        namespace: args.pod_namespace.clone(),
+        identity: format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "insights-remote".into()),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ),
+        duration_secs: args.leader_election_lease_duration.as_secs().max(2),
+        grace_secs: (args.leader_election_lease_duration.as_secs() / 3).max(1),
     });
-    let secure_metrics = if secure {
-        let client = kube_client(&args).await?;
-        let srv = server::secure_metrics_server(
-            state.clone(),
-            args.metrics_bind_address,
-            crate::metrics_auth::MetricsAuth::new(client),
-            crate::metrics_auth::self_signed_tls()?,
-        )?;
-        info!(addr = %args.metrics_bind_address, "metrics over HTTPS for callers allowed to get /metrics (--metrics-secure)");
-        handles.push(srv.handle());
-        Some(tokio::spawn(srv))
-    } else {
-        None
-    };
-
-    // The operator ending on its own (e.g. leader election could not be set
-    // up) is fatal: a replica that serves but never reconciles would look
-    // healthy while doing nothing.
-    let mut operator = operator;
-    let failed = tokio::select! {
-        _ = shutdown_signal() => None,
-        r = async { operator.as_mut().expect("checked").await }, if operator.is_some() => {
-            operator = None;
-            Some(match r {
-                Ok(Ok(())) => Error::Config("the operator stopped unexpectedly".into()),
-                Ok(Err(e)) => Error::Config(format!("the operator stopped: {e}")),
-                Err(e) => Error::Config(format!("the operator task failed: {e}")),
-            })
-        }
-    };
-    if let Some(e) = &failed {
-        tracing::error!(error = %e, "shutting down");
-    }
-    info!("shutting down: finishing in-flight requests and reconciles");
-    let _ = stop_tx.send(true);
-    for h in &handles {
-        h.stop(true).await;
-    }
-    if let Some(i) = ingestion {
-        let _ = i.await;
-    }
-    if let Some(op) = operator {
-        let _ = op.await;
-    }
-    if let Some(ops) = ops {
-        let _ = ops.await;
-    }
-    if let Some(m) = secure_metrics {
-        let _ = m.await;
-    }
-    if let Some(p) = publisher {
-        p.shutdown().await;
-    }
-    info!("stopped");
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(()),
+    controller::RunOptions {
+        forward: args.enable_configmap_reconciler(),
+        tokens: args.enable_namespace_reconciler,
+        concurrency: args.configmap_max_concurrent,
+        lease,
     }
 }
 

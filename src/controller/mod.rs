@@ -270,7 +270,7 @@ pub async fn run(
 ) -> Result<()> {
     let config_task = tokio::spawn(config::run(ctx.clone(), shutdown.clone()));
     match &opts.lease {
-        None => lead(ctx.clone(), &opts, shutdown.clone()).await,
+        None => lead(ctx.clone(), &opts, shutdown.clone()).await?,
         Some(lease) => {
             let manager =
                 kube_lease_manager::LeaseManagerBuilder::new(ctx.client.clone(), &lease.name)
@@ -291,13 +291,22 @@ pub async fn run(
                 }
                 info!(identity = %lease.identity, "became the leader: reconciling");
                 let (term_tx, term_rx) = watch::channel(false);
-                let term = tokio::spawn({
+                let mut term = tokio::spawn({
                     let (ctx, opts) = (ctx.clone(), opts.clone());
                     async move { lead(ctx, &opts, term_rx).await }
                 });
                 let stepped_down = tokio::select! {
                     _ = stop.wait_for(|s| *s) => false,
                     _ = leader.wait_for(|l| !*l) => true,
+                    ended = &mut term => {
+                        // The term failed while leading: the process ends
+                        // (dropping the receiver releases the Lease).
+                        return Err(match ended {
+                            Ok(Err(e)) => e,
+                            Ok(Ok(())) => Error::Invalid("the leadership term ended".into()),
+                            Err(e) => Error::Invalid(format!("the leadership term failed: {e}")),
+                        });
+                    }
                 };
                 let _ = term_tx.send(true);
                 let _ = term.await;
@@ -318,20 +327,54 @@ pub async fn run(
     Ok(())
 }
 
-/// One leadership term: the reconcilers and the status writer.
-async fn lead(ctx: Arc<Context>, opts: &RunOptions, stop: watch::Receiver<bool>) {
+/// One leadership term: the reconcilers and the status writer. Any of them
+/// ending before `stop` is a failure: the term ends with it (and, through
+/// [`run`], the process), instead of leading without reconciling.
+async fn lead(ctx: Arc<Context>, opts: &RunOptions, stop: watch::Receiver<bool>) -> Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(config::write_status(ctx.clone(), stop.clone()));
+    let mut spawn = |name: &'static str, f: futures::future::BoxFuture<'static, ()>| {
+        tasks.spawn(async move {
+            f.await;
+            name
+        });
+    };
+    use futures::FutureExt;
+    spawn(
+        "status writer",
+        config::write_status(ctx.clone(), stop.clone()).boxed(),
+    );
     if opts.forward {
-        tasks.spawn(namespaces::run(ctx.clone(), stop.clone()));
-        tasks.spawn(configmap::run(ctx.clone(), opts.concurrency, stop.clone()));
+        spawn(
+            "namespace cache",
+            namespaces::run(ctx.clone(), stop.clone()).boxed(),
+        );
+        spawn(
+            "ConfigMap reconciler",
+            configmap::run(ctx.clone(), opts.concurrency, stop.clone()).boxed(),
+        );
     }
     if opts.tokens {
-        tasks.spawn(namespace::run(ctx.clone(), stop.clone()));
+        spawn(
+            "token reconciler",
+            namespace::run(ctx.clone(), stop.clone()).boxed(),
+        );
     }
     // Idle until the scanner is enabled (flag, environment or resource).
-    tasks.spawn(build::run(ctx.clone(), stop.clone()));
-    while tasks.join_next().await.is_some() {}
+    spawn(
+        "build scanner",
+        build::run(ctx.clone(), stop.clone()).boxed(),
+    );
+    while let Some(ended) = tasks.join_next().await {
+        if *stop.borrow() {
+            continue;
+        }
+        // The others are aborted when the set is dropped.
+        return Err(Error::Invalid(match ended {
+            Ok(name) => format!("the {name} stopped unexpectedly"),
+            Err(e) => format!("a reconciler failed: {e}"),
+        }));
+    }
+    Ok(())
 }
 
 /// Resolves when the shutdown flag turns true.
