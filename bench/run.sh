@@ -27,7 +27,8 @@ ticks=$(getconf CLK_TCK)
 cpu_s() { awk -v t="$ticks" '{print ($14+$15)/t}' "/proc/$1/stat"; }
 hwm_mib() { awk '/VmHWM/{printf "%.1f", $2/1024}' "/proc/$1/status"; }
 rss_mib() { awk '/VmRSS/{printf "%.1f", $2/1024}' "/proc/$1/status"; }
-wait_ready() { for _ in $(seq 1 200); do curl -fsS "http://127.0.0.1:$1/readyz" 2>/dev/null | grep -q '"broker":"connected"' && return 0; sleep 0.05; done; return 1; }
+# Ready once serving with the broker connected (or publishing disabled, as in the tokens case).
+wait_ready() { for _ in $(seq 1 200); do curl -fsS "http://127.0.0.1:$1/readyz" 2>/dev/null | grep -qE '"broker":"(connected|disabled)"' && return 0; sleep 0.05; done; return 1; }
 json() { python3 -c "import json,sys; d=json.loads(sys.stdin.readline()); print(d['$1'])"; }
 
 # Starts the operator; extra flags follow. Sets $op_pid.
