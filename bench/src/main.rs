@@ -486,7 +486,8 @@ async fn tokens(count: usize, concurrency: usize, prefix: &str, mode: &str) -> R
                             [
                                 ("lagoon.sh/project".to_string(), prefix.to_string()),
                                 ("lagoon.sh/environment".to_string(), format!("env{i}")),
-                                ("lagoon.sh/environmentId".to_string(), i.to_string()),
+                                // Lagoon environment ids start at 1: an id of 0 is refused.
+                                ("lagoon.sh/environmentId".to_string(), (i + 1).to_string()),
                             ]
                             .into(),
                         ),
