@@ -761,33 +761,50 @@ pub fn fingerprint(cm: &ConfigMap) -> String {
         h.write(k.as_bytes());
         h.write(&v.0);
     }
-    format!("{:016x}", h.0)
+    format!("{:016x}", h.finish())
 }
 
-/// FNV-1a: small, stable across builds and versions.
-struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-}
+/// FNV-1a (the `fnv` crate): small, and stable across builds and versions,
+/// since the digest is stored in annotations. Each field is followed by a
+/// 0xff byte so ("ab","c") and ("a","bc") differ.
+#[derive(Default)]
+struct Fnv(fnv::FnvHasher);
 
 impl Fnv {
     fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-        // Separator so ("ab","c") and ("a","bc") differ.
-        self.0 ^= 0xff;
-        self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        use std::hash::Hasher;
+        self.0.write(bytes);
+        self.0.write_u8(0xff);
+    }
+
+    fn finish(&self) -> u64 {
+        std::hash::Hasher::finish(&self.0)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const GOLDEN_FINGERPRINT: &str = "5f1ee74ab85c347f";
+
+    /// The digest is stored in annotations: it must not change with the
+    /// hash's implementation (this value is the hand-written FNV-1a's).
+    #[test]
+    fn fingerprint_is_stable() {
+        let mut cm = ConfigMap::default();
+        cm.metadata.labels = Some(
+            [
+                ("lagoon.sh/insightsType", "sbom-gz"),
+                ("lagoon.sh/service", "cli"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        );
+        cm.data = Some([("sbom".to_string(), "{}".to_string())].into());
+        assert_eq!(fingerprint(&cm), GOLDEN_FINGERPRINT);
+    }
     use k8s_openapi::ByteString;
 
     fn cm(labels: &[(&str, &str)], bin: &[(&str, &[u8])]) -> ConfigMap {
