@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -85,10 +85,8 @@ async fn reconcile_observed(
     meta: Arc<PartialObjectMeta<ConfigMap>>,
     ctx: Arc<Context>,
 ) -> Result<Action> {
-    let started = Instant::now();
-    let res = fetch_and_reconcile(&meta, ctx.clone()).await;
-    ctx.observe_reconcile(CONTROLLER, started.elapsed(), res.as_ref().err());
-    res
+    let measure = ctx.measure(CONTROLLER);
+    measure.outcome(fetch_and_reconcile(&meta, ctx.clone()).await)
 }
 
 /// Reads the whole ConfigMap only when there is work to do.
@@ -118,10 +116,10 @@ pub fn error_policy(
 ) -> Action {
     match err {
         // The object changed under us: the watch brings the new version.
-        Error::Kube(kube::Error::Api(s)) if s.code == 409 => {
+        Error::Kube(kube::Error::Api(s)) if s.is_conflict() => {
             Action::requeue(Duration::from_millis(200))
         }
-        Error::Kube(kube::Error::Api(s)) if s.code == 404 => Action::await_change(),
+        Error::Kube(kube::Error::Api(s)) if s.is_not_found() => Action::await_change(),
         _ => {
             warn!(namespace = cm.namespace().unwrap_or_default(), name = %cm.name_any(), error = %err, "ConfigMap reconcile failed");
             Action::requeue(Duration::from_secs(5))
@@ -626,7 +624,7 @@ async fn delete_version(api: &Api<ConfigMap>, cm: &ConfigMap) -> Result<()> {
     };
     match api.delete(&cm.name_any(), &dp).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
@@ -646,7 +644,7 @@ async fn burn(api: &Api<ConfigMap>, cm: &ConfigMap, ctx: &Context) -> Result<()>
             ctx.status_changed.notify_one();
             Ok(())
         }
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
