@@ -407,6 +407,43 @@ async fn lead(ctx: Arc<Context>, opts: &RunOptions, stop: watch::Receiver<bool>)
     Ok(())
 }
 
+/// Follows a metadata watch until shutdown, with backoff on errors, handing
+/// each event to `apply`; errors are counted under `name` and logged with
+/// `fallback` (what the operator does meanwhile).
+pub async fn follow<K>(
+    ctx: &Context,
+    api: kube::Api<kube::core::PartialObjectMeta<K>>,
+    config: kube::runtime::watcher::Config,
+    name: &'static str,
+    fallback: &'static str,
+    shutdown: watch::Receiver<bool>,
+    mut apply: impl FnMut(kube::runtime::watcher::Event<kube::core::PartialObjectMeta<K>>),
+) where
+    K: Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default,
+{
+    use futures::StreamExt;
+    use kube::runtime::WatchStreamExt;
+    let mut events = kube::runtime::watcher(api, config)
+        .default_backoff()
+        .boxed();
+    let stop = until_shutdown(shutdown);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            ev = events.next() => match ev {
+                Some(Ok(ev)) => apply(ev),
+                Some(Err(e)) => {
+                    ctx.metrics.count_watch_error(name);
+                    warn!(error = %e, "watching {name} ({fallback})");
+                }
+                None => return,
+            },
+        }
+    }
+}
+
 /// Resolves when the shutdown flag turns true.
 pub async fn until_shutdown(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
