@@ -419,22 +419,35 @@ pub fn lagoon_environment_id(id: &str) -> Option<i64> {
         .filter(|n| canonical && *n <= i64::from(i32::MAX))
 }
 
+/// Everything but RFC 3986's unreserved characters.
+const NOT_UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Percent-encodes everything outside RFC 3986's unreserved set.
 pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, NOT_UNRESERVED).to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_encoding_keeps_only_unreserved() {
+        for (raw, want) in [
+            ("guest", "guest"),
+            ("a-b.c_d~e", "a-b.c_d~e"),
+            ("p@ss/w:rd%", "p%40ss%2Fw%3Ard%25"),
+            ("/", "%2F"),
+            ("é", "%C3%A9"),
+            (" +", "%20%2B"),
+        ] {
+            assert_eq!(percent_encode(raw), want, "{raw}");
+        }
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

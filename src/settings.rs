@@ -856,6 +856,16 @@ mod tests {
             .contains("at least 32 bytes"));
     }
 
+    /// The broker's defaults live in `BrokerSettings::default()` (used by
+    /// the custom resource's merge and the tests) and in the flags' clap
+    /// attributes (shown by --help): they must not drift apart.
+    #[test]
+    fn flag_defaults_are_the_broker_defaults() {
+        let cli = parse(&[]);
+        let from_flags = cli.run.broker_settings().unwrap();
+        assert_eq!(from_flags, BrokerSettings::default());
+    }
+
     #[test]
     fn helpers_parse() {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));

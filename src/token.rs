@@ -74,6 +74,9 @@ pub struct KeyRing {
     /// on every request). Belongs to the ring: a new key means a new, empty
     /// cache, so a dropped key's tokens are never served from here.
     verified: std::sync::Arc<std::sync::Mutex<VerifiedTokens>>,
+    /// The current key's fingerprint, computed once (the token reconciler
+    /// asks for it on every check).
+    fingerprint: String,
 }
 
 /// Token → (claims, expiry) for tokens already verified.
@@ -89,6 +92,25 @@ impl fmt::Debug for KeyRing {
             .field("keys", &self.keys.len())
             .finish_non_exhaustive()
     }
+}
+
+/// HMAC of a fixed label under the key, truncated: names a key without
+/// revealing it.
+fn fingerprint_of(key: &[u8]) -> String {
+    let signer = HS256
+        .signer_from_bytes(key)
+        .expect("key length was checked");
+    let mut header = JwsHeader::new();
+    header.set_token_type("JWT");
+    let mut payload = JwtPayload::new();
+    payload.set_subject("insights-remote key fingerprint");
+    let t = jwt::encode_with_signer(&payload, &header, &signer).unwrap_or_default();
+    t.rsplit('.')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(12)
+        .collect()
 }
 
 impl KeyRing {
@@ -107,11 +129,13 @@ impl KeyRing {
         let mut keys = vec![current.clone()];
         keys.extend(previous.into_iter().map(|k| k.as_ref().to_vec()));
         let signers = keys.iter().map(|k| signer(k)).collect::<Result<_, _>>()?;
+        let fingerprint = fingerprint_of(&current);
         Ok(Self {
             current,
             keys,
             signers,
             verified: Default::default(),
+            fingerprint,
         })
     }
 
@@ -129,21 +153,7 @@ impl KeyRing {
     /// A short fingerprint of the current key (not reversible), for status
     /// and logs: lets an admin see which key is in use without showing it.
     pub fn fingerprint(&self) -> String {
-        // HMAC of a fixed label under the key; truncated.
-        let signer = HS256
-            .signer_from_bytes(&self.current)
-            .expect("key length was checked");
-        let mut header = JwsHeader::new();
-        header.set_token_type("JWT");
-        let mut payload = JwtPayload::new();
-        payload.set_subject("insights-remote key fingerprint");
-        let t = jwt::encode_with_signer(&payload, &header, &signer).unwrap_or_default();
-        t.rsplit('.')
-            .next()
-            .unwrap_or_default()
-            .chars()
-            .take(12)
-            .collect()
+        self.fingerprint.clone()
     }
 
     /// Mints a token for an environment.
@@ -177,6 +187,7 @@ impl KeyRing {
             keys: self.keys[..1].to_vec(),
             signers: self.signers[..1].to_vec(),
             verified: Default::default(),
+            fingerprint: self.fingerprint.clone(),
         };
         current.verify(token)
     }

@@ -12,36 +12,22 @@ use common::*;
 use insights_remote::run::App;
 use insights_remote::settings::{normalize_args, Cli};
 
-fn args(broker: &insights_remote::broker::BrokerSettings, extra: &[&str]) -> Cli {
-    let mut a: Vec<String> = [
-        "insights-remote",
-        "--enable-configmap-reconciler=false",
-        "--enable-namespace-reconciler=false",
-        "--webservice-bind-address=127.0.0.1",
-        "--webservice-port=0",
-        "--health-probe-bind-address=0",
-        "--metrics-bind-address=0",
-        "--metrics-secure=false",
-        "--insights-token-secret",
-        KEY,
-        "--rabbitmq-hostname",
-        &broker.host,
-        "--rabbitmq-exchange",
-        &broker.exchange,
-        "--rabbitmq-queue",
-        &broker.queue,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    a.extend(extra.iter().map(|s| s.to_string()));
+fn args(broker: &insights_remote::broker::BrokerSettings) -> Cli {
+    // Port 0: the OS chooses, and the app says which.
+    let mut a = vec!["insights-remote".to_string()];
+    a.extend(api_args(0, broker));
+    a.extend(
+        ["--metrics-secure=false", "--insights-token-secret", KEY]
+            .iter()
+            .map(|s| s.to_string()),
+    );
     Cli::parse_from(normalize_args(a))
 }
 
 #[tokio::test]
 async fn built_app_serves_confirmed_facts_and_stops_on_shutdown() {
     let broker = isolated_broker("app");
-    let app = App::build(&args(&broker, &[]).run).await.unwrap();
+    let app = App::build(&args(&broker).run).await.unwrap();
     let addr = app.ingestion_addr.expect("ingestion API enabled");
     assert_ne!(addr.port(), 0, "the OS chose a port, no bind-and-drop race");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -35,6 +35,18 @@ async fn start(client: &kube::Client, ns: &str, config_name: &str) -> Operator {
     .await
 }
 
+/// Writes `token` into the Secret, as a hand edit would.
+async fn overwrite_token(secrets: &Api<Secret>, token: &str) {
+    secrets
+        .patch(
+            "insights-token",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"INSIGHTS_TOKEN": base64_of(token)}})),
+        )
+        .await
+        .unwrap();
+}
+
 async fn wait_secret(api: &Api<Secret>, what: &str, ok: impl Fn(&Secret) -> bool) -> Secret {
     wait_for(what, Duration::from_secs(30), || async {
         api.get_opt("insights-token")
@@ -76,14 +88,7 @@ async fn token_secret_changed_by_hand_is_put_right_at_once() {
         s.uid() != first.uid()
     })
     .await;
-    secrets
-        .patch(
-            "insights-token",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"data": {"INSIGHTS_TOKEN": base64_of("forged.token.value")}})),
-        )
-        .await
-        .unwrap();
+    overwrite_token(&secrets, "forged.token.value").await;
     let repaired = wait_secret(&secrets, "repaired after an edit", |s| {
         ring().verify(&token_of(s)).is_ok()
     })
@@ -134,14 +139,7 @@ async fn token_secret_is_minted_repaired_and_rotated_in_place() {
     );
 
     // Tampered: re-minted in place (same object, never deleted).
-    secrets
-        .patch(
-            "insights-token",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"data": {"INSIGHTS_TOKEN": base64_of("forged.token.value")}})),
-        )
-        .await
-        .unwrap();
+    overwrite_token(&secrets, "forged.token.value").await;
     let repaired = wait_secret(&secrets, "repaired token", |s| {
         ring().verify(&token_of(s)).is_ok()
     })
@@ -156,14 +154,7 @@ async fn token_secret_is_minted_repaired_and_rotated_in_place() {
     let foreign = ring()
         .mint(&common::claims("other-namespace", "42"))
         .unwrap();
-    secrets
-        .patch(
-            "insights-token",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"data": {"INSIGHTS_TOKEN": base64_of(&foreign)}})),
-        )
-        .await
-        .unwrap();
+    overwrite_token(&secrets, &foreign).await;
     wait_secret(&secrets, "token for this namespace", |s| {
         ring()
             .verify(&token_of(s))

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -297,10 +297,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
 }
 
 async fn reconcile_observed(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let res = reconcile(pod, ctx.clone()).await;
-    ctx.observe_reconcile(CONTROLLER, started.elapsed(), res.as_ref().err());
-    res
+    let measure = ctx.measure(CONTROLLER);
+    measure.outcome(reconcile(pod, ctx.clone()).await)
 }
 
 fn error_policy(pod: Arc<Pod>, err: &Error, _ctx: Arc<Context>) -> Action {
@@ -362,7 +360,7 @@ pub async fn reconcile(build: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
                 for old in &remove {
                     match pods.delete(old, &DeleteParams::default()).await {
                         Ok(_) => info!(namespace = %ns, pod = %old, "removed an earlier scanner pod"),
-                        Err(kube::Error::Api(s)) if s.code == 404 => {}
+                        Err(kube::Error::Api(s)) if s.is_not_found() => {}
                         Err(e) => return Err(Error::from(e)),
                     }
                 }
@@ -370,7 +368,7 @@ pub async fn reconcile(build: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
                 match pods.create(&PostParams::default(), &pod).await {
                     Ok(_) => info!(namespace = %ns, pod = %name, build = %build.name_any(), "scanner pod created"),
                     // Created before a restart or by the previous leader: keep it.
-                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(kube::Error::Api(s)) if s.is_already_exists() => {}
                     Err(e) => return Err(Error::from(e)),
                 }
                 pods.patch(

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -85,10 +85,8 @@ async fn reconcile_observed(
     meta: Arc<PartialObjectMeta<ConfigMap>>,
     ctx: Arc<Context>,
 ) -> Result<Action> {
-    let started = Instant::now();
-    let res = fetch_and_reconcile(&meta, ctx.clone()).await;
-    ctx.observe_reconcile(CONTROLLER, started.elapsed(), res.as_ref().err());
-    res
+    let measure = ctx.measure(CONTROLLER);
+    measure.outcome(fetch_and_reconcile(&meta, ctx.clone()).await)
 }
 
 /// Reads the whole ConfigMap only when there is work to do.
@@ -118,10 +116,10 @@ pub fn error_policy(
 ) -> Action {
     match err {
         // The object changed under us: the watch brings the new version.
-        Error::Kube(kube::Error::Api(s)) if s.code == 409 => {
+        Error::Kube(kube::Error::Api(s)) if s.is_conflict() => {
             Action::requeue(Duration::from_millis(200))
         }
-        Error::Kube(kube::Error::Api(s)) if s.code == 404 => Action::await_change(),
+        Error::Kube(kube::Error::Api(s)) if s.is_not_found() => Action::await_change(),
         _ => {
             warn!(namespace = cm.namespace().unwrap_or_default(), name = %cm.name_any(), error = %err, "ConfigMap reconcile failed");
             Action::requeue(Duration::from_secs(5))
@@ -626,7 +624,7 @@ async fn delete_version(api: &Api<ConfigMap>, cm: &ConfigMap) -> Result<()> {
     };
     match api.delete(&cm.name_any(), &dp).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
@@ -646,7 +644,7 @@ async fn burn(api: &Api<ConfigMap>, cm: &ConfigMap, ctx: &Context) -> Result<()>
             ctx.status_changed.notify_one();
             Ok(())
         }
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
@@ -761,33 +759,50 @@ pub fn fingerprint(cm: &ConfigMap) -> String {
         h.write(k.as_bytes());
         h.write(&v.0);
     }
-    format!("{:016x}", h.0)
+    format!("{:016x}", h.finish())
 }
 
-/// FNV-1a: small, stable across builds and versions.
-struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-}
+/// FNV-1a (the `fnv` crate): small, and stable across builds and versions,
+/// since the digest is stored in annotations. Each field is followed by a
+/// 0xff byte so ("ab","c") and ("a","bc") differ.
+#[derive(Default)]
+struct Fnv(fnv::FnvHasher);
 
 impl Fnv {
     fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-        // Separator so ("ab","c") and ("a","bc") differ.
-        self.0 ^= 0xff;
-        self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        use std::hash::Hasher;
+        self.0.write(bytes);
+        self.0.write_u8(0xff);
+    }
+
+    fn finish(&self) -> u64 {
+        std::hash::Hasher::finish(&self.0)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const GOLDEN_FINGERPRINT: &str = "5f1ee74ab85c347f";
+
+    /// The digest is stored in annotations: it must not change with the
+    /// hash's implementation (this value is the hand-written FNV-1a's).
+    #[test]
+    fn fingerprint_is_stable() {
+        let mut cm = ConfigMap::default();
+        cm.metadata.labels = Some(
+            [
+                ("lagoon.sh/insightsType", "sbom-gz"),
+                ("lagoon.sh/service", "cli"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        );
+        cm.data = Some([("sbom".to_string(), "{}".to_string())].into());
+        assert_eq!(fingerprint(&cm), GOLDEN_FINGERPRINT);
+    }
     use k8s_openapi::ByteString;
 
     fn cm(labels: &[(&str, &str)], bin: &[(&str, &[u8])]) -> ConfigMap {

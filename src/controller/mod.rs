@@ -40,8 +40,8 @@ pub enum Error {
 impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
-            Error::Kube(kube::Error::Api(s)) if s.code == 403 => "forbidden",
+            Error::Kube(kube::Error::Api(s)) if s.is_conflict() => "conflict",
+            Error::Kube(kube::Error::Api(s)) if s.is_forbidden() => "forbidden",
             Error::Kube(_) => "kube",
             Error::Serialize(_) => "serialize",
             Error::Token(_) => "token",
@@ -210,7 +210,7 @@ impl Context {
     /// `what` (e.g. under the lagoon-remote chart's ClusterRole, which has
     /// no rules for Events or the custom resource), then at debug level.
     pub fn report(&self, what: &'static str, err: &kube::Error, msg: &str) {
-        let forbidden = matches!(err, kube::Error::Api(s) if s.code == 403);
+        let forbidden = matches!(err, kube::Error::Api(s) if s.is_forbidden());
         if forbidden && !self.denied.lock().expect("denied lock").insert(what) {
             tracing::debug!(what, error = %err, "{msg}");
         } else if forbidden {
@@ -220,21 +220,51 @@ impl Context {
         }
     }
 
-    pub fn observe_reconcile(&self, controller: &str, took: Duration, error: Option<&Error>) {
+    /// Starts timing one reconcile of `controller`; see [`ReconcileMeasurer`].
+    pub fn measure(&self, controller: &'static str) -> ReconcileMeasurer<'_> {
+        ReconcileMeasurer {
+            metrics: &self.metrics,
+            controller,
+            started: std::time::Instant::now(),
+            error: None,
+        }
+    }
+}
+
+/// Counts and times one reconcile when dropped, so a reconcile cancelled
+/// half-way (at shutdown, or when leadership ends) is counted too; an error
+/// recorded with [`ReconcileMeasurer::outcome`] is counted by its kind.
+pub struct ReconcileMeasurer<'a> {
+    metrics: &'a Metrics,
+    controller: &'static str,
+    started: std::time::Instant,
+    error: Option<&'static str>,
+}
+
+impl ReconcileMeasurer<'_> {
+    /// Records the reconcile's result and hands it back.
+    pub fn outcome<T>(mut self, res: Result<T>) -> Result<T> {
+        self.error = res.as_ref().err().map(Error::metric_label);
+        res
+    }
+}
+
+impl Drop for ReconcileMeasurer<'_> {
+    fn drop(&mut self) {
         let labels = ControllerLabels {
-            controller: controller.into(),
+            controller: self.controller.into(),
         };
         self.metrics.reconciliations.get_or_create(&labels).inc();
         self.metrics
             .reconcile_duration
             .get_or_create(&labels)
-            .observe(took.as_secs_f64());
-        if let Some(e) = error {
+            .observe(self.started.elapsed().as_secs_f64());
+        if let Some(error) = self.error {
             self.metrics
                 .reconcile_errors
                 .get_or_create(&ControllerErrorLabels {
-                    controller: controller.into(),
-                    error: e.metric_label().into(),
+                    controller: self.controller.into(),
+                    error: error.into(),
                 })
                 .inc();
         }
@@ -375,6 +405,43 @@ async fn lead(ctx: Arc<Context>, opts: &RunOptions, stop: watch::Receiver<bool>)
         }));
     }
     Ok(())
+}
+
+/// Follows a metadata watch until shutdown, with backoff on errors, handing
+/// each event to `apply`; errors are counted under `name` and logged with
+/// `fallback` (what the operator does meanwhile).
+pub async fn follow<K>(
+    ctx: &Context,
+    api: kube::Api<kube::core::PartialObjectMeta<K>>,
+    config: kube::runtime::watcher::Config,
+    name: &'static str,
+    fallback: &'static str,
+    shutdown: watch::Receiver<bool>,
+    mut apply: impl FnMut(kube::runtime::watcher::Event<kube::core::PartialObjectMeta<K>>),
+) where
+    K: Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default,
+{
+    use futures::StreamExt;
+    use kube::runtime::WatchStreamExt;
+    let mut events = kube::runtime::watcher(api, config)
+        .default_backoff()
+        .boxed();
+    let stop = until_shutdown(shutdown);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            ev = events.next() => match ev {
+                Some(Ok(ev)) => apply(ev),
+                Some(Err(e)) => {
+                    ctx.metrics.count_watch_error(name);
+                    warn!(error = %e, "watching {name} ({fallback})");
+                }
+                None => return,
+            },
+        }
+    }
 }
 
 /// Resolves when the shutdown flag turns true.

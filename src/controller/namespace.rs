@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -60,10 +60,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
 }
 
 async fn reconcile_observed(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let res = reconcile(ns, ctx.clone()).await;
-    ctx.observe_reconcile(CONTROLLER, started.elapsed(), res.as_ref().err());
-    res
+    let measure = ctx.measure(CONTROLLER);
+    measure.outcome(reconcile(ns, ctx.clone()).await)
 }
 
 pub fn error_policy(ns: Arc<Namespace>, err: &Error, _ctx: Arc<Context>) -> Action {

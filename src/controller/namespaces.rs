@@ -6,16 +6,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::core::PartialObjectMeta;
-use kube::runtime::watcher::{self, watcher};
-use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio::sync::watch;
-use tracing::warn;
 
-use super::{until_shutdown, Context};
+use super::{follow, Context};
 use crate::contract::{LABEL_ENVIRONMENT, LABEL_PROJECT};
 
 type Labels = BTreeMap<String, String>;
@@ -79,24 +76,13 @@ impl NamespaceCache {
 pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
     let api: Api<PartialObjectMeta<Namespace>> = Api::all(ctx.client.clone());
     let wc = watcher::Config::default().labels(LABEL_PROJECT);
-    let mut events = watcher(api, wc).default_backoff().boxed();
     let mut pending = HashMap::new();
     ctx.namespaces.reset();
-    let stop = until_shutdown(shutdown);
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            ev = events.next() => match ev {
-                Some(Ok(ev)) => ctx.namespaces.apply(ev, &mut pending),
-                Some(Err(e)) => {
-                    ctx.metrics.count_watch_error("namespaces");
-                    warn!(error = %e, "watching namespaces (falling back to a GET per ConfigMap)");
-                }
-                None => return,
-            },
-        }
-    }
+    let fallback = "falling back to a GET per ConfigMap";
+    follow(&ctx, api, wc, "namespaces", fallback, shutdown, |ev| {
+        ctx.namespaces.apply(ev, &mut pending)
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -12,17 +12,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher::{self, watcher};
-use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio::sync::{mpsc, watch};
-use tracing::warn;
 
-use super::{until_shutdown, Context};
+use super::{follow, Context};
 use crate::contract::TOKEN_SECRET_NAME;
 use crate::token::Claims;
 
@@ -159,29 +156,16 @@ pub async fn run(
         None => Api::all(ctx.client.clone()),
     };
     let wc = watcher::Config::default().fields(&format!("metadata.name={TOKEN_SECRET_NAME}"));
-    let mut events = watcher(api, wc).default_backoff().boxed();
     let mut pending = HashMap::new();
     ctx.token_secrets.reset();
-    let stop = until_shutdown(shutdown);
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            ev = events.next() => match ev {
-                Some(Ok(ev)) => {
-                    if let Some(ns) = ctx.token_secrets.apply(ev, &mut pending) {
-                        // Full: the periodic re-check covers it.
-                        let _ = recheck.try_send(ObjectRef::new(&ns));
-                    }
-                }
-                Some(Err(e)) => {
-                    ctx.metrics.count_watch_error("token-secrets");
-                    warn!(error = %e, "watching insights-token Secrets (falling back to a GET per check)");
-                }
-                None => return,
-            },
+    let fallback = "falling back to a GET per check";
+    follow(&ctx, api, wc, "token-secrets", fallback, shutdown, |ev| {
+        if let Some(ns) = ctx.token_secrets.apply(ev, &mut pending) {
+            // Full: the periodic re-check covers it.
+            let _ = recheck.try_send(ObjectRef::new(&ns));
         }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use super::ops::{healthz, readyz};
 use super::{ApiError, ApiState};
 use crate::broker::PublishError;
 use crate::contract::{DirectDelete, FactsBody, Problem, TYPE_DELETE_FACTS, TYPE_DELETE_PROBLEMS};
+use crate::token::Claims;
 
 /// Serialises the message, frees it, and publishes the bytes: only the
 /// bytes are held while the confirm is awaited.
@@ -38,61 +39,69 @@ async fn publish<T: Serialize>(st: &ApiState, msg: T) -> Result<HttpResponse, Ap
     Ok(HttpResponse::Ok().json(serde_json::json!({"message": "okay"})))
 }
 
-/// Publish facts for the token's environment.
-#[utoipa::path(post, path = "/facts", tag = "facts", request_body = FactsBody,
-    security(("token" = [])),
-    responses(
-        (status = 200, description = "the broker confirmed the message", body = OkBody),
-        (status = 400, description = "malformed JSON or wrong field types", body = ErrorBody),
-        (status = 401, description = "missing or invalid token", body = ErrorBody),
-        (status = 408, description = "the body did not arrive within the body timeout", body = ErrorBody),
-        (status = 413, description = "body, item count or message over its limit (the message says which)", body = ErrorBody),
-        (status = 429, description = "rate limited; see Retry-After", body = ErrorBody),
-        (status = 503, description = "broker unavailable, or the server busy with other large requests; see Retry-After", body = ErrorBody),
-    ))]
-async fn post_facts(
+/// Admits, reads and checks a body, then publishes the message built from
+/// it; the body is freed before the confirm is awaited.
+async fn post<M: Serialize>(
     req: HttpRequest,
     mut payload: web::Payload,
     st: web::Data<ApiState>,
+    build: fn(&Claims, &[u8], usize) -> Result<M, ApiError>,
+    count: fn(&M) -> usize,
+    what: &'static str,
 ) -> HttpResponse {
     let res = async {
         let (claims, _budget, body) = admit_with_body(&req, &mut payload, &st).await?;
-        let message = facts_message(&claims, &body, st.limits.max_items)?;
+        let message = build(&claims, &body, st.limits.max_items)?;
         drop(body);
-        debug!(namespace = %claims.namespace, count = message.facts.len(), "facts received");
+        debug!(namespace = %claims.namespace, count = count(&message), "{what} received");
         publish(&st, message).await
     }
     .await;
     respond(res, payload)
 }
 
-/// Publish problems for the token's environment.
-#[utoipa::path(post, path = "/problems", tag = "problems", request_body = Vec<Problem>,
-    security(("token" = [])),
-    responses(
-        (status = 200, description = "the broker confirmed the message", body = OkBody),
-        (status = 400, description = "malformed JSON or wrong field types", body = ErrorBody),
-        (status = 401, description = "missing or invalid token", body = ErrorBody),
-        (status = 408, description = "the body did not arrive within the body timeout", body = ErrorBody),
-        (status = 413, description = "body, item count or message over its limit (the message says which)", body = ErrorBody),
-        (status = 429, description = "rate limited; see Retry-After", body = ErrorBody),
-        (status = 503, description = "broker unavailable, or the server busy with other large requests; see Retry-After", body = ErrorBody),
-    ))]
-async fn post_problems(
-    req: HttpRequest,
-    mut payload: web::Payload,
-    st: web::Data<ApiState>,
-) -> HttpResponse {
-    let res = async {
-        let (claims, _budget, body) = admit_with_body(&req, &mut payload, &st).await?;
-        let message = problems_message(&claims, &body, st.limits.max_items)?;
-        drop(body);
-        debug!(namespace = %claims.namespace, count = message.problems.len(), "problems received");
-        publish(&st, message).await
-    }
-    .await;
-    respond(res, payload)
+macro_rules! post_route {
+    ($name:ident, $path:literal, $tag:literal, $body:ty, $build:expr, $count:expr, $doc:literal) => {
+        #[doc = $doc]
+        #[utoipa::path(post, path = $path, tag = $tag, request_body = $body,
+            security(("token" = [])),
+            responses(
+                (status = 200, description = "the broker confirmed the message", body = OkBody),
+                (status = 400, description = "malformed JSON or wrong field types", body = ErrorBody),
+                (status = 401, description = "missing or invalid token", body = ErrorBody),
+                (status = 408, description = "the body did not arrive within the body timeout", body = ErrorBody),
+                (status = 413, description = "body, item count or message over its limit (the message says which)", body = ErrorBody),
+                (status = 429, description = "rate limited; see Retry-After", body = ErrorBody),
+                (status = 503, description = "broker unavailable, or the server busy with other large requests; see Retry-After", body = ErrorBody),
+            ))]
+        pub(super) async fn $name(
+            req: HttpRequest,
+            payload: web::Payload,
+            st: web::Data<ApiState>,
+        ) -> HttpResponse {
+            post(req, payload, st, $build, $count, $tag).await
+        }
+    };
 }
+
+post_route!(
+    post_facts,
+    "/facts",
+    "facts",
+    FactsBody,
+    facts_message,
+    |m| m.facts.len(),
+    "Publish facts for the token's environment."
+);
+post_route!(
+    post_problems,
+    "/problems",
+    "problems",
+    Vec<Problem>,
+    problems_message,
+    |m| m.problems.len(),
+    "Publish problems for the token's environment."
+);
 
 async fn delete(
     req: HttpRequest,

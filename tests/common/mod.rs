@@ -208,12 +208,10 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The real binary as the ingestion API only (no controllers, no probe or
-/// metrics ports), on 127.0.0.1:`port`, publishing to `broker`; the signing
-/// key is [`KEY`]. Add arguments and stdio before spawning.
-pub fn api_binary(port: u16, broker: &BrokerSettings) -> std::process::Command {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_insights-remote"));
-    c.args([
+/// The arguments of the ingestion API only (no controllers, no probe or
+/// metrics ports), on 127.0.0.1:`port`, publishing to `broker`.
+pub fn api_args(port: u16, broker: &BrokerSettings) -> Vec<String> {
+    [
         "--enable-configmap-reconciler=false",
         "--enable-namespace-reconciler=false",
         "--webservice-bind-address",
@@ -230,8 +228,18 @@ pub fn api_binary(port: u16, broker: &BrokerSettings) -> std::process::Command {
         "0",
         "--metrics-bind-address",
         "0",
-    ])
-    .env("INSIGHTS_TOKEN_SECRET", KEY);
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The real binary with [`api_args`]; the signing key is [`KEY`]. Add
+/// arguments and stdio before spawning.
+pub fn api_binary(port: u16, broker: &BrokerSettings) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_insights-remote"));
+    c.args(api_args(port, broker))
+        .env("INSIGHTS_TOKEN_SECRET", KEY);
     c
 }
 
