@@ -704,10 +704,25 @@ enum Ended {
     Shutdown,
 }
 
+/// The waits between connection attempts while the broker's port is open
+/// but AMQP set-up fails: doubling from [`FIRST_BACKOFF`] up to the
+/// reconnect interval, without end.
+fn reconnect_delays(s: &BrokerSettings) -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::new()
+        .with_min_delay(FIRST_BACKOFF)
+        .with_max_delay(s.reconnect_interval.max(FIRST_BACKOFF))
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
+}
+
 async fn supervise(inner: Arc<Inner>) {
     let mut settings_rx = inner.settings.subscribe();
     let mut shutdown_rx = inner.shutdown.subscribe();
-    let mut backoff = FIRST_BACKOFF;
+    // Started afresh after a success or when the broker's port was closed.
+    let backoff = reconnect_delays;
+    let mut delays = backoff(&inner.settings.borrow());
     loop {
         if *shutdown_rx.borrow() {
             return;
@@ -742,7 +757,7 @@ async fn supervise(inner: Arc<Inner>) {
                 });
                 if away {
                     // Wait for the port to open, then try at once.
-                    backoff = FIRST_BACKOFF;
+                    delays = backoff(&settings);
                     loop {
                         tokio::select! {
                             _ = tokio::time::sleep(PORT_POLL) => {}
@@ -754,13 +769,13 @@ async fn supervise(inner: Arc<Inner>) {
                         }
                     }
                 } else {
-                    debug!(retry_in = ?backoff, "broker port open but AMQP set-up failed");
+                    let retry_in = delays.next().unwrap_or(settings.reconnect_interval);
+                    debug!(?retry_in, "broker port open but AMQP set-up failed");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(retry_in) => {}
                         _ = settings_rx.changed() => {}
                         _ = shutdown_rx.changed() => return,
                     }
-                    backoff = (backoff * 2).min(settings.reconnect_interval.max(FIRST_BACKOFF));
                 }
                 continue;
             }
@@ -813,7 +828,7 @@ async fn supervise(inner: Arc<Inner>) {
             return;
         }
         warn!(%reason, "lost the message broker connection");
-        backoff = FIRST_BACKOFF;
+        delays = backoff(&settings);
         inner.state.send_replace(BrokerState {
             connected: false,
             unverified: false,
@@ -875,6 +890,25 @@ mod tests {
         };
         assert!(tls.uri().starts_with("amqps://"));
         assert!(!format!("{s:?}").contains("p@ss"));
+    }
+
+    #[test]
+    fn reconnect_delays_double_up_to_the_interval() {
+        let ms = |interval: u64, n: usize| -> Vec<u128> {
+            let s = BrokerSettings {
+                reconnect_interval: Duration::from_millis(interval),
+                ..Default::default()
+            };
+            reconnect_delays(&s)
+                .take(n)
+                .map(|d| d.as_millis())
+                .collect()
+        };
+        assert_eq!(ms(1_000, 6), [250, 500, 1_000, 1_000, 1_000, 1_000]);
+        assert_eq!(ms(30_000, 4), [250, 500, 1_000, 2_000]);
+        // An interval under the first delay never shortens it.
+        assert_eq!(ms(10, 3), [250, 250, 250]);
+        assert_eq!(ms(30_000, 1_000).len(), 1_000, "no end");
     }
 
     #[test]
