@@ -79,9 +79,9 @@ pub struct Fact {
     #[serde(default, deserialize_with = "null_as_empty")]
     #[schema(nullable)]
     pub description: String,
-    #[serde(default, deserialize_with = "null_as_empty", rename = "type")]
+    #[serde(default, rename = "type")]
     #[schema(value_type = Option<FactType>)]
-    pub fact_type: String,
+    pub fact_type: FactType,
     #[serde(default, deserialize_with = "null_as_empty")]
     #[schema(nullable)]
     pub category: String,
@@ -90,11 +90,96 @@ pub struct Fact {
     pub service: String,
 }
 
-/// Fact types, for the OpenAPI document (the wire keeps plain strings).
-pub struct FactType;
+/// A fact type Lagoon's API accepts. Read leniently, as Lagoon core's
+/// consumer does: any case, and anything else (or nothing) is TEXT.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum FactType {
+    #[default]
+    Text,
+    Url,
+    Semver,
+}
 
-/// Problem severities, for the OpenAPI document.
-pub struct Severity;
+impl FactType {
+    pub const ALL: [FactType; 3] = [FactType::Text, FactType::Url, FactType::Semver];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FactType::Text => "TEXT",
+            FactType::Url => "URL",
+            FactType::Semver => "SEMVER",
+        }
+    }
+
+    /// A known type in any case; anything else TEXT.
+    pub fn lenient(t: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str().eq_ignore_ascii_case(t.trim()))
+            .unwrap_or_default()
+    }
+}
+
+impl<'de> Deserialize<'de> for FactType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self::lenient(&null_as_empty(d)?))
+    }
+}
+
+/// A problem severity Lagoon's API accepts (exactly, in capitals).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Severity {
+    None,
+    Unknown,
+    Negligible,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub const ALL: [Severity; 7] = [
+        Severity::None,
+        Severity::Unknown,
+        Severity::Negligible,
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+        Severity::Critical,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::None => "NONE",
+            Severity::Unknown => "UNKNOWN",
+            Severity::Negligible => "NEGLIGIBLE",
+            Severity::Low => "LOW",
+            Severity::Medium => "MEDIUM",
+            Severity::High => "HIGH",
+            Severity::Critical => "CRITICAL",
+        }
+    }
+}
+
+/// null, empty or absent: None; one of [`Severity::ALL`]; else an error
+/// naming the accepted values.
+fn severity_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Severity>, D::Error> {
+    let s = null_as_empty(d)?;
+    if s.is_empty() {
+        return Ok(None);
+    }
+    Severity::ALL
+        .into_iter()
+        .find(|v| v.as_str() == s)
+        .map(Some)
+        .ok_or_else(|| {
+            let all: Vec<_> = Severity::ALL.iter().map(|v| v.as_str()).collect();
+            serde::de::Error::custom(format!("severity {s:?} is not one of {}", all.join(", ")))
+        })
+}
 
 fn string_enum(
     values: &[&str],
@@ -108,14 +193,18 @@ fn string_enum(
         .into()
 }
 
+// The schemas are built from the enums' variants; the input they describe
+// is what the readers above accept (any fact type; an empty severity).
 impl utoipa::PartialSchema for FactType {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let known: Vec<_> = Self::ALL.iter().map(|t| t.as_str()).collect();
         ObjectBuilder::new()
             .schema_type(Type::String)
-            .description(Some(
-                "Fact type: TEXT, URL or SEMVER in any case; empty, absent or anything else is stored as TEXT, as Lagoon core's consumer does.",
-            ))
+            .description(Some(format!(
+                "Fact type: {} in any case; empty, absent or anything else is stored as TEXT, as Lagoon core's consumer does.",
+                known.join(", ")
+            )))
             .into()
     }
 }
@@ -124,7 +213,7 @@ impl ToSchema for FactType {}
 impl utoipa::PartialSchema for Severity {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         let mut values = vec![""];
-        values.extend(SEVERITIES);
+        values.extend(Self::ALL.iter().map(|v| v.as_str()));
         string_enum(
             &values,
             "Severity; empty or absent means UNKNOWN (the Lagoon API refuses a problem without one).",
@@ -133,22 +222,10 @@ impl utoipa::PartialSchema for Severity {
 }
 impl ToSchema for Severity {}
 
-/// Fact types Lagoon's API accepts.
-pub const FACT_TYPES: [&str; 3] = ["TEXT", "URL", "SEMVER"];
-
-/// A fact type as Lagoon stores it: a known type in any case, normalised;
-/// anything else TEXT (what the consumer does with an unknown type).
-pub fn normalise_fact_type(t: &str) -> &'static str {
-    FACT_TYPES
-        .into_iter()
-        .find(|k| k.eq_ignore_ascii_case(t.trim()))
-        .unwrap_or("TEXT")
-}
-
 /// The severity sent for a problem that gives none: the API's enum has no
 /// empty value, and the consumer would delete the source's problems and
 /// then lose this one.
-pub const DEFAULT_SEVERITY: &str = "UNKNOWN";
+pub const DEFAULT_SEVERITY: Severity = Severity::Unknown;
 
 /// A problem as the consumer takes it; optional fields are omitted when empty.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -193,13 +270,14 @@ pub struct Problem {
     )]
     #[schema(nullable)]
     pub data: String,
+    /// None for null, empty or absent (the API sends UNKNOWN then).
     #[serde(
         default,
-        deserialize_with = "null_as_empty",
-        skip_serializing_if = "String::is_empty"
+        deserialize_with = "severity_or_none",
+        skip_serializing_if = "Option::is_none"
     )]
     #[schema(value_type = Option<Severity>)]
-    pub severity: String,
+    pub severity: Option<Severity>,
     #[serde(
         default,
         deserialize_with = "null_as_zero",
@@ -231,17 +309,6 @@ pub struct Problem {
     #[schema(nullable)]
     pub links: String,
 }
-
-/// Severities Lagoon's API accepts.
-pub const SEVERITIES: [&str; 7] = [
-    "NONE",
-    "UNKNOWN",
-    "NEGLIGIBLE",
-    "LOW",
-    "MEDIUM",
-    "HIGH",
-    "CRITICAL",
-];
 
 /// Go's JSON decoding leaves a string empty when the value is null; so do
 /// we, so that clients of the Go original keep working.
@@ -486,6 +553,33 @@ mod tests {
             (LABEL_TYPE, "facts")
         ]))
         .is_err());
+    }
+
+    #[test]
+    fn severities_are_exact_and_fact_types_lenient() {
+        let sev = |json: &str| serde_json::from_str::<Problem>(json).map(|p| p.severity);
+        assert_eq!(sev(r#"{"severity":"HIGH"}"#).unwrap(), Some(Severity::High));
+        for empty in [r#"{}"#, r#"{"severity":null}"#, r#"{"severity":""}"#] {
+            assert_eq!(sev(empty).unwrap(), None, "{empty}");
+        }
+        let e = sev(r#"{"severity":"high"}"#).unwrap_err().to_string();
+        assert!(
+            e.contains("severity \"high\" is not one of NONE, UNKNOWN, NEGLIGIBLE"),
+            "{e}"
+        );
+        let ty = |json: &str| serde_json::from_str::<Fact>(json).unwrap().fact_type;
+        for (json, want) in [
+            (r#"{"name":"a","type":"semver"}"#, FactType::Semver),
+            (r#"{"name":"a","type":" Url "}"#, FactType::Url),
+            (r#"{"name":"a","type":"other"}"#, FactType::Text),
+            (r#"{"name":"a","type":null}"#, FactType::Text),
+            (r#"{"name":"a"}"#, FactType::Text),
+        ] {
+            assert_eq!(ty(json), want, "{json}");
+        }
+        let wire = serde_json::to_value(Severity::Negligible).unwrap();
+        assert_eq!(wire, "NEGLIGIBLE");
+        assert_eq!(serde_json::to_value(FactType::Semver).unwrap(), "SEMVER");
     }
 
     #[test]

@@ -10,8 +10,8 @@ use super::ApiError;
 #[cfg(doc)]
 use crate::contract::FactsBody;
 use crate::contract::{
-    normalise_fact_type, DirectFacts, DirectProblems, Fact, Problem, DEFAULT_SEVERITY,
-    DEFAULT_SOURCE, SEVERITIES, TYPE_DIRECT_FACTS, TYPE_DIRECT_PROBLEMS,
+    DirectFacts, DirectProblems, Fact, Problem, DEFAULT_SEVERITY, DEFAULT_SOURCE,
+    TYPE_DIRECT_FACTS, TYPE_DIRECT_PROBLEMS,
 };
 use crate::token::Claims;
 
@@ -90,7 +90,6 @@ pub fn facts_message(
             f.project_name = claims.project_name.clone();
             f.environment_name = claims.environment_name.clone();
             default_source(&mut f.source);
-            f.fact_type = normalise_fact_type(&f.fact_type).into();
             if f.name.is_empty() {
                 return Err(ApiError::BadRequest(format!("fact {i}: name is required")));
             }
@@ -122,16 +121,7 @@ pub fn problems_message(
         .map(|(i, mut p)| {
             p.environment = env_id;
             default_source(&mut p.source);
-            if p.severity.is_empty() {
-                p.severity = DEFAULT_SEVERITY.into();
-            }
-            if !SEVERITIES.contains(&p.severity.as_str()) {
-                return Err(ApiError::BadRequest(format!(
-                    "problem {i}: severity {:?} is not one of {}",
-                    p.severity,
-                    SEVERITIES.join(", ")
-                )));
-            }
+            p.severity.get_or_insert(DEFAULT_SEVERITY);
             if !p.severity_score.is_finite() {
                 return Err(ApiError::BadRequest(format!(
                     "problem {i}: severityScore must be a number"
@@ -210,7 +200,7 @@ mod tests {
         let types: Vec<_> = m.facts.iter().map(|f| f.fact_type.as_str()).collect();
         assert_eq!(types, ["SEMVER", "URL", "TEXT", "TEXT"]);
         let p = problems_message(&claims, br#"[{"identifier":"x"}]"#, 10).unwrap();
-        assert_eq!(p.problems[0].severity, "UNKNOWN");
+        assert_eq!(p.problems[0].severity.map(|s| s.as_str()), Some("UNKNOWN"));
         assert!(
             problems_message(&claims, br#"[{"identifier":"x","severity":"SEVERE"}]"#, 10).is_err()
         );
