@@ -298,9 +298,36 @@ pub async fn run(
     opts: RunOptions,
     shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    let config_task = tokio::spawn(config::run(ctx.clone(), shutdown.clone()));
+    let mut follower = tokio::spawn(config::run(ctx.clone(), shutdown.clone()));
+    // The configuration follower ends only at shutdown: ending before is a
+    // failure (the settings and the status would freeze).
+    let follower_failed = async {
+        let ended = (&mut follower).await;
+        if *shutdown.borrow() {
+            futures::future::pending::<()>().await;
+        }
+        ended
+    };
+    let res = tokio::select! {
+        r = reconcile(ctx, &opts, shutdown.clone()) => r,
+        ended = follower_failed => Err(Error::Invalid(format!(
+            "the configuration follower stopped: {ended:?}"
+        ))),
+    };
+    if !follower.is_finished() {
+        let _ = follower.await;
+    }
+    res
+}
+
+/// Leads (with or without a Lease) until shutdown.
+async fn reconcile(
+    ctx: Arc<Context>,
+    opts: &RunOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<()> {
     match &opts.lease {
-        None => lead(ctx.clone(), &opts, shutdown.clone()).await?,
+        None => lead(ctx.clone(), opts, shutdown.clone()).await?,
         Some(lease) => {
             let manager =
                 kube_lease_manager::LeaseManagerBuilder::new(ctx.client.clone(), &lease.name)
@@ -353,7 +380,6 @@ pub async fn run(
             }
         }
     }
-    let _ = config_task.await;
     Ok(())
 }
 
@@ -407,9 +433,14 @@ async fn lead(ctx: Arc<Context>, opts: &RunOptions, stop: watch::Receiver<bool>)
     Ok(())
 }
 
-/// Follows a metadata watch until shutdown, with backoff on errors, handing
-/// each event to `apply`; errors are counted under `name` and logged with
-/// `fallback` (what the operator does meanwhile).
+/// Follows a metadata watch until shutdown, handing each event to `apply`.
+/// Any error makes what was built from the watch untrustworthy (events may
+/// have been missed): `invalidate` is called, and after a backoff the watch
+/// starts again with a full list (`Init` ... `InitDone`). Errors are counted
+/// under `name`; one refused by RBAC is logged once (see
+/// [`Context::report`]), others with `fallback` (what the operator does
+/// meanwhile).
+#[allow(clippy::too_many_arguments)]
 pub async fn follow<K>(
     ctx: &Context,
     api: kube::Api<kube::core::PartialObjectMeta<K>>,
@@ -418,28 +449,58 @@ pub async fn follow<K>(
     fallback: &'static str,
     shutdown: watch::Receiver<bool>,
     mut apply: impl FnMut(kube::runtime::watcher::Event<kube::core::PartialObjectMeta<K>>),
+    mut invalidate: impl FnMut(),
 ) where
     K: Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default,
 {
     use futures::StreamExt;
-    use kube::runtime::WatchStreamExt;
-    let mut events = kube::runtime::watcher(api, config)
-        .default_backoff()
-        .boxed();
+    use kube::runtime::watcher;
     let stop = until_shutdown(shutdown);
     tokio::pin!(stop);
+    let restart_delays = || {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_delay(Duration::from_secs(30))
+            .with_factor(2.0)
+            .without_max_times()
+            .build()
+    };
+    let mut delays = restart_delays();
     loop {
+        let mut events = watcher::watcher(api.clone(), config.clone()).boxed();
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                ev = events.next() => match ev {
+                    Some(Ok(ev)) => {
+                        if matches!(ev, watcher::Event::InitDone) {
+                            delays = restart_delays();
+                        }
+                        apply(ev)
+                    }
+                    Some(Err(e)) => {
+                        ctx.metrics.count_watch_error(name);
+                        match &e {
+                            watcher::Error::InitialListFailed(k)
+                            | watcher::Error::WatchStartFailed(k)
+                            | watcher::Error::WatchFailed(k) => {
+                                ctx.report(name, k, &format!("watching {name} ({fallback})"))
+                            }
+                            other => warn!(error = %other, "watching {name} ({fallback})"),
+                        }
+                        break;
+                    }
+                    None => break,
+                },
+            }
+        }
+        invalidate();
+        let wait = delays.next().unwrap_or(Duration::from_secs(30));
         tokio::select! {
             _ = &mut stop => return,
-            ev = events.next() => match ev {
-                Some(Ok(ev)) => apply(ev),
-                Some(Err(e)) => {
-                    ctx.metrics.count_watch_error(name);
-                    warn!(error = %e, "watching {name} ({fallback})");
-                }
-                None => return,
-            },
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }

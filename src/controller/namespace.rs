@@ -44,19 +44,38 @@ pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
     // token_secrets): a namespace is re-checked at once when its Secret
     // changes behind our back, and every `token_resync` in any case.
     let (recheck_tx, recheck_rx) = tokio::sync::mpsc::channel(1024);
-    let secrets = tokio::spawn(super::token_secrets::run(
+    // A new term starts from nothing: before the first reconcile, not in
+    // the spawned task.
+    ctx.token_secrets.reset();
+    let mut secrets = tokio::spawn(super::token_secrets::run(
         ctx.clone(),
         recheck_tx,
         shutdown.clone(),
     ));
-    Controller::new(namespaces, ns_config.any_semantic())
+    let controller = Controller::new(namespaces, ns_config.any_semantic())
         .reconcile_all_on(trigger)
         .reconcile_on(tokio_stream::wrappers::ReceiverStream::new(recheck_rx))
-        .graceful_shutdown_on(until_shutdown(shutdown))
+        .graceful_shutdown_on(until_shutdown(shutdown.clone()))
         .run(reconcile_observed, error_policy, ctx)
-        .for_each(|_| async {})
-        .await;
-    let _ = secrets.await;
+        .for_each(|_| async {});
+    // The Secret cache ends only at shutdown; if it dies, so does the
+    // reconciler (and the term, which supervises it), rather than trusting
+    // a frozen cache.
+    tokio::pin!(controller);
+    tokio::select! {
+        _ = &mut controller => {}
+        ended = &mut secrets => {
+            if !*shutdown.borrow() {
+                warn!(?ended, "the token Secret cache stopped");
+                return;
+            }
+            // Shutting down: let in-flight reconciles finish.
+            controller.await;
+        }
+    }
+    if !secrets.is_finished() {
+        let _ = secrets.await;
+    }
 }
 
 async fn reconcile_observed(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> {

@@ -79,9 +79,16 @@ pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
     let mut pending = HashMap::new();
     ctx.namespaces.reset();
     let fallback = "falling back to a GET per ConfigMap";
-    follow(&ctx, api, wc, "namespaces", fallback, shutdown, |ev| {
-        ctx.namespaces.apply(ev, &mut pending)
-    })
+    follow(
+        &ctx,
+        api,
+        wc,
+        "namespaces",
+        fallback,
+        shutdown,
+        |ev| ctx.namespaces.apply(ev, &mut pending),
+        || ctx.namespaces.reset(),
+    )
     .await;
 }
 

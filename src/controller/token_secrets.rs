@@ -53,6 +53,10 @@ pub fn judge(
 ) -> Known {
     match listed {
         None => Known::Unknown,
+        // Listed as absent, but this process wrote or verified one: the
+        // watch has not brought our write yet, so look rather than mint
+        // again.
+        Some(None) if verified.is_some() => Known::Unknown,
         Some(None) => Known::Absent,
         Some(Some(rv)) => match verified {
             Some(v) if v.resource_version == rv && v.key == key && v.claims == *claims => {
@@ -94,58 +98,84 @@ impl TokenSecrets {
         self.verified.lock().expect("token cache lock").clear();
     }
 
-    /// Applies a watch event; returns the namespace to re-check when a
-    /// Secret changed in a way this process did not verify.
+    /// Stops vouching for anything until the next full list (the watch
+    /// failed: events may have been missed). Every check looks meanwhile.
+    pub fn invalidate(&self) {
+        *self.listed.write().expect("token cache lock") = None;
+    }
+
+    /// Applies a watch event; returns the namespaces to re-check: a Secret
+    /// changed or deleted behind this process's back, also while the watch
+    /// was down (found when the new full list arrives).
     fn apply(
         &self,
         ev: watcher::Event<PartialObjectMeta<Secret>>,
         pending: &mut HashMap<String, String>,
-    ) -> Option<String> {
+    ) -> Vec<String> {
         let mut listed = self.listed.write().expect("token cache lock");
+        let mut verified = self.verified.lock().expect("token cache lock");
         let rv = |s: &PartialObjectMeta<Secret>| s.resource_version().unwrap_or_default();
         match ev {
             watcher::Event::Apply(s) => {
-                let ns = s.namespace()?;
+                let Some(ns) = s.namespace() else {
+                    return vec![];
+                };
                 let rv = rv(&s);
-                let ours = self
-                    .verified
-                    .lock()
-                    .expect("token cache lock")
-                    .get(&ns)
-                    .is_some_and(|v| v.resource_version == rv);
+                let ours = verified.get(&ns).is_some_and(|v| v.resource_version == rv);
                 if let Some(m) = listed.as_mut() {
                     m.insert(ns.clone(), rv);
                 }
-                (!ours).then_some(ns)
+                if ours {
+                    vec![]
+                } else {
+                    vec![ns]
+                }
             }
             watcher::Event::Delete(s) => {
-                let ns = s.namespace()?;
+                let Some(ns) = s.namespace() else {
+                    return vec![];
+                };
                 if let Some(m) = listed.as_mut() {
                     m.remove(&ns);
                 }
-                self.verified.lock().expect("token cache lock").remove(&ns);
-                Some(ns)
+                verified.remove(&ns);
+                vec![ns]
             }
             watcher::Event::Init => {
+                // Stale until the list is complete.
+                *listed = None;
                 pending.clear();
-                None
+                vec![]
             }
             watcher::Event::InitApply(s) => {
                 if let Some(ns) = s.namespace() {
                     pending.insert(ns, rv(&s));
                 }
-                None
+                vec![]
             }
             watcher::Event::InitDone => {
-                *listed = Some(std::mem::take(pending));
-                None
+                let now = std::mem::take(pending);
+                let changed: Vec<String> = verified
+                    .iter()
+                    .filter(|(ns, v)| now.get(*ns) != Some(&v.resource_version))
+                    .map(|(ns, _)| ns.clone())
+                    .collect();
+                for ns in &changed {
+                    if !now.contains_key(ns) {
+                        verified.remove(ns);
+                    }
+                }
+                *listed = Some(now);
+                changed
             }
         }
     }
 }
 
 /// Keeps `ctx.token_secrets` current until shutdown, sending the namespaces
-/// whose Secret changed behind this process's back to `recheck`.
+/// whose Secret changed behind this process's back to `recheck`. The caller
+/// resets the cache before starting it (a new term must not trust the last
+/// one's view).
 pub async fn run(
     ctx: Arc<Context>,
     recheck: mpsc::Sender<ObjectRef<Namespace>>,
@@ -157,14 +187,22 @@ pub async fn run(
     };
     let wc = watcher::Config::default().fields(&format!("metadata.name={TOKEN_SECRET_NAME}"));
     let mut pending = HashMap::new();
-    ctx.token_secrets.reset();
     let fallback = "falling back to a GET per check";
-    follow(&ctx, api, wc, "token-secrets", fallback, shutdown, |ev| {
-        if let Some(ns) = ctx.token_secrets.apply(ev, &mut pending) {
-            // Full: the periodic re-check covers it.
-            let _ = recheck.try_send(ObjectRef::new(&ns));
-        }
-    })
+    follow(
+        &ctx,
+        api,
+        wc,
+        "token-secrets",
+        fallback,
+        shutdown,
+        |ev| {
+            for ns in ctx.token_secrets.apply(ev, &mut pending) {
+                // Full: the periodic re-check covers it.
+                let _ = recheck.try_send(ObjectRef::new(&ns));
+            }
+        },
+        || ctx.token_secrets.invalidate(),
+    )
     .await;
 }
 
@@ -205,7 +243,8 @@ mod tests {
         // (listed, verified, key, claims) -> decision
         let cases: Vec<Case> = vec![
             (None, Some(&v), "k1", &c, Known::Unknown),
-            (Some(None), Some(&v), "k1", &c, Known::Absent),
+            // Our write not yet seen by the watch: look, do not mint again.
+            (Some(None), Some(&v), "k1", &c, Known::Unknown),
             (Some(None), None, "k1", &c, Known::Absent),
             (Some(Some("7")), Some(&v), "k1", &c, Known::Good),
             (Some(Some("8")), Some(&v), "k1", &c, Known::Unknown),
@@ -235,10 +274,11 @@ mod tests {
         let c = TokenSecrets::default();
         let mut pending = HashMap::new();
         let main = claims("main");
+        let none: Vec<String> = vec![];
         assert_eq!(c.known("a", "k", &main), Known::Unknown, "not listed yet");
-        assert_eq!(c.apply(watcher::Event::Init, &mut pending), None);
+        assert_eq!(c.apply(watcher::Event::Init, &mut pending), none);
         c.apply(watcher::Event::InitApply(secret("a", "5")), &mut pending);
-        c.apply(watcher::Event::InitDone, &mut pending);
+        assert_eq!(c.apply(watcher::Event::InitDone, &mut pending), none);
         assert_eq!(
             c.known("a", "k", &main),
             Known::Unknown,
@@ -250,23 +290,63 @@ mod tests {
         // Our own write arriving: nothing to re-check.
         c.verified("b", verified("9", "k", "main"));
         assert_eq!(
+            c.known("b", "k", &main),
+            Known::Unknown,
+            "write not seen yet"
+        );
+        assert_eq!(
             c.apply(watcher::Event::Apply(secret("b", "9")), &mut pending),
-            None
+            none
         );
         assert_eq!(c.known("b", "k", &main), Known::Good);
         // Edited by hand: re-check, and no longer good.
         assert_eq!(
             c.apply(watcher::Event::Apply(secret("a", "6")), &mut pending),
-            Some("a".to_string())
+            ["a"]
         );
         assert_eq!(c.known("a", "k", &main), Known::Unknown);
         // Deleted: re-check, and absent.
         assert_eq!(
             c.apply(watcher::Event::Delete(secret("b", "10")), &mut pending),
-            Some("b".to_string())
+            ["b"]
         );
         assert_eq!(c.known("b", "k", &main), Known::Absent);
         c.reset();
         assert_eq!(c.known("b", "k", &main), Known::Unknown);
+    }
+
+    /// A failed watch vouches for nothing until a new full list, and that
+    /// list names what changed while the watch was down.
+    #[test]
+    fn a_broken_watch_vouches_for_nothing_and_the_relist_names_the_changes() {
+        let c = TokenSecrets::default();
+        let mut pending = HashMap::new();
+        let main = claims("main");
+        c.apply(watcher::Event::Init, &mut pending);
+        for (ns, rv) in [("kept", "1"), ("edited", "2"), ("deleted", "3")] {
+            c.apply(watcher::Event::InitApply(secret(ns, rv)), &mut pending);
+            c.verified(ns, verified(rv, "k", "main"));
+        }
+        c.apply(watcher::Event::InitDone, &mut pending);
+        assert_eq!(c.known("kept", "k", &main), Known::Good);
+        // The watch fails: every check looks.
+        c.invalidate();
+        for ns in ["kept", "edited", "deleted"] {
+            assert_eq!(c.known(ns, "k", &main), Known::Unknown, "{ns}");
+        }
+        // The new list: stale until complete; then the changes are named.
+        c.apply(watcher::Event::Init, &mut pending);
+        c.apply(watcher::Event::InitApply(secret("kept", "1")), &mut pending);
+        assert_eq!(c.known("kept", "k", &main), Known::Unknown, "listing");
+        c.apply(
+            watcher::Event::InitApply(secret("edited", "7")),
+            &mut pending,
+        );
+        let mut changed = c.apply(watcher::Event::InitDone, &mut pending);
+        changed.sort();
+        assert_eq!(changed, ["deleted", "edited"]);
+        assert_eq!(c.known("kept", "k", &main), Known::Good);
+        assert_eq!(c.known("edited", "k", &main), Known::Unknown);
+        assert_eq!(c.known("deleted", "k", &main), Known::Absent, "mint again");
     }
 }

@@ -256,6 +256,36 @@ pub fn connection_event(
     })
 }
 
+/// The status this process wrote last, and the resource it was based on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Written {
+    pub uid: Option<String>,
+    /// The resourceVersion the cache showed when the write was decided.
+    pub based_on: Option<String>,
+    pub status: InsightsRemoteConfigStatus,
+}
+
+/// Whether `status` must be written, given the resource as the cache shows
+/// it and what this process wrote last. The cache may lag this process's
+/// own write: while it still shows the very version that write was based
+/// on, the write stands. Any other version (another writer, the resource
+/// re-created, an A-B-A change) is trusted as it is.
+pub fn needs_write(
+    uid: Option<&str>,
+    resource_version: Option<&str>,
+    stored: Option<&InsightsRemoteConfigStatus>,
+    last: Option<&Written>,
+    status: &InsightsRemoteConfigStatus,
+) -> bool {
+    if stored == Some(status) {
+        return false;
+    }
+    let own_write_not_seen_yet = last.is_some_and(|w| {
+        w.uid.as_deref() == uid && w.based_on.as_deref() == resource_version && w.status == *status
+    });
+    !own_write_not_seen_yet
+}
+
 /// Writes status: conditions when they change, counters batched (at most
 /// one write every half second plus the API call, not one per ConfigMap).
 /// Reads the resource from the config follower's cache, never with a GET.
@@ -263,8 +293,8 @@ pub async fn write_status(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
     let api: Api<InsightsRemoteConfig> = Api::all(ctx.client.clone());
     let key = ObjectRef::new(&ctx.config_name);
     let mut broker_rx = ctx.publisher.as_ref().map(|p| p.subscribe_state());
-    let mut last_written: Option<InsightsRemoteConfigStatus> = None;
-    let mut base: Option<Totals> = None;
+    let mut last: Option<Written> = None;
+    let mut base: Option<(Option<String>, Totals)> = None;
     let mut was_connected: Option<bool> = None;
     // What earlier terms of this process counted (already in the status).
     let at_start = Totals::read(&ctx.counters);
@@ -286,12 +316,15 @@ pub async fn write_status(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
         // Batch: let more changes gather before writing.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let Some(irc) = ctx.config_store.get(&key) else {
-            base = None;
-            last_written = None;
             continue;
         };
+        let uid = irc.metadata.uid.clone();
         let current = irc.status.clone().unwrap_or_default();
-        let base = *base.get_or_insert_with(|| term_base(&current, at_start));
+        // Per object: a re-created resource starts from its own totals.
+        if base.as_ref().is_none_or(|(u, _)| *u != uid) {
+            base = Some((uid.clone(), term_base(&current, at_start)));
+        }
+        let base = base.as_ref().map(|(_, t)| *t).unwrap_or_default();
         let obs = Observed::of(&ctx);
         let built = build_status(&obs, base, &current);
         if let Some((t, reason, note)) =
@@ -301,8 +334,14 @@ pub async fn write_status(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
         }
         was_connected = Some(built.connected);
         let status = built.status;
-        // The cache may lag our own last write: compare with both.
-        if last_written.as_ref() == Some(&status) || irc.status.as_ref() == Some(&status) {
+        let rv = irc.metadata.resource_version.clone();
+        if !needs_write(
+            uid.as_deref(),
+            rv.as_deref(),
+            irc.status.as_ref(),
+            last.as_ref(),
+            &status,
+        ) {
             continue;
         }
         let patch = json!({ "status": status });
@@ -314,7 +353,13 @@ pub async fn write_status(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
             )
             .await
         {
-            Ok(_) => last_written = Some(status),
+            Ok(_) => {
+                last = Some(Written {
+                    uid,
+                    based_on: rv,
+                    status,
+                })
+            }
             Err(e) => warn!(error = %e, "writing InsightsRemoteConfig status"),
         }
     }
@@ -543,6 +588,42 @@ mod tests {
             newer.status.last_forward_time.as_deref(),
             Some("2026-02-02T00:00:00Z")
         );
+    }
+
+    #[test]
+    fn writes_unless_stored_or_own_write_not_yet_seen() {
+        let s = |forwarded: u64| InsightsRemoteConfigStatus {
+            forwarded,
+            ..Default::default()
+        };
+        let wrote = |status: u64| Written {
+            uid: Some("u1".into()),
+            based_on: Some("10".into()),
+            status: s(status),
+        };
+        // (uid, rv, stored, last written, to write) -> write?
+        let cases = [
+            ("u1", "11", Some(s(5)), Some(wrote(5)), 5, false),
+            ("u1", "10", Some(s(4)), Some(wrote(5)), 5, false),
+            ("u1", "12", Some(s(4)), Some(wrote(5)), 5, true),
+            ("u2", "10", None, Some(wrote(5)), 5, true),
+            ("u1", "10", Some(s(4)), None, 5, true),
+            ("u1", "10", Some(s(4)), Some(wrote(5)), 6, true),
+            ("u1", "3", None, None, 5, true),
+        ];
+        for (uid, rv, stored, last, status, want) in cases {
+            assert_eq!(
+                needs_write(
+                    Some(uid),
+                    Some(rv),
+                    stored.as_ref(),
+                    last.as_ref(),
+                    &s(status)
+                ),
+                want,
+                "{uid} {rv} {stored:?} {last:?} {status}"
+            );
+        }
     }
 
     #[test]
