@@ -303,7 +303,7 @@ pub async fn run(
     // failure (the settings and the status would freeze).
     let follower_failed = async {
         let ended = (&mut follower).await;
-        if *shutdown.borrow() {
+        if stopping(&shutdown) {
             futures::future::pending::<()>().await;
         }
         ended
@@ -314,7 +314,10 @@ pub async fn run(
             "the configuration follower stopped: {ended:?}"
         ))),
     };
-    if !follower.is_finished() {
+    if res.is_err() {
+        // Failing: the caller ends the process; the follower goes with it.
+        follower.abort();
+    } else if !follower.is_finished() {
         let _ = follower.await;
     }
     res
@@ -421,7 +424,7 @@ async fn lead(ctx: Arc<Context>, opts: &RunOptions, stop: watch::Receiver<bool>)
         build::run(ctx.clone(), stop.clone()).boxed(),
     );
     while let Some(ended) = tasks.join_next().await {
-        if *stop.borrow() {
+        if stopping(&stop) {
             continue;
         }
         // The others are aborted when the set is dropped.
@@ -503,6 +506,12 @@ pub async fn follow<K>(
             _ = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// Whether shutdown was asked for (the flag set, or its sender gone, which
+/// is how a dropped owner stops everything).
+pub fn stopping(rx: &watch::Receiver<bool>) -> bool {
+    *rx.borrow() || rx.has_changed().is_err()
 }
 
 /// Resolves when the shutdown flag turns true.

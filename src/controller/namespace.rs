@@ -65,7 +65,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
     tokio::select! {
         _ = &mut controller => {}
         ended = &mut secrets => {
-            if !*shutdown.borrow() {
+            if !super::stopping(&shutdown) {
                 warn!(?ended, "the token Secret cache stopped");
                 return;
             }
