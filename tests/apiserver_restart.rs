@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::time::Duration;
 
 use common::cluster::*;
@@ -60,16 +59,7 @@ async fn every_configmap_ends_processed_across_an_api_server_restart() {
         })
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let out = Command::new("bash")
-        .args(["hack/control-plane.sh", "restart-apiserver", "3"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    restart_apiserver(3);
     creator.await.unwrap();
 
     wait_for(

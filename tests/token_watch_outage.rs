@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::cluster::*;
@@ -16,7 +15,6 @@ use insights_remote::controller::token_secrets::Known;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
@@ -70,18 +68,7 @@ async fn a_token_secret_deleted_while_the_watch_is_refused_comes_back() {
         )
         .await
         .unwrap();
-    let token = service_account_token(&admin, &ns.name, "tokout").await;
-    let mut config = kube::Config::from_custom_kubeconfig(
-        Kubeconfig::read_from(kubeconfig_path()).unwrap(),
-        &KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap();
-    config.auth_info = kube::config::AuthInfo {
-        token: Some(token.into()),
-        ..Default::default()
-    };
-    let sa = kube::Client::try_from(config).unwrap();
+    let sa = service_account_client(&admin, &ns.name, "tokout").await;
 
     let op = Operator::start_with(
         &sa,
@@ -119,16 +106,7 @@ async fn a_token_secret_deleted_while_the_watch_is_refused_comes_back() {
         )
         .await
         .unwrap();
-    let out = Command::new("bash")
-        .args(["hack/control-plane.sh", "restart-apiserver", "2"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    restart_apiserver(2);
     wait_for(
         "the cache stops vouching",
         Duration::from_secs(60),

@@ -342,6 +342,42 @@ pub async fn rejection(cms: &Api<k8s_openapi::api::core::v1::ConfigMap>, name: &
     .await
 }
 
+/// Stops the shared API server for `down_secs` and starts it again (only
+/// from a test binary of its own: every other test would see the outage).
+pub fn restart_apiserver(down_secs: u32) {
+    let out = std::process::Command::new("bash")
+        .args([
+            "hack/control-plane.sh",
+            "restart-apiserver",
+            &down_secs.to_string(),
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A client that authenticates as the ServiceAccount `sa` of `ns` only.
+pub async fn service_account_client(admin: &Client, ns: &str, sa: &str) -> Client {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let token = service_account_token(admin, ns, sa).await;
+    let mut config = kube::Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(kubeconfig_path()).unwrap(),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.into()),
+        ..Default::default()
+    };
+    Client::try_from(config).unwrap()
+}
+
 /// A bearer token for the ServiceAccount `sa` of `ns` (TokenRequest API).
 pub async fn service_account_token(admin: &Client, ns: &str, sa: &str) -> String {
     use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
