@@ -344,6 +344,7 @@ async fn reconcile(
                     .map_err(|e| Error::Invalid(format!("leader election: {e}")))?;
             let (mut leader, lease_task) = manager.watch().await;
             let mut stop = shutdown.clone();
+            let mut failed = None;
             loop {
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => break,
@@ -359,13 +360,15 @@ async fn reconcile(
                     _ = stop.wait_for(|s| *s) => false,
                     _ = leader.wait_for(|l| !*l) => true,
                     ended = &mut term => {
-                        // The term failed while leading: the process ends
-                        // (dropping the receiver releases the Lease).
-                        return Err(match ended {
+                        // The term failed while leading: the process ends,
+                        // after releasing the Lease like a clean stop does,
+                        // so the next replica need not wait it out.
+                        failed = Some(match ended {
                             Ok(Err(e)) => e,
                             Ok(Ok(())) => Error::Invalid("the leadership term ended".into()),
                             Err(e) => Error::Invalid(format!("the leadership term failed: {e}")),
                         });
+                        break;
                     }
                 };
                 let _ = term_tx.send(true);
@@ -381,6 +384,9 @@ async fn reconcile(
                 Ok(Ok(Ok(_))) => info!("Lease released"),
                 other => warn!(?other, "could not release the Lease"),
             }
+            if let Some(e) = failed {
+                return Err(e);
+            }
         }
     }
     Ok(())
@@ -389,7 +395,16 @@ async fn reconcile(
 /// One leadership term: the reconcilers and the status writer. Any of them
 /// ending before `stop` is a failure: the term ends with it (and, through
 /// [`run`], the process), instead of leading without reconciling.
-async fn lead(ctx: Arc<Context>, opts: &RunOptions, stop: watch::Receiver<bool>) -> Result<()> {
+async fn lead(ctx: Arc<Context>, opts: &RunOptions, outer: watch::Receiver<bool>) -> Result<()> {
+    // The term's own stop: the caller's, or the first task to fail.
+    let (term_tx, stop) = watch::channel(false);
+    let forward = {
+        let (term_tx, mut outer) = (term_tx.clone(), outer.clone());
+        tokio::spawn(async move {
+            let _ = outer.wait_for(|s| *s).await;
+            let _ = term_tx.send(true);
+        })
+    };
     let mut tasks = tokio::task::JoinSet::new();
     let mut spawn = |name: &'static str, f: futures::future::BoxFuture<'static, ()>| {
         tasks.spawn(async move {
@@ -423,17 +438,32 @@ async fn lead(ctx: Arc<Context>, opts: &RunOptions, stop: watch::Receiver<bool>)
         "build scanner",
         build::run(ctx.clone(), stop.clone()).boxed(),
     );
+    let mut failed = None;
     while let Some(ended) = tasks.join_next().await {
-        if stopping(&stop) {
+        if failed.is_some() || stopping(&stop) {
             continue;
         }
-        // The others are aborted when the set is dropped.
-        return Err(Error::Invalid(match ended {
+        failed = Some(Error::Invalid(match ended {
             Ok(name) => format!("the {name} stopped unexpectedly"),
             Err(e) => format!("a reconciler failed: {e}"),
         }));
+        // Stop the others as at shutdown, so in-flight reconciles finish
+        // (a ConfigMap confirmed is also marked); bounded, then aborted.
+        let _ = term_tx.send(true);
+        let rest = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(20), rest)
+            .await
+            .is_err()
+        {
+            warn!("some reconcilers did not stop within 20 s; aborting them");
+        }
+        break;
     }
-    Ok(())
+    forward.abort();
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Follows a metadata watch until shutdown, handing each event to `apply`.
