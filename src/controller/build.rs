@@ -289,7 +289,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
             .run(reconcile_observed, error_policy, ctx.clone())
             .for_each(|_| async {})
             .await;
-        if *shutdown.borrow() {
+        if super::stopping(&shutdown) {
             return;
         }
         info!("build scanner disabled");

@@ -75,7 +75,7 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: watch::Receiver<
             .run(reconcile_observed, error_policy, ctx.clone())
             .for_each(|_| async {})
             .await;
-        if *shutdown.borrow() {
+        if super::stopping(&shutdown) {
             return;
         }
     }

@@ -21,7 +21,13 @@ type Keyed = governor::RateLimiter<String, DefaultKeyedStateStore<String>, Defau
 pub struct RateLimiter {
     /// `None`: limiting is disabled.
     limiter: Option<Keyed>,
+    /// Calls so far: the key count (a walk over every shard of governor's
+    /// map) is looked at once per [`SWEEP_EVERY`] calls, not per request.
+    calls: std::sync::atomic::AtomicUsize,
 }
+
+/// How often the key count is looked at.
+const SWEEP_EVERY: usize = 1024;
 
 impl RateLimiter {
     /// `per_second == 0` disables limiting.
@@ -31,14 +37,20 @@ impl RateLimiter {
             let burst = rate.saturating_mul(BURST_FACTOR);
             Keyed::keyed(Quota::per_second(rate).allow_burst(burst))
         });
-        Self { limiter }
+        Self {
+            limiter,
+            calls: Default::default(),
+        }
     }
 
     pub fn allow(&self, key: &str) -> bool {
         let Some(limiter) = &self.limiter else {
             return true;
         };
-        if limiter.len() > MAX_KEYS {
+        let n = self
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % SWEEP_EVERY == 0 && limiter.len() > MAX_KEYS {
             // Bounded memory: forget idle buckets.
             limiter.retain_recent();
             limiter.shrink_to_fit();
