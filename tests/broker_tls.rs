@@ -34,21 +34,17 @@ fn read(name: &str) -> Vec<u8> {
 fn other_ca() -> String {
     let dir = std::env::temp_dir().join(unique("other-ca"));
     std::fs::create_dir_all(&dir).unwrap();
-    let out = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=someone else's CA"])
-        .arg("-keyout")
-        .arg(dir.join("ca.key"))
-        .arg("-out")
-        .arg(dir.join("ca.pem"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        "openssl req",
+        Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=someone else's CA"])
+            .arg("-keyout")
+            .arg(dir.join("ca.key"))
+            .arg("-out")
+            .arg(dir.join("ca.pem")),
     );
     std::fs::read_to_string(dir.join("ca.pem")).unwrap()
 }

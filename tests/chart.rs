@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use common::cluster::*;
+use common::run_ok;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::rbac::v1::ClusterRole;
@@ -18,16 +19,11 @@ fn root() -> PathBuf {
 }
 
 fn helm() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(root().join("hack/helm.sh"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        "hack/helm.sh",
+        Command::new("bash").arg(root().join("hack/helm.sh")),
     );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    PathBuf::from(out.trim())
 }
 
 fn run_helm(args: &[&str]) -> (bool, String, String) {

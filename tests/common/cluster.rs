@@ -345,19 +345,15 @@ pub async fn rejection(cms: &Api<k8s_openapi::api::core::v1::ConfigMap>, name: &
 /// Stops the shared API server for `down_secs` and starts it again (only
 /// from a test binary of its own: every other test would see the outage).
 pub fn restart_apiserver(down_secs: u32) {
-    let out = std::process::Command::new("bash")
-        .args([
-            "hack/control-plane.sh",
-            "restart-apiserver",
-            &down_secs.to_string(),
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    super::run_ok(
+        "restarting the API server",
+        std::process::Command::new("bash")
+            .args([
+                "hack/control-plane.sh",
+                "restart-apiserver",
+                &down_secs.to_string(),
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR")),
     );
 }
 

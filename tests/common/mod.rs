@@ -185,18 +185,24 @@ pub async fn delete_queue(queue: &str) {
     }
 }
 
-/// Runs rabbitmqctl with the given arguments; panics with its stderr on failure.
-pub fn rabbitmqctl(args: &[&str]) -> String {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs");
+/// Runs a command to completion; panics with `what` and its stderr when it
+/// fails. Its standard output.
+pub fn run_ok(what: &str, cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
         out.status.success(),
-        "rabbitmqctl {args:?}: {}",
+        "{what}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs rabbitmqctl with the given arguments; panics with its stderr on failure.
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    run_ok(
+        &format!("rabbitmqctl {args:?}"),
+        std::process::Command::new("rabbitmqctl").args(args),
+    )
 }
 
 /// A free port on 127.0.0.1 (bound and released).
