@@ -72,14 +72,7 @@ async fn a_token_secret_deleted_while_the_watch_is_refused_comes_back() {
 
     let op = Operator::start_with(
         &sa,
-        OperatorOptions {
-            broker: isolated_broker("tokout"),
-            ops: test_ops(),
-            namespace: ns.name.clone(),
-            config_name: unique("irc-tokout"),
-            forward: false,
-            tokens: true,
-        },
+        OperatorOptions::tokens(&ns.name, "tokout", &unique("irc-tokout")),
         |ctx| ctx.token_resync = Duration::from_secs(2),
     )
     .await;

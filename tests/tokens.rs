@@ -21,18 +21,7 @@ fn token_of(s: &Secret) -> String {
 }
 
 async fn start(client: &kube::Client, ns: &str, config_name: &str) -> Operator {
-    Operator::start(
-        client,
-        OperatorOptions {
-            broker: isolated_broker("tok"),
-            ops: test_ops(),
-            namespace: ns.into(),
-            config_name: config_name.into(),
-            forward: false,
-            tokens: true,
-        },
-    )
-    .await
+    Operator::start(client, OperatorOptions::tokens(ns, "tok", config_name)).await
 }
 
 /// Writes `token` into the Secret, as a hand edit would.
@@ -67,14 +56,7 @@ async fn token_secret_changed_by_hand_is_put_right_at_once() {
     let ns = TestNamespace::new(&client, "tokw").await;
     let op = Operator::start_with(
         &client,
-        OperatorOptions {
-            broker: isolated_broker("tokw"),
-            ops: test_ops(),
-            namespace: ns.name.clone(),
-            config_name: unique("irc-tokw"),
-            forward: false,
-            tokens: true,
-        },
+        OperatorOptions::tokens(&ns.name, "tokw", &unique("irc-tokw")),
         |ctx| ctx.token_resync = Duration::from_secs(3600),
     )
     .await;
@@ -413,12 +395,8 @@ async fn target_label_limits_which_namespaces_get_tokens() {
     let op = Operator::start(
         &client,
         OperatorOptions {
-            broker: isolated_broker("tok"),
             ops,
-            namespace: ns.name.clone(),
-            config_name: unique("irc"),
-            forward: false,
-            tokens: true,
+            ..OperatorOptions::tokens(&ns.name, "tok", &unique("irc"))
         },
     )
     .await;

@@ -232,6 +232,19 @@ pub struct OperatorOptions {
 }
 
 impl OperatorOptions {
+    /// Tokens only (no forwarding), scoped to `ns`, with a broker of its
+    /// own (tagged `tag`), following the InsightsRemoteConfig `config_name`.
+    pub fn tokens(ns: &str, tag: &str, config_name: &str) -> Self {
+        OperatorOptions {
+            broker: super::isolated_broker(tag),
+            ops: test_ops(),
+            namespace: ns.to_string(),
+            config_name: config_name.to_string(),
+            forward: false,
+            tokens: true,
+        }
+    }
+
     /// Forwarding only (no tokens), scoped to `ns`, following the
     /// InsightsRemoteConfig `config_name`.
     pub fn forwarding(
