@@ -94,12 +94,9 @@ async fn fetch_and_reconcile(
     meta: &PartialObjectMeta<ConfigMap>,
     ctx: Arc<Context>,
 ) -> Result<Action> {
-    if let Some(until) = meta.labels().get(LABEL_WRITE_DEFERRED) {
-        let until: u64 = until.trim().parse().unwrap_or(0);
-        let now = now_unix();
-        if until > now {
-            return Ok(Action::requeue(Duration::from_secs(until - now)));
-        }
+    // Deferred ConfigMaps cost no GET until their time.
+    if let Some(wait) = deferred_for(meta.labels()) {
+        return Ok(Action::requeue(wait));
     }
     let api: Api<ConfigMap> =
         Api::namespaced(ctx.client.clone(), &meta.namespace().unwrap_or_default());
@@ -107,6 +104,18 @@ async fn fetch_and_reconcile(
         Some(cm) => reconcile(Arc::new(cm), ctx).await,
         None => Ok(Action::await_change()),
     }
+}
+
+/// How long a ConfigMap deferred until a time still waits (the
+/// `lagoon.sh/insightsWriteDeferred` label, ours or the Go original's).
+fn deferred_for(labels: &std::collections::BTreeMap<String, String>) -> Option<Duration> {
+    let until: u64 = labels
+        .get(LABEL_WRITE_DEFERRED)?
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let now = now_unix();
+    (until > now).then(|| Duration::from_secs(until - now))
 }
 
 pub fn error_policy(
@@ -163,12 +172,8 @@ pub async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Action> 
         return Ok(Action::await_change());
     }
     // Deferred: wait for its time (also for ConfigMaps deferred by the Go original).
-    if let Some(until) = labels.get(LABEL_WRITE_DEFERRED) {
-        let until: u64 = until.trim().parse().unwrap_or(0);
-        let now = now_unix();
-        if until > now {
-            return Ok(Action::requeue(Duration::from_secs(until - now)));
-        }
+    if let Some(wait) = deferred_for(labels) {
+        return Ok(Action::requeue(wait));
     }
     let fingerprint = fingerprint(&cm);
     if annotations.get(ANNOTATION_REJECTED_VERSION) == Some(&fingerprint) {
