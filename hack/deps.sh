@@ -69,6 +69,37 @@ fi
 
 broker_up() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
 tls_up() { (exec 3<>/dev/tcp/127.0.0.1/5671) 2>/dev/null; }
+# Debian's wrapper starts the node through `su rabbitmq`, whose soft limit of
+# open files is 1024 here. With that many durable queues to recover after an
+# unclean stop (a machine that was switched off with the broker running),
+# the node then waits for file handles and never finishes booting (seen:
+# 1,024 queues, 927 handles, still booting after 5 minutes). So the node is
+# started as its user with the limit raised to the hard limit.
+start_broker() {
+  if [ "$(id -u)" = 0 ] && id -u rabbitmq >/dev/null 2>&1; then
+    (cd /var/lib/rabbitmq && su rabbitmq -s /bin/sh -c \
+      'ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec /usr/lib/rabbitmq/bin/rabbitmq-server -detached' \
+      >/dev/null 2>&1) || true
+  else
+    rabbitmq-server -detached >/dev/null 2>&1 || true
+  fi
+}
+broker_log() {
+  local f
+  f=$(ls -t /var/log/rabbitmq/rabbit@*.log 2>/dev/null | grep -v _upgrade | head -1)
+  [ -n "$f" ] && { log "last lines of $f:"; tail -n 25 "$f" | cut -c1-300 >&2; }
+  log "open files allowed to the rabbitmq user: $(su rabbitmq -s /bin/sh -c 'ulimit -n' 2>/dev/null || echo '?')"
+  df -h /var/lib/rabbitmq >&2 || true
+}
+# Waits up to $1 seconds for the node to finish booting.
+await_broker() {
+  local deadline=$((SECONDS + $1))
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    rabbitmqctl await_startup --timeout 10 >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  return 1
+}
 if [ "$restart_broker" = 1 ] && broker_up; then
   log "restarting RabbitMQ for its TLS listener"
   rabbitmqctl stop >/dev/null 2>&1 || true
@@ -76,17 +107,32 @@ if [ "$restart_broker" = 1 ] && broker_up; then
 fi
 if ! broker_up; then
   log "starting RabbitMQ"
-  rabbitmq-server -detached >/dev/null 2>&1 || true
+  start_broker
 fi
-rabbitmqctl await_startup --timeout 120 >/dev/null 2>&1 || {
+if ! await_broker 150; then
   # A node stopped with stop_app (the outage test) needs start_app.
   rabbitmqctl start_app >/dev/null 2>&1 || true
-  rabbitmqctl await_startup --timeout 60 >/dev/null
-}
+  await_broker 30 || { log "RabbitMQ did not finish booting"; broker_log; exit 1; }
+fi
 for _ in $(seq 1 60); do broker_up && break; sleep 1; done
 broker_up || { log "RabbitMQ did not open 127.0.0.1:5672"; exit 1; }
 for _ in $(seq 1 30); do tls_up && break; sleep 1; done
 tls_up || { log "RabbitMQ did not open its TLS listener 127.0.0.1:5671 (see $conf)"; exit 1; }
 log "RabbitMQ is up on 127.0.0.1:5672 and (TLS) 127.0.0.1:5671"
+# The tests declare durable queues and exchanges of their own (named
+# <tag>-<10 hex>-q and -x, as the operator declares its queue durable); those
+# left behind by earlier runs are deleted here, so they do not pile up (every
+# one of them is recovered when the node boots). Best effort.
+if out=$(rabbitmqctl eval '
+Match = fun(N, Suffix) -> re:run(N, "^[a-z0-9-]+-[0-9a-f]{10}-" ++ Suffix ++ "$") =/= nomatch end,
+Qs = [Q || Q <- rabbit_amqqueue:list(<<"/">>), Match(element(4, amqqueue:get_name(Q)), "q")],
+[rabbit_amqqueue:delete(Q, false, false, <<"insights-remote tests">>) || Q <- Qs],
+Xs = [element(2, X) || X <- rabbit_exchange:list(<<"/">>), Match(element(4, element(2, X)), "x")],
+[rabbit_exchange:delete(N, false, <<"insights-remote tests">>) || N <- Xs],
+{length(Qs), length(Xs)}.' 2>&1); then
+  log "deleted test queues and exchanges left by earlier runs: $out"
+else
+  log "could not delete earlier test queues (not needed to run): $(printf '%s' "$out" | head -1)"
+fi
 
 "$here/control-plane.sh" up
