@@ -119,20 +119,6 @@ broker_up || { log "RabbitMQ did not open 127.0.0.1:5672"; exit 1; }
 for _ in $(seq 1 30); do tls_up && break; sleep 1; done
 tls_up || { log "RabbitMQ did not open its TLS listener 127.0.0.1:5671 (see $conf)"; exit 1; }
 log "RabbitMQ is up on 127.0.0.1:5672 and (TLS) 127.0.0.1:5671"
-# The tests declare durable queues and exchanges of their own (named
-# <tag>-<10 hex>-q and -x, as the operator declares its queue durable); those
-# left behind by earlier runs are deleted here, so they do not pile up (every
-# one of them is recovered when the node boots). Best effort.
-if out=$(rabbitmqctl eval '
-Match = fun(N, Suffix) -> re:run(N, "^[a-z0-9-]+-[0-9a-f]{10}-" ++ Suffix ++ "$") =/= nomatch end,
-Qs = [Q || Q <- rabbit_amqqueue:list(<<"/">>), Match(element(4, amqqueue:get_name(Q)), "q")],
-[rabbit_amqqueue:delete(Q, false, false, <<"insights-remote tests">>) || Q <- Qs],
-Xs = [element(2, X) || X <- rabbit_exchange:list(<<"/">>), Match(element(4, element(2, X)), "x")],
-[rabbit_exchange:delete(N, false, <<"insights-remote tests">>) || N <- Xs],
-{length(Qs), length(Xs)}.' 2>&1); then
-  log "deleted test queues and exchanges left by earlier runs: $out"
-else
-  log "could not delete earlier test queues (not needed to run): $(printf '%s' "$out" | head -1)"
-fi
+bash "$here/broker-clean.sh"
 
 "$here/control-plane.sh" up

@@ -14,7 +14,7 @@ bash hack/lagoon-core.sh >/dev/null
 bash ../shared/dependency-track/run.sh >/dev/null
 # Helm, built from the Go module proxy once, for tests/chart.rs.
 bash hack/helm.sh >/dev/null
-trap 'bash hack/control-plane.sh down >/dev/null 2>&1 || true; bash ../shared/dependency-track/stop.sh >/dev/null 2>&1 || true' EXIT
+trap 'bash hack/broker-clean.sh >/dev/null 2>&1 || true; bash hack/control-plane.sh down >/dev/null 2>&1 || true; bash ../shared/dependency-track/stop.sh >/dev/null 2>&1 || true' EXIT
 KUBECONFIG=$(bash hack/control-plane.sh kubeconfig)
 export KUBECONFIG
 cargo fmt --all -- --check
