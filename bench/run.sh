@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks of insights-remote against the ceilings of the real components,
 # on this machine, in one run each:
-#   bash bench/run.sh ingest | configmaps | memory | tokens | footprint | all
+#   bash bench/run.sh ingest | hostile | configmaps | postprocessors | memory |
+#                     tokens | footprint | recovery | all
 # Results are printed as Markdown and appended to bench/results/<date>.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +35,7 @@ json() { python3 -c "import json,sys; d=json.loads(sys.stdin.readline()); print(
 # Starts the operator; extra flags follow. Sets $op_pid.
 start_operator() {
   INSIGHTS_TOKEN_SECRET=$KEY RUST_LOG=${BENCH_LOG:-info} WEBSERVICE_WORKERS=${BENCH_WORKERS:-} "$BIN" \
-    --rabbitmq-hostname 127.0.0.1:5672 --rabbitmq-reconnect-retry-interval 1 \
+    --rabbitmq-hostname 127.0.0.1:5672 --rabbitmq-reconnect-retry-interval "${BENCH_RETRY:-1}" \
     --health-probe-bind-address 127.0.0.1:18081 --metrics-bind-address 127.0.0.1:18080 --metrics-secure=false \
     --webservice-port 18888 --config-name bench-absent --pod-namespace default "$@" \
     >"$work/operator.log" 2>&1 &
@@ -215,7 +216,54 @@ bench_hostile() {
   done
 }
 
+# The broker killed (SIGKILL) or stopped cleanly while a client posts a fact
+# every 10 ms (bench/recovery.py); the time from the broker's AMQP port
+# opening again to the first 200, with upstream's default retry interval
+# (30 s).
+bench_recovery() {
+  header "Broker recovery: first 200 after the broker returns"
+  local reps=${BENCH_REPS:-3}
+  BENCH_RETRY=30 start_operator --enable-configmap-reconciler=false --enable-namespace-reconciler=false \
+    --rabbitmq-exchange bench-rec-x --rabbitmq-queue bench-rec-q
+  local token
+  token=$(INSIGHTS_TOKEN_SECRET=$KEY "$BIN" generate-token --namespace bench-rec --environment-id 42 --project-name bench --environment-name main)
+  python3 bench/recovery.py http://127.0.0.1:18888/facts "$token" >"$work/probe.log" &
+  local probe=$!
+  pids+=("$probe")
+  # Waits until the probe's log has $1 lines.
+  lines() { for _ in $(seq 1 3000); do [ "$(wc -l <"$work/probe.log")" -ge "$1" ] && return 0; sleep 0.02; done; echo "probe: no event $1" >&2; cat "$work/probe.log" >&2; exit 1; }
+  port_open() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
+  # Records when the AMQP port opens in $work/port.
+  watch_port() { (until port_open; do sleep 0.005; done; date +%s.%N >"$work/port") & }
+  lines 1
+  local n=1 kind r
+  say "| outage | broker down for | port open to first 200 (each run) | start command to first 200 |"
+  say "|---|---|---|---|"
+  for kind in clean kill; do
+    local from_port=() from_start=()
+    for _ in $(seq 1 "$reps"); do
+      if [ "$kind" = clean ]; then rabbitmqctl stop_app >/dev/null; else pkill -KILL -f beam.smp; fi
+      n=$((n + 1)); lines "$n"
+      if [ "$kind" = clean ]; then sleep 2; else sleep 10; fi
+      rm -f "$work/port"; watch_port
+      local t0; t0=$(date +%s.%N)
+      if [ "$kind" = clean ]; then rabbitmqctl start_app >/dev/null; else bash hack/deps.sh >/dev/null 2>&1; fi
+      n=$((n + 1)); lines "$n"
+      for _ in $(seq 1 500); do [ -s "$work/port" ] && break; sleep 0.01; done
+      local back; back=$(sed -n "${n}p" "$work/probe.log" | json at)
+      from_port+=("$(python3 -c "print(f'{($back-$(cat "$work/port")):.2f}')")")
+      from_start+=("$(python3 -c "print(f'{($back-$t0):.2f}')")")
+    done
+    local down; [ "$kind" = clean ] && down="2 s (stop_app, start_app)" || down="10 s (SIGKILL, then started)"
+    say "| $kind | $down | ${from_port[*]} s | ${from_start[*]} s |"
+  done
+  kill "$probe" 2>/dev/null || true
+  stop_operator
+  rabbitmqctl delete_queue bench-rec-q >/dev/null 2>&1 || true
+}
+
 case "${1:-all}" in
+  recovery) bench_recovery ;;
   hostile) bench_hostile ;;
   ingest) bench_ingest ;;
   configmaps) bench_configmaps ;;
@@ -223,7 +271,7 @@ case "${1:-all}" in
   memory) bench_memory ;;
   tokens) bench_tokens ;;
   footprint) bench_footprint ;;
-  all) bench_footprint; bench_ingest; bench_hostile; bench_configmaps; bench_postprocessors; bench_tokens; bench_memory ;;
-  *) echo "usage: bench/run.sh ingest|hostile|configmaps|postprocessors|memory|tokens|footprint|all" >&2; exit 2 ;;
+  all) bench_footprint; bench_ingest; bench_hostile; bench_configmaps; bench_postprocessors; bench_tokens; bench_memory; bench_recovery ;;
+  *) echo "usage: bench/run.sh ingest|recovery|hostile|configmaps|postprocessors|memory|tokens|footprint|all" >&2; exit 2 ;;
 esac
 echo "results appended to $out"
