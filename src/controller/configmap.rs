@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, GetParams, Patch, PatchParams, Preconditions};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::EventType;
@@ -100,9 +100,16 @@ async fn fetch_and_reconcile(
     }
     let api: Api<ConfigMap> =
         Api::namespaced(ctx.client.clone(), &meta.namespace().unwrap_or_default());
-    match api.get_opt(&meta.name_any()).await? {
-        Some(cm) => reconcile(Arc::new(cm), ctx).await,
-        None => Ok(Action::await_change()),
+    // At least as new as the version the watch saw: the API server answers
+    // from its watch cache instead of a quorum read from etcd.
+    let params = match meta.resource_version() {
+        Some(rv) => GetParams::at(&rv),
+        None => GetParams::default(),
+    };
+    match api.get_with(&meta.name_any(), &params).await {
+        Ok(cm) => reconcile(Arc::new(cm), ctx).await,
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(Action::await_change()),
+        Err(e) => Err(e.into()),
     }
 }
 
