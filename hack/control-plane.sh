@@ -412,6 +412,7 @@ cmd_up() {
     --initial-cluster="insights-cp=http://127.0.0.1:${ETCD_PEER_PORT}" \
     --initial-cluster-state=new \
     --unsafe-no-fsync=true \
+    --quota-backend-bytes=8589934592 \
     --log-level=warn
   wait_for etcd etcd_healthy
 

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::ByteString;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{GetParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use lapin::options::*;
 use lapin::types::FieldTable;
@@ -51,7 +51,7 @@ enum Cmd {
         count: usize,
         #[arg(long, default_value = "8")]
         concurrency: usize,
-        /// operator | ceiling | burn
+        /// operator | ceiling | ceiling-read (create, GET, patch) | burn
         #[arg(long)]
         mode: String,
         /// Queue to read forwarded messages from (operator mode).
@@ -364,15 +364,24 @@ async fn configmaps(
         None
     };
 
-    let with_type = mode != "ceiling";
+    let ceiling = mode.starts_with("ceiling");
+    let with_type = !ceiling;
     futures::stream::iter(0..count)
         .for_each_concurrent(concurrency, |i| {
             let (api, created_at) = (api.clone(), created_at.clone());
             async move {
                 let cm = insights_cm(i, with_type);
-                api.create(&PostParams::default(), &cm).await.unwrap();
+                let made = api.create(&PostParams::default(), &cm).await.unwrap();
                 created_at.lock().unwrap().insert(i.to_string(), Instant::now());
-                if mode == "ceiling" {
+                if mode == "ceiling-read" {
+                    // The payload read the operator makes (its watch holds
+                    // metadata only), at the version just written.
+                    let rv = made.metadata.resource_version.unwrap_or_default();
+                    api.get_with(&format!("lagoon-insights-{i}"), &GetParams::at(&rv))
+                        .await
+                        .unwrap();
+                }
+                if ceiling {
                     // The one write the operator must make per ConfigMap.
                     let patch = json!({"metadata": {"labels": {"lagoon.sh/insightsProcessed": "1"}, "annotations": {"lagoon.sh/insightsProcessed": "2026-01-01T00:00:00Z"}}});
                     api.patch(&format!("lagoon-insights-{i}"), &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();

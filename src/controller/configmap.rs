@@ -554,20 +554,22 @@ fn build_message(
 
 /// A merge patch of our labels and annotations only. With `resource_version`
 /// set, it fails with 409 if the build replaced the ConfigMap meanwhile, so
-/// new content is never marked as forwarded.
+/// new content is never marked as forwarded. The answer is the metadata
+/// only: the API server does not send the payload back (up to 1 MiB per
+/// ConfigMap) for us to parse and drop.
 async fn patch_meta(
     api: &Api<ConfigMap>,
     name: &str,
     resource_version: Option<&str>,
     labels: serde_json::Value,
     annotations: serde_json::Value,
-) -> Result<ConfigMap> {
+) -> Result<PartialObjectMeta<ConfigMap>> {
     let mut meta = json!({ "labels": labels, "annotations": annotations });
     if let Some(rv) = resource_version {
         meta["resourceVersion"] = json!(rv);
     }
     Ok(api
-        .patch(
+        .patch_metadata(
             name,
             &PatchParams::default(),
             &Patch::Merge(json!({ "metadata": meta })),
