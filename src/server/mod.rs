@@ -147,6 +147,9 @@ pub fn ingestion_server_with_workers(
     .client_request_timeout(Duration::from_secs(10))
     .client_disconnect_timeout(Duration::from_secs(2))
     .max_connection_rate(256)
+    // Answers go out at once, not held back by Nagle's algorithm until the
+    // client acknowledges the previous segment.
+    .tcp_nodelay(true)
     .workers(workers)
     .listen(listener)?
     .run())
