@@ -100,7 +100,7 @@ bench_configmaps() {
   # Labelled as Lagoon labels its environments' namespaces: the operator
   # takes project and environment from its namespace cache, which holds only
   # namespaces labelled lagoon.sh/project (an unlabelled one costs a GET of
-  # the Namespace per ConfigMap, as the runs before 2026-11-25 23:10 did).
+  # the Namespace per ConfigMap, as the runs before `875b205` did).
   lagoon_ns() { k create namespace "$1" >/dev/null && k label namespace "$1" lagoon.sh/project=bench lagoon.sh/environment=main >/dev/null; }
   lagoon_ns bench-fwd
   start_operator --watch-namespace bench-fwd --enable-configmap-reconciler=true --enable-namespace-reconciler=false --enable-webservice=false \
@@ -252,7 +252,7 @@ bench_recovery() {
   # Records when the AMQP port opens in $work/port.
   watch_port() { (until port_open; do sleep 0.005; done; date +%s.%N >"$work/port") & }
   lines 1
-  local n=1 kind r
+  local n=1 kind
   say "| outage | broker down for | port open to first 200 (each run) | start command to first 200 |"
   say "|---|---|---|---|"
   for kind in clean kill; do
