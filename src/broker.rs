@@ -708,10 +708,16 @@ enum Ended {
 /// but AMQP set-up fails: doubling from [`FIRST_BACKOFF`] up to the
 /// reconnect interval, without end.
 fn reconnect_delays(s: &BrokerSettings) -> impl Iterator<Item = Duration> {
+    doubling(FIRST_BACKOFF, s.reconnect_interval.max(FIRST_BACKOFF))
+}
+
+/// Waits doubling from `first` up to `max`, without end (also the watch
+/// restarts in [`crate::controller::follow`]).
+pub(crate) fn doubling(first: Duration, max: Duration) -> impl Iterator<Item = Duration> {
     use backon::BackoffBuilder;
     backon::ExponentialBuilder::new()
-        .with_min_delay(FIRST_BACKOFF)
-        .with_max_delay(s.reconnect_interval.max(FIRST_BACKOFF))
+        .with_min_delay(first)
+        .with_max_delay(max)
         .with_factor(2.0)
         .without_max_times()
         .build()
@@ -721,8 +727,7 @@ async fn supervise(inner: Arc<Inner>) {
     let mut settings_rx = inner.settings.subscribe();
     let mut shutdown_rx = inner.shutdown.subscribe();
     // Started afresh after a success or when the broker's port was closed.
-    let backoff = reconnect_delays;
-    let mut delays = backoff(&inner.settings.borrow());
+    let mut delays = reconnect_delays(&inner.settings.borrow());
     loop {
         if *shutdown_rx.borrow() {
             return;
@@ -757,7 +762,7 @@ async fn supervise(inner: Arc<Inner>) {
                 });
                 if away {
                     // Wait for the port to open, then try at once.
-                    delays = backoff(&settings);
+                    delays = reconnect_delays(&settings);
                     loop {
                         tokio::select! {
                             _ = tokio::time::sleep(PORT_POLL) => {}
@@ -828,7 +833,7 @@ async fn supervise(inner: Arc<Inner>) {
             return;
         }
         warn!(%reason, "lost the message broker connection");
-        delays = backoff(&settings);
+        delays = reconnect_delays(&settings);
         inner.state.send_replace(BrokerState {
             connected: false,
             unverified: false,

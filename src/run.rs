@@ -133,7 +133,10 @@ impl App {
             parts.push(Part::server("probes and metrics", ops));
         }
         if secure {
-            let client = kube_client(args).await?;
+            let client = match &ctx {
+                Some(ctx) => ctx.client.clone(),
+                None => kube_client(args).await?,
+            };
             let srv = server::secure_metrics_server(
                 state.clone(),
                 args.metrics_bind_address,

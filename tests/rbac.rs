@@ -10,7 +10,6 @@ use std::time::Duration;
 use common::cluster::*;
 use common::*;
 use insights_remote::crd::InsightsRemoteConfig;
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -286,7 +285,6 @@ async fn operator_runs_under_its_own_rbac_and_reports_missing_permissions() {
 async fn denied_watches_back_off() {
     use insights_remote::controller::{self, Baseline, Context};
     use insights_remote::metrics::{ControllerLabels, Metrics};
-    use kube::config::{KubeConfigOptions, Kubeconfig};
     use std::sync::Arc;
 
     let admin = client().await;
@@ -298,22 +296,7 @@ async fn denied_watches_back_off() {
     )
     .await
     .unwrap();
-    let token = sas
-        .create_token_request("nobody", &PostParams::default(), &TokenRequest::default())
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token;
-    let kc = Kubeconfig::read_from(kubeconfig_path()).unwrap();
-    let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    config.auth_info = kube::config::AuthInfo {
-        token: Some(token.unwrap().into()),
-        ..Default::default()
-    };
-    let nobody = kube::Client::try_from(config).unwrap();
+    let nobody = service_account_client(&admin, &ns.name, "nobody").await;
     let metrics = Arc::new(Metrics::new());
     let ctx = Arc::new(Context::new(
         nobody,

@@ -440,7 +440,7 @@ async fn lead(ctx: Arc<Context>, opts: &RunOptions, outer: watch::Receiver<bool>
     );
     let mut failed = None;
     while let Some(ended) = tasks.join_next().await {
-        if failed.is_some() || stopping(&stop) {
+        if stopping(&stop) {
             continue;
         }
         failed = Some(Error::Invalid(match ended {
@@ -491,15 +491,8 @@ pub async fn follow<K>(
     use kube::runtime::watcher;
     let stop = until_shutdown(shutdown);
     tokio::pin!(stop);
-    let restart_delays = || {
-        use backon::BackoffBuilder;
-        backon::ExponentialBuilder::new()
-            .with_min_delay(Duration::from_millis(500))
-            .with_max_delay(Duration::from_secs(30))
-            .with_factor(2.0)
-            .without_max_times()
-            .build()
-    };
+    let restart_delays =
+        || crate::broker::doubling(Duration::from_millis(500), Duration::from_secs(30));
     let mut delays = restart_delays();
     loop {
         let mut events = watcher::watcher(api.clone(), config.clone()).boxed();
@@ -530,7 +523,7 @@ pub async fn follow<K>(
             }
         }
         invalidate();
-        let wait = delays.next().unwrap_or(Duration::from_secs(30));
+        let wait = delays.next().expect("doubling delays do not end");
         tokio::select! {
             _ = &mut stop => return,
             _ = tokio::time::sleep(wait) => {}
