@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 bash hack/deps.sh >/dev/null
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
-cargo build --release --quiet -p insights-remote -p insights-remote-bench
+# BENCH_SKIP_BUILD=1 runs the binaries already built (alternating before
+# and after binaries with BENCH_BIN without a rebuild in between).
+[ -n "${BENCH_SKIP_BUILD:-}" ] || cargo build --release --quiet -p insights-remote -p insights-remote-bench
 KUBECONFIG=$(bash hack/control-plane.sh kubeconfig)
 export KUBECONFIG
 BIN=${BENCH_BIN:-$root/target/release/insights-remote}
@@ -26,6 +28,9 @@ say() { printf '%s\n' "$*" | tee -a "$out"; }
 k() { bash hack/control-plane.sh kubectl "$@"; }
 ticks=$(getconf CLK_TCK)
 cpu_s() { awk -v t="$ticks" '{print ($14+$15)/t}' "/proc/$1/stat"; }
+# Busy and total jiffies of the whole machine (all cores), for its load.
+machine() { awk '/^cpu /{print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat; }
+busy_pct() { python3 -c "a='$1'.split(); b='$2'.split(); print(round((float(b[0])-float(a[0]))/(float(b[1])-float(a[1]))*100))"; }
 hwm_mib() { awk '/VmHWM/{printf "%.1f", $2/1024}' "/proc/$1/status"; }
 rss_mib() { awk '/VmRSS/{printf "%.1f", $2/1024}' "/proc/$1/status"; }
 # Ready once serving with the broker connected (or publishing disabled, as in the tokens case).
@@ -66,8 +71,10 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "$token"
 LUA
   local cpu0; cpu0=$(cpu_s "$op_pid")
+  local m0; m0=$(machine)
   wrk -t2 -c"$c" -d"${d}s" --latency -s "$work/post.lua" http://127.0.0.1:18888/facts >"$work/wrk.txt"
   local cpu1; cpu1=$(cpu_s "$op_pid")
+  local mbusy; mbusy=$(busy_pct "$m0" "$(machine)")
   local rps p50 p99 non2xx
   rps=$(awk '/Requests\/sec/{print $2}' "$work/wrk.txt")
   p50=$(awk '$1=="50%"{print $2}' "$work/wrk.txt")
@@ -79,14 +86,16 @@ LUA
   rabbitmqctl delete_queue bench-ingest-q >/dev/null 2>&1 || true
   # The ceiling: the same messages, the same number in flight, raw lapin.
   printf '%s' "{\"type\":\"direct.facts\",\"environment\":42,\"projectName\":\"bench\",\"environmentName\":\"main\",\"facts\":$body}" >"$work/msg.json"
+  m0=$(machine)
   local ceil; ceil=$("$IRB" amqp-ceiling --exchange bench-ceil-x --queue bench-ceil-q --inflight "$c" --seconds "$d" --body-file "$work/msg.json")
   local crps cp50 cp99
+  local cbusy; cbusy=$(busy_pct "$m0" "$(machine)")
   crps=$(echo "$ceil" | json rps); cp50=$(echo "$ceil" | json p50_ms); cp99=$(echo "$ceil" | json p99_ms)
-  say "| | requests/s | p50 | p99 | server CPU | peak RSS |"
-  say "|---|---|---|---|---|---|"
-  say "| insights-remote POST /facts ($c connections, ${d}s, wrk; $non2xx non-2xx) | $rps | $p50 | $p99 | ${cpu}% of one core | ${hwm} MiB |"
-  say "| ceiling: raw lapin confirmed publishes ($c in flight) | $(printf %.0f "$crps") | $(printf %.2f "$cp50")ms | $(printf %.2f "$cp99")ms | | |"
-  say "| ratio | $(python3 -c "print(f'{$rps/$crps*100:.0f}%')") | | | | |"
+  say "| | requests/s | p50 | p99 | server CPU | peak RSS | machine busy |"
+  say "|---|---|---|---|---|---|---|"
+  say "| insights-remote POST /facts ($c connections, ${d}s, wrk; $non2xx non-2xx) | $rps | $p50 | $p99 | ${cpu}% of one core, $(python3 -c "print(round(($cpu1-$cpu0)/($rps*$d)*1e6))") µs per request | ${hwm} MiB | ${mbusy}% |"
+  say "| ceiling: raw lapin confirmed publishes ($c in flight) | $(printf %.0f "$crps") | $(printf %.2f "$cp50")ms | $(printf %.2f "$cp99")ms | | | ${cbusy}% |"
+  say "| ratio | $(python3 -c "print(f'{$rps/$crps*100:.0f}%')") | | | | | |"
 }
 
 bench_configmaps() {

@@ -86,6 +86,13 @@ enum Cmd {
         #[arg(long)]
         mode: String,
     },
+    /// CPU per payload of the forward's check and re-encode
+    /// (`payload::prepare`) on the configmaps bench's own payloads, one
+    /// thread, no I/O.
+    Payload {
+        #[arg(long, default_value = "200")]
+        count: usize,
+    },
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -154,6 +161,34 @@ async fn main() -> Result<()> {
             prefix,
             mode,
         } => tokens(count, concurrency, &prefix, &mode).await,
+        Cmd::Payload { count } => {
+            payload_cpu(count);
+            Ok(())
+        }
+    }
+}
+
+/// Times `payload::prepare` on the SBOM and image-inspect payloads the
+/// configmaps bench creates; prints microseconds per payload.
+fn payload_cpu(count: usize) {
+    use insights_remote::payload::{prepare, Kind};
+    for (kind, sbom, size, name) in [
+        (Kind::Sbom, true, 100 * 1024, "sbom_100k_us"),
+        (Kind::ImageInspect, false, 2 * 1024, "inspect_2k_us"),
+    ] {
+        let inputs: Vec<Vec<u8>> = (0..count)
+            .map(|i| payload(sbom, size, i as u64 + 1))
+            .collect();
+        let started = Instant::now();
+        let mut out = 0;
+        for raw in &inputs {
+            out += prepare(kind, raw).expect("a valid bench payload").len();
+        }
+        let us = started.elapsed().as_secs_f64() * 1e6 / count as f64;
+        println!(
+            "{}",
+            json!({"bench": "payload", "case": name, "count": count, "us_per_payload": us, "bytes_out": out})
+        );
     }
 }
 
