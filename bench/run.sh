@@ -52,7 +52,7 @@ stop_operator() { kill -TERM "$op_pid" 2>/dev/null; wait "$op_pid" 2>/dev/null |
 
 header() {
   say ""
-  say "### $1 ($(date -u +%H:%M) UTC, $(nproc) cores, $(git rev-parse --short HEAD)${BENCH_BIN:+, binary $BENCH_BIN})"
+  say "### $1 ($(date -u +%H:%M) UTC, $(nproc) cores, $(git rev-parse --short HEAD)${BENCH_BIN:+, binary $BENCH_BIN}${CONFIGMAP_RECONCILER_MAX_CONCURRENT:+, CONFIGMAP_RECONCILER_MAX_CONCURRENT=$CONFIGMAP_RECONCILER_MAX_CONCURRENT})"
   say ""
 }
 

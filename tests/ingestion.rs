@@ -53,6 +53,11 @@ async fn facts_array_publishes_the_contract_shape_with_identity_from_the_token()
     let resp = post(&api, "/facts", Some(&t), body.to_string()).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
+        resp.headers()["content-type"],
+        "application/json",
+        "the answer is JSON, as the Go original's"
+    );
+    assert_eq!(
         resp.json::<Value>().await.unwrap(),
         json!({"message": "okay"})
     );
