@@ -115,12 +115,16 @@ bench_configmaps() {
   start_operator --watch-namespace bench-fwd --enable-configmap-reconciler=true --enable-namespace-reconciler=false --enable-webservice=false \
     --rabbitmq-exchange bench-fwd-x --rabbitmq-queue bench-fwd-q
   local cpu0; cpu0=$(cpu_s "$op_pid")
+  local m0; m0=$(machine)
   local r; r=$("$IRB" configmaps --namespace bench-fwd --count "$n" --mode operator --queue bench-fwd-q)
+  local mbusy; mbusy=$(busy_pct "$m0" "$(machine)")
   local hwm; hwm=$(hwm_mib "$op_pid")
   local cpu; cpu=$(python3 -c "print(f'{($(cpu_s "$op_pid")-$cpu0):.1f}')")
   stop_operator
   k create namespace bench-ceil >/dev/null
+  m0=$(machine)
   local c; c=$("$IRB" configmaps --namespace bench-ceil --count "$n" --mode ceiling)
+  local cbusy; cbusy=$(busy_pct "$m0" "$(machine)")
   k create namespace bench-ceil-read >/dev/null
   local cr; cr=$("$IRB" configmaps --namespace bench-ceil-read --count "$n" --mode ceiling-read)
   lagoon_ns bench-burn
@@ -128,10 +132,10 @@ bench_configmaps() {
     --rabbitmq-exchange bench-fwd-x --rabbitmq-queue bench-burn-q --burn-after-reading
   local b; b=$("$IRB" configmaps --namespace bench-burn --count "$n" --mode burn --queue bench-burn-q)
   stop_operator
-  say "| | seconds until all done | messages in queue | create-to-publish p50 | p99 | operator peak RSS | operator CPU |"
-  say "|---|---|---|---|---|---|---|"
-  say "| insights-remote: all marked processed | $(echo "$r" | json done_s | xargs printf %.1f) | $(echo "$r" | json published) | $(echo "$r" | json p50_ms | xargs printf %.0f)ms | $(echo "$r" | json p99_ms | xargs printf %.0f)ms | ${hwm} MiB | ${cpu} s |"
-  say "| ceiling: plain client, create + one patch each (8 concurrent) | $(echo "$c" | json done_s | xargs printf %.1f) | | | | |"
+  say "| | seconds until all done | messages in queue | create-to-publish p50 | p99 | operator peak RSS | operator CPU | machine busy |"
+  say "|---|---|---|---|---|---|---|---|"
+  say "| insights-remote: all marked processed | $(echo "$r" | json done_s | xargs printf %.1f) | $(echo "$r" | json published) | $(echo "$r" | json p50_ms | xargs printf %.0f)ms | $(echo "$r" | json p99_ms | xargs printf %.0f)ms | ${hwm} MiB | ${cpu} s | ${mbusy}% |"
+  say "| ceiling: plain client, create + one patch each (8 concurrent) | $(echo "$c" | json done_s | xargs printf %.1f) | | | | | | ${cbusy}% |"
   say "| ratio (ceiling time / our time) | $(python3 -c "print(f'{$(echo "$c" | json done_s)/$(echo "$r" | json done_s)*100:.0f}%')") | | | | |"
   say "| ceiling with the payload read: create, GET at that version, patch (8 concurrent) | $(echo "$cr" | json done_s | xargs printf %.1f) | | | | |"
   say "| ratio to that ceiling | $(python3 -c "print(f'{$(echo "$cr" | json done_s)/$(echo "$r" | json done_s)*100:.0f}%')") | | | | |"

@@ -349,10 +349,36 @@ impl<'de> Deserialize<'de> for MetadataCheck {
 
 /// Reads one JSON value from the payload (what follows it is ignored, as
 /// Go's decoder does).
+///
+/// A payload of up to [`IN_MEMORY_CHECK`] bytes decompressed is parsed from
+/// memory, which serde_json does several times faster than from a reader;
+/// a larger one streams, holding at most that much besides the buffer.
 fn read_json<T: serde::de::DeserializeOwned>(raw: &[u8], what: &str) -> Result<T, String> {
-    let mut de = serde_json::Deserializer::from_reader(json_reader(raw));
-    T::deserialize(&mut de).map_err(|e| parse_error(what, e))
+    let mut reader = json_reader(raw);
+    let mut head = Vec::new();
+    let read = (&mut reader)
+        .take(IN_MEMORY_CHECK as u64 + 1)
+        .read_to_end(&mut head);
+    let parsed = match read {
+        Ok(_) if head.len() <= IN_MEMORY_CHECK => {
+            T::deserialize(&mut serde_json::Deserializer::from_slice(&head))
+        }
+        Ok(_) => T::deserialize(&mut serde_json::Deserializer::from_reader(
+            BufReader::with_capacity(JSON_READ_BUFFER, std::io::Cursor::new(head).chain(reader)),
+        )),
+        // A decompression error may come after the JSON value (a bad
+        // checksum at the end): read as a stream, as before, which stops
+        // at the value's end as Go's decoder does.
+        Err(_) => {
+            drop(head);
+            T::deserialize(&mut serde_json::Deserializer::from_reader(json_reader(raw)))
+        }
+    };
+    parsed.map_err(|e| parse_error(what, e))
 }
+
+/// Largest decompressed payload [`read_json`] parses from memory.
+const IN_MEMORY_CHECK: usize = 1024 * 1024;
 
 /// Checks an SBOM's metadata; returns the rewritten document when the 1.4
 /// `tools` array had to be turned into the 1.5 object.
@@ -658,6 +684,23 @@ mod tests {
             r#"{{"metadata":{{"component":{{"x":[{numbers}]}},"tools":{{"components":[{numbers}]}}}}}}"#
         );
         assert!(prepare(Kind::Sbom, &gzip(sbom.as_bytes())).is_ok());
+    }
+
+    #[test]
+    fn a_bad_checksum_after_the_value_is_ignored_as_go_does() {
+        // Go's decoder stops at the value's end and never sees the trailer;
+        // reading the whole stream into memory must not refuse it either.
+        let mut bad = gzip(br#"{"env":["A=b"]}"#);
+        let n = bad.len();
+        bad[n - 8] ^= 0xff; // the CRC-32 of the trailer
+        assert!(decompressed(&bad).is_err(), "the checksum is wrong");
+        assert!(prepare(Kind::ImageInspect, &bad).is_ok());
+        let mut sbom = gzip(
+            br#"{"metadata":{"component":{"name":"i"},"tools":{"components":[{"name":"t"}]}}}"#,
+        );
+        let n = sbom.len();
+        sbom[n - 8] ^= 0xff;
+        assert!(prepare(Kind::Sbom, &sbom).is_ok());
     }
 
     #[test]
