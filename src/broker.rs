@@ -707,13 +707,42 @@ enum Ended {
 /// The waits between connection attempts while the broker's port is open
 /// but AMQP set-up fails: doubling from [`FIRST_BACKOFF`] up to the
 /// reconnect interval, without end.
-fn reconnect_delays(s: &BrokerSettings) -> impl Iterator<Item = Duration> {
+fn reconnect_delays(s: &BrokerSettings) -> backon::ExponentialBackoff {
     doubling(FIRST_BACKOFF, s.reconnect_interval.max(FIRST_BACKOFF))
+}
+
+/// [`reconnect_delays`] for the settings in force: new settings (a
+/// hot-reloaded reconnect interval, another host) start a new series at
+/// the next wait instead of going on with the old one.
+struct ReconnectBackoff {
+    settings: BrokerSettings,
+    delays: backon::ExponentialBackoff,
+}
+
+impl ReconnectBackoff {
+    fn new(s: &BrokerSettings) -> Self {
+        Self {
+            settings: s.clone(),
+            delays: reconnect_delays(s),
+        }
+    }
+
+    /// Starts the series again (after a success, or once the port opened).
+    fn reset(&mut self, s: &BrokerSettings) {
+        *self = Self::new(s);
+    }
+
+    fn next_for(&mut self, s: &BrokerSettings) -> Duration {
+        if *s != self.settings {
+            self.reset(s);
+        }
+        self.delays.next().unwrap_or(s.reconnect_interval)
+    }
 }
 
 /// Waits doubling from `first` up to `max`, without end (also the watch
 /// restarts in [`crate::controller::follow`]).
-pub(crate) fn doubling(first: Duration, max: Duration) -> impl Iterator<Item = Duration> {
+pub(crate) fn doubling(first: Duration, max: Duration) -> backon::ExponentialBackoff {
     use backon::BackoffBuilder;
     backon::ExponentialBuilder::new()
         .with_min_delay(first)
@@ -727,7 +756,7 @@ async fn supervise(inner: Arc<Inner>) {
     let mut settings_rx = inner.settings.subscribe();
     let mut shutdown_rx = inner.shutdown.subscribe();
     // Started afresh after a success or when the broker's port was closed.
-    let mut delays = reconnect_delays(&inner.settings.borrow());
+    let mut delays = ReconnectBackoff::new(&inner.settings.borrow());
     loop {
         if *shutdown_rx.borrow() {
             return;
@@ -762,7 +791,7 @@ async fn supervise(inner: Arc<Inner>) {
                 });
                 if away {
                     // Wait for the port to open, then try at once.
-                    delays = reconnect_delays(&settings);
+                    delays.reset(&settings);
                     loop {
                         tokio::select! {
                             _ = tokio::time::sleep(PORT_POLL) => {}
@@ -774,7 +803,7 @@ async fn supervise(inner: Arc<Inner>) {
                         }
                     }
                 } else {
-                    let retry_in = delays.next().unwrap_or(settings.reconnect_interval);
+                    let retry_in = delays.next_for(&settings);
                     debug!(?retry_in, "broker port open but AMQP set-up failed");
                     tokio::select! {
                         _ = tokio::time::sleep(retry_in) => {}
@@ -833,7 +862,7 @@ async fn supervise(inner: Arc<Inner>) {
             return;
         }
         warn!(%reason, "lost the message broker connection");
-        delays = reconnect_delays(&settings);
+        delays.reset(&settings);
         inner.state.send_replace(BrokerState {
             connected: false,
             unverified: false,
@@ -914,6 +943,25 @@ mod tests {
         // An interval under the first delay never shortens it.
         assert_eq!(ms(10, 3), [250, 250, 250]);
         assert_eq!(ms(30_000, 1_000).len(), 1_000, "no end");
+    }
+
+    #[test]
+    fn reconnect_backoff_starts_over_when_the_settings_change() {
+        let with = |interval: u64, host: &str| BrokerSettings {
+            reconnect_interval: Duration::from_millis(interval),
+            host: host.into(),
+            ..Default::default()
+        };
+        let (slow, fast) = (with(60_000, "a"), with(1_000, "a"));
+        let mut b = ReconnectBackoff::new(&slow);
+        let mut take = |s: &BrokerSettings, n: usize| -> Vec<u128> {
+            (0..n).map(|_| b.next_for(s).as_millis()).collect()
+        };
+        assert_eq!(take(&slow, 9)[8], 60_000, "backed off to the slow interval");
+        // The interval lowered from the custom resource while backing off:
+        // the next wait follows it, not the old series.
+        assert_eq!(take(&fast, 4), [250, 500, 1_000, 1_000]);
+        assert_eq!(take(&with(1_000, "b"), 1), [250], "another host");
     }
 
     #[test]
