@@ -478,3 +478,73 @@ async fn terminating_namespace_is_left_alone() {
     .unwrap();
     op.stop().await;
 }
+
+/// The write for a namespace whose Secret the cache knows to be absent is a
+/// plain create; when the Secret exists after all (the cache had not seen
+/// it), the server-side apply takes it over in place instead of failing.
+#[tokio::test]
+async fn token_write_creates_and_takes_over_one_that_exists_after_all() {
+    use insights_remote::controller::namespace::{token_secret, write_token, Write};
+    let client = client().await;
+    // No Lagoon labels: no operator of a parallel test mints here.
+    let ns = TestNamespace::with_labels(&client, "tokw", BTreeMap::new()).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+
+    let refused = std::sync::atomic::AtomicBool::new(false);
+    let created = write_token(
+        &secrets,
+        &token_secret(&ns.name, "t1".into()),
+        Write::Create,
+        &refused,
+    )
+    .await
+    .expect("created");
+    assert_eq!(token_of(&created), "t1");
+    let managers: Vec<_> = created
+        .managed_fields()
+        .iter()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert_eq!(managers, ["insights-remote"], "ours, by name");
+
+    // The cache said absent, but a Secret is there (another token, another
+    // label): the create meets 409 and the apply replaces our fields.
+    let mut other = token_secret(&ns.name, "stale".into());
+    other
+        .metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert("keep".into(), "me".into());
+    secrets
+        .delete("insights-token", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("the Secret gone", Duration::from_secs(10), || async {
+        secrets
+            .get_opt("insights-token")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    secrets
+        .create(&PostParams::default(), &other)
+        .await
+        .unwrap();
+    let written = write_token(
+        &secrets,
+        &token_secret(&ns.name, "t2".into()),
+        Write::Create,
+        &refused,
+    )
+    .await
+    .expect("taken over, not refused");
+    assert_eq!(token_of(&written), "t2");
+    assert_eq!(written.labels()["keep"], "me", "an apply, not a replace");
+    assert_eq!(
+        written.uid(),
+        secrets.get("insights-token").await.unwrap().uid()
+    );
+    ns.cleanup().await;
+}

@@ -135,6 +135,9 @@ pub struct Context {
     pub namespaces: namespaces::NamespaceCache,
     /// What is known of the insights-token Secrets without a GET.
     pub token_secrets: token_secrets::TokenSecrets,
+    /// RBAC refused a create of a token Secret: write them by apply only
+    /// ([`namespace::write_token`]).
+    pub token_create_refused: std::sync::atomic::AtomicBool,
     /// The InsightsRemoteConfig, as the config follower last saw it.
     pub config_store: Store<InsightsRemoteConfig>,
     /// Fills `config_store`; taken by the config follower.
@@ -175,6 +178,7 @@ impl Context {
             uploads: uploads::Uploads::new(2, Duration::from_secs(300)),
             namespaces: Default::default(),
             token_secrets: Default::default(),
+            token_create_refused: Default::default(),
             config_store,
             config_writer: Mutex::new(Some(config_writer)),
         }

@@ -2,13 +2,14 @@
 //! namespace (contract section 2).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::ByteString;
-use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::watcher;
@@ -165,7 +166,7 @@ pub fn up_to_date(existing: Option<&Secret>, claims: &Claims, keys: &KeyRing) ->
 }
 
 /// The token Secret as it should be.
-fn token_secret(namespace: &str, token: String) -> Secret {
+pub fn token_secret(namespace: &str, token: String) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some(TOKEN_SECRET_NAME.into()),
@@ -186,6 +187,64 @@ fn token_secret(namespace: &str, token: String) -> Secret {
         )])),
         ..Default::default()
     }
+}
+
+/// How a token Secret that must be written is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// Known to be absent: create it (an apply if it exists after all).
+    Create,
+    /// There may be one: server-side apply, which updates in place.
+    Apply,
+}
+
+/// The write for what the Secret cache knows.
+pub fn write_kind(known: Known) -> Write {
+    match known {
+        Known::Absent => Write::Create,
+        Known::Good | Known::Unknown => Write::Apply,
+    }
+}
+
+/// Writes the token Secret. [`Write::Create`] is a plain create, the
+/// cheapest write for the API server (an apply also works out field
+/// ownership: `bench/README.md`, tokens); if the Secret exists after all
+/// (the cache had not seen it yet), the apply follows. The apply updates in
+/// place: never delete first, since Lagoon mounts this Secret with
+/// `optional: false` and a pod starting in the gap would fail.
+///
+/// A role cannot grant a create by resource name (Kubernetes authorises a
+/// create before the name is known), so a least-privilege role such as
+/// `config/rbac/role.yaml` refuses it; the first refusal sets
+/// `create_refused` and every later write is the apply, which that role
+/// grants by name. The lagoon-remote chart's role grants the create.
+pub async fn write_token(
+    api: &Api<Secret>,
+    secret: &Secret,
+    how: Write,
+    create_refused: &AtomicBool,
+) -> kube::Result<Secret> {
+    if how == Write::Create && !create_refused.load(Ordering::Relaxed) {
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        match api.create(&params, secret).await {
+            Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+            Err(kube::Error::Api(s)) if s.is_forbidden() => {
+                if !create_refused.swap(true, Ordering::Relaxed) {
+                    info!("RBAC does not allow creating Secrets (a role cannot grant a create by name); token Secrets are written with server-side apply");
+                }
+            }
+            other => return other,
+        }
+    }
+    api.patch(
+        TOKEN_SECRET_NAME,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(secret),
+    )
+    .await
 }
 
 pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> {
@@ -209,7 +268,8 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> 
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &name);
     let keys = ctx.keys.borrow().clone();
     let key = keys.fingerprint();
-    let existing = match ctx.token_secrets.known(&name, &key, &claims) {
+    let known = ctx.token_secrets.known(&name, &key, &claims);
+    let existing = match known {
         Known::Good => return Ok(Action::requeue(ctx.token_resync)),
         Known::Absent => None,
         Known::Unknown => api.get_opt(TOKEN_SECRET_NAME).await?,
@@ -226,16 +286,8 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> 
         ctx.token_secrets.verified(&name, verified(s));
         return Ok(Action::requeue(ctx.token_resync));
     }
-    // Server-side apply updates in place: never delete first, since Lagoon
-    // mounts this Secret with optional: false and a pod starting in the gap
-    // would fail.
-    let written = api
-        .patch(
-            TOKEN_SECRET_NAME,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&token_secret(&name, keys.mint(&claims)?)),
-        )
-        .await?;
+    let secret = token_secret(&name, keys.mint(&claims)?);
+    let written = write_token(&api, &secret, write_kind(known), &ctx.token_create_refused).await?;
     ctx.token_secrets.verified(&name, verified(&written));
     info!(namespace = %name, renewed = existing.is_some(), "environment token written");
     ctx.counters.add(&ctx.counters.tokens_issued);
@@ -287,6 +339,17 @@ mod tests {
         ("lagoon.sh/project", "demo"),
         ("lagoon.sh/environment", "main"),
     ];
+
+    #[test]
+    fn a_secret_known_absent_is_created_any_other_applied() {
+        for (known, want) in [
+            (Known::Absent, Write::Create),
+            (Known::Unknown, Write::Apply),
+            (Known::Good, Write::Apply),
+        ] {
+            assert_eq!(write_kind(known), want, "{known:?}");
+        }
+    }
 
     #[test]
     fn plan_table() {
