@@ -491,14 +491,13 @@ async fn token_write_creates_and_takes_over_one_that_exists_after_all() {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
 
     let refused = std::sync::atomic::AtomicBool::new(false);
-    let created = write_token(
-        &secrets,
-        &token_secret(&ns.name, "t1".into()),
-        Write::Create,
-        &refused,
-    )
-    .await
-    .expect("created");
+    // The reconciler's write when the cache lists no Secret.
+    let write = |token: &str| {
+        let secret = token_secret(&ns.name, token.into());
+        let (secrets, refused) = (&secrets, &refused);
+        async move { write_token(secrets, &secret, Write::Create, refused).await }
+    };
+    let created = write("t1").await.expect("created");
     assert_eq!(token_of(&created), "t1");
     let managers: Vec<_> = created
         .managed_fields()
@@ -519,27 +518,12 @@ async fn token_write_creates_and_takes_over_one_that_exists_after_all() {
         .delete("insights-token", &DeleteParams::default())
         .await
         .unwrap();
-    wait_for("the Secret gone", Duration::from_secs(10), || async {
-        secrets
-            .get_opt("insights-token")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    // (A Secret has no finalizers: gone when the delete returns.)
     secrets
         .create(&PostParams::default(), &other)
         .await
         .unwrap();
-    let written = write_token(
-        &secrets,
-        &token_secret(&ns.name, "t2".into()),
-        Write::Create,
-        &refused,
-    )
-    .await
-    .expect("taken over, not refused");
+    let written = write("t2").await.expect("taken over, not refused");
     assert_eq!(token_of(&written), "t2");
     assert_eq!(written.labels()["keep"], "me", "an apply, not a replace");
     assert_eq!(
