@@ -581,3 +581,41 @@ async fn build_scanner_runs_under_its_own_role() {
     }
     ns.cleanup().await;
 }
+
+/// Under the committed role the create of a new token Secret is refused
+/// (a role cannot grant a create by resource name): the write falls back to
+/// the server-side apply, which the role grants by name, and remembers the
+/// refusal so later writes go straight to the apply.
+#[tokio::test]
+async fn token_write_under_the_committed_role_falls_back_to_the_apply() {
+    use insights_remote::controller::namespace::{token_secret, write_token, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let admin = client().await;
+    let ns = TestNamespace::with_labels(&admin, "rbacw", Default::default()).await;
+    let (_, names) = grant_committed_roles(&admin, &ns, &["config/rbac/role.yaml"]).await;
+    let operator = service_account_client(&admin, &ns.name, "insights-remote").await;
+    let secrets: Api<Secret> = Api::namespaced(operator, &ns.name);
+
+    let refused = AtomicBool::new(false);
+    let secret = token_secret(&ns.name, "minted".into());
+    let written = write_token(&secrets, &secret, Write::Create, &refused)
+        .await
+        .expect("written by the apply");
+    assert!(refused.load(Ordering::Relaxed), "RBAC refused the create");
+    let stored = Api::<Secret>::namespaced(admin.clone(), &ns.name)
+        .get("insights-token")
+        .await
+        .unwrap();
+    assert_eq!(stored.uid(), written.uid());
+    assert_eq!(stored.data.unwrap()["INSIGHTS_TOKEN"].0, b"minted");
+
+    for n in names {
+        let _ = Api::<ClusterRole>::all(admin.clone())
+            .delete(&n, &DeleteParams::default())
+            .await;
+        let _ = Api::<ClusterRoleBinding>::all(admin.clone())
+            .delete(&n, &DeleteParams::default())
+            .await;
+    }
+    ns.cleanup().await;
+}

@@ -231,7 +231,10 @@ pub async fn write_token(
         };
         match api.create(&params, secret).await {
             Err(kube::Error::Api(s)) if s.is_already_exists() => {}
-            Err(kube::Error::Api(s)) if s.is_forbidden() => {
+            // RBAC's refusal ("... cannot create resource ..."), not
+            // another 403 such as a namespace being terminated, which the
+            // apply would meet too.
+            Err(kube::Error::Api(s)) if s.is_forbidden() && s.message.contains("cannot create") => {
                 if !create_refused.swap(true, Ordering::Relaxed) {
                     info!("RBAC does not allow creating Secrets (a role cannot grant a create by name); token Secrets are written with server-side apply");
                 }
