@@ -75,6 +75,19 @@ async fn grant_committed_roles(
     )
 }
 
+/// Deletes what [`grant_committed_roles`] made cluster-wide (the namespace
+/// takes the rest).
+async fn revoke_committed_roles(admin: &kube::Client, names: Vec<String>) {
+    for n in names {
+        let _ = Api::<ClusterRole>::all(admin.clone())
+            .delete(&n, &DeleteParams::default())
+            .await;
+        let _ = Api::<ClusterRoleBinding>::all(admin.clone())
+            .delete(&n, &DeleteParams::default())
+            .await;
+    }
+}
+
 #[tokio::test]
 async fn operator_runs_under_its_own_rbac_and_reports_missing_permissions() {
     let admin = client().await;
@@ -571,14 +584,7 @@ async fn build_scanner_runs_under_its_own_role() {
     wait_scanned(&pods, "lagoon-build-x").await;
     let _ = child.kill();
     let _ = child.wait();
-    for n in names {
-        let _ = Api::<ClusterRole>::all(admin.clone())
-            .delete(&n, &DeleteParams::default())
-            .await;
-        let _ = Api::<ClusterRoleBinding>::all(admin.clone())
-            .delete(&n, &DeleteParams::default())
-            .await;
-    }
+    revoke_committed_roles(&admin, names).await;
     ns.cleanup().await;
 }
 
@@ -609,13 +615,6 @@ async fn token_write_under_the_committed_role_falls_back_to_the_apply() {
     assert_eq!(stored.uid(), written.uid());
     assert_eq!(stored.data.unwrap()["INSIGHTS_TOKEN"].0, b"minted");
 
-    for n in names {
-        let _ = Api::<ClusterRole>::all(admin.clone())
-            .delete(&n, &DeleteParams::default())
-            .await;
-        let _ = Api::<ClusterRoleBinding>::all(admin.clone())
-            .delete(&n, &DeleteParams::default())
-            .await;
-    }
+    revoke_committed_roles(&admin, names).await;
     ns.cleanup().await;
 }
