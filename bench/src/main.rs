@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::ByteString;
 use kube::api::{GetParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
-use kube::runtime::watcher;
+use kube::runtime::{reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 use lapin::options::*;
 use lapin::types::FieldTable;
@@ -181,8 +181,8 @@ fn payload_cpu(count: usize) {
         let inputs: Vec<Vec<u8>> = (0..count)
             .map(|i| payload(sbom, size, i as u64 + 1))
             .collect();
-        let started = Instant::now();
         let bytes_in: usize = inputs.iter().map(Vec::len).sum();
+        let started = Instant::now();
         let mut out = 0;
         for raw in &inputs {
             out += prepare(kind, raw).expect("a valid bench payload").len();
@@ -447,43 +447,31 @@ async fn configmaps(
     // list already finds everything done).
     let burn = mode == "burn";
     let meta_api: Api<PartialObjectMeta<ConfigMap>> = Api::namespaced(client.clone(), ns);
-    let mut events =
-        watcher::watcher(meta_api, watcher::Config::default().labels("bench-id")).boxed();
-    let (mut seen, mut pending) = (None::<HashMap<String, bool>>, HashMap::new());
-    let processed = |m: &PartialObjectMeta<ConfigMap>| {
-        m.metadata
-            .labels
-            .as_ref()
-            .is_some_and(|l| l.contains_key("lagoon.sh/insightsProcessed"))
-    };
+    let (store, writer) = reflector::store();
+    let mut events = reflector::reflector(
+        writer,
+        watcher::watcher(meta_api, watcher::Config::default().labels("bench-id")),
+    )
+    .boxed();
     let finished = tokio::time::timeout(Duration::from_secs(600), async {
+        // The store is complete from the first InitDone on.
+        let mut listed = false;
         while let Some(ev) = events.next().await {
-            match ev? {
-                watcher::Event::Init => pending.clear(),
-                watcher::Event::InitApply(m) => {
-                    pending.insert(m.name_any(), processed(&m));
-                }
-                watcher::Event::InitDone => seen = Some(std::mem::take(&mut pending)),
-                watcher::Event::Apply(m) => {
-                    if let Some(s) = seen.as_mut() {
-                        s.insert(m.name_any(), processed(&m));
-                    }
-                }
-                watcher::Event::Delete(m) => {
-                    if let Some(s) = seen.as_mut() {
-                        s.remove(&m.name_any());
-                    }
-                }
+            listed |= matches!(ev?, watcher::Event::InitDone);
+            if !listed {
+                continue;
             }
-            if let Some(s) = &seen {
-                let done = if burn {
-                    s.is_empty()
-                } else {
-                    s.values().filter(|p| **p).count() >= count
-                };
-                if done {
-                    return Ok::<_, anyhow::Error>(());
-                }
+            let all = store.state();
+            let done = if burn {
+                all.is_empty()
+            } else {
+                all.iter()
+                    .filter(|m| m.labels().contains_key("lagoon.sh/insightsProcessed"))
+                    .count()
+                    >= count
+            };
+            if done {
+                return Ok::<_, anyhow::Error>(());
             }
         }
         anyhow::bail!("the watch ended")
