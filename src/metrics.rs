@@ -63,6 +63,12 @@ pub struct Metrics {
     pub broker_channels: Counter,
     /// Requests refused before publishing, by reason (too_large, busy, body_timeout).
     pub refused: Family<OutcomeLabels, Counter>,
+    /// Connections open on the ingestion listener.
+    pub http_connections: Gauge,
+    /// Connections refused at accept, by reason (max_connections, max_per_client).
+    pub http_connections_refused: Family<OutcomeLabels, Counter>,
+    /// Connections closed for a bound, by reason (head_too_large, head_timeout, write_timeout, spinning).
+    pub http_connections_closed: Family<OutcomeLabels, Counter>,
     pub reconciliations: Family<ControllerLabels, Counter>,
     pub reconcile_errors: Family<ControllerErrorLabels, Counter>,
     /// Watch errors, by watch (config, secrets).
@@ -94,6 +100,9 @@ impl Metrics {
             broker_tls_unverified: Gauge::default(),
             broker_channels: Counter::default(),
             refused: Family::default(),
+            http_connections: Gauge::default(),
+            http_connections_refused: Family::default(),
+            http_connections_closed: Family::default(),
             reconciliations: Family::default(),
             reconcile_errors: Family::default(),
             watch_errors: Family::default(),
@@ -155,6 +164,21 @@ impl Metrics {
             "requests_refused",
             "Ingestion requests refused before publishing, by reason",
             m.refused.clone(),
+        );
+        registry.register(
+            "http_connections",
+            "Connections open on the ingestion listener",
+            m.http_connections.clone(),
+        );
+        registry.register(
+            "http_connections_refused",
+            "Ingestion connections refused at accept, by reason (max_connections, max_per_client)",
+            m.http_connections_refused.clone(),
+        );
+        registry.register(
+            "http_connections_closed",
+            "Ingestion connections closed for a bound, by reason (head_too_large, head_timeout, write_timeout, spinning)",
+            m.http_connections_closed.clone(),
         );
         registry.register(
             "watch_errors",

@@ -81,13 +81,35 @@ impl App {
             warn!("RABBITMQ_ENABLED=false: nothing will be published");
             None
         };
+        let mut limits = args.limits();
+        let descriptors = server::raise_descriptor_limit();
+        if let Some(fds) = descriptors {
+            // Half the descriptors stay for the probes, the broker, the API
+            // server and the files the process opens.
+            let most = usize::try_from(fds / 2).unwrap_or(usize::MAX).max(1);
+            if limits.conn.max_connections > most {
+                warn!(
+                    configured = limits.conn.max_connections,
+                    descriptors = fds,
+                    using = most,
+                    "WEBSERVICE_MAX_CONNECTIONS is more than half the descriptor limit"
+                );
+                limits.conn.max_connections = most;
+            }
+        }
         let state = web::Data::new(ApiState::new(
             keys.subscribe(),
             publisher.clone(),
             metrics.clone(),
-            args.limits(),
+            limits,
             args.webservice_rate_limit,
         ));
+        if let Some(high) = state.memory.high() {
+            info!(
+                bytes = high,
+                "posts are answered 503 above this resident size"
+            );
+        }
         let (stop, stop_rx) = watch::channel(false);
         let mut parts = Vec::new();
         let ctx = if controllers {

@@ -277,6 +277,31 @@ pub struct RunArgs {
     /// How long a client may take to send its whole body (e.g. 10s).
     #[arg(long = "webservice-body-timeout", env = "WEBSERVICE_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub webservice_body_timeout: Duration,
+    /// Connections the ingestion API holds open at once (at most half the
+    /// process's descriptor limit); more are answered 503 and closed.
+    #[arg(long = "webservice-max-connections", env = "WEBSERVICE_MAX_CONNECTIONS", default_value_t = crate::server::ConnLimits::default().max_connections)]
+    pub webservice_max_connections: usize,
+    /// Connections the ingestion API holds open at once from one client
+    /// address; more are answered 503 and closed.
+    #[arg(long = "webservice-max-connections-per-client", env = "WEBSERVICE_MAX_CONNECTIONS_PER_CLIENT", default_value_t = crate::server::ConnLimits::default().max_per_client)]
+    pub webservice_max_connections_per_client: usize,
+    /// Longest request head (request line and headers), in bytes; a longer
+    /// one is answered 431 and the connection closed.
+    #[arg(long = "webservice-max-head-bytes", env = "WEBSERVICE_MAX_HEAD_BYTES", default_value_t = crate::server::ConnLimits::default().head_bytes)]
+    pub webservice_max_head_bytes: usize,
+    /// How long an answer may wait for a client that does not read it
+    /// before the connection is closed (e.g. 5s).
+    #[arg(long = "webservice-write-timeout", env = "WEBSERVICE_WRITE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub webservice_write_timeout: Duration,
+    /// Resident memory, in bytes, above which the ingestion API answers
+    /// posts 503 with Retry-After until it falls again. 0: 80% of the
+    /// container's memory limit when there is one, else never.
+    #[arg(
+        long = "webservice-memory-high",
+        env = "WEBSERVICE_MEMORY_HIGH",
+        default_value_t = 0
+    )]
+    pub webservice_memory_high: u64,
     /// Worker threads of the ingestion API (unset, empty or 0: one per core).
     #[arg(long = "webservice-workers", env = "WEBSERVICE_WORKERS", value_parser = parse_workers)]
     pub webservice_workers: Option<usize>,
@@ -576,6 +601,14 @@ impl RunArgs {
             max_items: self.webservice_max_items,
             inflight_bytes: self.webservice_inflight_bytes,
             body_timeout: self.webservice_body_timeout,
+            conn: crate::server::ConnLimits {
+                max_connections: self.webservice_max_connections.max(1),
+                max_per_client: self.webservice_max_connections_per_client.max(1),
+                head_bytes: self.webservice_max_head_bytes.max(256),
+                write_timeout: self.webservice_write_timeout,
+                ..Default::default()
+            },
+            memory_high: self.webservice_memory_high,
         }
     }
 

@@ -229,11 +229,12 @@ async fn bad_input_gets_a_clear_error_and_publishes_nothing() {
             facts.into(),
             401,
         ),
+        ("long header", Some("x".repeat(6 * 1024)), facts.into(), 401),
         (
-            "huge header",
+            "head over the 8 KiB limit",
             Some("x".repeat(16 * 1024)),
             facts.into(),
-            401,
+            431,
         ),
         (
             "malformed json",

@@ -208,15 +208,17 @@ async fn inflight_budget_refuses_large_requests_but_serves_small_ones() {
     let t = token("ns", "1");
     let port = api.url.rsplit(':').next().unwrap().to_string();
 
-    // One client announces a 1 MiB body and sends it slowly: it holds its
-    // share of the budget meanwhile.
+    // One client sends 600 KiB of a 1 MiB body, then waits: it holds the
+    // budget for what arrived (a declared length alone holds nothing, see
+    // tests/hostile.rs).
     let mut slow = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
         .await
         .unwrap();
     slow.write_all(
         format!(
-            "POST /facts HTTP/1.1\r\nhost: x\r\nauthorization: {t}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n[",
-            1 << 20
+            "POST /facts HTTP/1.1\r\nhost: x\r\nauthorization: {t}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n[{}",
+            1 << 20,
+            " ".repeat(600 * 1024)
         )
         .as_bytes(),
     )

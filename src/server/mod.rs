@@ -22,8 +22,11 @@
 
 mod auth;
 mod body;
+mod conn;
 mod error;
+mod framing;
 mod handlers;
+mod memory;
 mod messages;
 mod openapi;
 mod ops;
@@ -33,8 +36,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
-use actix_web::{web, App, HttpServer};
-use tokio::sync::{watch, Semaphore};
+use actix_web::{web, App};
+use tokio::sync::watch;
 
 use crate::broker::Publisher;
 use crate::metrics::Metrics;
@@ -42,6 +45,7 @@ use crate::token::KeyRing;
 
 pub use auth::environment_id;
 pub use body::Limits;
+pub use conn::{ConnLimits, Gate, PIPELINE, READ_AHEAD, SPIN_POLLS};
 pub use error::{ApiError, ErrorBody, OkBody};
 pub use handlers::routes;
 pub use messages::{decode_segment, facts_message, problems_message};
@@ -56,8 +60,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub limiter: RateLimiter,
-    budget: Arc<Semaphore>,
-    budget_units: u32,
+    budget: Arc<body::Budget>,
+    pub memory: Arc<memory::Memory>,
 }
 
 impl ApiState {
@@ -68,17 +72,14 @@ impl ApiState {
         limits: Limits,
         rate_limit: u32,
     ) -> Self {
-        let budget_units = u32::try_from((limits.inflight_bytes / body::BUDGET_UNIT).max(1))
-            .unwrap_or(u32::MAX >> 4)
-            .min(Semaphore::MAX_PERMITS as u32);
         Self {
+            budget: Arc::new(body::Budget::new(&limits)),
+            memory: memory::Memory::new(limits.memory_high),
             keys,
             publisher,
             metrics,
             limits,
             limiter: RateLimiter::new(rate_limit),
-            budget: Arc::new(Semaphore::new(budget_units as usize)),
-            budget_units,
         }
     }
 
@@ -113,6 +114,32 @@ pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListen
     Ok(socket.into())
 }
 
+/// Raises the soft limit on open descriptors to the hard limit (as Go does
+/// at start-up) and returns it.
+pub fn raise_descriptor_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `lim`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
+    Some(lim.rlim_cur as u64)
+}
+
 /// Worker threads of the ingestion server when not configured: one per core.
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -128,29 +155,59 @@ pub fn ingestion_server(
 }
 
 /// The ingestion server with `workers` worker threads
-/// (`--webservice-workers`). Signals are left to the caller, which drives
-/// one graceful shutdown for everything.
+/// (`--webservice-workers`): actix-web's App over actix-http, on
+/// connections bounded by [`conn`] (count, head, reading ahead, writing).
+/// Signals are left to the caller, which drives one graceful shutdown for
+/// everything.
 pub fn ingestion_server_with_workers(
     state: web::Data<ApiState>,
     listener: std::net::TcpListener,
     workers: usize,
 ) -> std::io::Result<Server> {
-    Ok(HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .wrap(actix_web::middleware::from_fn(ops::observe))
-            .configure(routes)
-            .default_service(web::to(ops::not_found))
-    })
-    .disable_signals()
-    .shutdown_timeout(30)
-    .client_request_timeout(Duration::from_secs(10))
-    .client_disconnect_timeout(Duration::from_secs(2))
-    .max_connection_rate(256)
-    // Answers go out at once, not held back by Nagle's algorithm until the
-    // client acknowledges the previous segment.
-    .tcp_nodelay(true)
-    .workers(workers)
-    .listen(listener)?
-    .run())
+    use actix_service::{fn_service, map_config, IntoServiceFactory, ServiceFactoryExt};
+
+    let gate = Gate::new(state.limits.conn.clone(), state.metrics.clone());
+    state.memory.clone().watch();
+    Ok(actix_server::Server::build()
+        .disable_signals()
+        .shutdown_timeout(30)
+        .workers(workers)
+        .listen("ingestion", listener, move || {
+            let state = state.clone();
+            let gate = gate.clone();
+            let limits = gate.limits().clone();
+            let app = App::new()
+                .app_data(state)
+                .wrap(actix_web::middleware::from_fn(ops::observe))
+                .configure(routes)
+                .default_service(web::to(ops::not_found));
+            let app = app
+                .into_factory()
+                .map_err(|err: actix_web::Error| err.error_response());
+            let http = actix_http::HttpService::<conn::Guarded, _, _>::build()
+                .keep_alive(limits.keep_alive)
+                .client_request_timeout(limits.head_timeout)
+                .client_disconnect_timeout(Duration::from_secs(2))
+                .h1(map_config(app, |_| actix_web::dev::AppConfig::default()));
+            fn_service(move |io: tokio::net::TcpStream| {
+                let gate = gate.clone();
+                async move {
+                    let peer = io.peer_addr().ok();
+                    // Answers go out at once, not held back by Nagle's
+                    // algorithm until the client acknowledges.
+                    let _ = io.set_nodelay(true);
+                    match gate.admit(peer.map(|p| p.ip())) {
+                        Ok(ticket) => Ok((conn::Guarded::new(io, ticket), peer)),
+                        Err(reason) => {
+                            gate.refuse(io, reason);
+                            Err(actix_http::error::DispatchError::Io(std::io::Error::other(
+                                reason.label(),
+                            )))
+                        }
+                    }
+                }
+            })
+            .and_then(http)
+        })?
+        .run())
 }
