@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks of insights-remote against the ceilings of the real components,
 # on this machine, in one run each:
-#   bash bench/run.sh ingest | hostile | configmaps | postprocessors | memory |
+#   bash bench/run.sh ingest | hostile | attacks | configmaps | postprocessors | memory |
 #                     tokens | footprint | recovery | all
 # Results are printed as Markdown and appended to bench/results/<date>.md.
 set -euo pipefail
@@ -248,6 +248,29 @@ bench_hostile() {
   done
 }
 
+# Hostile connections (issue 26): one attack per fresh operator, a victim
+# tenant posting ~10 small facts a second on fresh connections from its own
+# address, the readiness probe polled (bench/attacks.py). BENCH_ATTACKS
+# picks attacks; BENCH_SECONDS their length.
+bench_attacks() {
+  header "Hostile connections: one attack at a time, a victim tenant and the probe measured"
+  local d=${BENCH_SECONDS:-20}
+  local bad good
+  bad=$(INSIGHTS_TOKEN_SECRET=$KEY "$BIN" generate-token --namespace bench-hostile --environment-id 66 --project-name bench --environment-name evil)
+  good=$(INSIGHTS_TOKEN_SECRET=$KEY "$BIN" generate-token --namespace bench-good --environment-id 42 --project-name bench --environment-name main)
+  say "| attack | victim 200 | victim p50 / p99 | probe answers | server CPU | peak RSS | RSS idle → 30 s after | attacker got |"
+  say "|---|---|---|---|---|---|---|---|"
+  for a in ${BENCH_ATTACKS:-nonreading heads descriptors amplify large declared}; do
+    start_operator --enable-configmap-reconciler=false --enable-namespace-reconciler=false \
+      --rabbitmq-exchange bench-attack-x --rabbitmq-queue bench-attack-q
+    sleep 2
+    local r; r=$(python3 bench/attacks.py "$a" 18888 18081 "$op_pid" "$d" "$bad" "$good")
+    stop_operator
+    rabbitmqctl delete_queue bench-attack-q >/dev/null 2>&1 || true
+    say "| $a | $(echo "$r" | json victim_ok_pct)% $(echo "$r" | json victim) | $(echo "$r" | json victim_p50_ms) / $(echo "$r" | json victim_p99_ms) ms | $(echo "$r" | json probes) | $(echo "$r" | json cpu_pct)% | $(echo "$r" | json peak_mib) MiB | $(echo "$r" | json idle_mib) → $(echo "$r" | json after_30s_mib) MiB | $(echo "$r" | json attacker) |"
+  done
+}
+
 # The broker killed (SIGKILL) or stopped cleanly while a client posts a fact
 # every 10 ms (bench/recovery.py); the time from the broker's AMQP port
 # opening again to the first 200, with upstream's default retry interval
@@ -297,13 +320,14 @@ bench_recovery() {
 case "${1:-all}" in
   recovery) bench_recovery ;;
   hostile) bench_hostile ;;
+  attacks) bench_attacks ;;
   ingest) bench_ingest ;;
   configmaps) bench_configmaps ;;
   postprocessors) bench_postprocessors ;;
   memory) bench_memory ;;
   tokens) bench_tokens ;;
   footprint) bench_footprint ;;
-  all) bench_footprint; bench_ingest; bench_hostile; bench_configmaps; bench_postprocessors; bench_tokens; bench_memory; bench_recovery ;;
-  *) echo "usage: bench/run.sh ingest|recovery|hostile|configmaps|postprocessors|memory|tokens|footprint|all" >&2; exit 2 ;;
+  all) bench_footprint; bench_ingest; bench_hostile; bench_attacks; bench_configmaps; bench_postprocessors; bench_tokens; bench_memory; bench_recovery ;;
+  *) echo "usage: bench/run.sh ingest|recovery|hostile|attacks|configmaps|postprocessors|memory|tokens|footprint|all" >&2; exit 2 ;;
 esac
 echo "results appended to $out"

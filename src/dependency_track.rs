@@ -228,30 +228,16 @@ impl WriteInfo {
     /// Project and environment from the namespace's labels, else the
     /// ConfigMap's; the service from the ConfigMap; the environment type
     /// from the ConfigMap, `unknown` when absent.
-    pub fn from_labels(
-        cm: &BTreeMap<String, String>,
-        ns: &BTreeMap<String, String>,
-    ) -> Result<WriteInfo, String> {
-        let pick = |key: &str| {
-            ns.get(key)
-                .filter(|v| !v.is_empty())
-                .or_else(|| cm.get(key).filter(|v| !v.is_empty()))
-                .cloned()
-        };
+    /// From a ConfigMap's labels as published (src/identity.rs: project,
+    /// environment and environment type are its namespace's).
+    pub fn from_labels(labels: &BTreeMap<String, String>) -> Result<WriteInfo, String> {
+        let get = |key: &str| labels.get(key).filter(|v| !v.is_empty()).cloned();
         Ok(WriteInfo {
-            project: pick(LABEL_PROJECT)
-                .ok_or("no project name found (label lagoon.sh/project)")?,
-            environment: pick(LABEL_ENVIRONMENT)
+            project: get(LABEL_PROJECT).ok_or("no project name found (label lagoon.sh/project)")?,
+            environment: get(LABEL_ENVIRONMENT)
                 .ok_or("no environment name found (label lagoon.sh/environment)")?,
-            service: cm
-                .get(LABEL_SERVICE)
-                .filter(|v| !v.is_empty())
-                .cloned()
-                .ok_or("no service found (label lagoon.sh/service)")?,
-            environment_type: cm
-                .get(LABEL_ENVIRONMENT_TYPE)
-                .cloned()
-                .unwrap_or_else(|| "unknown".into()),
+            service: get(LABEL_SERVICE).ok_or("no service found (label lagoon.sh/service)")?,
+            environment_type: get(LABEL_ENVIRONMENT_TYPE).unwrap_or_else(|| "unknown".into()),
         })
     }
 }
@@ -643,14 +629,13 @@ mod tests {
     }
 
     #[test]
-    fn write_info_prefers_namespace_labels_and_needs_a_service() {
-        let cm = labels(&[
-            ("lagoon.sh/project", "cm-project"),
-            ("lagoon.sh/environment", "cm-env"),
+    fn write_info_from_the_published_labels_needs_a_service() {
+        let published = labels(&[
+            ("lagoon.sh/project", "ns-project"),
+            ("lagoon.sh/environment", "ns-env"),
             ("lagoon.sh/service", "nginx"),
         ]);
-        let ns = labels(&[("lagoon.sh/project", "ns-project")]);
-        let i = WriteInfo::from_labels(&cm, &ns).unwrap();
+        let i = WriteInfo::from_labels(&published).unwrap();
         assert_eq!(
             (
                 i.project.as_str(),
@@ -658,14 +643,14 @@ mod tests {
                 i.service.as_str(),
                 i.environment_type.as_str()
             ),
-            ("ns-project", "cm-env", "nginx", "unknown")
+            ("ns-project", "ns-env", "nginx", "unknown")
         );
         let no_service = labels(&[("lagoon.sh/project", "p"), ("lagoon.sh/environment", "e")]);
-        assert!(WriteInfo::from_labels(&no_service, &ns)
+        assert!(WriteInfo::from_labels(&no_service)
             .unwrap_err()
             .contains("service"));
         assert!(
-            WriteInfo::from_labels(&labels(&[("lagoon.sh/service", "s")]), &labels(&[]))
+            WriteInfo::from_labels(&labels(&[("lagoon.sh/service", "s")]))
                 .unwrap_err()
                 .contains("project")
         );

@@ -5,6 +5,7 @@ pub mod contract;
 pub mod controller;
 pub mod crd;
 pub mod dependency_track;
+pub mod identity;
 pub mod logging;
 pub mod metrics;
 pub mod metrics_auth;

@@ -178,21 +178,37 @@ async fn every_configmap_kind_ends_in_the_expected_api_calls() {
     consumer
         .seed(44, (7, "demo-project"), "feature", "demo-project-feature")
         .await;
+    // One namespace per environment, as Lagoon makes them; an operator per
+    // namespace (each test's operator is scoped to one).
     let client = client().await;
-    let ns = TestNamespace::new(&client, "e2e").await;
-    let op = Operator::start(
-        &client,
-        OperatorOptions {
-            broker: consumer.broker(),
-            ops: test_ops(),
-            namespace: ns.name.clone(),
-            config_name: unique("absent"),
-            forward: true,
-            tokens: false,
-        },
-    )
-    .await;
+    let env_ns = |env: &str, id: &str| {
+        let mut l = lagoon_labels(id);
+        l.insert("lagoon.sh/environment".into(), env.into());
+        l
+    };
+    let ns = TestNamespace::with_labels(&client, "e2e", env_ns("main", "42")).await;
+    let ns_pr = TestNamespace::with_labels(&client, "e2e-pr", env_ns("pr-5", "43")).await;
+    let ns_feature = TestNamespace::with_labels(&client, "e2e-ft", env_ns("feature", "44")).await;
+    let mut ops = Vec::new();
+    for n in [&ns, &ns_pr, &ns_feature] {
+        ops.push(
+            Operator::start(
+                &client,
+                OperatorOptions {
+                    broker: consumer.broker(),
+                    ops: test_ops(),
+                    namespace: n.name.clone(),
+                    config_name: unique("absent"),
+                    forward: true,
+                    tokens: false,
+                },
+            )
+            .await,
+        );
+    }
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let cms_pr: Api<ConfigMap> = Api::namespaced(client.clone(), &ns_pr.name);
+    let cms_feature: Api<ConfigMap> = Api::namespaced(client.clone(), &ns_feature.name);
 
     let fixture = std::fs::read(format!(
         "{}/../shared/fixtures/sbom.cyclonedx.json",
@@ -213,47 +229,85 @@ async fn every_configmap_kind_ends_in_the_expected_api_calls() {
 
     let cases = [
         // Branch build, SBOM as binary gzip (the usual case).
-        insights_cm(
-            "sbom-branch",
-            &ns.name,
-            "sbom",
-            "main",
-            None,
-            Some(gzip(&fixture)),
-            None,
+        (
+            &cms,
+            insights_cm(
+                "sbom-branch",
+                &ns.name,
+                "sbom",
+                "main",
+                None,
+                Some(gzip(&fixture)),
+                None,
+            ),
         ),
         // Pull-request build: the environment label names it, not the branch.
-        insights_cm(
-            "inspect-pr",
-            &ns.name,
-            "inspect",
-            "pr-5",
-            Some(("pullrequest", "feature/x")),
-            Some(gzip(&image)),
-            None,
+        (
+            &cms_pr,
+            insights_cm(
+                "inspect-pr",
+                &ns_pr.name,
+                "inspect",
+                "pr-5",
+                Some(("pullrequest", "feature/x")),
+                Some(gzip(&image)),
+                None,
+            ),
         ),
         // Branch build: the branch annotation names the environment.
-        insights_cm(
-            "inspect-branch-text",
-            &ns.name,
-            "inspect",
-            "ignored",
-            Some(("branch", "feature")),
-            None,
-            Some(std::str::from_utf8(&image).unwrap()),
+        (
+            &cms_feature,
+            insights_cm(
+                "inspect-branch-text",
+                &ns_feature.name,
+                "inspect",
+                "feature",
+                Some(("branch", "feature")),
+                None,
+                Some(std::str::from_utf8(&image).unwrap()),
+            ),
         ),
         // CycloneDX 1.4 tools array, as text: normalised, not a crash loop.
+        (
+            &cms_pr,
+            insights_cm(
+                "sbom-14-text",
+                &ns_pr.name,
+                "sbom",
+                "pr-5",
+                Some(("pullrequest", "pr-5")),
+                None,
+                Some(&sbom14.to_string()),
+            ),
+        ),
+    ];
+    for (api, cm) in &cases {
+        api.create(&PostParams::default(), cm).await.unwrap();
+    }
+    // Spoofs in main's namespace: the pull request's environment by label,
+    // the feature branch's by annotation. Refused (src/identity.rs): the
+    // consumer never writes them to those environments (checked below).
+    let spoofs = [
         insights_cm(
-            "sbom-14-text",
+            "spoof-label",
             &ns.name,
             "sbom",
             "pr-5",
             Some(("pullrequest", "pr-5")),
+            Some(gzip(&fixture)),
             None,
-            Some(&sbom14.to_string()),
+        ),
+        insights_cm(
+            "spoof-branch",
+            &ns.name,
+            "sbom",
+            "main",
+            Some(("branch", "feature")),
+            Some(gzip(&fixture)),
+            None,
         ),
     ];
-    for cm in &cases {
+    for cm in &spoofs {
         cms.create(&PostParams::default(), cm).await.unwrap();
     }
     let broken = insights_cm(
@@ -329,7 +383,11 @@ async fn every_configmap_kind_ends_in_the_expected_api_calls() {
     assert!(got.contains("not KEY=VALUE"), "{got}");
     let got = rejection(&cms, "sbom-two").await;
     assert!(got.contains("2 payload entries"), "{got}");
-    // Neither was published: only the four good ones reached the consumer
+    let got = rejection(&cms, "spoof-label").await;
+    assert!(got.contains("names another environment"), "{got}");
+    let got = rejection(&cms, "spoof-branch").await;
+    assert!(got.contains("names environment \"feature\""), "{got}");
+    // None was published: only the four good ones reached the consumer
     // (it writes an image inspect's facts twice, so count destinations).
     let (mutations, _) = consumer.recorded().await;
     let destinations: std::collections::BTreeSet<(String, i64)> = mutations
@@ -354,6 +412,10 @@ async fn every_configmap_kind_ends_in_the_expected_api_calls() {
     .collect();
     assert_eq!(destinations, want, "{mutations:?}");
     assert!(consumer.alive(), "the handler did not crash");
-    op.stop().await;
-    ns.cleanup().await;
+    for op in ops {
+        op.stop().await;
+    }
+    for n in [ns, ns_pr, ns_feature] {
+        n.cleanup().await;
+    }
 }

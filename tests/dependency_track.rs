@@ -80,15 +80,22 @@ fn dt_ops(
     ops
 }
 
-/// The shared SBOM fixture as its build writes it, for `project` (a name
-/// unique to the test, so Dependency-Track's projects do not collide).
-fn sbom_cm(name: &str, project: &str, env_type: &str, annotations: &[(&str, &str)]) -> ConfigMap {
+/// The shared SBOM fixture as its build writes it in a namespace of
+/// `project` (see [`namespace`]), for `service`.
+fn sbom_cm(
+    name: &str,
+    project: &str,
+    env_type: &str,
+    service: &str,
+    annotations: &[(&str, &str)],
+) -> ConfigMap {
     let mut cm = fixture_configmap("configmap-sbom.json", "");
     cm.metadata.name = Some(name.into());
     cm.metadata.namespace = None;
     let labels = cm.metadata.labels.get_or_insert_with(Default::default);
     labels.insert("lagoon.sh/project".into(), project.into());
     labels.insert("lagoon.sh/environmentType".into(), env_type.into());
+    labels.insert("lagoon.sh/service".into(), service.into());
     let a = cm.metadata.annotations.get_or_insert_with(Default::default);
     for (k, v) in annotations {
         a.insert(k.to_string(), v.to_string());
@@ -101,11 +108,12 @@ async fn create_sbom(
     name: &str,
     project: &str,
     env_type: &str,
+    service: &str,
     annotations: &[(&str, &str)],
 ) {
     api.create(
         &PostParams::default(),
-        &sbom_cm(name, project, env_type, annotations),
+        &sbom_cm(name, project, env_type, service, annotations),
     )
     .await
     .unwrap();
@@ -120,15 +128,20 @@ fn tag_names(project: &Value) -> Vec<&str> {
         .collect()
 }
 
-/// A namespace whose labels leave project and environment to the
-/// ConfigMap's (Lagoon's namespaces carry the same values).
-async fn namespace(client: &kube::Client, tag: &str) -> TestNamespace {
-    TestNamespace::with_labels(
-        client,
-        tag,
-        BTreeMap::from([("lagoon.sh/environmentId".to_string(), "42".to_string())]),
-    )
-    .await
+/// A Lagoon environment namespace of `project` (unique to the test, so
+/// Dependency-Track's projects do not collide), environment `main`, of type
+/// `env_type`: the ConfigMap's project, environment and type are its
+/// namespace's (src/identity.rs).
+async fn namespace(
+    client: &kube::Client,
+    tag: &str,
+    project: &str,
+    env_type: &str,
+) -> TestNamespace {
+    let mut labels = lagoon_labels("42");
+    labels.insert("lagoon.sh/project".into(), project.into());
+    labels.insert("lagoon.sh/environmentType".into(), env_type.into());
+    TestNamespace::with_labels(client, tag, labels).await
 }
 
 async fn processed(api: &Api<ConfigMap>, name: &str) -> BTreeMap<String, String> {
@@ -150,17 +163,17 @@ async fn processed(api: &Api<ConfigMap>, name: &str) -> BTreeMap<String, String>
 async fn central_upload_builds_the_hierarchy_and_waits_until_processed() {
     let (base, key) = dt();
     let client = client().await;
-    let ns = namespace(&client, "dtcentral").await;
+    let proj = unique("dtp");
+    let ns = namespace(&client, "dtcentral", &proj, "production").await;
     let broker = isolated_broker("dtcentral");
     let queue = broker.queue.clone();
-    let proj = unique("dtp");
     let op = Operator::start(
         &client,
         OperatorOptions::forwarding(&ns, broker, dt_ops(&base, &key, true), &unique("irc")),
     )
     .await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    create_sbom(&api, "sbom", &proj, "production", &[]).await;
+    create_sbom(&api, "sbom", &proj, "production", "cli", &[]).await;
     let a = processed(&api, "sbom").await;
     assert_eq!(a["core.insights.lagoon.sh/status"], "success");
     assert_eq!(
@@ -214,7 +227,10 @@ async fn central_upload_builds_the_hierarchy_and_waits_until_processed() {
 async fn prod_only_skips_development_and_lagoon_env_overrides_it_for_the_custom_endpoint() {
     let (base, key) = dt();
     let client = client().await;
-    let ns = namespace(&client, "dtprod").await;
+    // A development environment: its type is the namespace's, whatever a
+    // ConfigMap's label says (a production label here changes nothing).
+    let proj = unique("dtdev");
+    let ns = namespace(&client, "dtprod", &proj, "development").await;
     let broker = isolated_broker("dtprod");
     // Central upload is on with push-prod-only; per-namespace too.
     let op = Operator::start(
@@ -238,31 +254,32 @@ async fn prod_only_skips_development_and_lagoon_env_overrides_it_for_the_custom_
         .await
         .unwrap();
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    // A development SBOM without a custom endpoint: skipped (recorded success).
-    let skipped = unique("dtskip");
-    create_sbom(&api, "dev", &skipped, "development", &[]).await;
-    // A development SBOM for the namespace's own Dependency-Track, whose
-    // lagoon-env says push-prod-only=false: uploaded there.
-    let custom = unique("dtcustom");
-    create_sbom(
-        &api,
-        "dev-custom",
-        &custom,
-        "development",
-        &[("dependencytrack.insights.lagoon.sh/custom-endpoint", &base)],
-    )
-    .await;
+    // A development SBOM without a custom endpoint: skipped (recorded
+    // success), though it claims to be production.
+    create_sbom(&api, "dev", &proj, "production", "skipped", &[]).await;
     let a = processed(&api, "dev").await;
     assert_eq!(
         a["dependencytrack.insights.lagoon.sh/default-status"],
         "success"
     );
+    assert!(project(&proj).await.is_none(), "not even the parents");
+    // A development SBOM for the namespace's own Dependency-Track, whose
+    // lagoon-env says push-prod-only=false: uploaded there.
+    create_sbom(
+        &api,
+        "dev-custom",
+        &proj,
+        "development",
+        "custom",
+        &[("dependencytrack.insights.lagoon.sh/custom-endpoint", &base)],
+    )
+    .await;
     let b = processed(&api, "dev-custom").await;
     assert_eq!(
         b["dependencytrack.insights.lagoon.sh/custom-status"],
         "success"
     );
-    let leaf = project(&format!("{custom}-main-cli"))
+    let leaf = project(&format!("{proj}-main-custom"))
         .await
         .expect("uploaded with the namespace's key");
     assert!(leaf["lastBomImport"].is_number());
@@ -272,10 +289,9 @@ async fn prod_only_skips_development_and_lagoon_env_overrides_it_for_the_custom_
         "{tags:?}"
     );
     assert!(
-        project(&format!("{skipped}-main-cli")).await.is_none(),
+        project(&format!("{proj}-main-skipped")).await.is_none(),
         "push-prod-only skipped it"
     );
-    assert!(project(&skipped).await.is_none(), "not even the parents");
 
     // An invalid override falls back to the global push-prod-only: skipped.
     secrets
@@ -286,12 +302,12 @@ async fn prod_only_skips_development_and_lagoon_env_overrides_it_for_the_custom_
         )
         .await
         .unwrap();
-    let fallback = unique("dtfallback");
     create_sbom(
         &api,
         "dev-fallback",
-        &fallback,
+        &proj,
         "development",
+        "fallback",
         &[("dependencytrack.insights.lagoon.sh/custom-endpoint", &base)],
     )
     .await;
@@ -301,7 +317,7 @@ async fn prod_only_skips_development_and_lagoon_env_overrides_it_for_the_custom_
         "success"
     );
     assert!(
-        project(&fallback).await.is_none(),
+        project(&format!("{proj}-main-fallback")).await.is_none(),
         "global push-prod-only applied"
     );
     op.stop().await;
@@ -312,7 +328,8 @@ async fn prod_only_skips_development_and_lagoon_env_overrides_it_for_the_custom_
 async fn custom_endpoint_without_a_key_fails_and_records_why() {
     let (base, key) = dt();
     let client = client().await;
-    let ns = namespace(&client, "dtnokey").await;
+    let proj = unique("dtnokey");
+    let ns = namespace(&client, "dtnokey", &proj, "production").await;
     let op = Operator::start(
         &client,
         OperatorOptions::forwarding(
@@ -324,12 +341,12 @@ async fn custom_endpoint_without_a_key_fails_and_records_why() {
     )
     .await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    let proj = unique("dtnokey");
     create_sbom(
         &api,
         "sbom",
         &proj,
         "production",
+        "cli",
         &[("dependencytrack.insights.lagoon.sh/custom-endpoint", &base)],
     )
     .await;
@@ -369,7 +386,8 @@ async fn outage_defers_then_uploads_once_back_without_publishing_twice() {
     let (base, key) = dt();
     let client = client().await;
     ensure_crd(&client).await;
-    let ns = namespace(&client, "dtoutage").await;
+    let proj = unique("dtout");
+    let ns = namespace(&client, "dtoutage", &proj, "production").await;
     let broker = isolated_broker("dtoutage");
     let queue = broker.queue.clone();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
@@ -400,8 +418,7 @@ async fn outage_defers_then_uploads_once_back_without_publishing_twice() {
     )
     .await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    let proj = unique("dtout");
-    create_sbom(&api, "sbom", &proj, "production", &[]).await;
+    create_sbom(&api, "sbom", &proj, "production", "cli", &[]).await;
     let deferred = wait_for(
         "deferred with a failure",
         Duration::from_secs(60),

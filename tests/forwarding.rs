@@ -726,3 +726,141 @@ async fn configmap_over_the_message_limit_is_rejected_not_retried() {
     delete_queue(&queue).await;
     ns.cleanup().await;
 }
+
+/// Identity comes from the namespace (src/identity.rs): in tenant b's
+/// namespace, a ConfigMap labelled with another tenant's project and
+/// environment, or with a branch annotation naming another environment, is
+/// rejected with an Event and never published; an honest branch build
+/// (`feature/x` in the environment `feature-x`) is published with the
+/// namespace's project, environment and type; in a namespace without
+/// Lagoon's labels nothing is forwarded.
+#[tokio::test]
+async fn a_configmap_cannot_speak_for_another_environment() {
+    let client = client().await;
+    let labels = BTreeMap::from([
+        ("lagoon.sh/project".to_string(), "tenant-b".to_string()),
+        ("lagoon.sh/environment".to_string(), "feature-x".to_string()),
+        ("lagoon.sh/environmentId".to_string(), "7".to_string()),
+        (
+            "lagoon.sh/environmentType".to_string(),
+            "development".to_string(),
+        ),
+    ]);
+    let ns = TestNamespace::with_labels(&client, "spoof", labels).await;
+    let broker = isolated_broker("spoof");
+    let queue = broker.queue.clone();
+    let op = start(&ns, broker, test_ops()).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let sbom_gz = gzip(SBOM.as_bytes());
+    let bin = Some(("a.json.gz", &sbom_gz[..]));
+    let core = ("core.insights.lagoon.sh/enabled", "true");
+    let sbom = ("lagoon.sh/insightsType", "sbom-gz");
+    let spoofs = [
+        (
+            cm_with(
+                "other-labels",
+                &[
+                    sbom,
+                    ("lagoon.sh/project", "demo-project"),
+                    ("lagoon.sh/environment", "main"),
+                ],
+                &[core],
+                bin,
+                None,
+            ),
+            "names another environment",
+        ),
+        (
+            cm_with(
+                "other-branch",
+                &[
+                    sbom,
+                    ("lagoon.sh/project", "tenant-b"),
+                    ("lagoon.sh/buildType", "branch"),
+                ],
+                &[core, ("lagoon.sh/branch", "main")],
+                bin,
+                None,
+            ),
+            "names environment \"main\"",
+        ),
+        (
+            // Not an SBOM by its legacy label, an SBOM by the other: the
+            // payload is checked all the same (this one is not JSON).
+            cm_with(
+                "unchecked-type",
+                &[
+                    ("lagoon.sh/insightsType", "other-gz"),
+                    ("insights.lagoon.sh/type", "sbom"),
+                ],
+                &[core],
+                Some(("a.json.gz", &gzip(b"not json")[..])),
+                None,
+            ),
+            "a.json.gz",
+        ),
+    ];
+    for (cm, _) in &spoofs {
+        api.create(&PostParams::default(), cm).await.unwrap();
+    }
+    let honest = cm_with(
+        "honest",
+        &[
+            sbom,
+            ("lagoon.sh/buildType", "branch"),
+            ("lagoon.sh/service", "cli"),
+            ("lagoon.sh/environmentType", "production"),
+        ],
+        &[core, ("lagoon.sh/branch", "feature/x")],
+        bin,
+        None,
+    );
+    api.create(&PostParams::default(), &honest).await.unwrap();
+    for (cm, why) in &spoofs {
+        let name = cm.name_any();
+        let reason = rejection(&api, &name).await;
+        assert!(reason.contains(why), "{name}: {reason}");
+        let events = wait_for(
+            &format!("{name} event"),
+            Duration::from_secs(10),
+            || async {
+                let e = events_for(&client, &ns.name, &name).await;
+                (!e.is_empty()).then_some(e)
+            },
+        )
+        .await;
+        assert!(events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Rejected")));
+    }
+    wait_label(&api, "honest", "lagoon.sh/insightsProcessed").await;
+    let got = drain(&queue, 2, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1, "only the honest ConfigMap is published");
+    let m = &got[0];
+    assert_eq!(m["labels"]["lagoon.sh/project"], "tenant-b");
+    assert_eq!(m["labels"]["lagoon.sh/environment"], "feature-x");
+    assert_eq!(m["labels"]["lagoon.sh/environmentType"], "development");
+    assert_eq!(m["annotations"]["lagoon.sh/branch"], "feature/x");
+    assert_eq!(
+        (m["project"].as_str(), m["environment"].as_str()),
+        (Some("tenant-b"), Some("feature-x"))
+    );
+    op.stop().await;
+    ns.cleanup().await;
+
+    // A namespace that is not a Lagoon environment forwards nothing.
+    let plain = TestNamespace::with_labels(&client, "plain", BTreeMap::new()).await;
+    let broker = isolated_broker("plain");
+    let queue = broker.queue.clone();
+    let op = start(&plain, broker, test_ops()).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &plain.name);
+    let mut cm = fixture_cm("configmap-sbom.json", &plain.name);
+    cm.metadata.name = Some("in-plain".into());
+    api.create(&PostParams::default(), &cm).await.unwrap();
+    let reason = rejection(&api, "in-plain").await;
+    assert!(reason.contains("is not a Lagoon environment"), "{reason}");
+    assert_eq!(queue_depth(&queue).await, 0);
+    delete_queue(&queue).await;
+    op.stop().await;
+    plain.cleanup().await;
+}

@@ -27,6 +27,7 @@ use crate::contract::{
     MAX_RETRY_EXCEEDED_VALUE,
 };
 use crate::dependency_track;
+use crate::identity;
 use crate::payload;
 use crate::postprocess::{self, Next, Outcome, Step, Work};
 
@@ -192,6 +193,8 @@ pub async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Action> 
         Ok(m) => m,
         Err(reason) => return reject(&api, &cm, &ctx, &reason, &fingerprint).await,
     };
+    // The labels as published: the namespace's environment (src/identity.rs).
+    let labels = &message.labels.clone();
     let dt = &ops.dependency_track;
     let enabled = postprocess::Enabled {
         core: ctx.publisher.is_some(),
@@ -234,18 +237,9 @@ pub async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Action> 
                     Err(e) => Outcome::Failure(e.to_string()),
                 }
             }
-            Work::Upload => upload(&ctx, &cm, &ns_labels, step, &fingerprint, None, dt).await,
+            Work::Upload => upload(&ctx, &cm, labels, step, &fingerprint, None, dt).await,
             Work::UploadCustom { endpoint } => {
-                upload(
-                    &ctx,
-                    &cm,
-                    &ns_labels,
-                    step,
-                    &fingerprint,
-                    Some(endpoint),
-                    dt,
-                )
-                .await
+                upload(&ctx, &cm, labels, step, &fingerprint, Some(endpoint), dt).await
             }
         };
         match &outcome {
@@ -358,7 +352,7 @@ async fn publish(
 async fn upload(
     ctx: &Context,
     cm: &ConfigMap,
-    ns_labels: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
     step: Step,
     fingerprint: &str,
     custom_endpoint: Option<String>,
@@ -376,8 +370,7 @@ async fn upload(
     if !ctx.uploads.has_free_slot(step) {
         return Outcome::Running;
     }
-    let labels = cm.labels();
-    let info = match dependency_track::WriteInfo::from_labels(labels, ns_labels) {
+    let info = match dependency_track::WriteInfo::from_labels(labels) {
         Ok(i) => i,
         Err(e) => return Outcome::Failure(e),
     };
@@ -519,35 +512,26 @@ fn build_message(
             ))
         }
     };
-    // Checked and gzipped as the consumer needs it (src/payload.rs).
-    let payload =
-        match payload::Kind::from_label(labels.get(LABEL_INSIGHTS_TYPE).map(String::as_str)) {
-            Some(kind) => match payload::prepare(kind, raw) {
-                Ok(p) => p,
-                Err(reason) => return Err(format!("{key}: {reason}")),
-            },
-            None => raw.to_vec(),
-        };
-    let binary_payload = BTreeMap::from([(key.clone(), STANDARD.encode(&payload))]);
     let ns_name = cm.namespace().unwrap_or_default();
-    // Project and environment come from the namespace; the ConfigMap's own
-    // labels (set by the build) are the fallback.
-    let pick = |key: &str| {
-        ns_labels
-            .get(key)
-            .or_else(|| labels.get(key))
-            .cloned()
-            .unwrap_or_default()
+    // Identity from the namespace, never from the ConfigMap.
+    let labels = identity::published(&ns_name, ns_labels, labels, cm.annotations())?;
+    // Every payload is checked, and gzipped as the consumer needs it
+    // (src/payload.rs), by the type it is forwarded as.
+    let kind = match insights_type {
+        contract::InsightsType::Sbom => payload::Kind::Sbom,
+        contract::InsightsType::Inspect => payload::Kind::ImageInspect,
     };
+    let payload = payload::prepare(kind, raw).map_err(|reason| format!("{key}: {reason}"))?;
+    let binary_payload = BTreeMap::from([(key.clone(), STANDARD.encode(&payload))]);
     Ok(ConfigMapMessage {
         payload: None,
         binary_payload,
         annotations: cm.annotations().clone(),
-        labels: labels.clone(),
         namespace: ns_name,
-        environment: pick(contract::LABEL_ENVIRONMENT),
+        environment: labels[contract::LABEL_ENVIRONMENT].clone(),
         service: labels.get(LABEL_SERVICE).cloned().unwrap_or_default(),
-        project: pick(contract::LABEL_PROJECT),
+        project: labels[contract::LABEL_PROJECT].clone(),
+        labels,
         insights_type: insights_type.as_str().into(),
     })
 }

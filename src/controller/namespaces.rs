@@ -1,7 +1,7 @@
-//! A small cache of Lagoon namespaces' project and environment labels, so
+//! A small cache of Lagoon namespaces' identity labels, so
 //! forwarding a ConfigMap costs no GET of its Namespace. Only namespaces
 //! labelled `lagoon.sh/project` are watched (metadata only), and only the
-//! two labels the message needs are kept.
+//! labels that name the environment are kept (project, environment, type).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -13,7 +13,7 @@ use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 
 use super::{follow, Context};
-use crate::contract::{LABEL_ENVIRONMENT, LABEL_PROJECT};
+use crate::contract::{LABEL_ENVIRONMENT, LABEL_ENVIRONMENT_TYPE, LABEL_PROJECT};
 
 type Labels = BTreeMap<String, String>;
 
@@ -25,7 +25,7 @@ pub struct NamespaceCache {
 
 /// The labels kept for one namespace.
 fn kept(labels: &BTreeMap<String, String>) -> Labels {
-    [LABEL_PROJECT, LABEL_ENVIRONMENT]
+    [LABEL_PROJECT, LABEL_ENVIRONMENT, LABEL_ENVIRONMENT_TYPE]
         .into_iter()
         .filter_map(|k| labels.get(k).map(|v| (k.to_string(), v.clone())))
         .collect()
@@ -109,7 +109,7 @@ mod tests {
     }
 
     #[test]
-    fn answers_only_once_complete_and_keeps_two_labels() {
+    fn answers_only_once_complete_and_keeps_the_identity_labels() {
         let c = NamespaceCache::default();
         let mut pending = HashMap::new();
         assert_eq!(c.labels("a"), None, "not listed yet: ask the API server");
@@ -120,6 +120,7 @@ mod tests {
                 &[
                     ("lagoon.sh/project", "p"),
                     ("lagoon.sh/environment", "e"),
+                    ("lagoon.sh/environmentType", "production"),
                     ("other", "x"),
                 ],
             )),
@@ -128,7 +129,7 @@ mod tests {
         assert_eq!(c.labels("a"), None);
         c.apply(watcher::Event::InitDone, &mut pending);
         let a = c.labels("a").unwrap();
-        assert_eq!(a.len(), 2);
+        assert_eq!(a.len(), 3);
         assert_eq!(a["lagoon.sh/project"], "p");
         assert_eq!(c.labels("unknown"), None, "not seen: ask the API server");
         c.apply(
