@@ -152,11 +152,12 @@ mod tests {
             published("b-ns", &ns, l, a)
         };
         // (what, result: Ok(project, environment, type) or Err(part of the reason))
-        let cases: Vec<(
-            &str,
+        type Case = (
+            &'static str,
             Result<BTreeMap<String, String>, String>,
-            Result<[&str; 3], &str>,
-        )> = vec![
+            Result<[&'static str; 3], &'static str>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "honest branch build",
                 ok(&honest, &branch("feature/x")),
