@@ -135,6 +135,7 @@ def descriptors():
         while not stop.is_set() and len(socks) < 19000:
             try:
                 socks.append(conn_from(timeout=1))
+                note("opened")
             except OSError:
                 note("connect failed")
                 time.sleep(0.01)

@@ -62,6 +62,16 @@ async fn status_from(from: &str, to: SocketAddr, request: &str) -> String {
         .to_string()
 }
 
+/// A child process killed when the test ends, also by a failed assertion.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn counter(api: &Api, family: &str, outcome: &str) -> u64 {
     let text = api.metrics.render();
     let prefix = format!("insights_remote_{family}_total{{outcome=\"{outcome}\"}} ");
@@ -272,7 +282,7 @@ async fn connection_caps_leave_room_for_others_and_the_probes() {
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit());
-    let mut child = child.spawn().unwrap();
+    let child = ChildGuard(child.spawn().unwrap());
     let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let ready = format!("http://127.0.0.1:{probes}/readyz");
     wait_for("the API", Duration::from_secs(20), || async {
@@ -343,8 +353,7 @@ async fn connection_caps_leave_room_for_others_and_the_probes() {
             .then_some(())
     })
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     delete_queue(&broker.queue).await;
 }
 

@@ -30,6 +30,10 @@ const OK_BODY: &str = r#"{"message":"okay"}"#;
 pub const MAX_EXPANSION: usize = 8;
 /// Bytes of message allowed for any body, beyond [`MAX_EXPANSION`] times it.
 pub const MESSAGE_ALLOWANCE: usize = 64 * 1024;
+/// Fewest bytes one fact or problem takes in a message (its environment,
+/// source and field names; see the test): a count of items alone can show
+/// a message over [`message_limit`] before it is serialised.
+pub const MIN_ITEM_MESSAGE_BYTES: usize = 64;
 /// Longest source or service in a DELETE path, decoded (Lagoon stores
 /// sources of up to 300 characters).
 pub const MAX_SEGMENT_BYTES: usize = 300;
@@ -39,6 +43,16 @@ pub fn message_limit(body_bytes: usize) -> usize {
     body_bytes
         .saturating_mul(MAX_EXPANSION)
         .saturating_add(MESSAGE_ALLOWANCE)
+}
+
+/// A message over [`message_limit`]: 413 naming both sizes.
+fn expanded(st: &ApiState, size: usize, limit: usize, qualifier: &str) -> ApiError {
+    st.refuse("expansion");
+    ApiError::TooMuch(format!(
+        "the message built from this body would be {qualifier}{size} bytes, more than the limit \
+         of {limit} ({MAX_EXPANSION} times the body plus {MESSAGE_ALLOWANCE} bytes): send fewer, \
+         fuller items"
+    ))
 }
 
 /// Serialises the message, frees it, and publishes the bytes: only the
@@ -57,12 +71,7 @@ async fn publish<T: Serialize>(
     let body = serde_json::to_vec(&msg).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     drop(msg);
     if body.len() > limit {
-        st.refuse("expansion");
-        return Err(ApiError::TooMuch(format!(
-            "the message built from this body would be {} bytes, more than the limit of {limit} \
-             ({MAX_EXPANSION} times the body plus {MESSAGE_ALLOWANCE} bytes): send fewer, fuller items",
-            body.len()
-        )));
+        return Err(expanded(st, body.len(), limit, ""));
     }
     if let Err(e) = publisher.publish_confirmed(&body).await {
         match &e {
@@ -93,7 +102,13 @@ async fn post<M: Serialize>(
         let message = build(&claims, &body, st.limits.max_items)?;
         let limit = message_limit(body.len());
         drop(body);
-        debug!(namespace = %claims.namespace, count = count(&message), "{what} received");
+        let items = count(&message);
+        debug!(namespace = %claims.namespace, count = items, "{what} received");
+        // Refused before the work of serialising, when the count alone says so.
+        let at_least = items.saturating_mul(MIN_ITEM_MESSAGE_BYTES);
+        if at_least > limit {
+            return Err(expanded(&st, at_least, limit, "at least "));
+        }
         publish(&st, message, limit).await
     }
     .await;
@@ -250,4 +265,35 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/openapi.json", web::get().to(openapi_json));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::Claims;
+
+    /// The smallest fact and problem still take [`MIN_ITEM_MESSAGE_BYTES`]
+    /// each in a message, so counting items never refuses an honest one.
+    #[test]
+    fn items_take_at_least_the_minimum_in_a_message() {
+        let claims = Claims {
+            namespace: "n".into(),
+            environment_id: "1".into(),
+            project_name: String::new(),
+            environment_name: String::new(),
+        };
+        let n = 100;
+        let facts = format!("[{}]", vec![r#"{"name":"a"}"#; n].join(","));
+        let problems = format!("[{}]", vec!["{}"; n].join(","));
+        let f = serde_json::to_vec(&facts_message(&claims, facts.as_bytes(), n).unwrap()).unwrap();
+        let p = serde_json::to_vec(&problems_message(&claims, problems.as_bytes(), n).unwrap())
+            .unwrap();
+        for (what, len) in [("facts", f.len()), ("problems", p.len())] {
+            assert!(
+                len / n >= MIN_ITEM_MESSAGE_BYTES,
+                "{what}: {} bytes an item",
+                len / n
+            );
+        }
+    }
 }

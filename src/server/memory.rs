@@ -13,7 +13,7 @@ const TICK: Duration = Duration::from_millis(250);
 /// Freed memory is given back at most this often, and only when the
 /// resident size is this far above the lowest seen.
 const TRIM_EVERY: Duration = Duration::from_secs(2);
-const TRIM_ABOVE: u64 = 4 * 1024 * 1024;
+const TRIM_ABOVE: u64 = 1024 * 1024;
 
 pub struct Memory {
     /// Resident bytes above which posts are shed (`u64::MAX`: never).

@@ -48,6 +48,7 @@ pub use body::Limits;
 pub use conn::{ConnLimits, Gate, PIPELINE, READ_AHEAD, SPIN_POLLS};
 pub use error::{ApiError, ErrorBody, OkBody};
 pub use handlers::routes;
+pub use memory::{container_limit, resident};
 pub use messages::{decode_segment, facts_message, problems_message};
 pub use openapi::api_doc;
 pub use ops::{ops_server, secure_metrics_server};
