@@ -251,9 +251,10 @@ bench_hostile() {
 # Hostile connections (issue 26): one attack per fresh operator, a victim
 # tenant posting ~10 small facts a second on fresh connections from its own
 # address, the readiness probe polled (bench/attacks.py). BENCH_ATTACKS
-# picks attacks; BENCH_SECONDS their length.
+# picks attacks; BENCH_SECONDS their length; BENCH_OPERATOR_ARGS adds flags
+# (e.g. --webservice-rate-limit 20).
 bench_attacks() {
-  header "Hostile connections: one attack at a time, a victim tenant and the probe measured"
+  header "Hostile connections: one attack at a time, a victim tenant and the probe measured${BENCH_OPERATOR_ARGS:+ ($BENCH_OPERATOR_ARGS)}"
   local d=${BENCH_SECONDS:-20}
   local bad good
   bad=$(INSIGHTS_TOKEN_SECRET=$KEY "$BIN" generate-token --namespace bench-hostile --environment-id 66 --project-name bench --environment-name evil)
@@ -261,8 +262,9 @@ bench_attacks() {
   say "| attack | victim 200 | victim p50 / p99 | probe answers | server CPU | peak RSS | RSS idle → 30 s after | attacker got |"
   say "|---|---|---|---|---|---|---|---|"
   for a in ${BENCH_ATTACKS:-nonreading heads descriptors amplify large declared}; do
+    # shellcheck disable=SC2086 # BENCH_OPERATOR_ARGS: extra flags, split on spaces
     start_operator --enable-configmap-reconciler=false --enable-namespace-reconciler=false \
-      --rabbitmq-exchange bench-attack-x --rabbitmq-queue bench-attack-q
+      --rabbitmq-exchange bench-attack-x --rabbitmq-queue bench-attack-q ${BENCH_OPERATOR_ARGS:-}
     sleep 2
     local r; r=$(python3 bench/attacks.py "$a" 18888 18081 "$op_pid" "$d" "$bad" "$good")
     stop_operator

@@ -6,6 +6,7 @@ use insights_remote::token::Claims;
 use insights_remote::{Error, Result};
 
 fn main() -> std::process::ExitCode {
+    insights_remote::server::tune_allocator();
     let cli = Cli::parse_from(normalize_args(std::env::args()));
     let outcome = match cli.command {
         Some(Command::Crd) => print_crd(),

@@ -113,8 +113,19 @@ impl App {
         let (stop, stop_rx) = watch::channel(false);
         let mut parts = Vec::new();
         let ctx = if controllers {
-            let ctx =
-                operator_context(args, publisher.clone(), keys, baseline_keys, metrics).await?;
+            let ctx = match operator_context(args, publisher.clone(), keys, baseline_keys, metrics)
+                .await
+            {
+                Ok(ctx) => ctx,
+                Err(e) => {
+                    // Closed before the runtime goes, so its I/O thread
+                    // ends cleanly rather than panicking on the way out.
+                    if let Some(p) = &publisher {
+                        p.shutdown().await;
+                    }
+                    return Err(e);
+                }
+            };
             let opts = run_options(args);
             parts.push(Part {
                 name: "operator",
@@ -287,18 +298,28 @@ async fn operator_context(
     }
     // Settings from the resource before the first reconcile.
     controller::config::sync(&ctx).await;
-    let no_key = ctx
+    let problem = ctx
         .health
         .lock()
         .expect("health lock")
         .signing_key_problem
-        .is_some();
-    if no_key && baseline_keys.is_none() {
-        return Err(Error::Config(
-            "no signing key: set INSIGHTS_TOKEN_SECRET (at least 32 bytes) or spec.signingKey.secretRef in the InsightsRemoteConfig".into(),
-        ));
+        .clone();
+    match problem {
+        Some(p) if baseline_keys.is_none() => {
+            // Say what is wrong where an admin looks (`kubectl get irc`)
+            // and in the exit message: the resource's own problem (a
+            // foreign or missing Secret, a short key), not a generic one.
+            controller::config::status::write_status_once(&ctx).await;
+            let what = match p {
+                controller::config::Problem::Loading(_) | controller::config::Problem::NoSigningKey(_) => {
+                    "set INSIGHTS_TOKEN_SECRET (at least 32 bytes) or spec.signingKey.secretRef in the InsightsRemoteConfig".to_string()
+                }
+                other => format!("the InsightsRemoteConfig's signing key cannot be used: {other}"),
+            };
+            Err(Error::Config(format!("no signing key: {what}")))
+        }
+        _ => Ok(ctx),
     }
-    Ok(ctx)
 }
 
 /// Which reconcilers run, and how leadership is decided.

@@ -194,3 +194,90 @@ async fn status_reports_counters_conditions_and_kubectl_columns() {
         .unwrap();
     ns.cleanup().await;
 }
+
+/// At start-up, a resource whose `previousSecretRefs` names a Secret in
+/// another namespace (the current `secretRef` valid, no key in the
+/// environment): the process stops saying which reference is refused (not
+/// a generic "no signing key"), without a panic on the way out, and the
+/// resource's SigningKeyReady condition names it too.
+#[tokio::test]
+async fn a_foreign_secret_at_start_up_is_named_and_the_process_stops_cleanly() {
+    let client = client().await;
+    ensure_crd(&client).await;
+    let ns = TestNamespace::new(&client, "foreign").await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let key = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("signing-key".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "key".to_string(),
+            ByteString(KEY.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    };
+    secrets.create(&PostParams::default(), &key).await.unwrap();
+    let config_name = unique("irc-foreign");
+    apply_config(
+        &client,
+        &config_name,
+        json!({"signingKey": {
+            "secretRef": {"name": "signing-key", "key": "key"},
+            "previousSecretRefs": [{"name": "stolen", "namespace": "kube-system", "key": "key"}],
+        }}),
+    )
+    .await;
+    let broker = isolated_broker("foreign");
+    let out = tokio::task::spawn_blocking({
+        let (ns, config_name) = (ns.name.clone(), config_name.clone());
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_insights-remote"))
+                .args([
+                    "--pod-namespace",
+                    &ns,
+                    "--watch-namespace",
+                    &ns,
+                    "--config-name",
+                    &config_name,
+                    "--rabbitmq-hostname",
+                    &broker.host,
+                    "--rabbitmq-exchange",
+                    &broker.exchange,
+                    "--rabbitmq-queue",
+                    &broker.queue,
+                    "--enable-webservice=false",
+                    "--enable-configmap-reconciler=false",
+                    "--health-probe-bind-address",
+                    "0",
+                    "--metrics-bind-address",
+                    "0",
+                ])
+                .env("KUBECONFIG", kubeconfig_path())
+                .env_remove("INSIGHTS_TOKEN_SECRET")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("previousSecretRefs[0]") && stderr.contains("kube-system/stolen"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let irc: Api<InsightsRemoteConfig> = Api::all(client.clone());
+    let o = irc.get(&config_name).await.unwrap();
+    let (status, reason, message) = condition(&o, "SigningKeyReady").expect("a condition");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "SecretUnavailable")
+    );
+    assert!(message.contains("kube-system/stolen"), "{message}");
+    irc.delete(&config_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    ns.cleanup().await;
+}

@@ -115,6 +115,21 @@ pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListen
     Ok(socket.into())
 }
 
+/// Allocator settings, before any thread starts. glibc serves allocations
+/// of 128 KiB and more (request bodies, messages) with their own mappings,
+/// returned to the system when freed, but raises that threshold after each
+/// such free (up to 32 MiB), after which large buffers come from the heap
+/// and stay there fragmented after a burst. A fixed threshold keeps them
+/// mapped (bench/README.md, "Hostile connections": RSS after a burst of
+/// large bodies).
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a parameter of the allocator.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 /// Raises the soft limit on open descriptors to the hard limit (as Go does
 /// at start-up) and returns it.
 pub fn raise_descriptor_limit() -> Option<u64> {

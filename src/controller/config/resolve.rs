@@ -36,7 +36,12 @@ async fn secret_value(
     name: &str,
     key: &str,
 ) -> Result<Vec<u8>, Problem> {
-    let ns = secret_namespace(namespace, &ctx.pod_namespace)?;
+    let ns = secret_namespace(namespace, &ctx.pod_namespace).map_err(|p| {
+        Problem::SecretUnavailable(format!(
+            "Secret {}/{name} (key {key:?}) refused: {p}",
+            namespace.unwrap_or_default()
+        ))
+    })?;
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let unavailable = Problem::SecretUnavailable;
     let secret = api
@@ -89,10 +94,19 @@ async fn keys(ctx: &Context, spec: &InsightsRemoteConfigSpec) -> Result<Arc<KeyR
             )
         });
     };
-    let current = secret_ref(ctx, current_ref).await?;
+    let named = |at: String| {
+        move |p: Problem| Problem::SecretUnavailable(format!("spec.signingKey.{at}: {p}"))
+    };
+    let current = secret_ref(ctx, current_ref)
+        .await
+        .map_err(named("secretRef".into()))?;
     let mut previous = Vec::new();
-    for r in &spec.signing_key.previous_secret_refs {
-        previous.push(secret_ref(ctx, r).await?);
+    for (i, r) in spec.signing_key.previous_secret_refs.iter().enumerate() {
+        previous.push(
+            secret_ref(ctx, r)
+                .await
+                .map_err(named(format!("previousSecretRefs[{i}]")))?,
+        );
     }
     let trim = |v: &[u8]| -> Vec<u8> { v.strip_suffix(b"\n").unwrap_or(v).to_vec() };
     KeyRing::with_previous(trim(&current), previous.iter().map(|p| trim(p)))

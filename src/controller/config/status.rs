@@ -365,6 +365,29 @@ pub async fn write_status(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
     }
 }
 
+/// Writes the status once, now (the process is about to stop on a problem
+/// the status names, before [`write_status`] runs): one GET, one patch.
+pub async fn write_status_once(ctx: &Context) {
+    let api: Api<InsightsRemoteConfig> = Api::all(ctx.client.clone());
+    let Ok(Some(irc)) = api.get_opt(&ctx.config_name).await else {
+        return;
+    };
+    let current = irc.status.clone().unwrap_or_default();
+    let base = term_base(&current, Totals::read(&ctx.counters));
+    let status = build_status(&Observed::of(ctx), base, &current).status;
+    let patch = json!({ "status": status });
+    if let Err(e) = api
+        .patch_status(
+            &irc.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        warn!(error = %e, "writing InsightsRemoteConfig status");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
