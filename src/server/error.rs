@@ -28,6 +28,13 @@ pub enum ApiError {
     /// Too many items, or a message over the publish limit.
     #[error("{0}")]
     TooMuch(String),
+    /// A message many times its body (see `messages::message_limit`).
+    #[error("the message built from this body would be {qualifier}{size} bytes, more than the limit of {limit} ({expansion} times the body plus {allowance} bytes): send fewer, fuller items", expansion = super::messages::MAX_EXPANSION, allowance = super::messages::MESSAGE_ALLOWANCE)]
+    Expanded {
+        qualifier: &'static str,
+        size: usize,
+        limit: usize,
+    },
     #[error("the request body did not arrive within {0:?}")]
     BodyTimeout(Duration),
     #[error("too many requests for this environment; retry later")]
@@ -61,7 +68,9 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::TooLarge(_) | ApiError::TooMuch(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge(_) | ApiError::TooMuch(_) | ApiError::Expanded { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) | ApiError::Busy | ApiError::Refused => {
@@ -74,7 +83,9 @@ impl ResponseError for ApiError {
         let status = match self {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::BadRequest(_) => "bad request",
-            ApiError::TooLarge(_) | ApiError::TooMuch(_) => "payload too large",
+            ApiError::TooLarge(_) | ApiError::TooMuch(_) | ApiError::Expanded { .. } => {
+                "payload too large"
+            }
             ApiError::BodyTimeout(_) => "request timeout",
             ApiError::RateLimited => "too many requests",
             ApiError::Unavailable(_) | ApiError::Busy | ApiError::Refused => "unavailable",

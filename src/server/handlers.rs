@@ -9,7 +9,7 @@ use tracing::debug;
 use super::auth::{admit, environment_id};
 use super::body::admit_with_body;
 use super::error::{respond, ErrorBody, OkBody};
-use super::messages::{decode_segment, facts_message, problems_message};
+use super::messages::{decode_segment, facts_message, message_limit, problems_message};
 use super::openapi::openapi_json;
 use super::ops::{healthz, readyz};
 use super::{ApiError, ApiState};
@@ -21,39 +21,9 @@ use crate::token::Claims;
 /// constant, so the hot path builds no JSON value for it.
 const OK_BODY: &str = r#"{"message":"okay"}"#;
 
-/// Most bytes a message may be per byte of the body it was built from, on
-/// top of [`MESSAGE_ALLOWANCE`]: the fields filled into every item (the
-/// environment, defaults) make a message of many tiny items many times
-/// its body (10,000 `{}` problems: 29 KiB of body, 920 KB of message).
-/// Honest items carry their own text and grow far less (about 3 times
-/// for Lagoon's fact collectors' facts; 14 times for `{"name":"a"}`).
-pub const MAX_EXPANSION: usize = 8;
-/// Bytes of message allowed for any body, beyond [`MAX_EXPANSION`] times it.
-pub const MESSAGE_ALLOWANCE: usize = 64 * 1024;
-/// Fewest bytes one fact or problem takes in a message (its environment,
-/// source and field names; see the test): a count of items alone can show
-/// a message over [`message_limit`] before it is serialised.
-pub const MIN_ITEM_MESSAGE_BYTES: usize = 64;
 /// Longest source or service in a DELETE path, decoded (Lagoon stores
 /// sources of up to 300 characters).
 pub const MAX_SEGMENT_BYTES: usize = 300;
-
-/// The largest message a body of `body_bytes` may become.
-pub fn message_limit(body_bytes: usize) -> usize {
-    body_bytes
-        .saturating_mul(MAX_EXPANSION)
-        .saturating_add(MESSAGE_ALLOWANCE)
-}
-
-/// A message over [`message_limit`]: 413 naming both sizes.
-fn expanded(st: &ApiState, size: usize, limit: usize, qualifier: &str) -> ApiError {
-    st.refuse("expansion");
-    ApiError::TooMuch(format!(
-        "the message built from this body would be {qualifier}{size} bytes, more than the limit \
-         of {limit} ({MAX_EXPANSION} times the body plus {MESSAGE_ALLOWANCE} bytes): send fewer, \
-         fuller items"
-    ))
-}
 
 /// Serialises the message, frees it, and publishes the bytes: only the
 /// bytes are held while the confirm is awaited. `limit`: the largest
@@ -71,7 +41,11 @@ async fn publish<T: Serialize>(
     let body = serde_json::to_vec(&msg).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     drop(msg);
     if body.len() > limit {
-        return Err(expanded(st, body.len(), limit, ""));
+        return Err(ApiError::Expanded {
+            qualifier: "",
+            size: body.len(),
+            limit,
+        });
     }
     if let Err(e) = publisher.publish_confirmed(&body).await {
         match &e {
@@ -102,16 +76,13 @@ async fn post<M: Serialize>(
         let message = build(&claims, &body, st.limits.max_items)?;
         let limit = message_limit(body.len());
         drop(body);
-        let items = count(&message);
-        debug!(namespace = %claims.namespace, count = items, "{what} received");
-        // Refused before the work of serialising, when the count alone says so.
-        let at_least = items.saturating_mul(MIN_ITEM_MESSAGE_BYTES);
-        if at_least > limit {
-            return Err(expanded(&st, at_least, limit, "at least "));
-        }
+        debug!(namespace = %claims.namespace, count = count(&message), "{what} received");
         publish(&st, message, limit).await
     }
     .await;
+    if matches!(res, Err(ApiError::Expanded { .. })) {
+        st.refuse("expansion");
+    }
     respond(res, payload)
 }
 
@@ -265,35 +236,4 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/openapi.json", web::get().to(openapi_json));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::token::Claims;
-
-    /// The smallest fact and problem still take [`MIN_ITEM_MESSAGE_BYTES`]
-    /// each in a message, so counting items never refuses an honest one.
-    #[test]
-    fn items_take_at_least_the_minimum_in_a_message() {
-        let claims = Claims {
-            namespace: "n".into(),
-            environment_id: "1".into(),
-            project_name: String::new(),
-            environment_name: String::new(),
-        };
-        let n = 100;
-        let facts = format!("[{}]", vec![r#"{"name":"a"}"#; n].join(","));
-        let problems = format!("[{}]", vec!["{}"; n].join(","));
-        let f = serde_json::to_vec(&facts_message(&claims, facts.as_bytes(), n).unwrap()).unwrap();
-        let p = serde_json::to_vec(&problems_message(&claims, problems.as_bytes(), n).unwrap())
-            .unwrap();
-        for (what, len) in [("facts", f.len()), ("problems", p.len())] {
-            assert!(
-                len / n >= MIN_ITEM_MESSAGE_BYTES,
-                "{what}: {} bytes an item",
-                len / n
-            );
-        }
-    }
 }

@@ -16,6 +16,46 @@ use crate::contract::{
 use crate::token::Claims;
 
 /// Refuses a request with more items than allowed, before any is parsed.
+/// Most bytes a message may be per byte of the body it was built from, on
+/// top of [`MESSAGE_ALLOWANCE`]: the fields filled into every item (the
+/// environment, defaults) make a message of many tiny items many times
+/// its body (10,000 `{}` problems: 29 KiB of body, 920 KB of message).
+/// Honest items carry their own text and grow far less (about 3 times
+/// for Lagoon's fact collectors' facts; 14 times for `{"name":"a"}`).
+pub const MAX_EXPANSION: usize = 8;
+/// Bytes of message allowed for any body, beyond [`MAX_EXPANSION`] times it.
+pub const MESSAGE_ALLOWANCE: usize = 64 * 1024;
+/// Fewest bytes one fact or problem takes in a message (its environment,
+/// source and field names; see the test): the count of items alone can
+/// show a message over [`message_limit`] before any item is parsed.
+pub const MIN_ITEM_MESSAGE_BYTES: usize = 64;
+
+/// The largest message a body of `body_bytes` may become.
+pub fn message_limit(body_bytes: usize) -> usize {
+    body_bytes
+        .saturating_mul(MAX_EXPANSION)
+        .saturating_add(MESSAGE_ALLOWANCE)
+}
+
+/// The item count within the limit, and not so many tiny items that the
+/// message would be many times the body: refused before the items are
+/// parsed.
+fn check_count(count: usize, max: usize, what: &str, body: &[u8]) -> Result<(), ApiError> {
+    check_items(count, max, what)?;
+    let (at_least, limit) = (
+        count.saturating_mul(MIN_ITEM_MESSAGE_BYTES),
+        message_limit(body.len()),
+    );
+    if at_least > limit {
+        return Err(ApiError::Expanded {
+            qualifier: "at least ",
+            size: at_least,
+            limit,
+        });
+    }
+    Ok(())
+}
+
 fn check_items(count: usize, max: usize, what: &str) -> Result<(), ApiError> {
     if count > max {
         return Err(ApiError::TooMuch(format!(
@@ -80,7 +120,7 @@ pub fn facts_message(
 ) -> Result<DirectFacts, ApiError> {
     let env_id = environment_id(claims)?;
     let items = facts_items(body)?;
-    check_items(items.len(), max_items, "facts")?;
+    check_count(items.len(), max_items, "facts", body)?;
     let facts: Vec<Fact> = objects(items, "fact")?;
     let facts = facts
         .into_iter()
@@ -113,7 +153,7 @@ pub fn problems_message(
 ) -> Result<DirectProblems, ApiError> {
     let env_id = environment_id(claims)?;
     let items: Vec<&RawValue> = parse_json(body, "expected a JSON array of problems")?;
-    check_items(items.len(), max_items, "problems")?;
+    check_count(items.len(), max_items, "problems", body)?;
     let problems: Vec<Problem> = objects(items, "problem")?;
     let problems = problems
         .into_iter()
@@ -171,6 +211,32 @@ pub fn decode_segment(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The smallest fact and problem still take [`MIN_ITEM_MESSAGE_BYTES`]
+    /// each in a message, so counting items never refuses a body whose
+    /// message would fit; 10,000 `{}` are refused before they are parsed.
+    #[test]
+    fn items_take_at_least_the_minimum_in_a_message() {
+        let claims = Claims {
+            namespace: "n".into(),
+            environment_id: "1".into(),
+            project_name: String::new(),
+            environment_name: String::new(),
+        };
+        let n = 100;
+        let facts = format!("[{}]", vec![r#"{"name":"a"}"#; n].join(","));
+        let problems = format!("[{}]", vec!["{}"; n].join(","));
+        let f = serde_json::to_vec(&facts_message(&claims, facts.as_bytes(), n).unwrap()).unwrap();
+        let p = serde_json::to_vec(&problems_message(&claims, problems.as_bytes(), n).unwrap())
+            .unwrap();
+        for (what, len) in [("facts", f.len()), ("problems", p.len())] {
+            assert!(
+                len / n >= MIN_ITEM_MESSAGE_BYTES,
+                "{what}: {} bytes an item",
+                len / n
+            );
+        }
+    }
 
     #[test]
     fn path_segments_are_decoded_like_go() {
