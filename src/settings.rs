@@ -148,10 +148,12 @@ pub struct RunArgs {
     pub rabbitmq_enabled: bool,
     #[arg(long = "rabbitmq-tls", env = "RABBITMQ_TLS", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
     pub rabbitmq_tls: bool,
-    /// Kept for compatibility: certificates are always verified (give the CA
-    /// with --rabbitmq-cacert for a private CA).
-    #[arg(long = "rabbitmq-verify", env = "RABBITMQ_VERIFY", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
-    pub rabbitmq_verify: bool,
+    /// With RABBITMQ_TLS, verify the broker's certificate (give the CA with
+    /// --rabbitmq-cacert for a private CA). Verified unless set to false
+    /// explicitly (upstream did not verify unless told to; the lagoon-remote
+    /// chart always sets it, so nothing changes there).
+    #[arg(long = "rabbitmq-verify", env = "RABBITMQ_VERIFY", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
+    pub rabbitmq_verify: Option<bool>,
     #[arg(long = "rabbitmq-cacert", env = "RABBITMQ_CACERT")]
     pub rabbitmq_cacert: Option<std::path::PathBuf>,
     #[arg(long = "rabbitmq-clientcert", env = "RABBITMQ_CLIENTCERT")]
@@ -571,7 +573,7 @@ impl RunArgs {
         };
         let tls = if self.rabbitmq_tls {
             Some(TlsSettings {
-                skip_verify: !self.rabbitmq_verify,
+                skip_verify: self.rabbitmq_verify == Some(false),
                 ca_pem: read(&self.rabbitmq_cacert)?
                     .map(|b| String::from_utf8_lossy(&b).into_owned()),
                 client_cert_pem: read(&self.rabbitmq_clientcert)?,
@@ -756,6 +758,22 @@ mod tests {
         Cli::try_parse_from(argv).unwrap()
     }
 
+    /// RABBITMQ_TLS alone verifies the broker's certificate; only an
+    /// explicit RABBITMQ_VERIFY=false (as the chart may give) skips it.
+    #[test]
+    fn tls_verifies_unless_told_not_to() {
+        let skip = |extra: &[&str]| {
+            let mut args = vec!["insights-remote", "--rabbitmq-tls=true"];
+            args.extend_from_slice(extra);
+            let cli = Cli::parse_from(normalize_args(args.into_iter().map(String::from)));
+            cli.run.broker_settings().unwrap().tls.unwrap().skip_verify
+        };
+        assert!(!skip(&[]));
+        assert!(!skip(&["--rabbitmq-verify=true"]));
+        assert!(!skip(&["--rabbitmq-verify"]));
+        assert!(skip(&["--rabbitmq-verify=false"]));
+    }
+
     #[test]
     fn go_style_flags_parse() {
         let cli = parse(&[
@@ -797,7 +815,7 @@ mod tests {
             "the core gate is on by default, as upstream v0.0.19"
         );
         assert_eq!(r.leader_election_id, "ac8a682b.lagoon.sh");
-        assert!(!r.rabbitmq_verify);
+        assert_eq!(r.rabbitmq_verify, None);
         let r = parse(&[
             "--leader-elect",
             "--metrics-bind-address=:8443",
