@@ -8,7 +8,8 @@ whenever the server closes them.
 Usage: attacks.py ATTACK API_PORT PROBE_PORT PID SECONDS ATTACKER_TOKEN VICTIM_TOKEN
 Prints one JSON line: the victim's outcomes and p50/p99 during the attack,
 probe answers, the server's CPU seconds and peak RSS during it, its RSS
-before (idle) and 30 s after, and what the attacker got.
+before (idle) and 30 s after, the victim's 20 posts after that, and what
+the attacker got.
 
 ATTACK:
   nonreading   2 connections pipelining 8,000 GET /openapi.json each, never reading
@@ -269,6 +270,17 @@ for t in threads:
 peak = status("VmHWM")
 time.sleep(30)
 after = status("VmRSS")
+# The victim once more, after: 20 posts.
+after_codes = Counter()
+req = post_bytes(good, "/facts", victim_body)
+for _ in range(20):
+    try:
+        s = conn_from("127.0.0.3", timeout=30)
+        s.sendall(req)
+        after_codes[read_status(s)] += 1
+        s.close()
+    except (ConnectionError, OSError) as e:
+        after_codes[type(e).__name__] += 1
 lat.sort()
 q = lambda p: round(lat[min(len(lat) - 1, int(len(lat) * p))], 1) if lat else None
 total = sum(victim.values())
@@ -276,5 +288,6 @@ print(json.dumps({
     "victim": dict(victim), "victim_ok_pct": round(100 * victim.get("200", 0) / total, 1) if total else None,
     "victim_p50_ms": q(0.5), "victim_p99_ms": q(0.99), "probes": dict(probes),
     "cpu_pct": round(100 * cpu / seconds, 1), "peak_mib": round(peak, 1),
-    "idle_mib": round(idle, 1), "after_30s_mib": round(after, 1), "attacker": dict(got),
+    "idle_mib": round(idle, 1), "after_30s_mib": round(after, 1), "victim_after": dict(after_codes),
+    "attacker": dict(got),
 }))

@@ -228,12 +228,15 @@ bench_footprint() {
   say "| $(python3 -c "print(f'{$size/1048576:.1f} MiB')") | $(python3 -c "print(f'{($t1-$t0)*1000:.0f} ms')") | $idle MiB |"
 }
 
+# A token for namespace $1, environment id $2, environment $3 of project bench.
+token() { INSIGHTS_TOKEN_SECRET=$KEY "$BIN" generate-token --namespace "$1" --environment-id "$2" --project-name bench --environment-name "$3"; }
+
 bench_hostile() {
   header "Hostile load: 32 clients posting 1 MiB bodies, one well-behaved tenant"
   local d=${BENCH_SECONDS:-15}
   local bad good
-  bad=$(INSIGHTS_TOKEN_SECRET=$KEY "$BIN" generate-token --namespace bench-hostile --environment-id 66 --project-name bench --environment-name evil)
-  good=$(INSIGHTS_TOKEN_SECRET=$KEY "$BIN" generate-token --namespace bench-good --environment-id 42 --project-name bench --environment-name main)
+  bad=$(token bench-hostile 66 evil)
+  good=$(token bench-good 42 main)
   say "| body | peak RSS | hostile answers | tenant answers | tenant p50 / p99 |"
   say "|---|---|---|---|---|"
   for kind in many full; do
@@ -257,10 +260,10 @@ bench_attacks() {
   header "Hostile connections: one attack at a time, a victim tenant and the probe measured${BENCH_OPERATOR_ARGS:+ ($BENCH_OPERATOR_ARGS)}"
   local d=${BENCH_SECONDS:-20}
   local bad good
-  bad=$(INSIGHTS_TOKEN_SECRET=$KEY "$BIN" generate-token --namespace bench-hostile --environment-id 66 --project-name bench --environment-name evil)
-  good=$(INSIGHTS_TOKEN_SECRET=$KEY "$BIN" generate-token --namespace bench-good --environment-id 42 --project-name bench --environment-name main)
-  say "| attack | victim 200 | victim p50 / p99 | probe answers | server CPU | peak RSS | RSS idle → 30 s after | attacker got |"
-  say "|---|---|---|---|---|---|---|---|"
+  bad=$(token bench-hostile 66 evil)
+  good=$(token bench-good 42 main)
+  say "| attack | victim 200 | victim p50 / p99 | probe answers | server CPU | peak RSS | RSS idle → 30 s after | victim after | attacker got |"
+  say "|---|---|---|---|---|---|---|---|---|"
   for a in ${BENCH_ATTACKS:-nonreading heads descriptors amplify large declared}; do
     # shellcheck disable=SC2086 # BENCH_OPERATOR_ARGS: extra flags, split on spaces
     start_operator --enable-configmap-reconciler=false --enable-namespace-reconciler=false \
@@ -269,7 +272,7 @@ bench_attacks() {
     local r; r=$(python3 bench/attacks.py "$a" 18888 18081 "$op_pid" "$d" "$bad" "$good")
     stop_operator
     rabbitmqctl delete_queue bench-attack-q >/dev/null 2>&1 || true
-    say "| $a | $(echo "$r" | json victim_ok_pct)% $(echo "$r" | json victim) | $(echo "$r" | json victim_p50_ms) / $(echo "$r" | json victim_p99_ms) ms | $(echo "$r" | json probes) | $(echo "$r" | json cpu_pct)% | $(echo "$r" | json peak_mib) MiB | $(echo "$r" | json idle_mib) → $(echo "$r" | json after_30s_mib) MiB | $(echo "$r" | json attacker) |"
+    say "| $a | $(echo "$r" | json victim_ok_pct)% $(echo "$r" | json victim) | $(echo "$r" | json victim_p50_ms) / $(echo "$r" | json victim_p99_ms) ms | $(echo "$r" | json probes) | $(echo "$r" | json cpu_pct)% | $(echo "$r" | json peak_mib) MiB | $(echo "$r" | json idle_mib) → $(echo "$r" | json after_30s_mib) MiB | $(echo "$r" | json victim_after) | $(echo "$r" | json attacker) |"
   done
 }
 

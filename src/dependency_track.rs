@@ -556,12 +556,7 @@ fn with_causes(e: &reqwest::Error) -> String {
 mod tests {
     use super::*;
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::contract::string_map as labels;
 
     fn info() -> WriteInfo {
         WriteInfo {

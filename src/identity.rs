@@ -103,12 +103,7 @@ pub fn published(
 mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::contract::string_map as map;
 
     #[test]
     fn safe_and_short_names_as_lagoon_makes_them() {

@@ -225,12 +225,7 @@ pub fn conclude(results: &[(Step, Outcome)], retries_so_far: u32, max_retries: u
 mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::contract::string_map as map;
 
     const ALL_ON: Enabled = Enabled {
         core: true,

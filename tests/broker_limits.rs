@@ -39,9 +39,10 @@ async fn oversized_message_is_refused_without_disturbing_others() {
     let queue = settings.queue.clone();
     let limits = Limits {
         body_bytes: 4 * 1024 * 1024,
-        // Room for the three concurrent 1.5 MiB bodies (16x each), so only
-        // the broker's limit refuses them.
-        inflight_bytes: 128 * 1024 * 1024,
+        // Room for the three concurrent 1.5 MiB bodies (16x each) within
+        // one environment's quarter of the budget, so only the broker's
+        // limit refuses them.
+        inflight_bytes: 320 * 1024 * 1024,
         ..Default::default()
     };
     let api = start_api_with(settings, limits, 0).await;

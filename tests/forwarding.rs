@@ -283,6 +283,22 @@ async fn events_for(client: &kube::Client, ns: &str, name: &str) -> Vec<Event> {
         .collect()
 }
 
+/// Waits for the `Rejected` Warning Event about ConfigMap `name`.
+async fn wait_rejected_event(client: &kube::Client, ns: &str, name: &str) {
+    let events = wait_for(
+        &format!("{name} event"),
+        Duration::from_secs(10),
+        || async {
+            let e = events_for(client, ns, name).await;
+            (!e.is_empty()).then_some(e)
+        },
+    )
+    .await;
+    assert!(events
+        .iter()
+        .any(|e| e.reason.as_deref() == Some("Rejected") && e.type_.as_deref() == Some("Warning")));
+}
+
 #[tokio::test]
 async fn unforwardable_configmaps_are_rejected_with_an_event_and_not_published() {
     let client = client().await;
@@ -353,19 +369,7 @@ async fn unforwardable_configmaps_are_rejected_with_an_event_and_not_published()
         )
         .await;
         assert!(!got.labels().contains_key("lagoon.sh/insightsProcessed"));
-        let events = wait_for(
-            &format!("{name} event"),
-            Duration::from_secs(10),
-            || async {
-                let e = events_for(&client, &ns.name, &name).await;
-                (!e.is_empty()).then_some(e)
-            },
-        )
-        .await;
-        assert!(events
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("Rejected")
-                && e.type_.as_deref() == Some("Warning")));
+        wait_rejected_event(&client, &ns.name, &name).await;
     }
     // Not retried while unchanged: the counter stays put.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -820,18 +824,7 @@ async fn a_configmap_cannot_speak_for_another_environment() {
         let name = cm.name_any();
         let reason = rejection(&api, &name).await;
         assert!(reason.contains(why), "{name}: {reason}");
-        let events = wait_for(
-            &format!("{name} event"),
-            Duration::from_secs(10),
-            || async {
-                let e = events_for(&client, &ns.name, &name).await;
-                (!e.is_empty()).then_some(e)
-            },
-        )
-        .await;
-        assert!(events
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("Rejected")));
+        wait_rejected_event(&client, &ns.name, &name).await;
     }
     wait_label(&api, "honest", "lagoon.sh/insightsProcessed").await;
     let got = drain(&queue, 2, Duration::from_secs(10)).await;

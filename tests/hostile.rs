@@ -505,3 +505,36 @@ async fn posts_are_shed_above_the_memory_mark() {
     delete_queue(&queue).await;
     api.stop().await;
 }
+
+/// The budget's share per environment does not limit honest concurrency:
+/// one tenant with 60 small posts in flight at once (under the 64
+/// connections allowed from one address) gets 200 for every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_small_posts_of_one_tenant_all_fit_its_share() {
+    let settings = isolated_broker("manysmall");
+    let queue = settings.queue.clone();
+    let api = start_api_with(settings, Limits::default(), 0).await;
+    let t = token("ns", "1");
+    let c = reqwest::Client::new();
+    let posts = (0..60).map(|i| {
+        let (c, url, t) = (c.clone(), api.url.clone(), t.clone());
+        tokio::spawn(async move {
+            c.post(format!("{url}/facts"))
+                .header("authorization", t)
+                .body(format!(r#"[{{"name":"n{i}"}}]"#))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    });
+    let statuses = futures::future::join_all(posts).await;
+    assert!(
+        statuses.iter().all(|s| *s.as_ref().unwrap() == 200),
+        "{statuses:?}"
+    );
+    assert_eq!(drain(&queue, 60, Duration::from_secs(10)).await.len(), 60);
+    delete_queue(&queue).await;
+    api.stop().await;
+}

@@ -54,8 +54,10 @@ impl Default for Limits {
 const BUDGET_PER_BODY_BYTE: usize = 16;
 /// The budget counts in KiB so it fits a semaphore's permits.
 pub(super) const BUDGET_UNIT: usize = 1024;
-/// A body is charged as it arrives, in steps of this many bytes.
-const CHARGE_STEP: usize = 64 * 1024;
+/// A body is charged as it arrives, in steps of this many bytes (a small
+/// post is charged 64 KiB: one environment can have 256 of them in flight
+/// within its quarter of the default budget).
+const CHARGE_STEP: usize = 4 * 1024;
 
 /// The memory budget of all requests in flight, charged as their bodies
 /// arrive (never from a declared `Content-Length`), with at most a fair
@@ -184,7 +186,7 @@ async fn read_body(
     }
     let read = async {
         // Grown as bytes arrive: a declared length is not memory yet.
-        let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0).min(CHARGE_STEP));
+        let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0).min(64 * 1024));
         while let Some(chunk) = payload.next().await {
             let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
             if body.len() + chunk.len() > limit {

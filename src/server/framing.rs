@@ -41,6 +41,14 @@ enum State {
     Trailer,
 }
 
+/// Whether `bytes` hold a line's end, and how many bytes up to it (or all).
+fn up_to_line_end(bytes: &[u8]) -> (bool, usize) {
+    match bytes.iter().position(|&b| b == b'\n') {
+        Some(i) => (true, i + 1),
+        None => (false, bytes.len()),
+    }
+}
+
 /// The framing of one connection's requests.
 #[derive(Debug)]
 pub struct Framing {
@@ -93,10 +101,7 @@ impl Framing {
         while !bytes.is_empty() {
             match self.state {
                 State::Head | State::Trailer => {
-                    let (line_end, take) = match bytes.iter().position(|&b| b == b'\n') {
-                        Some(i) => (true, i + 1),
-                        None => (false, bytes.len()),
-                    };
+                    let (line_end, take) = up_to_line_end(bytes);
                     self.head += take;
                     if self.head > self.limit {
                         return Err(FramingError::HeadTooLarge);
@@ -118,10 +123,7 @@ impl Framing {
                     };
                 }
                 State::ChunkSize => {
-                    let (line_end, take) = match bytes.iter().position(|&b| b == b'\n') {
-                        Some(i) => (true, i + 1),
-                        None => (false, bytes.len()),
-                    };
+                    let (line_end, take) = up_to_line_end(bytes);
                     for &b in &bytes[..take] {
                         // Digits end at an extension, a space or the line's end.
                         match (self.digits_done, (b as char).to_digit(16)) {
