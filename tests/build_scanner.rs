@@ -330,3 +330,85 @@ fn a_bad_extra_env_key_stops_start_up_with_a_clear_message() {
         "{all}"
     );
 }
+
+/// A pod labelled `lagoon.sh/buildName` in a namespace that is not a Lagoon
+/// environment starts no scanner, even when it succeeds: anyone may label
+/// a pod so. (The positive signal: the succeeded pod was reconciled.)
+#[tokio::test]
+async fn a_build_outside_a_lagoon_namespace_is_not_scanned() {
+    let client = client().await;
+    let ns = TestNamespace::with_labels(&client, "scanplain", Default::default()).await;
+    lagoon_deployer(&client, &ns.name).await;
+    Api::<Deployment>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &deployment("web", &["nginx:1.27"]))
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let op = start(&ns, scanner_ops(&[])).await;
+    let b = "lagoon-build-plain";
+    pods.create(
+        &PostParams::default(),
+        &pod(b, json!({"lagoon.sh/buildName": b}), json!({})),
+    )
+    .await
+    .unwrap();
+    let labels = insights_remote::metrics::ControllerLabels {
+        controller: "build".into(),
+    };
+    let count = || op.metrics.reconciliations.get_or_create(&labels).get();
+    // The pending pod's reconcile first, then the succeeded one's.
+    wait_for(
+        "the new pod reconciled",
+        Duration::from_secs(30),
+        || async { (count() > 0).then_some(()) },
+    )
+    .await;
+    let before = count();
+    phase(&pods, b, "Succeeded").await;
+    wait_for(
+        "the succeeded pod reconciled",
+        Duration::from_secs(30),
+        || async { (count() > before).then_some(()) },
+    )
+    .await;
+    assert!(pods
+        .get_opt(&format!("insights-scanner-{b}"))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(!pods
+        .get(b)
+        .await
+        .unwrap()
+        .labels()
+        .contains_key("insights.lagoon.sh/scanned"));
+    // Once the namespace is a Lagoon environment, the same build is scanned
+    // (so it was the namespace that stopped it).
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .patch(
+            &ns.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": lagoon_labels("42")}})),
+        )
+        .await
+        .unwrap();
+    pods.patch(
+        b,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"touched": "1"}}})),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "scanned once a Lagoon environment",
+        Duration::from_secs(30),
+        || async {
+            pods.get_opt(&format!("insights-scanner-{b}"))
+                .await
+                .unwrap()
+        },
+    )
+    .await;
+    op.stop().await;
+    ns.cleanup().await;
+}

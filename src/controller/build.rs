@@ -232,15 +232,19 @@ fn finished_at(build: &Pod) -> Option<k8s_openapi::jiff::Timestamp> {
         .max()
 }
 
+/// `lagoon_namespace`: whether the build pod's namespace is a Lagoon
+/// environment; a pod labelled `lagoon.sh/buildName` anywhere else starts
+/// no scanner (anyone may label a pod so).
 pub fn plan(
     build: &Pod,
+    lagoon_namespace: bool,
     deployments: &[Deployment],
     scanners: &[String],
     s: &ScannerSettings,
     now: k8s_openapi::jiff::Timestamp,
 ) -> Plan {
     let phase = build.status.as_ref().and_then(|st| st.phase.as_deref());
-    if phase != Some("Succeeded") {
+    if phase != Some("Succeeded") || !lagoon_namespace {
         return Plan::Wait;
     }
     if finished_at(build).is_some_and(|t| {
@@ -317,6 +321,12 @@ pub async fn reconcile(build: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let result = async {
+        let lagoon = super::namespaces::is_lagoon_environment(
+            &super::namespaces::labels_of(&ctx, &ns).await?,
+        );
+        if !lagoon {
+            return Ok(Plan::Wait);
+        }
         let deps = deployments.list(&ListParams::default()).await?.items;
         let scanners: Vec<String> = pods
             .list_metadata(&ListParams::default().labels(&format!(
@@ -329,6 +339,7 @@ pub async fn reconcile(build: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
             .collect();
         Ok::<_, Error>(plan(
             &build,
+            lagoon,
             &deps,
             &scanners,
             &settings,
@@ -527,8 +538,21 @@ mod tests {
             "insights-scanner-lagoon-build-abc".to_string(),
         ];
         let now = k8s_openapi::jiff::Timestamp::now();
-        let plan =
-            |b: &Pod, d: &[Deployment], sc: &[String], s: &ScannerSettings| plan(b, d, sc, s, now);
+        let plan = |b: &Pod, d: &[Deployment], sc: &[String], s: &ScannerSettings| {
+            plan(b, true, d, sc, s, now)
+        };
+        // Not a Lagoon environment's namespace: no scanner, whatever the pod says.
+        assert_eq!(
+            super::plan(
+                &build_pod("Succeeded", &[]),
+                false,
+                &deps,
+                &scanners,
+                &s,
+                now
+            ),
+            Plan::Wait
+        );
         // Finished two hours ago: not scanned when the scanner is switched on.
         let finished = |ago: k8s_openapi::jiff::SignedDuration| {
             let mut b = build_pod("Succeeded", &[]);

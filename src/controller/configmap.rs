@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{DeleteParams, GetParams, Patch, PatchParams, Preconditions};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -188,7 +188,7 @@ pub async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Action> 
         return Ok(Action::await_change());
     }
 
-    let ns_labels = namespace_labels(&ctx, &ns).await?;
+    let ns_labels = super::namespaces::labels_of(&ctx, &ns).await?;
     let message = match build_message(&cm, &ns_labels) {
         Ok(m) => m,
         Err(reason) => return reject(&api, &cm, &ctx, &reason, &fingerprint).await,
@@ -473,19 +473,6 @@ fn sbom_bytes(cm: &ConfigMap) -> std::result::Result<Vec<u8>, String> {
         .next()
         .ok_or("the ConfigMap has no payload")?;
     payload::decompressed(raw)
-}
-
-/// The namespace's labels (project and environment come from there): from
-/// the cache, or one GET for a namespace it does not know.
-async fn namespace_labels(ctx: &Context, ns: &str) -> Result<BTreeMap<String, String>> {
-    if let Some(labels) = ctx.namespaces.labels(ns) {
-        return Ok(labels);
-    }
-    Ok(Api::<Namespace>::all(ctx.client.clone())
-        .get_opt(ns)
-        .await?
-        .map(|n| n.labels().clone())
-        .unwrap_or_default())
 }
 
 /// Builds the message, or says why this ConfigMap must not be forwarded.

@@ -72,6 +72,26 @@ impl NamespaceCache {
     }
 }
 
+/// A namespace's identity labels: from the cache, or one GET for a
+/// namespace it does not know (empty when there is no such namespace).
+pub async fn labels_of(ctx: &Context, ns: &str) -> Result<Labels, kube::Error> {
+    if let Some(labels) = ctx.namespaces.labels(ns) {
+        return Ok(labels);
+    }
+    Ok(Api::<Namespace>::all(ctx.client.clone())
+        .get_opt(ns)
+        .await?
+        .map(|n| kept(n.labels()))
+        .unwrap_or_default())
+}
+
+/// Whether labels name a Lagoon environment (a project and an environment).
+pub fn is_lagoon_environment(labels: &Labels) -> bool {
+    [LABEL_PROJECT, LABEL_ENVIRONMENT]
+        .iter()
+        .all(|k| labels.get(*k).is_some_and(|v| !v.is_empty()))
+}
+
 /// Keeps `ctx.namespaces` current until shutdown.
 pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
     let api: Api<PartialObjectMeta<Namespace>> = Api::all(ctx.client.clone());
