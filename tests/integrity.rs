@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::cluster::wait_for;
 use common::*;
 use futures::StreamExt;
 use insights_remote::server::Limits;
@@ -224,8 +225,12 @@ async fn inflight_budget_refuses_large_requests_but_serves_small_ones() {
     )
     .await
     .unwrap();
-    // Wait until the server holds it (a positive signal: the next large
-    // request is refused), then check a small one is served.
+    // Wait until the server holds it (its budget shows the 600 KiB, 16
+    // bytes a byte), then a large request is refused and a small one served.
+    wait_for("the slow body charged", Duration::from_secs(20), || async {
+        (api.state.budget_held() >= 600 * 1024 * 16).then_some(())
+    })
+    .await;
     let big_body = || format!("[{}]", vec![r#"{"name":"a"}"#; 60_000].join(","));
     let mut refused = None;
     for _ in 0..50 {

@@ -68,6 +68,8 @@ pub(super) struct Budget {
     held: Mutex<HashMap<i64, u32>>,
     /// Most units one environment may hold.
     share: u32,
+    /// Units held by all requests now (for metrics and tests).
+    total_held: std::sync::atomic::AtomicU64,
 }
 
 impl Budget {
@@ -81,7 +83,13 @@ impl Budget {
             free: Arc::new(Semaphore::new(total as usize)),
             held: Mutex::new(HashMap::new()),
             share,
+            total_held: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Bytes of budget held by all requests now.
+    pub(super) fn held_bytes(&self) -> u64 {
+        self.total_held.load(std::sync::atomic::Ordering::Relaxed) * BUDGET_UNIT as u64
     }
 
     /// An empty charge for `env`, grown as its body arrives.
@@ -136,6 +144,9 @@ impl Charge {
             return false;
         };
         held.insert(self.env, mine + more);
+        self.budget
+            .total_held
+            .fetch_add(u64::from(more), std::sync::atomic::Ordering::Relaxed);
         self.units = want;
         match &mut self.permit {
             Some(p) => p.merge(permit),
@@ -150,6 +161,9 @@ impl Drop for Charge {
         if self.units == 0 {
             return;
         }
+        self.budget
+            .total_held
+            .fetch_sub(u64::from(self.units), std::sync::atomic::Ordering::Relaxed);
         let mut held = self.budget.held.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = held.get_mut(&self.env) {
             *n = n.saturating_sub(self.units);

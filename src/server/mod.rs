@@ -84,6 +84,11 @@ impl ApiState {
         }
     }
 
+    /// Bytes of the in-flight memory budget held by requests now.
+    pub fn budget_held(&self) -> u64 {
+        self.budget.held_bytes()
+    }
+
     fn refuse(&self, reason: &str) {
         self.metrics
             .refused

@@ -62,6 +62,7 @@ pub fn ring() -> KeyRing {
 
 pub struct Api {
     pub url: String,
+    pub state: web::Data<ApiState>,
     pub publisher: Publisher,
     pub metrics: Arc<Metrics>,
     pub keys: watch::Sender<Arc<KeyRing>>,
@@ -102,11 +103,12 @@ pub async fn start_api_with(settings: BrokerSettings, limits: Limits, rate: u32)
     ));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let srv = server::ingestion_server(state, listener).unwrap();
+    let srv = server::ingestion_server(state.clone(), listener).unwrap();
     let handle = srv.handle();
     tokio::spawn(srv);
     Api {
         url: format!("http://127.0.0.1:{port}"),
+        state,
         publisher,
         metrics,
         keys: keys_tx,
