@@ -42,6 +42,18 @@ async fn start(ns: &TestNamespace, ops: insights_remote::settings::Operations) -
     .await
 }
 
+/// The namespace's deployer, one Deployment `web` (nginx), and an operator
+/// scanning there: the pods API and the operator.
+async fn one_web_deployment(client: &kube::Client, ns: &TestNamespace) -> (Api<Pod>, Operator) {
+    lagoon_deployer(client, &ns.name).await;
+    Api::<Deployment>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &deployment("web", &["nginx:1.27"]))
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    (pods, start(ns, scanner_ops(&[])).await)
+}
+
 fn deployment(name: &str, images: &[&str]) -> Deployment {
     serde_json::from_value(json!({
         "metadata": {"name": name},
@@ -261,13 +273,7 @@ async fn succeeded_build_gets_one_scanner_pod_even_across_restarts() {
 async fn failed_build_is_not_scanned_and_a_later_success_is() {
     let client = client().await;
     let ns = TestNamespace::new(&client, "scanfail").await;
-    lagoon_deployer(&client, &ns.name).await;
-    Api::<Deployment>::namespaced(client.clone(), &ns.name)
-        .create(&PostParams::default(), &deployment("web", &["nginx:1.27"]))
-        .await
-        .unwrap();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    let op = start(&ns, scanner_ops(&[])).await;
+    let (pods, op) = one_web_deployment(&client, &ns).await;
     for b in ["lagoon-build-failed", "lagoon-build-ok"] {
         pods.create(
             &PostParams::default(),
@@ -338,13 +344,7 @@ fn a_bad_extra_env_key_stops_start_up_with_a_clear_message() {
 async fn a_build_outside_a_lagoon_namespace_is_not_scanned() {
     let client = client().await;
     let ns = TestNamespace::with_labels(&client, "scanplain", Default::default()).await;
-    lagoon_deployer(&client, &ns.name).await;
-    Api::<Deployment>::namespaced(client.clone(), &ns.name)
-        .create(&PostParams::default(), &deployment("web", &["nginx:1.27"]))
-        .await
-        .unwrap();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    let op = start(&ns, scanner_ops(&[])).await;
+    let (pods, op) = one_web_deployment(&client, &ns).await;
     let b = "lagoon-build-plain";
     pods.create(
         &PostParams::default(),
