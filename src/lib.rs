@@ -14,6 +14,7 @@ pub mod postprocess;
 pub mod run;
 pub mod server;
 pub mod settings;
+pub mod tenants;
 pub mod token;
 
 /// Everything that can go wrong at the level of the whole program.

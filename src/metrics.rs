@@ -78,6 +78,7 @@ pub struct Metrics {
     pub post_processors: Family<StepLabels, Counter>,
     pub build_scans: Family<OutcomeLabels, Counter>,
     pub tokens_minted: Counter,
+    pub tokens_revoked: Counter,
 }
 
 impl Default for Metrics {
@@ -113,6 +114,7 @@ impl Metrics {
             post_processors: Family::default(),
             build_scans: Family::default(),
             tokens_minted: Counter::default(),
+            tokens_revoked: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -219,6 +221,11 @@ impl Metrics {
             "tokens_minted",
             "Token Secrets written",
             m.tokens_minted.clone(),
+        );
+        registry.register(
+            "tokens_revoked",
+            "Namespaces whose tokens were revoked on an admin's request (insights.lagoon.sh/revoke-tokens)",
+            m.tokens_revoked.clone(),
         );
         Self { registry, ..m }
     }

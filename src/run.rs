@@ -97,19 +97,13 @@ impl App {
                 limits.conn.max_connections = most;
             }
         }
-        let state = web::Data::new(ApiState::new(
+        let api_state = ApiState::new(
             keys.subscribe(),
             publisher.clone(),
             metrics.clone(),
             limits,
             args.webservice_rate_limit,
-        ));
-        if let Some(high) = state.memory.high() {
-            info!(
-                bytes = high,
-                "posts are answered 503 above this resident size"
-            );
-        }
+        );
         let (stop, stop_rx) = watch::channel(false);
         let mut parts = Vec::new();
         let ctx = if controllers {
@@ -143,6 +137,16 @@ impl App {
         } else {
             None
         };
+        let state = web::Data::new(match &ctx {
+            Some(ctx) => api_state.with_tenants(ctx.tenants.clone()),
+            None => api_state,
+        });
+        if let Some(high) = state.memory.high() {
+            info!(
+                bytes = high,
+                "posts are answered 503 above this resident size"
+            );
+        }
         let mut ingestion_addr = None;
         if args.enable_webservice {
             let listener = server::listen(args.webservice_addr()?)?;

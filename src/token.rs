@@ -79,8 +79,17 @@ pub struct KeyRing {
     fingerprint: String,
 }
 
-/// Token → (claims, expiry) for tokens already verified.
-type VerifiedTokens = HashMap<String, (Claims, Option<SystemTime>)>;
+/// Token → what it said, for tokens already verified.
+type VerifiedTokens = HashMap<String, Checked>;
+
+/// A verified token: its claims, when it expires and when it was issued
+/// (seconds since the epoch, as written; none in the Go original's).
+#[derive(Clone, Debug)]
+struct Checked {
+    claims: Claims,
+    expires: Option<SystemTime>,
+    issued_at: Option<f64>,
+}
 
 /// Entries kept before the cache is emptied (about 400 bytes each).
 const VERIFIED_CACHE_MAX: usize = 4096;
@@ -194,28 +203,35 @@ impl KeyRing {
 
     /// Verifies a token with the current key, then each previous key.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify_issued(token).map(|(claims, _)| claims)
+    }
+
+    /// Like [`KeyRing::verify`], with the token's `iat` (seconds since the
+    /// epoch; none when the token has none, as the Go original's).
+    pub fn verify_issued(&self, token: &str) -> Result<(Claims, Option<f64>), TokenError> {
         let token = token.trim();
         if token.is_empty() {
             return Err(TokenError::Missing);
         }
-        if let Some((claims, exp)) = self.verified.lock().expect("token cache").get(token) {
-            if exp.is_none_or(|e| e >= SystemTime::now()) {
-                return Ok(claims.clone());
+        if let Some(c) = self.verified.lock().expect("token cache").get(token) {
+            if c.expires.is_none_or(|e| e >= SystemTime::now()) {
+                return Ok((c.claims.clone(), c.issued_at));
             }
         }
-        let (claims, exp) = self.verify_uncached(token)?;
+        let checked = self.verify_uncached(token)?;
+        let out = (checked.claims.clone(), checked.issued_at);
         let mut cache = self.verified.lock().expect("token cache");
         if cache.len() >= VERIFIED_CACHE_MAX {
             cache.clear();
         }
-        cache.insert(token.to_string(), (claims.clone(), exp));
-        Ok(claims)
+        cache.insert(token.to_string(), checked);
+        Ok(out)
     }
 
     /// Checks the header (HS256 only), the signature against each key in
     /// constant time, then the time claims, without trusting any part of
     /// the token before its signature matched.
-    fn verify_uncached(&self, token: &str) -> Result<(Claims, Option<SystemTime>), TokenError> {
+    fn verify_uncached(&self, token: &str) -> Result<Checked, TokenError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -268,7 +284,13 @@ impl KeyRing {
             project_name: claim(CLAIM_PROJECT_NAME)?,
             environment_name: claim(CLAIM_ENVIRONMENT_NAME)?,
         };
-        Ok((claims, expires))
+        // A number, or absent: check_time_claims refused anything else.
+        let issued_at = payload.get("iat").and_then(Value::as_f64);
+        Ok(Checked {
+            claims,
+            expires,
+            issued_at,
+        })
     }
 }
 

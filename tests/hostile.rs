@@ -285,11 +285,11 @@ async fn connection_caps_leave_room_for_others_and_the_probes() {
     let child = ChildGuard(child.spawn().unwrap());
     let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let ready = format!("http://127.0.0.1:{probes}/readyz");
+    // Ready, and connected to the broker (a post before would be 503).
     wait_for("the API", Duration::from_secs(20), || async {
-        reqwest::get(&ready)
-            .await
-            .ok()
-            .filter(|r| r.status() == 200)
+        let r = reqwest::get(&ready).await.ok()?;
+        let body = r.text().await.ok()?;
+        body.contains(r#""broker":"connected""#).then_some(())
     })
     .await;
     wait_for("the ingestion port", Duration::from_secs(20), || async {

@@ -603,7 +603,7 @@ async fn token_write_under_the_committed_role_falls_back_to_the_apply() {
     let secrets: Api<Secret> = Api::namespaced(operator, &ns.name);
 
     let refused = AtomicBool::new(false);
-    let secret = token_secret(&ns.name, "minted".into());
+    let secret = token_secret(&ns.name, "minted".into(), None);
     let written = write_token(&secrets, &secret, Write::Create, &refused)
         .await
         .expect("written by the apply");

@@ -114,11 +114,8 @@ async fn token_secret_is_minted_repaired_and_rotated_in_place() {
     let claims = ring().verify(&t).unwrap();
     assert_eq!(claims, common::claims(&ns.name, "42"));
     let uid = s.uid().unwrap();
-    assert_eq!(
-        post(t.clone()).await,
-        200,
-        "the minted token works against the API"
-    );
+    // Accepted once this replica's environment list has the Secret too.
+    post_until(&api_url, &t, 200, "the minted token works against the API").await;
 
     // Tampered: re-minted in place (same object, never deleted).
     overwrite_token(&secrets, "forged.token.value").await;
@@ -292,13 +289,16 @@ async fn token_secret_is_minted_repaired_and_rotated_in_place() {
 async fn ingestion_api(op: &Operator) -> String {
     use actix_web::web;
     use insights_remote::server::{self, ApiState};
-    let state = web::Data::new(ApiState::new(
-        op.ctx.keys.subscribe(),
-        Some(op.publisher.clone()),
-        op.metrics.clone(),
-        Default::default(),
-        0,
-    ));
+    let state = web::Data::new(
+        ApiState::new(
+            op.ctx.keys.subscribe(),
+            Some(op.publisher.clone()),
+            op.metrics.clone(),
+            Default::default(),
+            0,
+        )
+        .with_tenants(op.ctx.tenants.clone()),
+    );
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(server::ingestion_server(state, listener).unwrap());
@@ -493,7 +493,7 @@ async fn token_write_creates_and_takes_over_one_that_exists_after_all() {
     let refused = std::sync::atomic::AtomicBool::new(false);
     // The reconciler's write when the cache lists no Secret.
     let write = |token: &str| {
-        let secret = token_secret(&ns.name, token.into());
+        let secret = token_secret(&ns.name, token.into(), None);
         let (secrets, refused) = (&secrets, &refused);
         async move { write_token(secrets, &secret, Write::Create, refused).await }
     };
@@ -508,7 +508,7 @@ async fn token_write_creates_and_takes_over_one_that_exists_after_all() {
 
     // The cache said absent, but a Secret is there (another token, another
     // label): the create meets 409 and the apply replaces our fields.
-    let mut other = token_secret(&ns.name, "stale".into());
+    let mut other = token_secret(&ns.name, "stale".into(), None);
     other
         .metadata
         .labels
@@ -531,4 +531,186 @@ async fn token_write_creates_and_takes_over_one_that_exists_after_all() {
         secrets.get("insights-token").await.unwrap().uid()
     );
     ns.cleanup().await;
+}
+
+/// A token as the Go original mints it: the four claims, no `iat`.
+fn go_token(ns: &str, env_id: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine;
+    let c = common::claims(ns, env_id);
+    let head = B64.encode(r#"{"alg":"HS256","typ":"JWT"}"#);
+    let body = B64.encode(
+        json!({"EnvironmentId": c.environment_id, "EnvironmentName": c.environment_name,
+               "Namespace": c.namespace, "ProjectName": c.project_name})
+        .to_string(),
+    );
+    let input = format!("{head}.{body}");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, KEY.as_bytes());
+    let sig = B64.encode(ring::hmac::sign(&key, input.as_bytes()).as_ref());
+    format!("{input}.{sig}")
+}
+
+/// An environment id no other test uses.
+fn fresh_env_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    (1_000_000 + nanos % 1_000_000_000 + std::process::id() % 1000).to_string()
+}
+
+/// Posts facts with `token` until the answer is `status` (the registry
+/// follows the cluster through a watch); the body of that answer.
+async fn post_until(url: &str, token: &str, status: u16, what: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = reqwest::Client::new()
+            .post(format!("{url}/facts"))
+            .header("authorization", token)
+            .body(r#"[{"name":"n","value":"v"}]"#)
+            .send()
+            .await
+            .unwrap();
+        let got = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        if got == status {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: last answer {got} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Issue 22, point 5: an admin revokes one environment's tokens (by
+/// annotating its Secret, or deleting it) without rotating the cluster key;
+/// the others keep working, a Go-minted token in a Secret never revoked
+/// too; a deleted namespace's tokens are refused; a namespace claiming
+/// another's environment id gets no token and its tokens are refused.
+#[tokio::test]
+async fn one_environment_s_tokens_are_revoked_without_touching_the_others() {
+    let client = client().await;
+    ensure_crd(&client).await;
+    let target = unique("revoke-target");
+    let labelled = |id: &str| {
+        let mut l = lagoon_labels(id);
+        l.insert(target.clone(), "yes".into());
+        l
+    };
+    let id_a = fresh_env_id();
+    let id_b = (id_a.parse::<u64>().unwrap() + 1).to_string();
+    let a = TestNamespace::with_labels(&client, "reva", labelled(&id_a)).await;
+    let b = TestNamespace::with_labels(&client, "revb", labelled(&id_b)).await;
+    // B holds a token the Go original minted (no iat), as after a switch.
+    let b_secrets: Api<Secret> = Api::namespaced(client.clone(), &b.name);
+    let go = go_token(&b.name, &id_b);
+    b_secrets
+        .create(
+            &PostParams::default(),
+            &insights_remote::controller::namespace::token_secret(&b.name, go.clone(), None),
+        )
+        .await
+        .unwrap();
+    let mut options = OperatorOptions::tokens(&a.name, "revoke", &unique("irc-revoke"));
+    options.ops.target_label = Some(target.clone());
+    // Every namespace of the cluster is seen (as in production); only this
+    // test's are targeted.
+    let op = Operator::start_with(&client, options, |ctx| ctx.watch_namespace = None).await;
+    let url = ingestion_api(&op).await;
+    let a_secrets: Api<Secret> = Api::namespaced(client.clone(), &a.name);
+    let first = wait_secret(&a_secrets, "A's token", |_| true).await;
+    let t1 = token_of(&first);
+    post_until(&url, &t1, 200, "A's token accepted").await;
+    post_until(&url, &go, 200, "B's Go-minted token accepted").await;
+    let key = op.ctx.keys.borrow().fingerprint();
+
+    // Revocation on request: annotate the Secret.
+    a_secrets
+        .patch(
+            "insights-token",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"insights.lagoon.sh/revoke-tokens": "leaked"}}})),
+        )
+        .await
+        .unwrap();
+    let second = wait_secret(&a_secrets, "A re-minted after the revocation", |s| {
+        token_of(s) != t1
+            && !s
+                .annotations()
+                .contains_key("insights.lagoon.sh/revoke-tokens")
+    })
+    .await;
+    assert_eq!(second.uid(), first.uid(), "updated in place");
+    let t2 = token_of(&second);
+    let body = post_until(&url, &t1, 401, "A's old token refused").await;
+    assert!(body.contains("revoked"), "{body}");
+    post_until(&url, &t2, 200, "A's new token accepted").await;
+    post_until(&url, &go, 200, "B untouched").await;
+    assert_eq!(
+        op.ctx.keys.borrow().fingerprint(),
+        key,
+        "the key did not change"
+    );
+    assert_eq!(
+        ring().verify(&t1).unwrap().namespace,
+        a.name,
+        "t1's signature is still good"
+    );
+
+    // Revocation by deleting the Secret: a new one, the old tokens refused.
+    a_secrets
+        .delete("insights-token", &DeleteParams::default())
+        .await
+        .unwrap();
+    let third = wait_secret(&a_secrets, "A re-created", |s| s.uid() != second.uid()).await;
+    let t3 = token_of(&third);
+    post_until(
+        &url,
+        &t2,
+        401,
+        "A's token refused after its Secret was deleted",
+    )
+    .await;
+    post_until(&url, &t3, 200, "A's newest token accepted").await;
+    post_until(&url, &go, 200, "B still untouched").await;
+
+    // A namespace claiming A's environment id: an Event, no token, and a
+    // token made for it anyway is refused.
+    let c = TestNamespace::with_labels(&client, "revc", labelled(&id_a)).await;
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let ev = wait_for(
+        "DuplicateEnvironmentId event",
+        Duration::from_secs(30),
+        || async {
+            events
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("DuplicateEnvironmentId")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                            == Some(c.name.as_str())
+                })
+        },
+    )
+    .await;
+    assert!(ev.note.unwrap().contains(&a.name));
+    let c_secrets: Api<Secret> = Api::namespaced(client.clone(), &c.name);
+    assert!(c_secrets.get_opt("insights-token").await.unwrap().is_none());
+    let forged = ring().mint(&common::claims(&c.name, &id_a)).unwrap();
+    let body = post_until(&url, &forged, 401, "the duplicate's token refused").await;
+    assert!(body.contains("another namespace"), "{body}");
+
+    // A deleted namespace's tokens are refused.
+    b.cleanup().await;
+    let body = post_until(&url, &go, 401, "B's token refused once B is deleted").await;
+    assert!(body.contains("namespace"), "{body}");
+    post_until(&url, &t3, 200, "A unaffected").await;
+    op.stop().await;
+    c.cleanup().await;
+    a.cleanup().await;
 }

@@ -138,6 +138,9 @@ pub struct Context {
     /// RBAC refused a create of a token Secret: write them by apply only
     /// ([`namespace::write_token`]).
     pub token_create_refused: std::sync::atomic::AtomicBool,
+    /// Which environments may post now (every replica keeps it; the
+    /// ingestion API and the token reconciler read it).
+    pub tenants: Arc<crate::tenants::Tenants>,
     /// The InsightsRemoteConfig, as the config follower last saw it.
     pub config_store: Store<InsightsRemoteConfig>,
     /// Fills `config_store`; taken by the config follower.
@@ -179,6 +182,7 @@ impl Context {
             namespaces: Default::default(),
             token_secrets: Default::default(),
             token_create_refused: Default::default(),
+            tenants: crate::tenants::Tenants::new(),
             config_store,
             config_writer: Mutex::new(Some(config_writer)),
         }
@@ -303,6 +307,8 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let mut follower = tokio::spawn(config::run(ctx.clone(), shutdown.clone()));
+    // Every replica checks tokens against the environments as they are.
+    let tenants = tokio::spawn(crate::tenants::run(ctx.clone(), shutdown.clone()));
     // The configuration follower ends only at shutdown: ending before is a
     // failure (the settings and the status would freeze).
     let follower_failed = async {
@@ -321,8 +327,12 @@ pub async fn run(
     if res.is_err() {
         // Failing: the caller ends the process; the follower goes with it.
         follower.abort();
-    } else if !follower.is_finished() {
-        let _ = follower.await;
+        tenants.abort();
+    } else {
+        if !follower.is_finished() {
+            let _ = follower.await;
+        }
+        let _ = tenants.await;
     }
     res
 }

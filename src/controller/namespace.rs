@@ -25,6 +25,7 @@ use crate::contract::{
     LABEL_INSIGHTS_TOKEN, LABEL_PROJECT, TOKEN_SECRET_KEY, TOKEN_SECRET_NAME,
 };
 use crate::settings::Operations;
+use crate::tenants::{valid_from_now, Mark, ANNOTATION_REVOKE, ANNOTATION_VALID_FROM};
 use crate::token::{Claims, KeyRing};
 
 pub const CONTROLLER: &str = "namespace";
@@ -160,17 +161,57 @@ pub fn up_to_date(existing: Option<&Secret>, claims: &Claims, keys: &KeyRing) ->
         .and_then(|b| std::str::from_utf8(&b.0).ok());
     let labelled = s.labels().get(LABEL_INSIGHTS_TOKEN).map(String::as_str) == Some("true")
         && s.labels().get(LABEL_DYNAMIC_SECRET).map(String::as_str) == Some(TOKEN_SECRET_NAME);
+    let revoking = Mark::of(s.annotations()) == Mark::All;
     labelled
+        && !revoking
         && token
             .is_some_and(|t| !t.ends_with('\n') && keys.verify_current(t).as_ref() == Ok(claims))
 }
 
+/// Whether this namespace may hold a token for its environment id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// The environments are not listed yet: look again shortly.
+    Wait,
+    /// An older namespace carries the same id: no token here.
+    Other(String),
+    Mine,
+}
+
+/// From [`crate::tenants::Tenants::owner_of`]: a namespace the list does
+/// not hold yet (created a moment ago) is taken as its own owner; the
+/// ingestion API checks again on every request.
+pub fn ownership(namespace: &str, owner: Option<Option<String>>) -> Ownership {
+    match owner {
+        None => Ownership::Wait,
+        Some(Some(o)) if o != namespace => Ownership::Other(o),
+        Some(_) => Ownership::Mine,
+    }
+}
+
+/// The tokens-valid-from mark the written Secret carries: none for a
+/// Secret that never had one (the Go original's tokens keep working), the
+/// same for a re-mint (a new key, new claims), now when the Secret is new
+/// (a deleted Secret revokes what it held) or a revocation was asked for.
+pub fn valid_from(existing: Option<&Secret>) -> Option<String> {
+    let Some(s) = existing else {
+        return Some(valid_from_now().0);
+    };
+    match Mark::of(s.annotations()) {
+        Mark::None => None,
+        Mark::From(_) => s.annotations().get(ANNOTATION_VALID_FROM).cloned(),
+        Mark::All => Some(valid_from_now().0),
+    }
+}
+
 /// The token Secret as it should be.
-pub fn token_secret(namespace: &str, token: String) -> Secret {
+pub fn token_secret(namespace: &str, token: String, valid_from: Option<String>) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some(TOKEN_SECRET_NAME.into()),
             namespace: Some(namespace.into()),
+            annotations: valid_from
+                .map(|v| BTreeMap::from([(ANNOTATION_VALID_FROM.to_string(), v)])),
             labels: Some(BTreeMap::from([
                 (LABEL_INSIGHTS_TOKEN.to_string(), "true".to_string()),
                 (
@@ -250,6 +291,23 @@ pub async fn write_token(
     .await
 }
 
+/// Writes the new token and mark and removes the revocation request, in
+/// one merge patch (the request is an admin's annotation, which a
+/// server-side apply of ours could not remove).
+async fn revoke(api: &Api<Secret>, secret: &Secret) -> kube::Result<Secret> {
+    let mut patch = serde_json::to_value(secret).map_err(kube::Error::SerdeError)?;
+    patch["metadata"]["annotations"][ANNOTATION_REVOKE] = serde_json::Value::Null;
+    api.patch(
+        TOKEN_SECRET_NAME,
+        &PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        },
+        &Patch::Merge(patch),
+    )
+    .await
+}
+
 pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> {
     let ops = ctx.ops.borrow().clone();
     let claims = match plan(&ns, &ops) {
@@ -268,6 +326,25 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> 
         Plan::Ensure(claims) => claims,
     };
     let name = ns.name_any();
+    match ownership(&name, ctx.tenants.owner_of(&claims.environment_id)) {
+        Ownership::Wait => return Ok(Action::requeue(Duration::from_secs(1))),
+        Ownership::Other(owner) => {
+            ctx.event(
+                ns.as_ref(),
+                EventType::Warning,
+                "DuplicateEnvironmentId",
+                "MintToken",
+                format!(
+                    "no insights token: {LABEL_ENVIRONMENT_ID} {} is already held by namespace {owner}; tokens of this namespace are refused",
+                    claims.environment_id
+                ),
+            )
+            .await;
+            // Minted once the other namespace is gone.
+            return Ok(Action::requeue(Duration::from_secs(300)));
+        }
+        Ownership::Mine => {}
+    }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &name);
     let keys = ctx.keys.borrow().clone();
     let key = keys.fingerprint();
@@ -289,8 +366,21 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> 
         ctx.token_secrets.verified(&name, verified(s));
         return Ok(Action::requeue(ctx.token_resync));
     }
-    let secret = token_secret(&name, keys.mint(&claims)?);
-    let written = write_token(&api, &secret, write_kind(known), &ctx.token_create_refused).await?;
+    // The mark first, then the token: its `iat` is at or after the mark.
+    let valid_from = valid_from(existing.as_ref());
+    let revoking = existing
+        .as_ref()
+        .is_some_and(|s| Mark::of(s.annotations()) == Mark::All);
+    let secret = token_secret(&name, keys.mint(&claims)?, valid_from);
+    let written = if revoking {
+        revoke(&api, &secret).await?
+    } else {
+        write_token(&api, &secret, write_kind(known), &ctx.token_create_refused).await?
+    };
+    if revoking {
+        info!(namespace = %name, "environment tokens revoked on request");
+        ctx.metrics.tokens_revoked.inc();
+    }
     ctx.token_secrets.verified(&name, verified(&written));
     info!(namespace = %name, renewed = existing.is_some(), "environment token written");
     ctx.counters.add(&ctx.counters.tokens_issued);
@@ -427,7 +517,7 @@ mod tests {
         let Plan::Ensure(claims) = plan(&ns(LAGOON, false), &ops(true, None)) else {
             panic!()
         };
-        let good = token_secret("demo-main", keys.mint(&claims).unwrap());
+        let good = token_secret("demo-main", keys.mint(&claims).unwrap(), None);
         assert!(up_to_date(Some(&good), &claims, &keys));
         assert!(!up_to_date(None, &claims, &keys));
         assert!(!up_to_date(Some(&good), &claims, &other), "another key");
@@ -437,7 +527,63 @@ mod tests {
         let mut unlabelled = good.clone();
         unlabelled.metadata.labels = None;
         assert!(!up_to_date(Some(&unlabelled), &claims, &keys));
-        let newline = token_secret("demo-main", format!("{}\n", keys.mint(&claims).unwrap()));
+        let newline = token_secret(
+            "demo-main",
+            format!("{}\n", keys.mint(&claims).unwrap()),
+            None,
+        );
         assert!(!up_to_date(Some(&newline), &claims, &keys));
+    }
+
+    #[test]
+    fn a_revocation_request_is_never_up_to_date_and_moves_the_mark() {
+        let keys = KeyRing::new("0123456789abcdef0123456789abcdef-current").unwrap();
+        let Plan::Ensure(claims) = plan(&ns(LAGOON, false), &ops(true, None)) else {
+            panic!()
+        };
+        let old_mark = "2026-01-01T00:00:00Z".to_string();
+        let marked = token_secret(
+            "demo-main",
+            keys.mint(&claims).unwrap(),
+            Some(old_mark.clone()),
+        );
+        assert!(up_to_date(Some(&marked), &claims, &keys));
+        assert_eq!(
+            valid_from(Some(&marked)),
+            Some(old_mark.clone()),
+            "a re-mint keeps the mark"
+        );
+        let go = token_secret("demo-main", keys.mint(&claims).unwrap(), None);
+        assert_eq!(
+            valid_from(Some(&go)),
+            None,
+            "never revoked: no mark (Go's tokens keep working)"
+        );
+        let fresh = valid_from(None).expect("a new Secret revokes whatever came before");
+        assert!(fresh.parse::<k8s_openapi::jiff::Timestamp>().is_ok());
+        let mut asked = marked.clone();
+        asked
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(ANNOTATION_REVOKE.into(), "yes".into());
+        assert!(!up_to_date(Some(&asked), &claims, &keys));
+        let moved = valid_from(Some(&asked)).unwrap();
+        assert!(moved > old_mark, "{moved} after {old_mark}");
+    }
+
+    #[test]
+    fn ownership_table() {
+        for (owner, want) in [
+            (None, Ownership::Wait),
+            (Some(None), Ownership::Mine),
+            (Some(Some("demo-main".to_string())), Ownership::Mine),
+            (
+                Some(Some("older".to_string())),
+                Ownership::Other("older".into()),
+            ),
+        ] {
+            assert_eq!(ownership("demo-main", owner.clone()), want, "{owner:?}");
+        }
     }
 }

@@ -5,6 +5,7 @@ use actix_web::http::header;
 use actix_web::HttpRequest;
 
 use super::{ApiError, ApiState};
+use crate::tenants::Refusal;
 use crate::token::{Claims, TokenError};
 
 /// Longest Authorization header looked at; a JWT of ours is ~300 bytes.
@@ -33,12 +34,19 @@ fn authenticate(req: &HttpRequest, st: &ApiState) -> Result<Claims, ApiError> {
         _ => raw,
     };
     let keys = st.keys.borrow().clone();
-    keys.verify(token).map_err(|e| {
+    let (claims, issued_at) = keys.verify_issued(token).map_err(|e| {
         ApiError::Unauthorized(match e {
             TokenError::Missing => "missing token".into(),
             other => format!("invalid token: {other}"),
         })
-    })
+    })?;
+    if let Some(tenants) = &st.tenants {
+        tenants.admit(&claims, issued_at).map_err(|r| match r {
+            Refusal::NotReady => ApiError::Starting,
+            other => ApiError::Unauthorized(format!("invalid token: {other}")),
+        })?;
+    }
+    Ok(claims)
 }
 
 /// The token's environment id, if Lagoon can store it: canonical digits

@@ -41,6 +41,9 @@ pub enum ApiError {
     RateLimited,
     #[error("the server is busy with other large requests; retry later")]
     Busy,
+    /// The environments are not listed yet (a replica just started).
+    #[error("the server is starting; retry shortly")]
+    Starting,
     /// The detail stays in the log; callers learn only that it failed.
     #[error("the message broker is unavailable; retry later")]
     Unavailable(String),
@@ -73,7 +76,7 @@ impl ResponseError for ApiError {
             }
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) | ApiError::Busy | ApiError::Refused => {
+            ApiError::Unavailable(_) | ApiError::Busy | ApiError::Starting | ApiError::Refused => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -88,12 +91,18 @@ impl ResponseError for ApiError {
             }
             ApiError::BodyTimeout(_) => "request timeout",
             ApiError::RateLimited => "too many requests",
-            ApiError::Unavailable(_) | ApiError::Busy | ApiError::Refused => "unavailable",
+            ApiError::Unavailable(_) | ApiError::Busy | ApiError::Starting | ApiError::Refused => {
+                "unavailable"
+            }
         };
         let mut resp = HttpResponse::build(self.status_code());
         if matches!(
             self,
-            ApiError::Unavailable(_) | ApiError::RateLimited | ApiError::Busy | ApiError::Refused
+            ApiError::Unavailable(_)
+                | ApiError::RateLimited
+                | ApiError::Busy
+                | ApiError::Starting
+                | ApiError::Refused
         ) {
             resp.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
         }

@@ -63,6 +63,9 @@ pub struct ApiState {
     pub limiter: RateLimiter,
     budget: Arc<body::Budget>,
     pub memory: Arc<memory::Memory>,
+    /// The environments that may post now; None where no cluster is
+    /// watched (then a good signature is enough).
+    pub tenants: Option<Arc<crate::tenants::Tenants>>,
 }
 
 impl ApiState {
@@ -81,7 +84,15 @@ impl ApiState {
             metrics,
             limits,
             limiter: RateLimiter::new(rate_limit),
+            tenants: None,
         }
+    }
+
+    /// Checks every token against the cluster's environments too
+    /// (revocation, deleted namespaces, duplicate environment ids).
+    pub fn with_tenants(mut self, tenants: Arc<crate::tenants::Tenants>) -> Self {
+        self.tenants = Some(tenants);
+        self
     }
 
     /// Bytes of the in-flight memory budget held by requests now.

@@ -23,13 +23,21 @@ pub(super) async fn healthz() -> HttpResponse {
 /// they can act on, rather than connection errors. The broker's state is in
 /// the body (and in metrics, the custom resource's status and Events).
 #[utoipa::path(get, path = "/readyz", tag = "probes", responses(
-    (status = 200, description = "serving; `broker` says whether the broker is connected")))]
+    (status = 200, description = "serving; `broker` says whether the broker is connected"),
+    (status = 503, description = "starting: the environments are not listed yet")))]
 pub(super) async fn readyz(st: web::Data<ApiState>) -> HttpResponse {
     let broker = match &st.publisher {
         None => "disabled",
         Some(p) if p.is_connected() => "connected",
         Some(_) => "disconnected",
     };
+    // Until the environments are listed no token can be checked: keep the
+    // replica out of the Service rather than answer 503 to every post.
+    if st.tenants.as_ref().is_some_and(|t| !t.ready()) {
+        return HttpResponse::ServiceUnavailable().json(
+            serde_json::json!({"status": "starting", "broker": broker, "environments": "listing"}),
+        );
+    }
     HttpResponse::Ok().json(serde_json::json!({"status": "ok", "broker": broker}))
 }
 
