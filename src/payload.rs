@@ -72,6 +72,11 @@ thread_local! {
     static LIMIT: std::cell::Cell<u64> = const { std::cell::Cell::new(MAX_DECOMPRESSED) };
 }
 
+/// The most a payload may decompress to ([`MAX_DECOMPRESSED`]).
+pub fn decompressed_limit() -> u64 {
+    LIMIT.with(|l| l.get())
+}
+
 /// The payload's bytes, decompressed if gzip, or why they cannot be read;
 /// stops at [`MAX_DECOMPRESSED`].
 pub fn decompressed(raw: &[u8]) -> Result<Vec<u8>, String> {

@@ -289,9 +289,13 @@ async fn operator_context(
     );
     ctx.watch_namespace = args.watch_namespace.clone().filter(|n| !n.is_empty());
     ctx.token_resync = args.token_resync_interval;
-    ctx.uploads = controller::uploads::Uploads::new(
+    ctx.uploads = controller::uploads::Uploads::with_policy(
         args.dependency_track_max_concurrent,
         args.dependency_track_timeout,
+        crate::dependency_track::EndpointPolicy::new(
+            &args.dependency_track_custom_endpoint_hosts,
+            api_server_addresses(args).await,
+        ),
     );
     let ctx = Arc::new(ctx);
     if baseline_keys.is_none() {
@@ -350,17 +354,45 @@ fn run_options(args: &RunArgs) -> controller::RunOptions {
 /// The API server client (controller-runtime's --kubeconfig, else the
 /// usual kubeconfig or in-cluster configuration).
 async fn kube_client(args: &RunArgs) -> Result<kube::Client> {
+    Ok(kube::Client::try_from(kube_config(args).await?)?)
+}
+
+async fn kube_config(args: &RunArgs) -> Result<kube::Config> {
     Ok(match &args.upstream.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| Error::Config(format!("--kubeconfig {}: {e}", path.display())))?;
-            let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
                 .await
-                .map_err(|e| Error::Config(format!("--kubeconfig {}: {e}", path.display())))?;
-            kube::Client::try_from(config)?
+                .map_err(|e| Error::Config(format!("--kubeconfig {}: {e}", path.display())))?
         }
-        None => kube::Client::try_default().await?,
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| Error::Config(format!("no Kubernetes configuration: {e}")))?,
     })
+}
+
+/// The addresses the Kubernetes API server answers at, as this process
+/// sees them: the in-cluster Service and the configured URL's host. A
+/// namespace's Dependency-Track endpoint may not point there.
+async fn api_server_addresses(args: &RunArgs) -> Vec<std::net::IpAddr> {
+    let mut out: Vec<std::net::IpAddr> = std::env::var("KUBERNETES_SERVICE_HOST")
+        .ok()
+        .and_then(|h| h.parse().ok())
+        .into_iter()
+        .collect();
+    if let Ok(config) = kube_config(args).await {
+        if let Some(host) = config.cluster_url.host() {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let port = config.cluster_url.port_u16().unwrap_or(443);
+            if let Ok(addrs) = tokio::net::lookup_host((host, port)).await {
+                out.extend(addrs.map(|a| a.ip()));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 async fn shutdown_signal() {

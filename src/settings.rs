@@ -218,6 +218,17 @@ pub struct RunArgs {
         default_value = "2"
     )]
     pub dependency_track_max_concurrent: u16,
+    /// The hosts a namespace's own Dependency-Track endpoint (annotation
+    /// dependencytrack.insights.lagoon.sh/custom-endpoint) may name:
+    /// comma-separated names, addresses or `*.suffix`. Empty: any host
+    /// except loopback, link-local, unspecified and multicast addresses and
+    /// the Kubernetes API server's, checked on the resolved addresses.
+    #[arg(
+        long = "dependency-track-custom-endpoint-hosts",
+        env = "DEPENDENCY_TRACK_CUSTOM_ENDPOINT_HOSTS",
+        default_value = ""
+    )]
+    pub dependency_track_custom_endpoint_hosts: String,
     /// How long to wait for Dependency-Track to process one BOM (upstream: 300s).
     #[arg(long = "dependency-track-timeout", env = "DEPENDENCY_TRACK_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
     pub dependency_track_timeout: Duration,

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use common::cluster::*;
 use common::*;
+use insights_remote::controller::uploads::Uploads;
 use insights_remote::crd::InsightsRemoteConfig;
-use insights_remote::dependency_track::{Settings, Templates};
+use insights_remote::dependency_track::{EndpointPolicy, Settings, Templates};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -144,6 +145,26 @@ async fn namespace(
     TestNamespace::with_labels(client, tag, labels).await
 }
 
+/// An operator whose admin allows per-namespace endpoints on 127.0.0.1
+/// (where the test's Dependency-Track runs), with `slots` uploads of each
+/// kind at once.
+async fn start_with_policy(
+    client: &kube::Client,
+    options: OperatorOptions,
+    hosts: &str,
+    slots: u16,
+) -> Operator {
+    let policy = EndpointPolicy::new(hosts, vec![]);
+    Operator::start_with(client, options, |ctx| {
+        ctx.uploads = Uploads::with_policy(slots, Duration::from_secs(300), policy)
+    })
+    .await
+}
+
+async fn start_allowing_loopback(client: &kube::Client, options: OperatorOptions) -> Operator {
+    start_with_policy(client, options, "127.0.0.1", 2).await
+}
+
 async fn processed(api: &Api<ConfigMap>, name: &str) -> BTreeMap<String, String> {
     wait_for(
         &format!("{name} processed"),
@@ -233,7 +254,7 @@ async fn prod_only_skips_development_and_lagoon_env_overrides_it_for_the_custom_
     let ns = namespace(&client, "dtprod", &proj, "development").await;
     let broker = isolated_broker("dtprod");
     // Central upload is on with push-prod-only; per-namespace too.
-    let op = Operator::start(
+    let op = start_allowing_loopback(
         &client,
         OperatorOptions::forwarding(&ns, broker, dt_ops(&base, &key, true), &unique("irc")),
     )
@@ -330,7 +351,7 @@ async fn custom_endpoint_without_a_key_fails_and_records_why() {
     let client = client().await;
     let proj = unique("dtnokey");
     let ns = namespace(&client, "dtnokey", &proj, "production").await;
-    let op = Operator::start(
+    let op = start_allowing_loopback(
         &client,
         OperatorOptions::forwarding(
             &ns,
@@ -473,5 +494,223 @@ async fn outage_defers_then_uploads_once_back_without_publishing_twice() {
     let _ = Api::<InsightsRemoteConfig>::all(client.clone())
         .delete(&config_name, &Default::default())
         .await;
+    ns.cleanup().await;
+}
+
+/// The failure recorded for the custom step of ConfigMap `name`.
+async fn custom_failure(api: &Api<ConfigMap>, name: &str) -> String {
+    wait_for(
+        &format!("{name}: custom step failed"),
+        Duration::from_secs(60),
+        || async {
+            let a = api.get_opt(name).await.unwrap()?.annotations().clone();
+            (a.get("dependencytrack.insights.lagoon.sh/custom-status")? == "failure")
+                .then(|| a["dependencytrack.insights.lagoon.sh/custom-status-error"].clone())
+        },
+    )
+    .await
+}
+
+/// A server on 127.0.0.1 that answers every request with 500 and words a
+/// tenant must not be able to read back through us (the answering
+/// server's body); also `{"version": ...}` of a made-up build on
+/// /api/version when `version` is set.
+async fn chatty_server(version: bool) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let _ = c.read(&mut buf).await;
+                let (status, body) = if version {
+                    ("200 OK", r#"{"version":"3.2.1-internal-build-7f3a"}"#)
+                } else {
+                    ("500 Oops", "internal-secret-detail: db=10.0.0.9 user=admin")
+                };
+                let _ = c
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+/// Issue 22, point 4: a namespace's own endpoint is held to the admin's
+/// policy (by default no loopback, link-local or API server address, also
+/// through a name that resolves there), nothing is read or sent for a
+/// refused one, and what the tenant sees of a failure is the status or
+/// the class of error, never what the answering server wrote.
+#[tokio::test]
+async fn a_tenants_endpoint_is_held_to_the_policy_and_learns_nothing_from_answers() {
+    let (base, key) = dt();
+    let port = base.rsplit(':').next().unwrap().to_string();
+    let client = client().await;
+    let proj = unique("dtpolicy");
+    let ns = namespace(&client, "dtpolicy", &proj, "production").await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "lagoon-env"},
+                "stringData": {"LAGOON_FEATURE_FLAG_INSIGHTS_DEPENDENCY_TRACK_API_KEY": key},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    // The default policy (no list): only the custom step runs.
+    let op = Operator::start(
+        &client,
+        OperatorOptions::forwarding(
+            &ns,
+            isolated_broker("dtpolicy"),
+            dt_ops("", "", false),
+            &unique("irc"),
+        ),
+    )
+    .await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    for (name, endpoint, says) in [
+        ("loopback", format!("http://127.0.0.1:{port}"), "loopback"),
+        (
+            "by-name",
+            format!("http://localhost:{port}"),
+            "does not allow",
+        ),
+        (
+            "metadata",
+            "http://169.254.169.254".to_string(),
+            "link-local",
+        ),
+        ("fragment", "http://[::1]:1/#".to_string(), "loopback"),
+    ] {
+        create_sbom(
+            &api,
+            name,
+            &proj,
+            "production",
+            name,
+            &[(
+                "dependencytrack.insights.lagoon.sh/custom-endpoint",
+                &endpoint,
+            )],
+        )
+        .await;
+        let why = custom_failure(&api, name).await;
+        assert!(why.contains(says), "{name}: {why}");
+    }
+    assert!(
+        project(&proj).await.is_none(),
+        "Dependency-Track never called"
+    );
+    op.stop().await;
+
+    // The admin allows 127.0.0.1: a server there that talks too much.
+    let op = start_allowing_loopback(
+        &client,
+        OperatorOptions::forwarding(
+            &ns,
+            isolated_broker("dtpolicy2"),
+            dt_ops("", "", false),
+            &unique("irc"),
+        ),
+    )
+    .await;
+    for (name, endpoint, says, never) in [
+        (
+            "chatty",
+            chatty_server(false).await,
+            "status 500",
+            "internal-secret",
+        ),
+        (
+            "old",
+            chatty_server(true).await,
+            "older than 4.11.0",
+            "internal-build",
+        ),
+    ] {
+        create_sbom(
+            &api,
+            name,
+            &proj,
+            "production",
+            name,
+            &[(
+                "dependencytrack.insights.lagoon.sh/custom-endpoint",
+                &endpoint,
+            )],
+        )
+        .await;
+        let why = custom_failure(&api, name).await;
+        assert!(why.contains(says) && !why.contains(never), "{name}: {why}");
+    }
+    op.stop().await;
+    ns.cleanup().await;
+}
+
+/// Issue 22, point 2: many SBOMs of one project uploaded at once (8 slots)
+/// create the project hierarchy once, and every upload succeeds.
+#[tokio::test]
+async fn concurrent_uploads_of_one_project_create_its_hierarchy_once() {
+    let (base, key) = dt();
+    let client = client().await;
+    let proj = unique("dtrace");
+    let ns = namespace(&client, "dtrace", &proj, "production").await;
+    let op = start_with_policy(
+        &client,
+        OperatorOptions::forwarding(
+            &ns,
+            isolated_broker("dtrace"),
+            dt_ops(&base, &key, false),
+            &unique("irc"),
+        ),
+        "",
+        8,
+    )
+    .await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let services: Vec<String> = (0..6).map(|i| format!("svc{i}")).collect();
+    futures::future::join_all(
+        services
+            .iter()
+            .map(|s| create_sbom(&api, s, &proj, "production", s, &[])),
+    )
+    .await;
+    for s in &services {
+        let a = processed(&api, s).await;
+        assert_eq!(
+            a["dependencytrack.insights.lagoon.sh/default-status"], "success",
+            "{s}: {a:?}"
+        );
+    }
+    let named = |name: String| async move {
+        let (_, found) = dt_get(&format!(
+            "/api/v1/project?name={name}&excludeInactive=false&onlyRoot=false"
+        ))
+        .await;
+        found
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["name"].as_str() == Some(name.as_str()))
+            .count()
+    };
+    assert_eq!(named(proj.clone()).await, 1, "the root once");
+    assert_eq!(named(format!("{proj}-main")).await, 1, "the parent once");
+    for s in &services {
+        assert_eq!(named(format!("{proj}-main-{s}")).await, 1, "{s} once");
+    }
+    op.stop().await;
     ns.cleanup().await;
 }

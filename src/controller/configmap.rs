@@ -367,7 +367,8 @@ async fn upload(
         return o;
     }
     // No free slot: look again later, without reading or decompressing anything.
-    if !ctx.uploads.has_free_slot(step) {
+    let ns = cm.namespace().unwrap_or_default();
+    if !ctx.uploads.has_free_slot(step, &ns) {
         return Outcome::Running;
     }
     let info = match dependency_track::WriteInfo::from_labels(labels) {
@@ -377,7 +378,11 @@ async fn upload(
     let (endpoint, key_value) = match custom_endpoint {
         None => (dt.endpoint.clone(), dt.api_key.clone()),
         Some(endpoint) => {
-            let ns = cm.namespace().unwrap_or_default();
+            // The admin's policy first: nothing is read for an endpoint
+            // that may not be called.
+            if let Err(e) = ctx.uploads.policy.check_url(&endpoint) {
+                return Outcome::Failure(e);
+            }
             let env = match lagoon_env(ctx, &ns).await {
                 Ok(env) => env,
                 Err(e) => return Outcome::Failure(e),
@@ -409,20 +414,29 @@ async fn upload(
             }
         }
     };
-    let client =
-        match dependency_track::Client::new(ctx.uploads.http.clone(), &endpoint, &key_value) {
-            Ok(c) => c,
-            Err(e) => return Outcome::Failure(e),
-        };
-    let bom = match sbom_bytes(cm) {
-        Ok(b) => b,
+    let client = if step == Step::DependencyTrackCustom {
+        dependency_track::Client::custom(
+            ctx.uploads.custom_http.clone(),
+            &ctx.uploads.policy,
+            &endpoint,
+            &key_value,
+        )
+    } else {
+        dependency_track::Client::new(ctx.uploads.http.clone(), &endpoint, &key_value)
+    };
+    let client = match client {
+        Ok(c) => c,
         Err(e) => return Outcome::Failure(e),
     };
+    let Some(bom) = payload_of(cm) else {
+        return Outcome::Failure("the ConfigMap has no payload".into());
+    };
+    let limit = payload::decompressed_limit();
     let target = dependency_track::target(&dt.templates, &info, labels);
     let wait = ctx.uploads.timeout;
-    let (ns, name) = (cm.namespace().unwrap_or_default(), cm.name_any());
-    let started = ctx.uploads.try_start(key, async move {
-        let res = client.upload(&target, bom, wait).await;
+    let (owner, name) = (ns.clone(), cm.name_any());
+    let started = ctx.uploads.try_start(key, &owner, async move {
+        let res = client.upload(&target, bom, limit, wait).await;
         match &res {
             Ok(()) => info!(namespace = %ns, %name, project = %target.project, step = step.name(), "SBOM uploaded to Dependency-Track"),
             Err(e) => warn!(namespace = %ns, %name, project = %target.project, step = step.name(), error = %e, "Dependency-Track upload failed"),
@@ -462,17 +476,16 @@ async fn lagoon_env(
         .collect())
 }
 
-/// The SBOM itself (the only payload entry), decompressed.
-fn sbom_bytes(cm: &ConfigMap) -> std::result::Result<Vec<u8>, String> {
-    let raw = cm
-        .binary_data
+/// The SBOM as the ConfigMap holds it (the only payload entry, checked
+/// when the message was built; gzip or plain), decompressed as it is
+/// uploaded.
+fn payload_of(cm: &ConfigMap) -> Option<Vec<u8>> {
+    cm.binary_data
         .iter()
         .flatten()
-        .map(|(_, v)| v.0.as_slice())
-        .chain(cm.data.iter().flatten().map(|(_, v)| v.as_bytes()))
+        .map(|(_, v)| v.0.clone())
+        .chain(cm.data.iter().flatten().map(|(_, v)| v.as_bytes().to_vec()))
         .next()
-        .ok_or("the ConfigMap has no payload")?;
-    payload::decompressed(raw)
 }
 
 /// Builds the message, or says why this ConfigMap must not be forwarded.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
+use crate::dependency_track::{EndpointPolicy, GuardedResolver};
 use crate::postprocess::{Outcome, Step};
 
 /// One upload: a ConfigMap (uid), the content it had (fingerprint), the step.
@@ -26,22 +27,45 @@ const KEEP_DONE: Duration = Duration::from_secs(600);
 
 pub struct Uploads {
     pub http: reqwest::Client,
+    /// For per-namespace endpoints: names resolve through the policy's
+    /// resolver (no internal addresses).
+    pub custom_http: reqwest::Client,
+    pub policy: Arc<EndpointPolicy>,
     pub timeout: Duration,
     /// Slots for the central Dependency-Track; per-namespace endpoints
     /// (chosen by the namespace's workloads) have slots of their own, so a
     /// slow one never holds up the central uploads.
     central: Arc<Semaphore>,
     custom: Arc<Semaphore>,
+    /// Per-namespace uploads running, by namespace: one namespace holds at
+    /// most [`Uploads::per_namespace`] of the custom slots, so its slow
+    /// endpoint cannot hold them all.
+    custom_by_namespace: Arc<Mutex<HashMap<String, usize>>>,
+    per_namespace: usize,
     jobs: Arc<Mutex<HashMap<Key, Job>>>,
 }
 
 impl Uploads {
     pub fn new(max_concurrent: u16, timeout: Duration) -> Self {
+        Self::with_policy(max_concurrent, timeout, EndpointPolicy::default())
+    }
+
+    /// With the admin's policy for per-namespace endpoints.
+    pub fn with_policy(max_concurrent: u16, timeout: Duration, policy: EndpointPolicy) -> Self {
+        let slots = usize::from(max_concurrent.max(1));
+        let policy = Arc::new(policy);
         Uploads {
             http: crate::dependency_track::Client::http(),
+            custom_http: crate::dependency_track::Client::http_resolving_with(Arc::new(
+                GuardedResolver(policy.clone()),
+            )),
+            policy,
             timeout,
-            central: Arc::new(Semaphore::new(usize::from(max_concurrent.max(1)))),
-            custom: Arc::new(Semaphore::new(usize::from(max_concurrent.max(1)))),
+            central: Arc::new(Semaphore::new(slots)),
+            custom: Arc::new(Semaphore::new(slots)),
+            custom_by_namespace: Arc::default(),
+            // Half the slots, at least one.
+            per_namespace: (slots / 2).max(1),
             jobs: Arc::default(),
         }
     }
@@ -61,16 +85,30 @@ impl Uploads {
         }
     }
 
-    /// Starts `upload` if a slot is free; returns whether it started. When
+    /// Starts `upload` if a slot is free (for a per-namespace upload, one
+    /// its namespace `owner` may take); returns whether it started. When
     /// none is free nothing is kept (the BOM is not held in memory while
     /// waiting): the caller looks again later.
-    pub fn try_start<F>(&self, key: Key, upload: F) -> bool
+    pub fn try_start<F>(&self, key: Key, owner: &str, upload: F) -> bool
     where
         F: Future<Output = Result<(), String>> + Send + 'static,
     {
+        let custom = key.2 == Step::DependencyTrackCustom;
+        if custom && !self.namespace_may_start(owner) {
+            return false;
+        }
         let Ok(permit) = self.slots(key.2).clone().try_acquire_owned() else {
             return false;
         };
+        let held_by = custom.then(|| {
+            *self
+                .custom_by_namespace
+                .lock()
+                .expect("uploads lock")
+                .entry(owner.to_string())
+                .or_default() += 1;
+            (self.custom_by_namespace.clone(), owner.to_string())
+        });
         self.jobs
             .lock()
             .expect("uploads lock")
@@ -91,11 +129,30 @@ impl Uploads {
                 )),
             };
             drop(permit);
+            if let Some((counts, ns)) = held_by {
+                let mut counts = counts.lock().expect("uploads lock");
+                if let Some(n) = counts.get_mut(&ns) {
+                    *n -= 1;
+                    if *n == 0 {
+                        counts.remove(&ns);
+                    }
+                }
+            }
             jobs.lock()
                 .expect("uploads lock")
                 .insert(key, Job::Done(res, Instant::now()));
         });
         true
+    }
+
+    fn namespace_may_start(&self, owner: &str) -> bool {
+        self.custom_by_namespace
+            .lock()
+            .expect("uploads lock")
+            .get(owner)
+            .copied()
+            .unwrap_or(0)
+            < self.per_namespace
     }
 
     fn slots(&self, step: Step) -> &Arc<Semaphore> {
@@ -105,8 +162,10 @@ impl Uploads {
         }
     }
 
-    pub fn has_free_slot(&self, step: Step) -> bool {
+    /// Whether an upload of `step` for namespace `owner` could start now.
+    pub fn has_free_slot(&self, step: Step, owner: &str) -> bool {
         self.slots(step).available_permits() > 0
+            && (step != Step::DependencyTrackCustom || self.namespace_may_start(owner))
     }
 
     pub fn running(&self) -> usize {
@@ -131,23 +190,23 @@ mod tests {
     async fn bounded_and_each_result_handed_out_once() {
         let u = Uploads::new(1, Duration::from_secs(5));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        assert!(u.try_start(key("a"), async move {
+        assert!(u.try_start(key("a"), "ns", async move {
             let _ = rx.await;
             Err("down".to_string())
         }));
         assert_eq!(u.poll(&key("a")), Some(Outcome::Running));
         // The only slot is taken: the next one does not start (and keeps nothing).
-        assert!(!u.has_free_slot(Step::DependencyTrackDefault));
-        assert!(!u.try_start(key("b"), async { Ok(()) }));
+        assert!(!u.has_free_slot(Step::DependencyTrackDefault, "ns"));
+        assert!(!u.try_start(key("b"), "ns", async { Ok(()) }));
         // A per-namespace upload has slots of its own.
         let custom = (
             "c".to_string(),
             "f".to_string(),
             Step::DependencyTrackCustom,
         );
-        assert!(u.has_free_slot(Step::DependencyTrackCustom));
-        assert!(u.try_start(custom, std::future::pending()));
-        assert!(!u.has_free_slot(Step::DependencyTrackCustom));
+        assert!(u.has_free_slot(Step::DependencyTrackCustom, "ns"));
+        assert!(u.try_start(custom, "ns", std::future::pending()));
+        assert!(!u.has_free_slot(Step::DependencyTrackCustom, "ns"));
         assert_eq!(u.poll(&key("b")), None);
         tx.send(()).unwrap();
         let got = loop {
@@ -159,8 +218,39 @@ mod tests {
         assert_eq!(got, Some(Outcome::Failure("down".into())));
         assert_eq!(u.poll(&key("a")), None, "handed out once");
         assert!(
-            u.try_start(key("b"), async { Ok(()) }),
+            u.try_start(key("b"), "ns", async { Ok(()) }),
             "the slot is free again"
         );
+    }
+
+    #[tokio::test]
+    async fn one_namespace_cannot_hold_every_per_namespace_slot() {
+        let u = Uploads::new(4, Duration::from_secs(5));
+        let custom = |n: &str| (n.to_string(), "f".to_string(), Step::DependencyTrackCustom);
+        // A namespace whose endpoint never answers takes half the slots.
+        assert!(u.try_start(custom("slow-1"), "slow", std::future::pending()));
+        assert!(u.try_start(custom("slow-2"), "slow", std::future::pending()));
+        assert!(!u.has_free_slot(Step::DependencyTrackCustom, "slow"));
+        assert!(!u.try_start(custom("slow-3"), "slow", std::future::pending()));
+        // Others still start.
+        assert!(u.has_free_slot(Step::DependencyTrackCustom, "other"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        assert!(u.try_start(custom("other-1"), "other", async move {
+            let _ = rx.await;
+            Ok(())
+        }));
+        tx.send(()).unwrap();
+        loop {
+            match u.poll(&custom("other-1")) {
+                Some(Outcome::Running) => tokio::task::yield_now().await,
+                other => break assert_eq!(other, Some(Outcome::Success)),
+            }
+        }
+        assert!(
+            u.has_free_slot(Step::DependencyTrackCustom, "other"),
+            "given back"
+        );
+        // The central uploads have slots of their own.
+        assert!(u.has_free_slot(Step::DependencyTrackDefault, "slow"));
     }
 }

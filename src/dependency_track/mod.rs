@@ -11,9 +11,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use serde_json::{json, Value};
+use tracing::warn;
+
+mod body;
+mod policy;
+
+pub use policy::{internal, EndpointPolicy, GuardedResolver};
 
 use crate::contract::{
     percent_encode, LABEL_ENVIRONMENT, LABEL_ENVIRONMENT_TYPE, LABEL_PROJECT, LABEL_SERVICE,
@@ -347,16 +351,46 @@ impl Client {
         })
     }
 
+    /// A client for a namespace's own endpoint: the URL checked against the
+    /// admin's policy first (`http` resolves names through
+    /// [`GuardedResolver`]). The endpoint is kept as parsed, so a `#` or
+    /// `?` in it cannot cut off the paths appended to it.
+    pub fn custom(
+        http: reqwest::Client,
+        policy: &EndpointPolicy,
+        endpoint: &str,
+        key: &str,
+    ) -> Result<Client, String> {
+        let url = policy.check_url(endpoint)?;
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err("the Dependency-Track endpoint must not hold a query or a fragment".into());
+        }
+        Client::new(http, url.as_str(), key)
+    }
+
     /// A shared HTTP client for all uploads.
     pub fn http() -> reqwest::Client {
+        Self::builder().build().expect("the HTTP client builds")
+    }
+
+    /// The client for per-namespace endpoints: every name resolved through
+    /// `resolver`, and no proxy from the environment (a proxy would
+    /// resolve the name itself, past the policy).
+    pub fn http_resolving_with(resolver: std::sync::Arc<GuardedResolver>) -> reqwest::Client {
+        Self::builder()
+            .dns_resolver(resolver)
+            .no_proxy()
+            .build()
+            .expect("the HTTP client builds")
+    }
+
+    fn builder() -> reqwest::ClientBuilder {
         reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_secs(5))
             // The key is a header reqwest would carry across redirects.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("insights-remote/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("the HTTP client builds")
     }
 
     async fn call(
@@ -373,23 +407,44 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| format!("{method} {path}: {}", with_causes(&e)))?;
+        self.answer(req, &method, path).await
+    }
+
+    /// Sends a request and reads its answer. A failure says the HTTP status
+    /// or the class of connection error and nothing the server wrote: the
+    /// text lands in the ConfigMap's annotations and Events, which the
+    /// namespace's tenant reads, and a tenant's own endpoint could make it
+    /// say anything. The detail is logged for the admin.
+    async fn answer(
+        &self,
+        req: reqwest::RequestBuilder,
+        method: &reqwest::Method,
+        path: &str,
+    ) -> Result<(u16, Value), String> {
+        let resp = req.send().await.map_err(|e| {
+            warn!(endpoint = %self.base, %method, path, error = %with_causes(&e), "Dependency-Track request failed");
+            format!("{method} {path}: {}", error_class(&e))
+        })?;
         let status = resp.status().as_u16();
-        let body = read_bounded(resp)
-            .await
-            .map_err(|e| format!("{method} {path}: {e}"))?;
+        let body = read_bounded(resp).await.map_err(|e| {
+            warn!(endpoint = %self.base, %method, path, error = %e, "reading Dependency-Track's answer failed");
+            if e.starts_with("response larger than") {
+                format!("{method} {path}: status {status}, {e}")
+            } else {
+                format!("{method} {path}: status {status}, the answer could not be read")
+            }
+        })?;
         if !(200..300).contains(&status) && status != 409 {
             let text = String::from_utf8_lossy(&body);
             let short: String = text.chars().take(200).collect();
-            return Err(format!("{method} {path}: status {status}: {short}"));
+            warn!(endpoint = %self.base, %method, path, status, answer = %short.escape_debug(), "Dependency-Track refused a request");
+            return Err(format!("{method} {path}: status {status}"));
         }
         Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
     }
 
-    /// Upstream's check: the token API needs 4.11 or later.
+    /// Upstream's check: the token API needs 4.11 or later. The version
+    /// found is logged, not returned (see [`Client::answer`]).
     async fn check_version(&self) -> Result<(), String> {
         let (_, v) = self
             .call(reqwest::Method::GET, "/api/version", None)
@@ -398,9 +453,10 @@ impl Client {
         let mut nums = version.split('.').map(|n| n.parse::<u32>().unwrap_or(0));
         let (major, minor) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
         if (major, minor) < (4, 11) {
-            return Err(format!(
-                "Dependency-Track server version must be at least 4.11.0, but is {version:?}"
-            ));
+            warn!(endpoint = %self.base, version = %version.escape_debug(), "Dependency-Track is older than 4.11.0");
+            return Err(
+                "the Dependency-Track server's version is older than 4.11.0 (or not given)".into(),
+            );
         }
         Ok(())
     }
@@ -462,47 +518,64 @@ impl Client {
         Err(format!("creating project {name:?}: conflict"))
     }
 
-    /// Uploads one BOM (the decompressed CycloneDX JSON) to `target` and
-    /// waits until Dependency-Track has processed it, at most `wait`.
+    /// Uploads one BOM to `target` and waits until Dependency-Track has
+    /// processed it, at most `wait`. `payload` is the ConfigMap's payload
+    /// (gzip or plain CycloneDX JSON), decompressed as it is sent, up to
+    /// `limit` bytes ([`body::stream`]).
+    ///
+    /// The hierarchy and the BOM's own project (auto-created) are made by
+    /// one upload at a time per endpoint: concurrent uploads of one project
+    /// created its parents twice otherwise (Dependency-Track does not
+    /// refuse a second project of the same name).
     pub async fn upload(
         &self,
         target: &Target,
-        bom: Vec<u8>,
+        payload: Vec<u8>,
+        limit: u64,
         wait: Duration,
     ) -> Result<(), String> {
         self.check_version().await?;
-        let mut parent: Option<String> = None;
-        for name in &target.parents {
-            parent = Some(self.collection(name, parent.as_deref()).await?);
-        }
-        let mut body = json!({
-            "projectName": target.project,
-            "autoCreate": true,
-            "bom": STANDARD.encode(&bom),
-        });
-        // Not held through the processing wait.
-        drop(bom);
-        if !target.version.is_empty() {
-            body["projectVersion"] = json!(target.version);
-        }
-        if let Some(p) = &parent {
-            body["parentUUID"] = json!(p);
-        }
-        if !target.tags.is_empty() {
-            body["projectTags"] = json!(target
-                .tags
-                .iter()
-                .map(|t| json!({ "name": t }))
-                .collect::<Vec<_>>());
-        }
-        let (status, resp) = self
-            .call(reqwest::Method::PUT, "/api/v1/bom", Some(&body))
-            .await?;
-        drop(body);
-        let token = match (status, resp["token"].as_str()) {
-            (200..=299, Some(t)) => t.to_string(),
-            _ => return Err(format!("PUT /api/v1/bom: status {status}, no token")),
+        let one_at_a_time = hierarchy_lock(&self.base);
+        let token = {
+            let _held = one_at_a_time.lock().await;
+            let mut parent: Option<String> = None;
+            for name in &target.parents {
+                parent = Some(self.collection(name, parent.as_deref()).await?);
+            }
+            let mut fields = json!({
+                "projectName": target.project,
+                "autoCreate": true,
+            });
+            if !target.version.is_empty() {
+                fields["projectVersion"] = json!(target.version);
+            }
+            if let Some(p) = &parent {
+                fields["parentUUID"] = json!(p);
+            }
+            if !target.tags.is_empty() {
+                fields["projectTags"] = json!(target
+                    .tags
+                    .iter()
+                    .map(|t| json!({ "name": t }))
+                    .collect::<Vec<_>>());
+            }
+            let path = "/api/v1/bom";
+            let req = self
+                .http
+                .put(format!("{}{path}", self.base))
+                .header("X-Api-Key", &self.key)
+                .header("Accept", "application/json")
+                .header("Content-Type", "application/json")
+                .body(reqwest::Body::wrap_stream(body::stream(
+                    &fields, payload, limit,
+                )));
+            let (status, resp) = self.answer(req, &reqwest::Method::PUT, path).await?;
+            match (status, resp["token"].as_str()) {
+                (200..=299, Some(t)) => t.to_string(),
+                _ => return Err(format!("PUT /api/v1/bom: status {status}, no token")),
+            }
         };
+        drop(one_at_a_time);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             tokio::time::sleep(POLL_EVERY.min(wait)).await;
@@ -523,6 +596,38 @@ impl Client {
                 ));
             }
         }
+    }
+}
+
+/// One lock per Dependency-Track endpoint for making projects; entries
+/// nobody holds are dropped on the next call.
+fn hierarchy_lock(base: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    static LOCKS: Mutex<Option<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> = Mutex::new(None);
+    let mut locks = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+    let map = locks.get_or_insert_with(HashMap::new);
+    map.retain(|_, l| Arc::strong_count(l) > 1);
+    map.entry(base.to_string()).or_default().clone()
+}
+
+/// What a tenant may learn of a failed connection: its class only.
+fn error_class(e: &reqwest::Error) -> &'static str {
+    let text = with_causes(e).to_ascii_lowercase();
+    if e.is_timeout() {
+        "timed out"
+    } else if text.contains("per-namespace endpoints may not call") {
+        "the endpoint resolves to an address the cluster does not allow"
+    } else if text.contains("dns") || text.contains("resolve") || text.contains("lookup") {
+        "the host name could not be resolved"
+    } else if text.contains("certificate") || text.contains("tls") {
+        "the TLS handshake failed"
+    } else if e.is_connect() {
+        "could not connect"
+    } else if e.is_body() || e.is_request() {
+        "the request could not be sent"
+    } else {
+        "the request failed"
     }
 }
 
@@ -755,6 +860,7 @@ mod tests {
             .call(reqwest::Method::GET, "/api/version", None)
             .await
             .unwrap_err();
-        assert!(err.contains("status 500") && err.contains('é'), "{err}");
+        // What a tenant reads: the status, never the server's words.
+        assert!(err.contains("status 500") && !err.contains('é'), "{err}");
     }
 }
