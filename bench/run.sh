@@ -2,7 +2,8 @@
 # Benchmarks of insights-remote against the ceilings of the real components,
 # on this machine, in one run each:
 #   bash bench/run.sh ingest | hostile | attacks | configmaps | postprocessors | memory |
-#                     tokens | footprint | recovery | all
+#                     tokens | footprint | recovery | dtmemory | all
+# (all leaves out dtmemory: it takes minutes and loads the shared Dependency-Track).
 # Results are printed as Markdown and appended to bench/results/<date>.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -322,6 +323,144 @@ bench_recovery() {
   rabbitmqctl delete_queue bench-rec-q >/dev/null 2>&1 || true
 }
 
+# Large SBOMs uploaded to the real Dependency-Track (issue 22's goal: peak
+# RSS under 128 MiB with four 30 MiB SBOMs at once; 222-260 MiB before the
+# uploads streamed). Per size in BENCH_SBOM_MIB, a fresh operator with four
+# upload slots and four SBOM ConfigMaps created at once in one Lagoon
+# environment namespace: the CycloneDX JSON is about that many MiB with
+# repetitive, syft-like components, so its gzip fits in a ConfigMap. Ends
+# when all four are marked processed or carry a Dependency-Track status
+# (success or failure), at most BENCH_DT_WAIT seconds. Dependency-Track
+# 4.14.2 refuses `PUT /api/v1/bom` with a base64 BOM longer than
+# 20,000,000 characters (Jackson's string limit; a BOM over 15,000,000
+# bytes) with 400, so the default sizes are 30 (refused: the upload ends
+# where Dependency-Track stops reading) and 14 (accepted: the whole body is
+# sent). DEPENDENCY_TRACK_TIMEOUT (BENCH_DT_TIMEOUT, 60s) bounds the wait
+# for processing (about 70 s for one 14 MiB BOM alone here), which is not
+# what is measured. The Dependency-Track projects made are deleted once it
+# has processed what it accepted.
+bench_dtmemory() {
+  local sizes=${BENCH_SBOM_MIB:-30 14} n=4 wait_s=${BENCH_DT_WAIT:-600}
+  header "Dependency-Track uploads: $n large SBOMs at once (sizes ${sizes// /, } MiB decompressed), $n upload slots"
+  local dt; dt=$(bash "$root/../shared/dependency-track/run.sh" 2>/dev/null | grep '^DT_')
+  local url key; url=$(echo "$dt" | sed -n 's/^DT_BASE_URL=//p' | tail -1); key=$(echo "$dt" | sed -n 's/^DT_API_KEY=//p' | tail -1)
+  dt_api() { curl -sS -m 120 -H "X-Api-Key: $key" -H 'Accept: application/json' "$@"; }
+  local rows=() details=() children=() t0s=()
+  local -A at
+  local mib
+  for mib in $sizes; do
+    local ns=bench-dtmem-$mib env=sbom-${mib}mib
+    for _ in $(seq 1 600); do k get namespace "$ns" >/dev/null 2>&1 || break; sleep 0.2; done
+    k create namespace "$ns" >/dev/null
+    k label namespace "$ns" lagoon.sh/project=bench-dtmem lagoon.sh/environment="$env" \
+      lagoon.sh/environmentId=$((4200 + mib)) lagoon.sh/environmentType=production >/dev/null
+    # One BOM, gzipped into four ConfigMaps of four services.
+    local sizes_of; sizes_of=$(python3 - "$work/dtmem-$mib.json" "$mib" "$env" "$n" <<'PY'
+import base64, gzip, json, sys
+out, mib, env, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+desc = ("A generated package of the insights-remote dtmemory benchmark; its metadata repeats so that the BOM compresses well. " * 4
+        + "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore magna aliqua.")
+def component(i):
+    name, version = f"bench-pkg-{i:06d}", f"{i % 7}.{i % 13}.{i % 101}"
+    purl = f"pkg:npm/{name}@{version}"
+    return {"bom-ref": purl, "type": "library", "name": name, "version": version, "description": desc,
+            "licenses": [{"license": {"id": "MIT"}}], "purl": purl, "properties": [
+                {"name": "syft:package:foundBy", "value": "javascript-package-cataloger"},
+                {"name": "syft:package:language", "value": "javascript"},
+                {"name": "syft:package:type", "value": "npm"},
+                {"name": "syft:package:metadataType", "value": "javascript-npm-package"},
+                {"name": "syft:location:0:layerID", "value": "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"},
+                {"name": "syft:location:0:path", "value": f"/app/node_modules/{name}/package.json"}]}
+bom = {"bomFormat": "CycloneDX", "specVersion": "1.5", "serialNumber": "urn:uuid:3e671687-395b-41f5-a30f-a58921a69b79", "version": 1,
+       "metadata": {"timestamp": "2026-12-06T00:00:00Z",
+                    "tools": {"components": [{"type": "application", "author": "anchore", "name": "syft", "version": "1.18.1"}]},
+                    "component": {"bom-ref": "bench-image", "type": "container", "name": "bench/cli", "version": "latest"}}}
+each = len(json.dumps(component(0), separators=(",", ":"))) + 1
+bom["components"] = [component(i) for i in range((mib * 1048576 - 1024) // each)]
+raw = json.dumps(bom, separators=(",", ":")).encode()
+gz = gzip.compress(raw, 9)
+assert len(raw) < 32 * 1048576 and len(gz) < 1048576 - 4096, (len(raw), len(gz))
+items = [{"apiVersion": "v1", "kind": "ConfigMap",
+          "metadata": {"name": f"lagoon-insights-sbom-svc{s}",
+                       "labels": {"lagoon.sh/insightsType": "sbom-gz", "insights.lagoon.sh/type": "sbom",
+                                  "lagoon.sh/buildName": "lagoon-build-bench", "lagoon.sh/project": "bench-dtmem",
+                                  "lagoon.sh/environment": env, "lagoon.sh/service": f"svc{s}",
+                                  "lagoon.sh/environmentType": "production", "lagoon.sh/buildType": "branch"},
+                       "annotations": {"lagoon.sh/branch": env, "core.insights.lagoon.sh/enabled": "true"}},
+          "binaryData": {f"svc{s}.cyclonedx.json.gz": base64.b64encode(gz).decode()}} for s in range(1, n + 1)]
+json.dump({"apiVersion": "v1", "kind": "List", "items": items}, open(out, "w"))
+print(len(bom["components"]), f"{len(raw) / 1048576:.1f}", f"{len(gz) / 1048576:.2f}")
+PY
+)
+    local ncomp bom_mib gz_mib; read -r ncomp bom_mib gz_mib <<<"$sizes_of"
+    local c; for c in $(seq 1 "$n"); do children+=("bench-dtmem-$env-svc$c"); done
+    DEPENDENCY_TRACK_API_KEY=$key DEPENDENCY_TRACK_MAX_CONCURRENT=$n DEPENDENCY_TRACK_TIMEOUT=${BENCH_DT_TIMEOUT:-60s} \
+      start_operator --watch-namespace "$ns" --enable-configmap-reconciler=true --enable-namespace-reconciler=false --enable-webservice=false \
+      --rabbitmq-exchange bench-dtmem-x --rabbitmq-queue bench-dtmem-q \
+      --enable-dependency-track-integration=true --dependency-track-api-endpoint "$url"
+    sleep 5
+    local before; before=$(rss_mib "$op_pid")
+    local cpu0; cpu0=$(cpu_s "$op_pid")
+    t0s+=("$(date +%s%3N)")
+    local t0; t0=$(date +%s.%N)
+    k create -f "$work/dtmem-$mib.json" >/dev/null
+    # Seconds from the create to each ConfigMap's processed label or Dependency-Track status.
+    at=()
+    local name processed status
+    while :; do
+      while IFS=$'\t' read -r name processed status; do
+        if [ -n "$name" ] && [ -z "${at[$name]:-}" ] && [ -n "$processed$status" ]; then
+          at[$name]=$(python3 -c "print(f'{$(date +%s.%N)-$t0:.1f}')")
+        fi
+      done < <(k get configmaps -n "$ns" -l lagoon.sh/insightsType=sbom-gz \
+        -o jsonpath='{range .items[*]}{.metadata.name}{"\t"}{.metadata.labels.lagoon\.sh/insightsProcessed}{"\t"}{.metadata.annotations.dependencytrack\.insights\.lagoon\.sh/default-status}{"\n"}{end}')
+      [ "${#at[@]}" -ge "$n" ] && break
+      python3 -c "import sys; sys.exit(0 if $(date +%s.%N)-$t0 < $wait_s else 1)" || break
+      sleep 1
+    done
+    local took; took=$(python3 -c "print(f'{$(date +%s.%N)-$t0:.1f}')")
+    local hwm after cpu; hwm=$(hwm_mib "$op_pid"); after=$(rss_mib "$op_pid"); cpu=$(python3 -c "print(f'{($(cpu_s "$op_pid")-$cpu0):.1f}')")
+    stop_operator
+    cp "$work/operator.log" "$work/operator-dtmem-$mib.log"
+    local ok failed; ok=$(grep -c 'SBOM uploaded to Dependency-Track' "$work/operator.log" || true); failed=$(grep -c 'Dependency-Track upload failed' "$work/operator.log" || true)
+    rows+=("| $bom_mib MiB ($ncomp components, $gz_mib MiB gzipped) | $before MiB | **$hwm MiB** | $after MiB | ${#at[@]} of $n in $took s | ${cpu} s | $ok uploaded, $failed failed |")
+    local cm
+    for cm in $(k get configmaps -n "$ns" -l lagoon.sh/insightsType=sbom-gz -o jsonpath='{.items[*].metadata.name}'); do
+      details+=("| $bom_mib MiB | $cm | ${at[$cm]:-not within ${wait_s} s} | $(k get configmap -n "$ns" "$cm" -o jsonpath='{.metadata.annotations.core\.insights\.lagoon\.sh/status} | {.metadata.annotations.dependencytrack\.insights\.lagoon\.sh/default-status} | {.metadata.annotations.dependencytrack\.insights\.lagoon\.sh/default-status-error}') |")
+    done
+    rabbitmqctl delete_queue bench-dtmem-q >/dev/null 2>&1 || true
+    k delete namespace "$ns" --wait=false >/dev/null
+  done
+  say "| SBOM (each of $n) | RSS before | operator peak RSS (VmHWM) | RSS at the end | ConfigMaps done | operator CPU | uploads (operator log) |"
+  say "|---|---|---|---|---|---|---|"
+  local r; for r in "${rows[@]}"; do say "$r"; done
+  say ""
+  say "| SBOM | ConfigMap | done after (s) | core status | Dependency-Track status | Dependency-Track error |"
+  say "|---|---|---|---|---|---|"
+  for r in "${details[@]}"; do say "$r"; done
+  say ""
+  say "Goal: peak RSS under 128 MiB with four 30 MiB SBOMs at once. Operator logs: $work/operator-dtmem-*.log"
+  # The projects made: once Dependency-Track has processed what it accepted
+  # (a project's lastBomImport after its round began; at most
+  # BENCH_DT_SETTLE s), the root (a collection) and everything under it go.
+  local deadline=$((SECONDS + ${BENCH_DT_SETTLE:-300})) i pending
+  while :; do
+    pending=0
+    for i in "${!children[@]}"; do
+      local since=${t0s[$((i / n))]}
+      dt_api -G "$url/api/v1/project" --data-urlencode "name=${children[$i]}" |
+        python3 -c "import json,sys; sys.exit(1 if any(p.get('lastBomImport', 0) < $since for p in json.load(sys.stdin)) else 0)" || pending=$((pending + 1))
+    done
+    [ "$pending" -eq 0 ] || [ "$SECONDS" -ge "$deadline" ] && break
+    sleep 5
+  done
+  [ "$pending" -eq 0 ] || echo "Dependency-Track still processing $pending BOMs after ${BENCH_DT_SETTLE:-300} s; deleting anyway" >&2
+  local uuid
+  for uuid in $(dt_api -G "$url/api/v1/project" --data-urlencode "name=bench-dtmem" | python3 -c "import json,sys; print(' '.join(p['uuid'] for p in json.load(sys.stdin)))"); do
+    dt_api -o /dev/null -X DELETE "$url/api/v1/project/$uuid" || true
+  done
+}
+
 case "${1:-all}" in
   recovery) bench_recovery ;;
   hostile) bench_hostile ;;
@@ -329,10 +468,11 @@ case "${1:-all}" in
   ingest) bench_ingest ;;
   configmaps) bench_configmaps ;;
   postprocessors) bench_postprocessors ;;
+  dtmemory) bench_dtmemory ;;
   memory) bench_memory ;;
   tokens) bench_tokens ;;
   footprint) bench_footprint ;;
   all) bench_footprint; bench_ingest; bench_hostile; bench_attacks; bench_configmaps; bench_postprocessors; bench_tokens; bench_memory; bench_recovery ;;
-  *) echo "usage: bench/run.sh ingest|recovery|hostile|attacks|configmaps|postprocessors|memory|tokens|footprint|all" >&2; exit 2 ;;
+  *) echo "usage: bench/run.sh ingest|recovery|hostile|attacks|configmaps|postprocessors|dtmemory|memory|tokens|footprint|all" >&2; exit 2 ;;
 esac
 echo "results appended to $out"

@@ -181,12 +181,35 @@ fn template_matches_the_golden_file_and_keeps_lagoon_remotes_contract() {
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8888);
     // Least privilege from config/ (one source): no cluster-wide Secret
     // access, the scanner's role only because scanning is on.
+    // lagoon-env only when per-namespace Dependency-Track uploads can run.
     let role = find(&d, "ClusterRole", "lagoon-remote-insights-remote");
-    let want_rules: serde_yaml::Value = serde_yaml::from_str(
+    let mut want_rules: serde_yaml::Value = serde_yaml::from_str(
         &std::fs::read_to_string(root().join("config/rbac/role.yaml")).unwrap(),
     )
     .unwrap();
+    want_rules["rules"]
+        .as_sequence_mut()
+        .unwrap()
+        .retain(|r| !serde_yaml::to_string(r).unwrap().contains("lagoon-env"));
     assert_eq!(role["rules"], want_rules["rules"]);
+    // The own-namespace Role: Secrets by name only.
+    let own = find(&d, "Role", "lagoon-remote-insights-remote");
+    let secrets = own["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            serde_yaml::to_string(&r["resources"])
+                .unwrap()
+                .contains("secrets")
+        })
+        .unwrap();
+    assert!(
+        secrets["resourceNames"]
+            .as_sequence()
+            .is_some_and(|n| n.iter().any(|x| x == "insights-remote-signing-key")),
+        "{secrets:?}"
+    );
     find(
         &d,
         "ClusterRole",
@@ -201,7 +224,7 @@ fn scanner_and_per_namespace_rules_only_when_asked() {
         "ir",
         CHART,
         "--set",
-        "rabbitMQHostname=rabbit:5672,rabbitMQUsername=u,rabbitMQPassword=p,dependencyTrack.perNamespace=false",
+        "rabbitMQHostname=rabbit:5672,rabbitMQUsername=u,rabbitMQPassword=p,dependencyTrack.enabled=true,dependencyTrack.perNamespace=false",
     ]);
     assert!(ok, "{err}");
     let d = docs(&out);
@@ -212,6 +235,31 @@ fn scanner_and_per_namespace_rules_only_when_asked() {
     let text = serde_yaml::to_string(&role["rules"]).unwrap();
     assert!(!text.contains("lagoon-env"), "{text}");
     assert!(text.contains("insights-token"));
+    // Dependency-Track on with per-namespace uploads: lagoon-env, and the
+    // admin's endpoint policy and own Secret names reach the pod and Role.
+    let (ok, out, err) = run_helm(&[
+        "template",
+        "ir",
+        CHART,
+        "--set",
+        "rabbitMQHostname=rabbit:5672,rabbitMQUsername=u,rabbitMQPassword=p,dependencyTrack.enabled=true,dependencyTrack.customEndpointHosts=dt.example.com,configSecretNames={my-key}",
+    ]);
+    assert!(ok, "{err}");
+    let d = docs(&out);
+    let role = find(&d, "ClusterRole", "ir-insights-remote");
+    assert!(serde_yaml::to_string(&role["rules"])
+        .unwrap()
+        .contains("lagoon-env"));
+    let own = serde_yaml::to_string(&find(&d, "Role", "ir-insights-remote")["rules"]).unwrap();
+    assert!(
+        own.contains("my-key") && !own.contains("insights-remote-signing-key"),
+        "{own}"
+    );
+    let deployment = serde_yaml::to_string(&find(&d, "Deployment", "ir-insights-remote")).unwrap();
+    assert!(
+        deployment.contains("DEPENDENCY_TRACK_CUSTOM_ENDPOINT_HOSTS"),
+        "{deployment}"
+    );
 }
 
 /// Installed on the real API server: the objects exist as rendered, and an

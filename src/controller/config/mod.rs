@@ -22,7 +22,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{reflector, watcher, WatchStreamExt};
-use kube::{Api, ResourceExt};
+use kube::Api;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -51,16 +51,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
     let mut irc_events = reflector(writer, watcher::watcher(irc, by_name))
         .default_backoff()
         .boxed();
+    // Each Secret the resource names is watched by name (metadata only), so
+    // the operator's Role may grant exactly those names (resourceNames):
+    // it never lists the other Secrets of its namespace.
     let secrets: Api<PartialObjectMeta<Secret>> =
         Api::namespaced(ctx.client.clone(), &ctx.pod_namespace);
-    let mut secret_events = watcher::watcher(secrets, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    let named = |ctx: &Context, name: &str| {
-        ctx.config_store
-            .get(&key)
-            .is_some_and(|irc| referenced_secrets(&irc.spec).contains(name))
-    };
+    let mut watched = std::collections::BTreeSet::new();
+    let mut secret_events = futures::stream::SelectAll::new();
     // Until the cache is filled, the settings loaded at start-up stay.
     let mut cached = false;
     let mut tick = tokio::time::interval(RESYNC);
@@ -81,7 +78,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
                 }
             },
             Some(ev) = secret_events.next() => match ev {
-                Ok(watcher::Event::Apply(s) | watcher::Event::Delete(s)) if named(&ctx, &s.name_any()) => {}
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {}
                 Ok(_) => continue,
                 Err(e) => {
                     ctx.metrics.count_watch_error("secrets");
@@ -91,7 +88,25 @@ pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
             },
         }
         if cached {
-            apply_resource(&ctx, ctx.config_store.get(&key).as_deref()).await;
+            let irc = ctx.config_store.get(&key);
+            let names = irc
+                .as_deref()
+                .map(|irc| referenced_secrets(&irc.spec, &ctx.pod_namespace))
+                .unwrap_or_default();
+            if names != watched {
+                secret_events = futures::stream::SelectAll::new();
+                for name in &names {
+                    let by_name =
+                        watcher::Config::default().fields(&format!("metadata.name={name}"));
+                    secret_events.push(
+                        watcher::watcher(secrets.clone(), by_name)
+                            .default_backoff()
+                            .boxed(),
+                    );
+                }
+                watched = names;
+            }
+            apply_resource(&ctx, irc.as_deref()).await;
         }
     }
 }

@@ -43,16 +43,18 @@ impl Problem {
     }
 }
 
-/// The Secrets (in the operator's namespace) whose change must re-resolve
-/// the resource; a change to any other Secret there is ignored.
-pub fn referenced_secrets(spec: &InsightsRemoteConfigSpec) -> BTreeSet<String> {
+/// The Secrets in the operator's namespace `own` that the resource names:
+/// their change must re-resolve it, and they are watched by name. A
+/// reference to another namespace is refused, so it is not watched either.
+pub fn referenced_secrets(spec: &InsightsRemoteConfigSpec, own: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
+    let here = |ns: &Option<String>| secret_namespace(ns.as_deref(), own).is_ok();
     let b = &spec.broker;
-    if let Some(c) = &b.credentials_secret {
+    if let Some(c) = b.credentials_secret.as_ref().filter(|c| here(&c.namespace)) {
         names.insert(c.name.clone());
     }
     if let Some(tls) = &b.tls {
-        if let Some(ca) = &tls.ca_secret {
+        if let Some(ca) = tls.ca_secret.as_ref().filter(|c| here(&c.namespace)) {
             names.insert(ca.name.clone());
         }
         if let Some(name) = &tls.client_certificate_secret {
@@ -60,9 +62,19 @@ pub fn referenced_secrets(spec: &InsightsRemoteConfigSpec) -> BTreeSet<String> {
         }
     }
     let k = &spec.signing_key;
-    names.extend(k.secret_ref.iter().map(|r| r.name.clone()));
-    names.extend(k.previous_secret_refs.iter().map(|r| r.name.clone()));
-    if let Some(r) = &spec.dependency_track.api_key_secret {
+    names.extend(
+        k.secret_ref
+            .iter()
+            .chain(&k.previous_secret_refs)
+            .filter(|r| here(&r.namespace))
+            .map(|r| r.name.clone()),
+    );
+    if let Some(r) = spec
+        .dependency_track
+        .api_key_secret
+        .as_ref()
+        .filter(|r| here(&r.namespace))
+    {
         names.insert(r.name.clone());
     }
     names
@@ -276,13 +288,22 @@ mod tests {
             key: "k".into(),
             namespace: None,
         };
-        assert!(referenced_secrets(&InsightsRemoteConfigSpec::default()).is_empty());
+        assert!(referenced_secrets(&InsightsRemoteConfigSpec::default(), "own").is_empty());
         let mut spec = InsightsRemoteConfigSpec::default();
         spec.signing_key.secret_ref = Some(r("key"));
         spec.signing_key.previous_secret_refs = vec![r("old-key")];
         spec.dependency_track.api_key_secret = Some(r("dt"));
-        let names: Vec<_> = referenced_secrets(&spec).into_iter().collect();
+        let names: Vec<_> = referenced_secrets(&spec, "own").into_iter().collect();
         assert_eq!(names, ["dt", "key", "old-key"]);
+        // A foreign reference is refused, never watched.
+        spec.signing_key.previous_secret_refs[0].namespace = Some("kube-system".into());
+        spec.dependency_track
+            .api_key_secret
+            .as_mut()
+            .unwrap()
+            .namespace = Some("own".into());
+        let names: Vec<_> = referenced_secrets(&spec, "own").into_iter().collect();
+        assert_eq!(names, ["dt", "key"]);
     }
 
     #[test]
