@@ -461,6 +461,10 @@ pub struct UpstreamArgs {
         default_value = "uselagoon/insights-scanner:latest"
     )]
     pub build_scanner_image: String,
+    /// The user id the scanner pod runs as; set, the pod is runAsNonRoot
+    /// too (Pod Security Standard "restricted"). Unset: the image's user.
+    #[arg(long = "build-scanner-run-as-user", env = "BUILD_SCANNER_RUN_AS_USER")]
+    pub build_scanner_run_as_user: Option<i64>,
     /// KEY=VALUE for the scanner pod, repeatable (keys checked at start-up).
     #[arg(long = "build-scanner-extra-env", value_parser = parse_env_pair)]
     pub build_scanner_extra_env: Vec<(String, String)>,
@@ -663,6 +667,7 @@ impl RunArgs {
                 enabled: self.upstream.build_scanner,
                 image: self.upstream.build_scanner_image.clone(),
                 extra_env: self.build_scanner_extra_env()?,
+                run_as_user: self.upstream.build_scanner_run_as_user,
             },
         })
     }

@@ -23,6 +23,7 @@ fn scanner_ops(extra: &[(&str, &str)]) -> insights_remote::settings::Operations 
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        run_as_user: None,
     };
     ops
 }

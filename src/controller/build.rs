@@ -15,8 +15,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, KeyToPath, Pod, PodSpec, SecretVolumeSource, Volume, VolumeMount,
+    Capabilities, Container, EnvVar, KeyToPath, Pod, PodSecurityContext, PodSpec,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
@@ -38,6 +40,11 @@ pub const DEFAULT_DOCKER_HOST: &str = "docker-host.lagoon.svc";
 pub const SCANNER_SERVICE_ACCOUNT: &str = "lagoon-deployer";
 pub const REGISTRY_SECRET: &str = "lagoon-internal-registry-secret";
 pub const DEFAULT_SCANNER_IMAGE: &str = "uselagoon/insights-scanner:latest";
+/// The scanner's resources: syft reads whole images, so the memory limit is
+/// generous; the requests let the scheduler place it next to the build.
+pub const SCANNER_CPU_REQUEST: &str = "100m";
+pub const SCANNER_MEMORY_REQUEST: &str = "256Mi";
+pub const SCANNER_MEMORY_LIMIT: &str = "2Gi";
 
 /// Build pods not yet scanned (scanner pods carry scan-status and are left out).
 pub fn selector() -> String {
@@ -51,6 +58,10 @@ pub struct ScannerSettings {
     pub image: String,
     /// KEY=VALUE pairs, keys checked at start-up; they win over copied ones.
     pub extra_env: Vec<(String, String)>,
+    /// The user the scanner runs as; set, the pod is also `runAsNonRoot`
+    /// (the Pod Security Standard "restricted"). Unset: the image's user
+    /// (the published scanner image's is not documented).
+    pub run_as_user: Option<i64>,
 }
 
 impl Default for ScannerSettings {
@@ -59,6 +70,7 @@ impl Default for ScannerSettings {
             enabled: false,
             image: DEFAULT_SCANNER_IMAGE.into(),
             extra_env: Vec::new(),
+            run_as_user: None,
         }
     }
 }
@@ -181,8 +193,43 @@ pub fn scanner_pod(build: &Pod, images: &[String], s: &ScannerSettings) -> Pod {
                     read_only: Some(true),
                     ..Default::default()
                 }]),
+                // No privilege escalation, no capabilities, the runtime's
+                // seccomp profile (the pod's), bounded resources.
+                security_context: Some(SecurityContext {
+                    allow_privilege_escalation: Some(false),
+                    privileged: Some(false),
+                    capabilities: Some(Capabilities {
+                        drop: Some(vec!["ALL".into()]),
+                        add: None,
+                    }),
+                    run_as_non_root: s.run_as_user.map(|_| true),
+                    run_as_user: s.run_as_user,
+                    run_as_group: s.run_as_user,
+                    ..Default::default()
+                }),
+                resources: Some(ResourceRequirements {
+                    requests: Some(BTreeMap::from([
+                        ("cpu".to_string(), Quantity(SCANNER_CPU_REQUEST.into())),
+                        (
+                            "memory".to_string(),
+                            Quantity(SCANNER_MEMORY_REQUEST.into()),
+                        ),
+                    ])),
+                    limits: Some(BTreeMap::from([(
+                        "memory".to_string(),
+                        Quantity(SCANNER_MEMORY_LIMIT.into()),
+                    )])),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }],
+            security_context: Some(PodSecurityContext {
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    localhost_profile: None,
+                }),
+                ..Default::default()
+            }),
             volumes: Some(vec![Volume {
                 name: volume.into(),
                 secret: Some(SecretVolumeSource {
@@ -523,7 +570,48 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            run_as_user: None,
         }
+    }
+
+    #[test]
+    fn the_scanner_runs_without_privileges_and_bounded() {
+        let build = Pod::default();
+        let pod = scanner_pod(&build, &["img".into()], &settings(&[]));
+        let spec = pod.spec.unwrap();
+        let c = &spec.containers[0];
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop,
+            Some(vec!["ALL".to_string()])
+        );
+        assert_eq!(sc.run_as_non_root, None, "the image's user unless told");
+        assert_eq!(
+            spec.security_context
+                .unwrap()
+                .seccomp_profile
+                .unwrap()
+                .type_,
+            "RuntimeDefault"
+        );
+        let r = c.resources.as_ref().unwrap();
+        assert_eq!(r.limits.as_ref().unwrap()["memory"].0, SCANNER_MEMORY_LIMIT);
+        assert_eq!(
+            r.requests.as_ref().unwrap()["memory"].0,
+            SCANNER_MEMORY_REQUEST
+        );
+        let mut s = settings(&[]);
+        s.run_as_user = Some(10001);
+        let pod = scanner_pod(&build, &["img".into()], &s);
+        let sc = pod.spec.unwrap().containers[0]
+            .security_context
+            .clone()
+            .unwrap();
+        assert_eq!(
+            (sc.run_as_non_root, sc.run_as_user),
+            (Some(true), Some(10001))
+        );
     }
 
     #[test]

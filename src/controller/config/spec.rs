@@ -140,6 +140,7 @@ pub fn operations(
                 .filter(|i| !i.is_empty())
                 .unwrap_or_else(|| base.build_scanner.image.clone()),
             extra_env,
+            run_as_user: base.build_scanner.run_as_user,
         },
     })
 }
