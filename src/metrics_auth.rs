@@ -26,15 +26,59 @@ pub enum Decision {
     Forbidden,
     /// The API server could not be asked: 503 (not cached).
     Unavailable,
+    /// Too many callers waiting for a review already: 429 (not cached).
+    Busy,
 }
 
 const CACHE_TTL: Duration = Duration::from_secs(60);
 const CACHE_MAX: usize = 1024;
+/// Reviews asked of the API server at once.
+const REVIEWS_AT_ONCE: usize = 4;
+/// Callers waiting for a review beyond those; more get [`Decision::Busy`].
+pub const REVIEWS_WAITING: usize = 64;
+
+type Digest = [u8; 32];
+
+/// Cached decisions, kept apart by who could cause them: an unknown token
+/// costs nothing to make, so the decisions for callers the API server did
+/// not authenticate live in a pool of their own, and filling it (with
+/// random tokens) never evicts a known identity's decision.
+#[derive(Default)]
+struct Decisions {
+    identified: HashMap<Digest, (Decision, Instant)>,
+    unknown: HashMap<Digest, (Decision, Instant)>,
+}
+
+impl Decisions {
+    fn get(&self, d: &Digest) -> Option<Decision> {
+        self.identified
+            .get(d)
+            .or_else(|| self.unknown.get(d))
+            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
+            .map(|(d, _)| *d)
+    }
+
+    fn put(&mut self, digest: Digest, decision: Decision) {
+        let pool = match decision {
+            Decision::Unauthenticated => &mut self.unknown,
+            Decision::Allowed | Decision::Forbidden => &mut self.identified,
+            Decision::Unavailable | Decision::Busy => return,
+        };
+        if pool.len() >= CACHE_MAX {
+            pool.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+            if pool.len() >= CACHE_MAX {
+                pool.clear();
+            }
+        }
+        pool.insert(digest, (decision, Instant::now()));
+    }
+}
 
 pub struct MetricsAuth {
     client: kube::Client,
-    cache: Mutex<HashMap<[u8; 32], (Decision, Instant)>>,
+    cache: Mutex<Decisions>,
     reviews: tokio::sync::Semaphore,
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 fn looks_like_jwt(token: &str) -> bool {
@@ -52,8 +96,9 @@ impl MetricsAuth {
     pub fn new(client: kube::Client) -> Arc<Self> {
         Arc::new(MetricsAuth {
             client,
-            cache: Mutex::new(HashMap::new()),
-            reviews: tokio::sync::Semaphore::new(4),
+            cache: Mutex::new(Decisions::default()),
+            reviews: tokio::sync::Semaphore::new(REVIEWS_AT_ONCE),
+            waiting: Default::default(),
         })
     }
 
@@ -75,26 +120,33 @@ impl MetricsAuth {
             .as_ref()
             .try_into()
             .expect("SHA-256 is 32 bytes");
-        if let Some((d, at)) = self.cache.lock().expect("cache lock").get(&digest) {
-            if at.elapsed() < CACHE_TTL {
-                return *d;
-            }
+        if let Some(d) = self.cache.lock().expect("cache lock").get(&digest) {
+            return d;
         }
         let decision = {
-            // At most a few reviews at once, whatever callers send.
-            let _permit = self.reviews.acquire().await;
-            self.ask(token).await
-        };
-        if decision != Decision::Unavailable {
-            let mut cache = self.cache.lock().expect("cache lock");
-            if cache.len() >= CACHE_MAX {
-                cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
-                if cache.len() >= CACHE_MAX {
-                    cache.clear();
+            use std::sync::atomic::Ordering;
+            // At most a few reviews at once, and a bounded queue behind
+            // them, whatever callers send.
+            let permit = match self.reviews.try_acquire() {
+                Ok(p) => p,
+                Err(_) => {
+                    if self.waiting.fetch_add(1, Ordering::SeqCst) >= REVIEWS_WAITING {
+                        self.waiting.fetch_sub(1, Ordering::SeqCst);
+                        return Decision::Busy;
+                    }
+                    let p = self.reviews.acquire().await;
+                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                    match p {
+                        Ok(p) => p,
+                        Err(_) => return Decision::Unavailable,
+                    }
                 }
-            }
-            cache.insert(digest, (decision, Instant::now()));
-        }
+            };
+            let d = self.ask(token).await;
+            drop(permit);
+            d
+        };
+        self.cache.lock().expect("cache lock").put(digest, decision);
         decision
     }
 
@@ -167,12 +219,76 @@ pub fn self_signed_tls() -> std::io::Result<rustls::ServerConfig> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_callers_cannot_flush_known_decisions() {
+        let mut c = Decisions::default();
+        c.put([1; 32], Decision::Allowed);
+        c.put([2; 32], Decision::Forbidden);
+        for i in 0..(3 * CACHE_MAX as u32) {
+            let mut d = [0u8; 32];
+            d[..4].copy_from_slice(&i.to_be_bytes());
+            d[31] = 9;
+            c.put(d, Decision::Unauthenticated);
+        }
+        assert_eq!(c.get(&[1; 32]), Some(Decision::Allowed));
+        assert_eq!(c.get(&[2; 32]), Some(Decision::Forbidden));
+        assert!(c.unknown.len() <= CACHE_MAX);
+        c.put([3; 32], Decision::Unavailable);
+        c.put([4; 32], Decision::Busy);
+        assert_eq!(
+            (c.get(&[3; 32]), c.get(&[4; 32])),
+            (None, None),
+            "never cached"
+        );
+    }
+
+    /// An API server that accepts connections and never answers: every
+    /// review waits, and callers past the queue are told Busy at once.
+    #[tokio::test]
+    async fn the_review_queue_is_bounded() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", silent.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = silent.accept().await {
+                conns.push(c);
+            }
+        });
+        let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        let auth = MetricsAuth::new(client);
+        let token = |i: usize| format!("eyJh.eyJ{i}.c2ln");
+        let mut waiting = Vec::new();
+        for i in 0..(REVIEWS_AT_ONCE + REVIEWS_WAITING) {
+            let auth = auth.clone();
+            waiting.push(tokio::spawn(async move {
+                auth.check(Some(&format!("Bearer {}", token(i)))).await
+            }));
+        }
+        // Every one of them is asking or queued (a positive signal: the
+        // permits are gone and the queue is full).
+        while auth.reviews.available_permits() > 0
+            || auth.waiting.load(std::sync::atomic::Ordering::SeqCst) < REVIEWS_WAITING
+        {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            auth.check(Some("Bearer eyJh.eyJx.c2ln")).await,
+            Decision::Busy
+        );
+        for w in waiting {
+            w.abort();
+        }
+        held.abort();
+    }
+
     #[test]
     fn only_jwt_shaped_tokens_are_reviewed() {
-        assert!(super::looks_like_jwt("eyJh.eyJz.c2ln"));
-        assert!(!super::looks_like_jwt("not-a-token"));
-        assert!(!super::looks_like_jwt("a.b"));
-        assert!(!super::looks_like_jwt("a..c"));
-        assert!(!super::looks_like_jwt("a.b c.d"));
+        assert!(looks_like_jwt("eyJh.eyJz.c2ln"));
+        assert!(!looks_like_jwt("not-a-token"));
+        assert!(!looks_like_jwt("a.b"));
+        assert!(!looks_like_jwt("a..c"));
+        assert!(!looks_like_jwt("a.b c.d"));
     }
 }

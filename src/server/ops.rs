@@ -151,5 +151,8 @@ async fn secure_metrics(
         Decision::Unavailable => {
             HttpResponse::ServiceUnavailable().body("cannot reach the API server")
         }
+        Decision::Busy => HttpResponse::TooManyRequests()
+            .insert_header(("Retry-After", "1"))
+            .body("too many callers waiting for authentication"),
     }
 }
