@@ -538,3 +538,71 @@ async fn many_small_posts_of_one_tenant_all_fit_its_share() {
     delete_queue(&queue).await;
     api.stop().await;
 }
+
+/// Issue 22, point 3: one environment holds at most a quarter of the
+/// connections, from however many addresses (its pods); past that its next
+/// connection is answered 503 and closed, another environment is served,
+/// and a place it gives back is its own again.
+#[tokio::test]
+async fn one_environment_holds_at_most_its_share_of_connections() {
+    let settings = isolated_broker("envshare");
+    let queue = settings.queue.clone();
+    let limits = Limits {
+        conn: ConnLimits {
+            max_connections: 16,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api = start_api_with(settings, limits, 0).await;
+    let to = addr(&api);
+    let (a, b) = (token("env-a", "1"), token("env-b", "2"));
+    let keep = |t: &str| facts_request(t, r#"[{"name":"n"}]"#);
+    // Four connections of A, each from its own address (a pod each), kept
+    // open after their answer.
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let mut s = connect_from(&format!("127.0.0.{}", 10 + i), to).await;
+        s.write_all(keep(&a).as_bytes()).await.unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        held.push(s);
+    }
+    // A fifth from yet another address: refused, and closed.
+    let mut fifth = connect_from("127.0.0.20", to).await;
+    fifth.write_all(keep(&a).as_bytes()).await.unwrap();
+    let text = read_all(&mut fifth, Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(
+        text.contains("too many connections for this environment"),
+        "{text}"
+    );
+    assert!(text.contains("retry-after"), "{text}");
+    // B is served.
+    let ok = status_from("127.0.0.21", to, &keep(&b)).await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    // A place given back is A's again (once the server saw it close).
+    drop(held.pop());
+    wait_for("A's place back", Duration::from_secs(10), || async {
+        let line = status_from("127.0.0.22", to, &keep(&a)).await;
+        line.starts_with("HTTP/1.1 200").then_some(())
+    })
+    .await;
+    let refused = api
+        .metrics
+        .http_connections_refused
+        .get_or_create(&insights_remote::metrics::OutcomeLabels {
+            outcome: "max_per_environment".into(),
+        })
+        .get();
+    assert!(refused >= 1, "{refused}");
+    drain(&queue, 6, Duration::from_secs(5)).await;
+    delete_queue(&queue).await;
+    drop(held);
+    api.stop().await;
+}

@@ -64,6 +64,12 @@ pub fn environment_id(claims: &Claims) -> Result<i64, ApiError> {
 
 pub(super) fn admit(req: &HttpRequest, st: &ApiState) -> Result<Claims, ApiError> {
     let claims = authenticate(req, st)?;
+    // One environment holds at most its share of the connections.
+    if let Some(tenant) = req.conn_data::<std::sync::Arc<super::Tenant>>() {
+        if !tenant.attribute(&claims.namespace) {
+            return Err(ApiError::TooManyConnections);
+        }
+    }
     if !st.limiter.allow(&claims.namespace) {
         return Err(ApiError::RateLimited);
     }

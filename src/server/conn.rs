@@ -89,6 +89,8 @@ impl Default for ConnLimits {
 pub enum Reason {
     TooManyConnections,
     TooManyFromClient,
+    /// Counted when a request names the environment, not at accept.
+    TooManyFromEnvironment,
     HeadTooLarge,
     HeadTimeout,
     WriteTimeout,
@@ -100,6 +102,7 @@ impl Reason {
         match self {
             Reason::TooManyConnections => "max_connections",
             Reason::TooManyFromClient => "max_per_client",
+            Reason::TooManyFromEnvironment => "max_per_environment",
             Reason::HeadTooLarge => "head_too_large",
             Reason::HeadTimeout => "head_timeout",
             Reason::WriteTimeout => "write_timeout",
@@ -113,6 +116,8 @@ pub struct Gate {
     limits: ConnLimits,
     open: AtomicUsize,
     per_client: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections by the environment whose token they carried first.
+    per_environment: Mutex<HashMap<String, usize>>,
     answering: AtomicUsize,
     metrics: Arc<Metrics>,
 }
@@ -123,6 +128,7 @@ impl Gate {
             limits,
             open: AtomicUsize::new(0),
             per_client: Mutex::new(HashMap::new()),
+            per_environment: Mutex::new(HashMap::new()),
             answering: AtomicUsize::new(0),
             metrics,
         })
@@ -158,7 +164,18 @@ impl Gate {
         Ok(Ticket {
             gate: self.clone(),
             peer,
+            tenant: Arc::new(Tenant {
+                gate: self.clone(),
+                environment: std::sync::OnceLock::new(),
+            }),
         })
+    }
+
+    /// Connections one environment may hold at once: a quarter of the
+    /// total (at least one), whatever addresses they come from, so one
+    /// tenant's pods cannot take every place.
+    pub fn per_environment(&self) -> usize {
+        (self.limits.max_connections / 4).max(1)
     }
 
     fn count(
@@ -250,6 +267,69 @@ fn head_refusal(limit: usize) -> Vec<u8> {
 pub struct Ticket {
     gate: Arc<Gate>,
     peer: Option<IpAddr>,
+    tenant: Arc<Tenant>,
+}
+
+/// Which environment a connection belongs to: the first whose token it
+/// carried. Each request can reach it (`HttpRequest::conn_data`).
+pub struct Tenant {
+    gate: Arc<Gate>,
+    environment: std::sync::OnceLock<String>,
+}
+
+impl Tenant {
+    /// Counts this connection for `environment` (once: the first token it
+    /// carried decides); false when that environment already holds its
+    /// share of connections, and this one should be closed.
+    pub fn attribute(&self, environment: &str) -> bool {
+        if self.environment.get().is_some() {
+            return true;
+        }
+        let mut by_env = self
+            .gate
+            .per_environment
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let n = by_env.entry(environment.to_string()).or_insert(0);
+        if *n >= self.gate.per_environment() {
+            if *n == 0 {
+                by_env.remove(environment);
+            }
+            drop(by_env);
+            self.gate.count(
+                &self.gate.metrics.http_connections_refused,
+                Reason::TooManyFromEnvironment,
+            );
+            return false;
+        }
+        *n += 1;
+        let _ = self.environment.set(environment.to_string());
+        true
+    }
+}
+
+impl Drop for Tenant {
+    fn drop(&mut self) {
+        if let Some(env) = self.environment.get() {
+            let mut by_env = self
+                .gate
+                .per_environment
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = by_env.get_mut(env) {
+                *n -= 1;
+                if *n == 0 {
+                    by_env.remove(env);
+                }
+            }
+        }
+    }
+}
+
+impl Ticket {
+    pub fn tenant(&self) -> Arc<Tenant> {
+        self.tenant.clone()
+    }
 }
 
 impl Drop for Ticket {
@@ -292,6 +372,11 @@ pub struct Guarded {
 }
 
 impl Guarded {
+    /// The connection's environment, for its requests.
+    pub fn tenant(&self) -> Arc<Tenant> {
+        self.ticket.tenant()
+    }
+
     pub fn new(io: TcpStream, ticket: Ticket) -> Self {
         let head_bytes = ticket.gate.limits.head_bytes;
         Self {

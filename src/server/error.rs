@@ -41,6 +41,9 @@ pub enum ApiError {
     RateLimited,
     #[error("the server is busy with other large requests; retry later")]
     Busy,
+    /// The caller's environment holds its share of the connections.
+    #[error("too many connections for this environment; retry later")]
+    TooManyConnections,
     /// The environments are not listed yet (a replica just started).
     #[error("the server is starting; retry shortly")]
     Starting,
@@ -76,9 +79,11 @@ impl ResponseError for ApiError {
             }
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) | ApiError::Busy | ApiError::Starting | ApiError::Refused => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Unavailable(_)
+            | ApiError::Busy
+            | ApiError::Starting
+            | ApiError::TooManyConnections
+            | ApiError::Refused => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -91,9 +96,11 @@ impl ResponseError for ApiError {
             }
             ApiError::BodyTimeout(_) => "request timeout",
             ApiError::RateLimited => "too many requests",
-            ApiError::Unavailable(_) | ApiError::Busy | ApiError::Starting | ApiError::Refused => {
-                "unavailable"
-            }
+            ApiError::Unavailable(_)
+            | ApiError::Busy
+            | ApiError::Starting
+            | ApiError::TooManyConnections
+            | ApiError::Refused => "unavailable",
         };
         let mut resp = HttpResponse::build(self.status_code());
         if matches!(
@@ -102,6 +109,7 @@ impl ResponseError for ApiError {
                 | ApiError::RateLimited
                 | ApiError::Busy
                 | ApiError::Starting
+                | ApiError::TooManyConnections
                 | ApiError::Refused
         ) {
             resp.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));

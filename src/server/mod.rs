@@ -45,7 +45,7 @@ use crate::token::KeyRing;
 
 pub use auth::environment_id;
 pub use body::Limits;
-pub use conn::{ConnLimits, Gate, PIPELINE, READ_AHEAD, SPIN_POLLS};
+pub use conn::{ConnLimits, Gate, Tenant, PIPELINE, READ_AHEAD, SPIN_POLLS};
 pub use error::{ApiError, ErrorBody, OkBody};
 pub use handlers::routes;
 pub use memory::{container_limit, resident};
@@ -220,6 +220,9 @@ pub fn ingestion_server_with_workers(
                 .keep_alive(limits.keep_alive)
                 .client_request_timeout(limits.head_timeout)
                 .client_disconnect_timeout(Duration::from_secs(2))
+                .on_connect_ext(|io: &conn::Guarded, ext: &mut actix_http::Extensions| {
+                    ext.insert(io.tenant());
+                })
                 .h1(map_config(app, |_| actix_web::dev::AppConfig::default()));
             fn_service(move |io: tokio::net::TcpStream| {
                 let gate = gate.clone();
