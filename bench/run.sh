@@ -403,7 +403,7 @@ PY
     local cpu0; cpu0=$(cpu_s "$op_pid")
     t0s+=("$(date +%s%3N)")
     local t0; t0=$(date +%s.%N)
-    k create -f "$work/dtmem-$mib.json" >/dev/null
+    k create -n "$ns" -f "$work/dtmem-$mib.json" >/dev/null
     # Seconds from the create to each ConfigMap's processed label or Dependency-Track status.
     at=()
     local name processed status

@@ -37,7 +37,9 @@ step "starting the operator (log: $state/operator.log)"
 if [ -f "$state/operator.pid" ] && kill -0 "$(cat "$state/operator.pid")" 2>/dev/null; then
   kill "$(cat "$state/operator.pid")"; sleep 1
 fi
-POD_NAMESPACE=lagoon WEBSERVICE_PORT=8888 \
+# Scoped to the demo's namespace (WATCH_NAMESPACE), so the test suite can
+# run beside it: the demo's operator never touches the tests' namespaces.
+POD_NAMESPACE=lagoon WEBSERVICE_PORT=8888 WATCH_NAMESPACE=demo-project-main \
   "$bin" --health-probe-bind-address 127.0.0.1:18081 --metrics-bind-address 127.0.0.1:18080 --metrics-secure=false \
   >"$state/operator.log" 2>&1 &
 echo $! >"$state/operator.pid"
@@ -60,8 +62,14 @@ k -n demo-project-main get cm -L lagoon.sh/insightsType,lagoon.sh/insightsProces
 
 step "posting a fact with the token from the Secret"
 token=$(k -n demo-project-main get secret insights-token -o jsonpath='{.data.INSIGHTS_TOKEN}' | base64 -d)
-curl -fsS -X POST http://127.0.0.1:8888/facts -H "Authorization: $token" -H 'Content-Type: application/json' \
-  -d '[{"name":"drupal-version","value":"10.3.6","source":"demo","type":"SEMVER","service":"cli"}]'
+# Every replica learns of a new token Secret through a watch: retried for
+# the moment it takes.
+for i in $(seq 1 20); do
+  curl -fsS -X POST http://127.0.0.1:8888/facts -H "Authorization: $token" -H 'Content-Type: application/json' \
+    -d '[{"name":"drupal-version","value":"10.3.6","source":"demo","type":"SEMVER","service":"cli"}]' && break
+  [ "$i" = 20 ] && exit 1
+  sleep 0.5
+done
 echo
 
 sleep 3 # let the status writer batch

@@ -16,15 +16,23 @@ use kube::api::{DeleteParams, PostParams};
 use kube::Api;
 use serde_json::json;
 
-struct Killed(Child);
+/// The operator; killed when dropped, and its log printed if the test
+/// failed (a child that could not start says why).
+struct Killed(Child, std::path::PathBuf);
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.1).unwrap_or_default();
+            eprintln!("--- operator log ({}) ---\n{log}", self.1.display());
+        }
     }
 }
 
 fn operator(metrics_port: u16, probes_port: u16, extra: &[&str]) -> Killed {
+    let log = std::env::temp_dir().join(format!("metrics-secure-{metrics_port}.log"));
+    let out = std::fs::File::create(&log).unwrap();
     Killed(
         Command::new(env!("CARGO_BIN_EXE_insights-remote"))
             .args([
@@ -39,9 +47,10 @@ fn operator(metrics_port: u16, probes_port: u16, extra: &[&str]) -> Killed {
             .env("KUBECONFIG", kubeconfig_path())
             .env("INSIGHTS_TOKEN_SECRET", KEY)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(out)
             .spawn()
             .unwrap(),
+        log,
     )
 }
 

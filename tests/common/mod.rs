@@ -208,12 +208,27 @@ pub fn rabbitmqctl(args: &[&str]) -> String {
 }
 
 /// A free port on 127.0.0.1 (bound and released).
+/// A port for a child process to listen on. Picked below the kernel's
+/// ephemeral range (32768 and up), at random, and checked free: a port the
+/// kernel handed out with `bind(0)` and that was released is soon handed
+/// to the next test's `bind(0)` or outgoing connection, before the child
+/// binds it (a parallel test raced for one that way). Here only another
+/// test's random pick could collide.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos(),
+        );
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// The arguments of the ingestion API only (no controllers, no probe or
