@@ -228,6 +228,60 @@ async fn the_binary_honours_rabbitmq_verify_false_with_a_warning() {
     let _ = child.wait();
 }
 
+/// RABBITMQ_TLS=true without RABBITMQ_VERIFY (and no CA) verifies the
+/// broker's certificate: a self-signed one is refused, and the log says why
+/// (issue 22 point 7; the chart always sets RABBITMQ_VERIFY).
+#[tokio::test]
+async fn tls_without_rabbitmq_verify_verifies_the_certificate() {
+    let broker = tls_broker("tls-default", TlsSettings::default());
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_insights-remote"))
+        .args([
+            "--enable-configmap-reconciler=false",
+            "--enable-namespace-reconciler=false",
+            "--webservice-bind-address=127.0.0.1",
+            &format!("--webservice-port={port}"),
+            &format!("--rabbitmq-hostname={}", broker.host),
+            &format!("--rabbitmq-exchange={}", broker.exchange),
+            &format!("--rabbitmq-queue={}", broker.queue),
+            "--health-probe-bind-address=0",
+            "--metrics-bind-address=0",
+        ])
+        .env("INSIGHTS_TOKEN_SECRET", KEY)
+        .env("RABBITMQ_TLS", "true")
+        .env_remove("RABBITMQ_VERIFY")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let l = line.to_ascii_lowercase();
+            if l.contains("certificate")
+                || l.contains("without verifying")
+                || l.contains("broker connected")
+            {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a line about the broker's certificate");
+    println!("{line}");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        line.to_ascii_lowercase().contains("certificate")
+            && !line.contains("WITHOUT verifying")
+            && !line.contains("broker connected"),
+        "{line}"
+    );
+}
+
 /// The custom resource's status says so too.
 #[tokio::test]
 async fn status_says_the_broker_is_not_verified() {
