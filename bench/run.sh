@@ -38,16 +38,18 @@ rss_mib() { awk '/VmRSS/{printf "%.1f", $2/1024}' "/proc/$1/status"; }
 wait_ready() { for _ in $(seq 1 200); do curl -fsS "http://127.0.0.1:$1/readyz" 2>/dev/null | grep -qE '"broker":"(connected|disabled)"' && return 0; sleep 0.05; done; return 1; }
 json() { python3 -c "import json,sys; d=json.loads(sys.stdin.readline()); print(d['$1'])"; }
 
-# Starts the operator; extra flags follow. Sets $op_pid.
+# Starts the operator; extra flags follow. Sets $op_pid. BENCH_PROBE_PORT and
+# BENCH_METRICS_PORT move its probe and metrics ports (18081, 18080) when
+# another process holds them (the attacks case needs 18081).
 start_operator() {
   INSIGHTS_TOKEN_SECRET=$KEY RUST_LOG=${BENCH_LOG:-info} WEBSERVICE_WORKERS=${BENCH_WORKERS:-} "$BIN" \
     --rabbitmq-hostname 127.0.0.1:5672 --rabbitmq-reconnect-retry-interval "${BENCH_RETRY:-1}" \
-    --health-probe-bind-address 127.0.0.1:18081 --metrics-bind-address 127.0.0.1:18080 --metrics-secure=false \
+    --health-probe-bind-address "127.0.0.1:${BENCH_PROBE_PORT:-18081}" --metrics-bind-address "127.0.0.1:${BENCH_METRICS_PORT:-18080}" --metrics-secure=false \
     --webservice-port 18888 --config-name bench-absent --pod-namespace default "$@" \
     >"$work/operator.log" 2>&1 &
   op_pid=$!
   pids+=("$op_pid")
-  wait_ready 18081 || { tail -20 "$work/operator.log"; exit 1; }
+  wait_ready "${BENCH_PROBE_PORT:-18081}" || { tail -20 "$work/operator.log"; exit 1; }
 }
 stop_operator() { kill -TERM "$op_pid" 2>/dev/null; wait "$op_pid" 2>/dev/null || true; }
 
@@ -326,25 +328,29 @@ bench_recovery() {
 # Large SBOMs uploaded to the real Dependency-Track (issue 22's goal: peak
 # RSS under 128 MiB with four 30 MiB SBOMs at once; 222-260 MiB before the
 # uploads streamed). Per size in BENCH_SBOM_MIB, a fresh operator with four
-# upload slots and four SBOM ConfigMaps created at once in one Lagoon
-# environment namespace: the CycloneDX JSON is about that many MiB with
-# repetitive, syft-like components, so its gzip fits in a ConfigMap. Ends
-# when all four are marked processed or carry a Dependency-Track status
-# (success or failure), at most BENCH_DT_WAIT seconds. Dependency-Track
-# 4.14.2 refuses `PUT /api/v1/bom` with a base64 BOM longer than
-# 20,000,000 characters (Jackson's string limit; a BOM over 15,000,000
-# bytes) with 400, so the default sizes are 30 (refused: the upload ends
-# where Dependency-Track stops reading) and 14 (accepted: the whole body is
-# sent). DEPENDENCY_TRACK_TIMEOUT (BENCH_DT_TIMEOUT, 60s) bounds the wait
-# for processing (about 70 s for one 14 MiB BOM alone here), which is not
-# what is measured. The Dependency-Track projects made are deleted once it
-# has processed what it accepted.
+# upload slots and four SBOM ConfigMaps (one BOM, four services) created at
+# once in a Lagoon environment namespace. The CycloneDX 1.5 JSON is about
+# that many MiB: components of about 6.6 KiB, most of it the MIT text
+# repeated, so the gzip fits in a ConfigMap and Dependency-Track has few
+# components to process (2,177 per 14 MiB: about 15 s for one BOM here;
+# 11,724 components of 1.2 KiB took it 70 s alone and 6 minutes for four).
+# Ends when all four are marked processed or carry a Dependency-Track
+# status (success or failure), at most BENCH_DT_WAIT seconds.
+# Dependency-Track 4.14.2 answers `PUT /api/v1/bom` whose base64 BOM is
+# longer than 20,000,000 characters (Jackson's string limit: a BOM over
+# 15,000,000 bytes) with 400 once it has read that far, so the default
+# sizes are 30 (refused part-way: the goal's size) and 14 (accepted: the
+# whole body sent). DEPENDENCY_TRACK_TIMEOUT (BENCH_DT_TIMEOUT, 120s)
+# bounds the wait for processing, which is not what is measured. The
+# Dependency-Track projects made are deleted once it has finished with them
+# (their metrics updated: the last step after an upload), at most
+# BENCH_DT_SETTLE seconds later.
 bench_dtmemory() {
   local sizes=${BENCH_SBOM_MIB:-30 14} n=4 wait_s=${BENCH_DT_WAIT:-600}
   header "Dependency-Track uploads: $n large SBOMs at once (sizes ${sizes// /, } MiB decompressed), $n upload slots"
   local dt; dt=$(bash "$root/../shared/dependency-track/run.sh" 2>/dev/null | grep '^DT_')
   local url key; url=$(echo "$dt" | sed -n 's/^DT_BASE_URL=//p' | tail -1); key=$(echo "$dt" | sed -n 's/^DT_API_KEY=//p' | tail -1)
-  dt_api() { curl -sS -m 120 -H "X-Api-Key: $key" -H 'Accept: application/json' "$@"; }
+  dt_api() { curl -sS -m 300 -H "X-Api-Key: $key" -H 'Accept: application/json' "$@"; }
   local rows=() details=() children=() t0s=()
   local -A at
   local mib
@@ -354,23 +360,27 @@ bench_dtmemory() {
     k create namespace "$ns" >/dev/null
     k label namespace "$ns" lagoon.sh/project=bench-dtmem lagoon.sh/environment="$env" \
       lagoon.sh/environmentId=$((4200 + mib)) lagoon.sh/environmentType=production >/dev/null
-    # One BOM, gzipped into four ConfigMaps of four services.
     local sizes_of; sizes_of=$(python3 - "$work/dtmem-$mib.json" "$mib" "$env" "$n" <<'PY'
 import base64, gzip, json, sys
 out, mib, env, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-desc = ("A generated package of the insights-remote dtmemory benchmark; its metadata repeats so that the BOM compresses well. " * 4
-        + "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore magna aliqua.")
+mit = ("Permission is hereby granted, free of charge, to any person obtaining a copy of this software and associated documentation files "
+       "(the \"Software\"), to deal in the Software without restriction, including without limitation the rights to use, copy, modify, "
+       "merge, publish, distribute, sublicense, and/or sell copies of the Software, and to permit persons to whom the Software is furnished "
+       "to do so, subject to the following conditions: The above copyright notice and this permission notice shall be included in all "
+       "copies or substantial portions of the Software. THE SOFTWARE IS PROVIDED \"AS IS\", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR "
+       "IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY, FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. "
+       "IN NO EVENT SHALL THE AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER LIABILITY, WHETHER IN AN ACTION OF "
+       "CONTRACT, TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE.\n")
 def component(i):
     name, version = f"bench-pkg-{i:06d}", f"{i % 7}.{i % 13}.{i % 101}"
     purl = f"pkg:npm/{name}@{version}"
-    return {"bom-ref": purl, "type": "library", "name": name, "version": version, "description": desc,
-            "licenses": [{"license": {"id": "MIT"}}], "purl": purl, "properties": [
-                {"name": "syft:package:foundBy", "value": "javascript-package-cataloger"},
-                {"name": "syft:package:language", "value": "javascript"},
-                {"name": "syft:package:type", "value": "npm"},
-                {"name": "syft:package:metadataType", "value": "javascript-npm-package"},
-                {"name": "syft:location:0:layerID", "value": "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"},
-                {"name": "syft:location:0:path", "value": f"/app/node_modules/{name}/package.json"}]}
+    return {"bom-ref": purl, "type": "library", "name": name, "version": version, "purl": purl,
+            "description": "A generated package of the insights-remote dtmemory benchmark.",
+            "licenses": [{"license": {"id": "MIT", "text": {"contentType": "text/plain", "content": mit * 6}}}],
+            "properties": [{"name": "syft:package:foundBy", "value": "javascript-package-cataloger"},
+                           {"name": "syft:package:language", "value": "javascript"},
+                           {"name": "syft:package:type", "value": "npm"},
+                           {"name": "syft:location:0:path", "value": f"/app/node_modules/{name}/package.json"}]}
 bom = {"bomFormat": "CycloneDX", "specVersion": "1.5", "serialNumber": "urn:uuid:3e671687-395b-41f5-a30f-a58921a69b79", "version": 1,
        "metadata": {"timestamp": "2026-12-06T00:00:00Z",
                     "tools": {"components": [{"type": "application", "author": "anchore", "name": "syft", "version": "1.18.1"}]},
@@ -379,6 +389,7 @@ each = len(json.dumps(component(0), separators=(",", ":"))) + 1
 bom["components"] = [component(i) for i in range((mib * 1048576 - 1024) // each)]
 raw = json.dumps(bom, separators=(",", ":")).encode()
 gz = gzip.compress(raw, 9)
+# Under the operator's 32 MiB decompression limit and the ConfigMap's 1 MiB.
 assert len(raw) < 32 * 1048576 and len(gz) < 1048576 - 4096, (len(raw), len(gz))
 items = [{"apiVersion": "v1", "kind": "ConfigMap",
           "metadata": {"name": f"lagoon-insights-sbom-svc{s}",
@@ -394,7 +405,7 @@ PY
 )
     local ncomp bom_mib gz_mib; read -r ncomp bom_mib gz_mib <<<"$sizes_of"
     local c; for c in $(seq 1 "$n"); do children+=("bench-dtmem-$env-svc$c"); done
-    DEPENDENCY_TRACK_API_KEY=$key DEPENDENCY_TRACK_MAX_CONCURRENT=$n DEPENDENCY_TRACK_TIMEOUT=${BENCH_DT_TIMEOUT:-60s} \
+    DEPENDENCY_TRACK_API_KEY=$key DEPENDENCY_TRACK_MAX_CONCURRENT=$n DEPENDENCY_TRACK_TIMEOUT=${BENCH_DT_TIMEOUT:-120s} \
       start_operator --watch-namespace "$ns" --enable-configmap-reconciler=true --enable-namespace-reconciler=false --enable-webservice=false \
       --rabbitmq-exchange bench-dtmem-x --rabbitmq-queue bench-dtmem-q \
       --enable-dependency-track-integration=true --dependency-track-api-endpoint "$url"
@@ -440,25 +451,34 @@ PY
   for r in "${details[@]}"; do say "$r"; done
   say ""
   say "Goal: peak RSS under 128 MiB with four 30 MiB SBOMs at once. Operator logs: $work/operator-dtmem-*.log"
-  # The projects made: once Dependency-Track has processed what it accepted
-  # (a project's lastBomImport after its round began; at most
-  # BENCH_DT_SETTLE s), the root (a collection) and everything under it go.
-  local deadline=$((SECONDS + ${BENCH_DT_SETTLE:-300})) i pending
+  # Deleting a project while Dependency-Track still analyses it fails after
+  # minutes (table locks, then a foreign key from the metrics being
+  # written): first wait until each project it made has metrics from after
+  # its round began (the last step after an upload; projects of refused
+  # uploads do not exist), then delete the root, a collection: everything
+  # under it goes with it.
+  local deadline=$((SECONDS + ${BENCH_DT_SETTLE:-600})) i pending uuid
   while :; do
     pending=0
     for i in "${!children[@]}"; do
-      local since=${t0s[$((i / n))]}
-      dt_api -G "$url/api/v1/project" --data-urlencode "name=${children[$i]}" |
-        python3 -c "import json,sys; sys.exit(1 if any(p.get('lastBomImport', 0) < $since for p in json.load(sys.stdin)) else 0)" || pending=$((pending + 1))
+      for uuid in $(dt_api -G "$url/api/v1/project" --data-urlencode "name=${children[$i]}" | python3 -c "import json,sys; print(' '.join(p['uuid'] for p in json.load(sys.stdin)))"); do
+        dt_api "$url/api/v1/metrics/project/$uuid/current" |
+          python3 -c "import json,sys; t=sys.stdin.read().strip(); sys.exit(0 if t and json.loads(t).get('lastOccurrence', 0) >= ${t0s[$((i / n))]} else 1)" ||
+          pending=$((pending + 1))
+      done
     done
-    [ "$pending" -eq 0 ] || [ "$SECONDS" -ge "$deadline" ] && break
+    { [ "$pending" -eq 0 ] || [ "$SECONDS" -ge "$deadline" ]; } && break
     sleep 5
   done
-  [ "$pending" -eq 0 ] || echo "Dependency-Track still processing $pending BOMs after ${BENCH_DT_SETTLE:-300} s; deleting anyway" >&2
-  local uuid
+  [ "$pending" -eq 0 ] || echo "Dependency-Track has not finished with $pending projects after ${BENCH_DT_SETTLE:-600} s; deleting anyway" >&2
+  local t; t=$(date +%s)
   for uuid in $(dt_api -G "$url/api/v1/project" --data-urlencode "name=bench-dtmem" | python3 -c "import json,sys; print(' '.join(p['uuid'] for p in json.load(sys.stdin)))"); do
-    dt_api -o /dev/null -X DELETE "$url/api/v1/project/$uuid" || true
+    for _ in 1 2 3; do
+      [ "$(dt_api -o /dev/null -w '%{http_code}' -X DELETE "$url/api/v1/project/$uuid" || true)" = 204 ] && break
+      sleep 30
+    done
   done
+  echo "Dependency-Track projects of this run deleted ($(($(date +%s) - t)) s; $((SECONDS + ${BENCH_DT_SETTLE:-600} - deadline)) s waited for it to finish with them)" >&2
 }
 
 case "${1:-all}" in

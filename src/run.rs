@@ -289,7 +289,7 @@ async fn operator_context(
     );
     ctx.watch_namespace = args.watch_namespace.clone().filter(|n| !n.is_empty());
     ctx.token_resync = args.token_resync_interval;
-    ctx.uploads = controller::uploads::Uploads::with_policy(
+    ctx.uploads = crate::dependency_track::Uploads::with_policy(
         args.dependency_track_max_concurrent,
         args.dependency_track_timeout,
         crate::dependency_track::EndpointPolicy::new(

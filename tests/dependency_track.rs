@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use common::cluster::*;
 use common::*;
-use insights_remote::controller::uploads::Uploads;
 use insights_remote::crd::InsightsRemoteConfig;
-use insights_remote::dependency_track::{EndpointPolicy, Settings, Templates};
+use insights_remote::dependency_track::{EndpointPolicy, Settings, Templates, Uploads};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{DeleteParams, GetParams, Patch, PatchParams, Preconditions};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -462,7 +462,7 @@ async fn upload(
             if let Err(e) = ctx.uploads.policy.check_url(&endpoint) {
                 return Outcome::Failure(e);
             }
-            let env = match lagoon_env(ctx, &ns).await {
+            let env = match dependency_track::lagoon_env(&ctx.client, &ns).await {
                 Ok(env) => env,
                 Err(e) => return Outcome::Failure(e),
             };
@@ -529,30 +529,6 @@ async fn upload(
         );
     }
     Outcome::Running
-}
-
-/// The namespace's `lagoon-env` Secret, as text.
-async fn lagoon_env(
-    ctx: &Context,
-    ns: &str,
-) -> std::result::Result<BTreeMap<String, String>, String> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let secret = secrets
-        .get(dependency_track::LAGOON_ENV_SECRET)
-        .await
-        .map_err(|e| {
-            format!(
-                "reading Secret {}: {e}",
-                dependency_track::LAGOON_ENV_SECRET
-            )
-        })?;
-    // The API server returns `data` only (`stringData` is write-only).
-    Ok(secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-        .collect())
 }
 
 /// The SBOM as the ConfigMap holds it (the only payload entry, checked

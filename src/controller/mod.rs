@@ -7,7 +7,6 @@ pub mod configmap;
 pub mod namespace;
 pub mod namespaces;
 pub mod token_secrets;
-pub mod uploads;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -130,7 +129,7 @@ pub struct Context {
     /// What RBAC refused already (each is logged once, then at debug).
     pub denied: Mutex<std::collections::BTreeSet<&'static str>>,
     /// Dependency-Track uploads in the background.
-    pub uploads: uploads::Uploads,
+    pub uploads: crate::dependency_track::Uploads,
     /// Lagoon namespaces' project and environment labels.
     pub namespaces: namespaces::NamespaceCache,
     /// What is known of the insights-token Secrets without a GET.
@@ -178,7 +177,7 @@ impl Context {
             status_changed: Notify::new(),
             token_resync: DEFAULT_TOKEN_RESYNC,
             denied: Default::default(),
-            uploads: uploads::Uploads::new(2, Duration::from_secs(300)),
+            uploads: crate::dependency_track::Uploads::new(2, Duration::from_secs(300)),
             namespaces: Default::default(),
             token_secrets: Default::default(),
             token_create_refused: Default::default(),

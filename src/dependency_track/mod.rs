@@ -6,6 +6,13 @@
 //!
 //! The decisions (templates, which project, skip or upload) are pure
 //! functions; [`Client`] only talks HTTP.
+//!
+//! | file | holds |
+//! | --- | --- |
+//! | `mod.rs` | templates and targets (pure), [`Client`], [`lagoon_env`] |
+//! | `body.rs` | the upload's body, streamed |
+//! | `policy.rs` | where a namespace's own endpoint may point ([`EndpointPolicy`], [`GuardedResolver`]) |
+//! | `uploads.rs` | uploads in the background, a bounded number at a time ([`Uploads`]) |
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,8 +23,10 @@ use tracing::warn;
 
 mod body;
 mod policy;
+mod uploads;
 
 pub use policy::{internal, EndpointPolicy, GuardedResolver};
+pub use uploads::{Key, Uploads};
 
 use crate::contract::{
     percent_encode, LABEL_ENVIRONMENT, LABEL_ENVIRONMENT_TYPE, LABEL_PROJECT, LABEL_SERVICE,
@@ -304,6 +313,26 @@ pub fn prod_only_override(global: bool, value: Option<&str>) -> (bool, Option<St
             )),
         ),
     }
+}
+
+/// The namespace's `lagoon-env` Secret, as text.
+pub async fn lagoon_env(
+    client: &kube::Client,
+    ns: &str,
+) -> Result<BTreeMap<String, String>, String> {
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client.clone(), ns);
+    let secret = secrets
+        .get(LAGOON_ENV_SECRET)
+        .await
+        .map_err(|e| format!("reading Secret {}: {e}", LAGOON_ENV_SECRET))?;
+    // The API server returns `data` only (`stringData` is write-only).
+    Ok(secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect())
 }
 
 /// One Dependency-Track API server.

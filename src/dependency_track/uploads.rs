@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::dependency_track::{EndpointPolicy, GuardedResolver};
+use super::{EndpointPolicy, GuardedResolver};
 use crate::postprocess::{Outcome, Step};
 
 /// One upload: a ConfigMap (uid), the content it had (fingerprint), the step.
