@@ -553,9 +553,10 @@ impl Client {
     /// `limit` bytes ([`body::stream`]).
     ///
     /// The hierarchy and the BOM's own project (auto-created) are made by
-    /// one upload at a time per endpoint: concurrent uploads of one project
-    /// created its parents twice otherwise (Dependency-Track does not
-    /// refuse a second project of the same name).
+    /// one upload at a time per endpoint and root project: concurrent
+    /// uploads of one project created its parents twice otherwise
+    /// (Dependency-Track does not refuse a second project of the same
+    /// name).
     pub async fn upload(
         &self,
         target: &Target,
@@ -564,7 +565,11 @@ impl Client {
         wait: Duration,
     ) -> Result<(), String> {
         self.check_version().await?;
-        let one_at_a_time = hierarchy_lock(&self.base);
+        // Per endpoint and root project: uploads of different Lagoon
+        // projects run side by side; those sharing a root (its parents
+        // and leaves) one at a time.
+        let root = target.parents.first().unwrap_or(&target.project);
+        let one_at_a_time = hierarchy_lock(&format!("{}\n{root}", self.base));
         let token = {
             let _held = one_at_a_time.lock().await;
             let mut parent: Option<String> = None;
@@ -628,8 +633,8 @@ impl Client {
     }
 }
 
-/// One lock per Dependency-Track endpoint for making projects; entries
-/// nobody holds are dropped on the next call.
+/// One lock per Dependency-Track endpoint and root project for making
+/// projects; entries nobody holds are dropped on the next call.
 fn hierarchy_lock(base: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
