@@ -10,7 +10,7 @@
 //! | file | holds |
 //! | --- | --- |
 //! | `mod.rs` | templates and targets (pure), [`Client`], [`lagoon_env`] |
-//! | `body.rs` | the upload's body, streamed |
+//! | `body.rs` | the BOM of the multipart upload, decompressed as it is sent |
 //! | `policy.rs` | where a namespace's own endpoint may point ([`EndpointPolicy`], [`GuardedResolver`]) |
 //! | `uploads.rs` | uploads in the background, a bounded number at a time ([`Uploads`]) |
 
@@ -576,37 +576,40 @@ impl Client {
             for name in &target.parents {
                 parent = Some(self.collection(name, parent.as_deref()).await?);
             }
-            let mut fields = json!({
-                "projectName": target.project,
-                "autoCreate": true,
-            });
+            // Multipart, as Dependency-Track's POST takes it: the BOM as a
+            // file part, streamed; tags comma-separated (a comma inside a
+            // tag would split it, so it becomes a dash).
+            let mut form = reqwest::multipart::Form::new()
+                .text("projectName", target.project.clone())
+                .text("autoCreate", "true");
             if !target.version.is_empty() {
-                fields["projectVersion"] = json!(target.version);
+                form = form.text("projectVersion", target.version.clone());
             }
             if let Some(p) = &parent {
-                fields["parentUUID"] = json!(p);
+                form = form.text("parentUUID", p.clone());
             }
             if !target.tags.is_empty() {
-                fields["projectTags"] = json!(target
-                    .tags
-                    .iter()
-                    .map(|t| json!({ "name": t }))
-                    .collect::<Vec<_>>());
+                let tags: Vec<String> = target.tags.iter().map(|t| t.replace(',', "-")).collect();
+                form = form.text("projectTags", tags.join(","));
             }
+            let bom = reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(body::stream(
+                payload, limit,
+            )))
+            .file_name("bom.json")
+            .mime_str("application/json")
+            .map_err(|e| e.to_string())?;
+            let form = form.part("bom", bom);
             let path = "/api/v1/bom";
             let req = self
                 .http
-                .put(format!("{}{path}", self.base))
+                .post(format!("{}{path}", self.base))
                 .header("X-Api-Key", &self.key)
                 .header("Accept", "application/json")
-                .header("Content-Type", "application/json")
-                .body(reqwest::Body::wrap_stream(body::stream(
-                    &fields, payload, limit,
-                )));
-            let (status, resp) = self.answer(req, &reqwest::Method::PUT, path).await?;
+                .multipart(form);
+            let (status, resp) = self.answer(req, &reqwest::Method::POST, path).await?;
             match (status, resp["token"].as_str()) {
                 (200..=299, Some(t)) => t.to_string(),
-                _ => return Err(format!("PUT /api/v1/bom: status {status}, no token")),
+                _ => return Err(format!("POST /api/v1/bom: status {status}, no token")),
             }
         };
         drop(one_at_a_time);
