@@ -266,6 +266,13 @@ pub async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Action> 
         Decision::Wait(wait) => return Ok(Action::requeue(wait)),
         Decision::Forward => {}
     }
+    // An upload of this very content still runs: look again later without
+    // decompressing and checking the payload again (a 30 MiB SBOM cost
+    // about a quarter of a core while it waited on Dependency-Track).
+    let uid = cm.metadata.uid.as_deref().unwrap_or_default();
+    if ctx.uploads.running_for(uid, &fingerprint) {
+        return Ok(Action::requeue(UPLOAD_POLL));
+    }
 
     let ns_labels = super::namespaces::labels_of(&ctx, &ns).await?;
     let message = match build_message(&cm, &ns_labels) {

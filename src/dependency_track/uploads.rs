@@ -168,6 +168,16 @@ impl Uploads {
             && (step != Step::DependencyTrackCustom || self.namespace_may_start(owner))
     }
 
+    /// Whether an upload of this ConfigMap's content (uid, fingerprint)
+    /// still runs: its reconcile can wait without building anything.
+    pub fn running_for(&self, uid: &str, fingerprint: &str) -> bool {
+        self.jobs
+            .lock()
+            .expect("uploads lock")
+            .iter()
+            .any(|((u, f, _), j)| u == uid && f == fingerprint && matches!(j, Job::Running))
+    }
+
     pub fn running(&self) -> usize {
         self.jobs
             .lock()
@@ -195,6 +205,7 @@ mod tests {
             Err("down".to_string())
         }));
         assert_eq!(u.poll(&key("a")), Some(Outcome::Running));
+        assert!(u.running_for("a", "f") && !u.running_for("a", "other"));
         // The only slot is taken: the next one does not start (and keeps nothing).
         assert!(!u.has_free_slot(Step::DependencyTrackDefault, "ns"));
         assert!(!u.try_start(key("b"), "ns", async { Ok(()) }));
