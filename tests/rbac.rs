@@ -140,6 +140,10 @@ async fn operator_runs_under_its_own_rbac_and_reports_missing_permissions() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    let _on_failure = KillOnPanic {
+        pid: child.id(),
+        log: Some(log_path.clone()),
+    };
 
     // Everything works with exactly these rules.
     let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), &ns.name);
@@ -539,6 +543,10 @@ async fn runs_under_the_lagoon_remote_charts_role() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    let _on_failure = KillOnPanic {
+        pid: child.id(),
+        log: Some(log_path.clone()),
+    };
 
     // Forwards and burns.
     let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), &ns.name);
@@ -679,6 +687,10 @@ async fn build_scanner_runs_under_its_own_role() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    let _on_failure = KillOnPanic {
+        pid: child.id(),
+        log: None,
+    };
     pods.patch_status(
         "lagoon-build-x",
         &PatchParams::default(),

@@ -273,3 +273,26 @@ pub fn gzip(b: &[u8]) -> Vec<u8> {
     e.write_all(b).unwrap();
     e.finish().unwrap()
 }
+
+/// Kills a child process if the test fails before stopping it, and prints
+/// its log: a failed test leaves nothing running (a child holding the
+/// test's stderr kept `cargo test | ...` waiting until it was killed).
+pub struct KillOnPanic {
+    pub pid: u32,
+    pub log: Option<std::path::PathBuf>,
+}
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.pid.to_string()])
+            .status();
+        if let Some(log) = &self.log {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            eprintln!("--- child log ({}) ---\n{text}", log.display());
+        }
+    }
+}
