@@ -130,12 +130,20 @@ impl MetricsAuth {
             let permit = match self.reviews.try_acquire() {
                 Ok(p) => p,
                 Err(_) => {
+                    // Given back however the wait ends, also when the
+                    // caller goes away while waiting.
+                    struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+                    impl Drop for Waiting<'_> {
+                        fn drop(&mut self) {
+                            self.0.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    }
+                    let waiting = Waiting(&self.waiting);
                     if self.waiting.fetch_add(1, Ordering::SeqCst) >= REVIEWS_WAITING {
-                        self.waiting.fetch_sub(1, Ordering::SeqCst);
                         return Decision::Busy;
                     }
                     let p = self.reviews.acquire().await;
-                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                    drop(waiting);
                     match p {
                         Ok(p) => p,
                         Err(_) => return Decision::Unavailable,
@@ -279,7 +287,10 @@ mod tests {
         );
         for w in waiting {
             w.abort();
+            let _ = w.await;
         }
+        // Callers that went away while queued gave their places back.
+        assert_eq!(auth.waiting.load(std::sync::atomic::Ordering::SeqCst), 0);
         held.abort();
     }
 

@@ -139,7 +139,12 @@ impl App {
         };
         let state = web::Data::new(match &ctx {
             Some(ctx) => api_state.with_tenants(ctx.tenants.clone()),
-            None => api_state,
+            None => {
+                if args.enable_webservice {
+                    warn!("no reconciler runs, so the environments are not watched: tokens are checked by their signature only (a deleted namespace's or a revoked token is accepted)");
+                }
+                api_state
+            }
         });
         if let Some(high) = state.memory.high() {
             info!(

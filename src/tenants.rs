@@ -326,8 +326,14 @@ impl Tenants {
 
 /// Keeps `ctx.tenants` current until shutdown, on every replica (the
 /// ingestion API of each one checks tokens). A watch that fails keeps the
-/// last complete view until it lists again.
-pub async fn run(ctx: Arc<crate::controller::Context>, shutdown: watch::Receiver<bool>) {
+/// last complete view until it lists again. `reconciler`: whether this
+/// process runs the token reconciler at all (a missing Secret means
+/// revoked only when it mints, by flag and by the resource).
+pub async fn run(
+    ctx: Arc<crate::controller::Context>,
+    reconciler: bool,
+    shutdown: watch::Receiver<bool>,
+) {
     use crate::controller::follow;
     let tenants = ctx.tenants.clone();
     let minting = {
@@ -335,7 +341,7 @@ pub async fn run(ctx: Arc<crate::controller::Context>, shutdown: watch::Receiver
         let mut ops = ctx.ops.subscribe();
         async move {
             loop {
-                let on = ops.borrow_and_update().tokens_enabled;
+                let on = reconciler && ops.borrow_and_update().tokens_enabled;
                 tenants.minting.store(on, Ordering::Relaxed);
                 if ops.changed().await.is_err() {
                     break;

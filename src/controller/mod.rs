@@ -307,7 +307,11 @@ pub async fn run(
 ) -> Result<()> {
     let mut follower = tokio::spawn(config::run(ctx.clone(), shutdown.clone()));
     // Every replica checks tokens against the environments as they are.
-    let tenants = tokio::spawn(crate::tenants::run(ctx.clone(), shutdown.clone()));
+    let tenants = tokio::spawn(crate::tenants::run(
+        ctx.clone(),
+        opts.tokens,
+        shutdown.clone(),
+    ));
     // The configuration follower ends only at shutdown: ending before is a
     // failure (the settings and the status would freeze).
     let follower_failed = async {

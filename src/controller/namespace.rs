@@ -161,11 +161,15 @@ pub fn up_to_date(existing: Option<&Secret>, claims: &Claims, keys: &KeyRing) ->
         .and_then(|b| std::str::from_utf8(&b.0).ok());
     let labelled = s.labels().get(LABEL_INSIGHTS_TOKEN).map(String::as_str) == Some("true")
         && s.labels().get(LABEL_DYNAMIC_SECRET).map(String::as_str) == Some(TOKEN_SECRET_NAME);
-    let revoking = Mark::of(s.annotations()) == Mark::All;
+    // The stored token must pass the Secret's own mark (an admin who moved
+    // it by hand revoked it too).
+    let mark = Mark::of(s.annotations());
     labelled
-        && !revoking
-        && token
-            .is_some_and(|t| !t.ends_with('\n') && keys.verify_current(t).as_ref() == Ok(claims))
+        && token.is_some_and(|t| {
+            !t.ends_with('\n')
+                && keys.verify_current(t).as_ref() == Ok(claims)
+                && keys.verify_issued(t).is_ok_and(|(_, iat)| mark.admits(iat))
+        })
 }
 
 /// Whether this namespace may hold a token for its environment id.
@@ -568,6 +572,13 @@ mod tests {
             .get_or_insert_with(Default::default)
             .insert(ANNOTATION_REVOKE.into(), "yes".into());
         assert!(!up_to_date(Some(&asked), &claims, &keys));
+        // A mark moved past the stored token by hand: re-minted too.
+        let later = token_secret(
+            "demo-main",
+            keys.mint(&claims).unwrap(),
+            Some("2999-01-01T00:00:00Z".into()),
+        );
+        assert!(!up_to_date(Some(&later), &claims, &keys));
         let moved = valid_from(Some(&asked)).unwrap();
         assert!(moved > old_mark, "{moved} after {old_mark}");
     }

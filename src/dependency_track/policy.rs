@@ -25,9 +25,23 @@ pub struct EndpointPolicy {
 /// Why an address may not be called, if it may not.
 pub fn internal(ip: IpAddr, api_server: &[IpAddr]) -> Option<&'static str> {
     let ip = match ip {
+        // IPv4-mapped, and NAT64's well-known prefix 64:ff9b::/96.
+        IpAddr::V6(v6) if v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] => {
+            let o = v6.octets();
+            IpAddr::V4(std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]))
+        }
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     };
+    // Cloud metadata and host services outside link-local: Alibaba's,
+    // Azure's WireServer, AWS's IPv6 instance metadata.
+    const METADATA: [&str; 3] = ["100.100.100.200", "168.63.129.16", "fd00:ec2::254"];
+    if METADATA
+        .iter()
+        .any(|m| m.parse::<IpAddr>().ok() == Some(ip))
+    {
+        return Some("a cloud metadata service");
+    }
     if api_server.contains(&ip) {
         return Some("the Kubernetes API server");
     }
@@ -121,7 +135,12 @@ impl reqwest::dns::Resolve for GuardedResolver {
         Box::pin(async move {
             let addrs: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if !policy.listed(&host) {
+            // Names are checked whatever the list says: a listed suffix
+            // can hold a name (an ExternalName Service, a tenant's own DNS)
+            // that resolves to loopback or a metadata address. Only an
+            // address the admin listed literally skips the check (reqwest
+            // resolves no literal, so this sees names only).
+            {
                 if let Some(why) = addrs
                     .iter()
                     .find_map(|a| internal(a.ip(), &policy.api_server))
@@ -157,6 +176,11 @@ mod tests {
             ("10.96.0.1", Some("the Kubernetes API server")),
             ("::ffff:10.96.0.1", Some("the Kubernetes API server")),
             ("10.96.0.2", None),
+            ("100.100.100.200", Some("a cloud metadata service")),
+            ("168.63.129.16", Some("a cloud metadata service")),
+            ("fd00:ec2::254", Some("a cloud metadata service")),
+            ("64:ff9b::7f00:1", Some("loopback")),
+            ("64:ff9b::a9fe:a9fe", Some("link-local")),
             ("192.168.1.10", None),
             ("203.0.113.5", None),
             ("2001:db8::1", None),
@@ -206,7 +230,8 @@ mod tests {
             Err(e) => e.to_string(),
         };
         assert!(err.contains("loopback"), "{err}");
+        // Listing a name does not let it resolve to loopback.
         let listed = GuardedResolver(Arc::new(EndpointPolicy::new("localhost", vec![])));
-        assert!(listed.resolve("localhost".parse().unwrap()).await.is_ok());
+        assert!(listed.resolve("localhost".parse().unwrap()).await.is_err());
     }
 }

@@ -94,21 +94,20 @@ impl Uploads {
         F: Future<Output = Result<(), String>> + Send + 'static,
     {
         let custom = key.2 == Step::DependencyTrackCustom;
-        if custom && !self.namespace_may_start(owner) {
+        // The namespace's share is checked and taken under one lock, so
+        // concurrent reconciles cannot both take the last place.
+        let mut by_namespace = self.custom_by_namespace.lock().expect("uploads lock");
+        if custom && by_namespace.get(owner).copied().unwrap_or(0) >= self.per_namespace {
             return false;
         }
         let Ok(permit) = self.slots(key.2).clone().try_acquire_owned() else {
             return false;
         };
         let held_by = custom.then(|| {
-            *self
-                .custom_by_namespace
-                .lock()
-                .expect("uploads lock")
-                .entry(owner.to_string())
-                .or_default() += 1;
+            *by_namespace.entry(owner.to_string()).or_default() += 1;
             (self.custom_by_namespace.clone(), owner.to_string())
         });
+        drop(by_namespace);
         self.jobs
             .lock()
             .expect("uploads lock")
