@@ -234,20 +234,7 @@ async fn the_binary_honours_rabbitmq_verify_false_with_a_warning() {
 #[tokio::test]
 async fn tls_without_rabbitmq_verify_verifies_the_certificate() {
     let broker = tls_broker("tls-default", TlsSettings::default());
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_insights-remote"))
-        .args([
-            "--enable-configmap-reconciler=false",
-            "--enable-namespace-reconciler=false",
-            "--webservice-bind-address=127.0.0.1",
-            &format!("--webservice-port={port}"),
-            &format!("--rabbitmq-hostname={}", broker.host),
-            &format!("--rabbitmq-exchange={}", broker.exchange),
-            &format!("--rabbitmq-queue={}", broker.queue),
-            "--health-probe-bind-address=0",
-            "--metrics-bind-address=0",
-        ])
-        .env("INSIGHTS_TOKEN_SECRET", KEY)
+    let mut child = api_binary(free_port(), &broker)
         .env("RABBITMQ_TLS", "true")
         .env_remove("RABBITMQ_VERIFY")
         .env("RUST_LOG", "info")

@@ -144,15 +144,19 @@ async fn namespace(
     TestNamespace::with_labels(client, tag, labels).await
 }
 
-/// An operator whose admin allows per-namespace endpoints on 127.0.0.1
-/// (where the test's Dependency-Track runs), with `slots` uploads of each
-/// kind at once.
-async fn start_with_policy(
+/// A forwarding operator for `ns` with its own broker (tagged `tag`), the
+/// Dependency-Track settings in `ops`, the admin's endpoint list `hosts`
+/// (`127.0.0.1` lets a namespace's own endpoint be the test's
+/// Dependency-Track) and `slots` uploads of each kind at once.
+async fn dt_operator(
     client: &kube::Client,
-    options: OperatorOptions,
+    ns: &TestNamespace,
+    tag: &str,
+    ops: insights_remote::settings::Operations,
     hosts: &str,
     slots: u16,
 ) -> Operator {
+    let options = OperatorOptions::forwarding(ns, isolated_broker(tag), ops, &unique("irc"));
     let policy = EndpointPolicy::new(hosts, vec![]);
     Operator::start_with(client, options, |ctx| {
         ctx.uploads = Uploads::with_policy(slots, Duration::from_secs(300), policy)
@@ -160,8 +164,27 @@ async fn start_with_policy(
     .await
 }
 
-async fn start_allowing_loopback(client: &kube::Client, options: OperatorOptions) -> Operator {
-    start_with_policy(client, options, "127.0.0.1", 2).await
+/// Creates SBOM ConfigMap `name` for the namespace's own endpoint
+/// `endpoint`; the failure its custom step records.
+async fn custom_sbom_failure(
+    api: &Api<ConfigMap>,
+    name: &str,
+    proj: &str,
+    endpoint: &str,
+) -> String {
+    create_sbom(
+        api,
+        name,
+        proj,
+        "production",
+        name,
+        &[(
+            "dependencytrack.insights.lagoon.sh/custom-endpoint",
+            endpoint,
+        )],
+    )
+    .await;
+    custom_failure(api, name).await
 }
 
 async fn processed(api: &Api<ConfigMap>, name: &str) -> BTreeMap<String, String> {
@@ -251,11 +274,14 @@ async fn prod_only_skips_development_and_lagoon_env_overrides_it_for_the_custom_
     // ConfigMap's label says (a production label here changes nothing).
     let proj = unique("dtdev");
     let ns = namespace(&client, "dtprod", &proj, "development").await;
-    let broker = isolated_broker("dtprod");
     // Central upload is on with push-prod-only; per-namespace too.
-    let op = start_allowing_loopback(
+    let op = dt_operator(
         &client,
-        OperatorOptions::forwarding(&ns, broker, dt_ops(&base, &key, true), &unique("irc")),
+        &ns,
+        "dtprod",
+        dt_ops(&base, &key, true),
+        "127.0.0.1",
+        2,
     )
     .await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
@@ -350,14 +376,13 @@ async fn custom_endpoint_without_a_key_fails_and_records_why() {
     let client = client().await;
     let proj = unique("dtnokey");
     let ns = namespace(&client, "dtnokey", &proj, "production").await;
-    let op = start_allowing_loopback(
+    let op = dt_operator(
         &client,
-        OperatorOptions::forwarding(
-            &ns,
-            isolated_broker("dtnokey"),
-            dt_ops(&base, &key, false),
-            &unique("irc"),
-        ),
+        &ns,
+        "dtnokey",
+        dt_ops(&base, &key, false),
+        "127.0.0.1",
+        2,
     )
     .await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
@@ -568,16 +593,7 @@ async fn a_tenants_endpoint_is_held_to_the_policy_and_learns_nothing_from_answer
         .await
         .unwrap();
     // The default policy (no list): only the custom step runs.
-    let op = Operator::start(
-        &client,
-        OperatorOptions::forwarding(
-            &ns,
-            isolated_broker("dtpolicy"),
-            dt_ops("", "", false),
-            &unique("irc"),
-        ),
-    )
-    .await;
+    let op = dt_operator(&client, &ns, "dtpolicy", dt_ops("", "", false), "", 2).await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
     for (name, endpoint, says) in [
         ("loopback", format!("http://127.0.0.1:{port}"), "loopback"),
@@ -593,19 +609,7 @@ async fn a_tenants_endpoint_is_held_to_the_policy_and_learns_nothing_from_answer
         ),
         ("fragment", "http://[::1]:1/#".to_string(), "loopback"),
     ] {
-        create_sbom(
-            &api,
-            name,
-            &proj,
-            "production",
-            name,
-            &[(
-                "dependencytrack.insights.lagoon.sh/custom-endpoint",
-                &endpoint,
-            )],
-        )
-        .await;
-        let why = custom_failure(&api, name).await;
+        let why = custom_sbom_failure(&api, name, &proj, &endpoint).await;
         assert!(why.contains(says), "{name}: {why}");
     }
     assert!(
@@ -615,14 +619,13 @@ async fn a_tenants_endpoint_is_held_to_the_policy_and_learns_nothing_from_answer
     op.stop().await;
 
     // The admin allows 127.0.0.1: a server there that talks too much.
-    let op = start_allowing_loopback(
+    let op = dt_operator(
         &client,
-        OperatorOptions::forwarding(
-            &ns,
-            isolated_broker("dtpolicy2"),
-            dt_ops("", "", false),
-            &unique("irc"),
-        ),
+        &ns,
+        "dtpolicy2",
+        dt_ops("", "", false),
+        "127.0.0.1",
+        2,
     )
     .await;
     for (name, endpoint, says, never) in [
@@ -639,19 +642,7 @@ async fn a_tenants_endpoint_is_held_to_the_policy_and_learns_nothing_from_answer
             "internal-build",
         ),
     ] {
-        create_sbom(
-            &api,
-            name,
-            &proj,
-            "production",
-            name,
-            &[(
-                "dependencytrack.insights.lagoon.sh/custom-endpoint",
-                &endpoint,
-            )],
-        )
-        .await;
-        let why = custom_failure(&api, name).await;
+        let why = custom_sbom_failure(&api, name, &proj, &endpoint).await;
         assert!(why.contains(says) && !why.contains(never), "{name}: {why}");
     }
     op.stop().await;
@@ -666,18 +657,7 @@ async fn concurrent_uploads_of_one_project_create_its_hierarchy_once() {
     let client = client().await;
     let proj = unique("dtrace");
     let ns = namespace(&client, "dtrace", &proj, "production").await;
-    let op = start_with_policy(
-        &client,
-        OperatorOptions::forwarding(
-            &ns,
-            isolated_broker("dtrace"),
-            dt_ops(&base, &key, false),
-            &unique("irc"),
-        ),
-        "",
-        8,
-    )
-    .await;
+    let op = dt_operator(&client, &ns, "dtrace", dt_ops(&base, &key, false), "", 8).await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
     let services: Vec<String> = (0..6).map(|i| format!("svc{i}")).collect();
     futures::future::join_all(
