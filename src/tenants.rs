@@ -149,6 +149,34 @@ struct State {
 }
 
 impl State {
+    /// Records `name`'s environment (None: gone) in the namespaces and the
+    /// id index, without rebuilding the index (one event, one entry).
+    fn set(&mut self, name: String, env: Option<Env>) {
+        let Some(m) = self.namespaces.as_mut() else {
+            return;
+        };
+        let old = match env {
+            Some(env) => {
+                let id = env.environment_id.clone();
+                let old = m.insert(name.clone(), env);
+                if old.as_ref().map(|o| &o.environment_id) != Some(&id) {
+                    self.by_id.entry(id).or_default().push(name.clone());
+                }
+                old.filter(|o| o.environment_id != m[&name].environment_id)
+            }
+            None => m.remove(&name),
+        };
+        if let Some(old) = old {
+            if let Some(names) = self.by_id.get_mut(&old.environment_id) {
+                names.retain(|n| n != &name);
+                if names.is_empty() {
+                    self.by_id.remove(&old.environment_id);
+                }
+            }
+        }
+    }
+
+    /// Rebuilds the id index after a full list.
     fn index(&mut self) {
         self.by_id.clear();
         if let Some(m) = &self.namespaces {
@@ -265,22 +293,8 @@ impl Tenants {
     ) {
         let mut st = self.state.write().expect("tenants lock");
         match ev {
-            watcher::Event::Apply(ns) => {
-                let name = ns.name_any();
-                if let Some(m) = st.namespaces.as_mut() {
-                    match Env::of(&ns) {
-                        Some(env) => m.insert(name, env),
-                        None => m.remove(&name),
-                    };
-                }
-                st.index();
-            }
-            watcher::Event::Delete(ns) => {
-                if let Some(m) = st.namespaces.as_mut() {
-                    m.remove(&ns.name_any());
-                }
-                st.index();
-            }
+            watcher::Event::Apply(ns) => st.set(ns.name_any(), Env::of(&ns)),
+            watcher::Event::Delete(ns) => st.set(ns.name_any(), None),
             watcher::Event::Init => pending.clear(),
             watcher::Event::InitApply(ns) => {
                 if let Some(env) = Env::of(&ns) {
@@ -526,5 +540,17 @@ mod tests {
         assert_eq!(t.owner_of("7"), Some(Some("b".into())));
         assert_eq!(t.admit(&claims("a", "7"), None), Err(Refusal::Gone));
         assert_eq!(t.admit(&claims("b", "7"), None), Ok(()));
+        // Relabelled to another id: the index follows, one entry per event.
+        t.apply_namespace(watcher::Event::Apply(ns("b", "8", 20)), &mut pending);
+        assert_eq!(t.owner_of("7"), Some(None));
+        assert_eq!(t.owner_of("8"), Some(Some("b".into())));
+        t.apply_namespace(watcher::Event::Apply(ns("c", "8", 5)), &mut pending);
+        assert_eq!(t.owner_of("8"), Some(Some("c".into())), "older");
+        t.apply_namespace(watcher::Event::Apply(ns("c", "8", 5)), &mut pending);
+        assert_eq!(
+            t.state.read().unwrap().by_id["8"].len(),
+            2,
+            "no duplicate entry"
+        );
     }
 }

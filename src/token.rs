@@ -191,6 +191,11 @@ impl KeyRing {
     /// Verifies with the current key only: a token Secret signed with a
     /// previous key is re-minted.
     pub fn verify_current(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify_current_issued(token).map(|(claims, _)| claims)
+    }
+
+    /// [`KeyRing::verify_current`] with the token's `iat`.
+    pub fn verify_current_issued(&self, token: &str) -> Result<(Claims, Option<f64>), TokenError> {
         let current = Self {
             current: self.current.clone(),
             keys: self.keys[..1].to_vec(),
@@ -198,7 +203,7 @@ impl KeyRing {
             verified: Default::default(),
             fingerprint: self.fingerprint.clone(),
         };
-        current.verify(token)
+        current.verify_issued(token)
     }
 
     /// Verifies a token with the current key, then each previous key.

@@ -169,6 +169,23 @@ async fn verify_false_connects_to_an_unknown_certificate_and_says_so() {
     p.shutdown().await;
 }
 
+/// The child's stdout lines for which `matches` holds, as they come.
+fn lines_matching(
+    child: &mut std::process::Child,
+    matches: impl Fn(&str) -> bool + Send + 'static,
+) -> std::sync::mpsc::Receiver<String> {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if matches(&line) {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    rx
+}
+
 /// The binary as the chart configures a broker with a self-signed
 /// certificate: RABBITMQ_TLS=TRUE, RABBITMQ_VERIFY="false", no CA. It
 /// connects (as upstream does) and warns in its log and metrics.
@@ -198,15 +215,7 @@ async fn the_binary_honours_rabbitmq_verify_false_with_a_warning() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("WITHOUT verifying") {
-                let _ = tx.send(line);
-            }
-        }
-    });
+    let rx = lines_matching(&mut child, |l| l.contains("WITHOUT verifying"));
     let line = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("a warning that the certificate is not verified");
@@ -242,23 +251,15 @@ async fn tls_without_rabbitmq_verify_verifies_the_certificate() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let l = line.to_ascii_lowercase();
-            if l.contains("certificate")
-                || l.contains("without verifying")
-                || l.contains("broker connected")
-            {
-                let _ = tx.send(line);
-            }
-        }
+    let rx = lines_matching(&mut child, |l| {
+        let l = l.to_ascii_lowercase();
+        l.contains("certificate")
+            || l.contains("without verifying")
+            || l.contains("broker connected")
     });
     let line = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("a line about the broker's certificate");
-    println!("{line}");
     let _ = child.kill();
     let _ = child.wait();
     assert!(

@@ -311,6 +311,29 @@ fn base64_of(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
+/// Waits for an Event `reason` about namespace `name` (Events about
+/// cluster-scoped objects live in the default namespace).
+async fn namespace_event(client: &kube::Client, reason: &str, name: &str) -> Event {
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    wait_for(
+        &format!("{reason} event"),
+        Duration::from_secs(30),
+        || async {
+            events
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                })
+        },
+    )
+    .await
+}
+
 /// A namespace with `labels` gets a Warning Event `reason` (its note
 /// containing `note`) and no token; setting `lagoon.sh/environmentId: 7`
 /// gets it one.
@@ -323,27 +346,10 @@ async fn refused_until_relabelled(
     let client = client().await;
     let ns = TestNamespace::with_labels(&client, tag, labels).await;
     let op = start(&client, &ns.name, &unique("irc")).await;
-    // Events about cluster-scoped objects live in the default namespace.
-    let events: Api<Event> = Api::namespaced(client.clone(), "default");
-    let ev = wait_for(
-        &format!("{reason} event"),
-        Duration::from_secs(30),
-        || async {
-            events
-                .list(&ListParams::default())
-                .await
-                .unwrap()
-                .items
-                .into_iter()
-                .find(|e| {
-                    e.reason.as_deref() == Some(reason)
-                        && e.regarding.as_ref().and_then(|r| r.name.as_deref())
-                            == Some(ns.name.as_str())
-                })
-        },
-    )
-    .await;
-    let text = ev.note.unwrap();
+    let text = namespace_event(&client, reason, &ns.name)
+        .await
+        .note
+        .unwrap();
     assert!(text.contains(note), "{text}");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
     assert!(secrets.get_opt("insights-token").await.unwrap().is_none());
@@ -679,25 +685,7 @@ async fn one_environment_s_tokens_are_revoked_without_touching_the_others() {
     // A namespace claiming A's environment id: an Event, no token, and a
     // token made for it anyway is refused.
     let c = TestNamespace::with_labels(&client, "revc", labelled(&id_a)).await;
-    let events: Api<Event> = Api::namespaced(client.clone(), "default");
-    let ev = wait_for(
-        "DuplicateEnvironmentId event",
-        Duration::from_secs(30),
-        || async {
-            events
-                .list(&ListParams::default())
-                .await
-                .unwrap()
-                .items
-                .into_iter()
-                .find(|e| {
-                    e.reason.as_deref() == Some("DuplicateEnvironmentId")
-                        && e.regarding.as_ref().and_then(|r| r.name.as_deref())
-                            == Some(c.name.as_str())
-                })
-        },
-    )
-    .await;
+    let ev = namespace_event(&client, "DuplicateEnvironmentId", &c.name).await;
     assert!(ev.note.unwrap().contains(&a.name));
     let c_secrets: Api<Secret> = Api::namespaced(client.clone(), &c.name);
     assert!(c_secrets.get_opt("insights-token").await.unwrap().is_none());

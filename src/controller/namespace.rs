@@ -167,8 +167,9 @@ pub fn up_to_date(existing: Option<&Secret>, claims: &Claims, keys: &KeyRing) ->
     labelled
         && token.is_some_and(|t| {
             !t.ends_with('\n')
-                && keys.verify_current(t).as_ref() == Ok(claims)
-                && keys.verify_issued(t).is_ok_and(|(_, iat)| mark.admits(iat))
+                && keys
+                    .verify_current_issued(t)
+                    .is_ok_and(|(c, iat)| c == *claims && mark.admits(iat))
         })
 }
 

@@ -640,12 +640,12 @@ impl Client {
 /// projects; entries nobody holds are dropped on the next call.
 fn hierarchy_lock(base: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
     use std::collections::HashMap;
-    use std::sync::{Arc, Mutex};
-    static LOCKS: Mutex<Option<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> = Mutex::new(None);
+    use std::sync::{Arc, LazyLock, Mutex};
+    type Locks = HashMap<String, Arc<tokio::sync::Mutex<()>>>;
+    static LOCKS: LazyLock<Mutex<Locks>> = LazyLock::new(Default::default);
     let mut locks = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
-    let map = locks.get_or_insert_with(HashMap::new);
-    map.retain(|_, l| Arc::strong_count(l) > 1);
-    map.entry(base.to_string()).or_default().clone()
+    locks.retain(|_, l| Arc::strong_count(l) > 1);
+    locks.entry(base.to_string()).or_default().clone()
 }
 
 /// What a tenant may learn of a failed connection: its class only.
