@@ -2,8 +2,10 @@
 # Builds and runs a real, minimal Kubernetes control plane (etcd,
 # kube-apiserver, kube-controller-manager) on loopback, for tests and demos.
 # No container engine, no kubelet: objects are stored and controllers for
-# namespaces, garbage collection, service accounts and RBAC aggregation run,
-# but no pod ever starts. See hack/README.md.
+# namespaces, garbage collection, service accounts, RBAC aggregation,
+# Deployments, ReplicaSets and EndpointSlices run, but no pod starts until
+# hack/node.sh adds a node (whose taint keeps every pod off it unless its
+# namespace grants the toleration). See hack/README.md.
 #
 # Usage: hack/control-plane.sh {up|down|status|kubeconfig|env|build|kubectl ARGS...}
 set -euo pipefail
@@ -234,10 +236,10 @@ sign() {
 pki_valid() {
   local f
   for f in ca.crt ca.key apiserver.crt apiserver.key admin.crt admin.key \
-    kcm.crt kcm.key sa.key sa.pub; do
+    kcm.crt kcm.key kubelet-client.crt kubelet-client.key sa.key sa.pub; do
     [[ -s "${PKI_DIR}/${f}" ]] || return 1
   done
-  for f in ca apiserver admin kcm; do
+  for f in ca apiserver admin kcm kubelet-client; do
     openssl x509 -checkend 86400 -noout -in "${PKI_DIR}/${f}.crt" >/dev/null 2>&1 || return 1
   done
 }
@@ -263,6 +265,9 @@ subjectAltName=IP:127.0.0.1,IP:::1,IP:${SERVICE_IP},DNS:localhost,DNS:kubernetes
   sign admin "/O=system:masters/CN=admin" "${leaf}
 extendedKeyUsage=clientAuth"
   sign kcm "/O=system:masters/CN=system:kube-controller-manager" "${leaf}
+extendedKeyUsage=clientAuth"
+  # The API server's identity towards a kubelet (logs, exec), for hack/node.sh.
+  sign kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "${leaf}
 extendedKeyUsage=clientAuth"
   openssl genrsa -out "${PKI_DIR}/sa.key" 2048 2>/dev/null
   openssl rsa -in "${PKI_DIR}/sa.key" -pubout -out "${PKI_DIR}/sa.pub" 2>/dev/null
@@ -362,6 +367,10 @@ start_apiserver() {
     --service-account-signing-key-file="${PKI_DIR}/sa.key" \
     --service-cluster-ip-range="${SERVICE_CIDR}" \
     --authorization-mode=Node,RBAC \
+    --kubelet-client-certificate="${PKI_DIR}/kubelet-client.crt" \
+    --kubelet-client-key="${PKI_DIR}/kubelet-client.key" \
+    --enable-admission-plugins=PodTolerationRestriction \
+    --kubelet-preferred-address-types=InternalIP \
     --endpoint-reconciler-type=none \
     --profiling=false \
     --v=1
@@ -426,7 +435,7 @@ cmd_up() {
     --bind-address=127.0.0.1 \
     --secure-port="${KCM_PORT}" \
     --cert-dir="${STATE_DIR}/kcm-certs" \
-    --controllers=namespace-controller,garbage-collector-controller,serviceaccount-token-controller,serviceaccount-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller \
+    --controllers=namespace-controller,garbage-collector-controller,serviceaccount-token-controller,serviceaccount-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,deployment-controller,replicaset-controller,endpointslice-controller,node-lifecycle-controller \
     --service-account-private-key-file="${PKI_DIR}/sa.key" \
     --root-ca-file="${PKI_DIR}/ca.crt" \
     --use-service-account-credentials=false \
@@ -516,4 +525,7 @@ main() {
   esac
 }
 
-main "$@"
+# hack/node.sh sources this file for its process and certificate helpers.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  main "$@"
+fi
