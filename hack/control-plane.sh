@@ -435,7 +435,7 @@ cmd_up() {
     --bind-address=127.0.0.1 \
     --secure-port="${KCM_PORT}" \
     --cert-dir="${STATE_DIR}/kcm-certs" \
-    --controllers=namespace-controller,garbage-collector-controller,serviceaccount-token-controller,serviceaccount-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,deployment-controller,replicaset-controller,endpointslice-controller,node-lifecycle-controller \
+    --controllers=namespace-controller,garbage-collector-controller,serviceaccount-token-controller,serviceaccount-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,deployment-controller,replicaset-controller,endpointslice-controller,node-lifecycle-controller,pod-garbage-collector-controller \
     --service-account-private-key-file="${PKI_DIR}/sa.key" \
     --root-ca-file="${PKI_DIR}/ca.crt" \
     --use-service-account-credentials=false \

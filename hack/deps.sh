@@ -50,19 +50,21 @@ if [ ! -s "$tls_dir/client.pem" ]; then
   )
 fi
 conf=/etc/rabbitmq/rabbitmq.conf
-tls_conf="listeners.ssl.default = 127.0.0.1:5671
+# Loopback only: the node's pods reach the broker through hack/node.sh's relay.
+tls_conf="listeners.tcp.default = 127.0.0.1:5672
+listeners.ssl.default = 127.0.0.1:5671
 ssl_options.cacertfile = /etc/rabbitmq/tls/ca.pem
 ssl_options.certfile = /etc/rabbitmq/tls/server.pem
 ssl_options.keyfile = /etc/rabbitmq/tls/server.key
 ssl_options.verify = verify_peer
 ssl_options.fail_if_no_peer_cert = false"
 restart_broker=0
-if ! cmp -s "$tls_dir/server.pem" /etc/rabbitmq/tls/server.pem 2>/dev/null || ! grep -q "listeners.ssl.default" "$conf" 2>/dev/null; then
+if ! cmp -s "$tls_dir/server.pem" /etc/rabbitmq/tls/server.pem 2>/dev/null || ! grep -q "listeners.tcp.default = 127.0.0.1:5672" "$conf" 2>/dev/null; then
   mkdir -p /etc/rabbitmq/tls
   cp "$tls_dir/ca.pem" "$tls_dir/server.pem" "$tls_dir/server.key" /etc/rabbitmq/tls/
   chown -R rabbitmq:rabbitmq /etc/rabbitmq/tls 2>/dev/null || true
   chmod 0600 /etc/rabbitmq/tls/server.key
-  { grep -v '^listeners.ssl\|^ssl_options' "$conf" 2>/dev/null || true; printf '%s\n' "$tls_conf"; } > "$conf.new"
+  { grep -v '^listeners.ssl\|^listeners.tcp\|^ssl_options' "$conf" 2>/dev/null || true; printf '%s\n' "$tls_conf"; } > "$conf.new"
   mv "$conf.new" "$conf"
   restart_broker=1
 fi

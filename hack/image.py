@@ -6,9 +6,11 @@ Each image is one layer, written reproducibly (files sorted, owner 0:0, time
 
     hack/image.py insights-remote BINARY OUT.tar   the product (see below)
     hack/image.py pause PAUSE_BINARY OUT.tar       the node's sandbox image
-    hack/image.py tools OUT.tar                    busybox + kubectl, for the
-                                                   workload, build and
-                                                   scanner stand-ins
+    hack/image.py tools OUT.tar                    busybox + kubectl + the
+                                                   scripts in hack/node/ (the
+                                                   workload, build and scanner
+                                                   stand-ins); also writes
+                                                   scanner.tar beside it
     hack/image.py inspect ARCHIVE.tar              prints the image config
 
 The product image is what the Dockerfile describes for builders with a
@@ -29,6 +31,8 @@ import tarfile
 PRODUCT_NAME = "localhost/insights-remote:dev"
 PAUSE_NAME = "localhost/insights-remote/pause:1"
 TOOLS_NAME = "localhost/insights-remote/tools:1"
+SCANNER_NAME = "localhost/insights-remote/scanner:1"
+HERE = os.path.dirname(os.path.abspath(__file__))
 NONROOT = "65532:65532"
 PASSWD = b"root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n"
 GROUP = b"root:x:0:\nnonroot:x:65532:\n"
@@ -166,9 +170,13 @@ def tools(out):
         sys.exit("image.py: tools needs a static /bin/busybox and KUBECTL (static)")
     layer = Layer()
     layer.file("/bin/busybox", read(busybox), 0o555)
-    for applet in ("sh", "wget", "cat", "base64", "gzip", "echo", "sleep", "printf", "env", "date", "tr", "seq", "test"):
+    for applet in ("sh", "wget", "cat", "gzip", "echo", "sleep", "env", "tr", "sed", "test", "id"):
         layer.symlink(f"/bin/{applet}", "busybox")
     layer.file("/bin/kubectl", read(kubectl), 0o555)
+    for script in ("lagoon-build", "insights-scanner", "post-insights"):
+        layer.file(f"/usr/local/bin/{script}", read(os.path.join(HERE, "node", script)), 0o555)
+    for fixture in ("sbom.cyclonedx.json", "image-inspect.json"):
+        layer.file(f"/fixtures/{fixture}", read(os.path.join(HERE, "..", "tests", "fixtures", fixture)))
     layer.file("/etc/passwd", PASSWD)
     layer.file("/etc/group", GROUP)
     layer.dir("/tmp", 0o1777)
@@ -176,7 +184,14 @@ def tools(out):
         out,
         TOOLS_NAME,
         layer,
-        {"User": NONROOT, "Env": ["PATH=/bin", "HOME=/tmp"], "Entrypoint": ["/bin/sh"]},
+        {"User": NONROOT, "Env": ["PATH=/usr/local/bin:/bin", "HOME=/tmp"], "Entrypoint": ["/bin/sh"]},
+    )
+    # The scanner stand-in: the same layer, started as the scanner.
+    write_archive(
+        out.replace("tools", "scanner"),
+        SCANNER_NAME,
+        layer,
+        {"User": NONROOT, "Env": ["PATH=/usr/local/bin:/bin", "HOME=/tmp"], "Entrypoint": ["/usr/local/bin/insights-scanner"]},
     )
 
 

@@ -115,8 +115,12 @@ build_base_images() {
     gcc -static -Os -s -o "${IMAGE_DIR}/pause" "${NODE_SCRIPT_DIR}/node/pause.c"
     python3 "${NODE_SCRIPT_DIR}/image.py" pause "${IMAGE_DIR}/pause" "${IMAGE_DIR}/pause.tar" >&2
   fi
-  if [[ ! -s "${IMAGE_DIR}/tools.tar" ]]; then
+  # The tools image carries hack/node's scripts: rebuilt when they change.
+  local sum
+  sum="$(cat "${NODE_SCRIPT_DIR}/image.py" "${NODE_SCRIPT_DIR}"/node/* | sha256sum | cut -c1-16)"
+  if [[ ! -s "${IMAGE_DIR}/tools.tar" || "$(cat "${IMAGE_DIR}/tools.sum" 2>/dev/null)" != "${sum}" ]]; then
     KUBECTL="${BIN_DIR}/kubectl" python3 "${NODE_SCRIPT_DIR}/image.py" tools "${IMAGE_DIR}/tools.tar" >&2
+    echo "${sum}" >"${IMAGE_DIR}/tools.sum"
   fi
 }
 
@@ -401,6 +405,7 @@ cmd_node_up() {
   build_base_images
   import_image "${IMAGE_DIR}/pause.tar" localhost/insights-remote/pause:1
   import_image "${IMAGE_DIR}/tools.tar" localhost/insights-remote/tools:1
+  import_image "${IMAGE_DIR}/scanner.tar" localhost/insights-remote/scanner:1
 
   start socat-apiserver "TCP-LISTEN:${API_PORT},bind=${NODE_IP},fork,reuseaddr" "TCP:127.0.0.1:${API_PORT}"
   wait_for socat-apiserver apiserver_relay_ready
@@ -473,6 +478,7 @@ INSIGHTS_NODE_BROKER=${NODE_IP}:${BROKER_PORT}
 INSIGHTS_NODE_TOLERATION=${TOLERATION}
 INSIGHTS_NODE_PRODUCT_IMAGE=${PRODUCT_IMAGE}
 INSIGHTS_NODE_TOOLS_IMAGE=localhost/insights-remote/tools:1
+INSIGHTS_NODE_SCANNER_IMAGE=localhost/insights-remote/scanner:1
 INSIGHTS_NODE_IMAGES=${IMAGE_DIR}
 INSIGHTS_NODE_LOGS=${LOG_DIR}
 EOF

@@ -465,6 +465,16 @@ pub struct UpstreamArgs {
     /// too (Pod Security Standard "restricted"). Unset: the image's user.
     #[arg(long = "build-scanner-run-as-user", env = "BUILD_SCANNER_RUN_AS_USER")]
     pub build_scanner_run_as_user: Option<i64>,
+    /// When the node fetches the scanner image: upstream's `Always` (a
+    /// moving tag is re-read each build), or `IfNotPresent`/`Never` for
+    /// nodes without a registry (images imported beforehand).
+    #[arg(
+        long = "build-scanner-image-pull-policy",
+        env = "BUILD_SCANNER_IMAGE_PULL_POLICY",
+        default_value = "Always",
+        value_parser = ["Always", "IfNotPresent", "Never"]
+    )]
+    pub build_scanner_image_pull_policy: String,
     /// KEY=VALUE for the scanner pod, repeatable (keys checked at start-up).
     #[arg(long = "build-scanner-extra-env", value_parser = parse_env_pair)]
     pub build_scanner_extra_env: Vec<(String, String)>,
@@ -668,6 +678,7 @@ impl RunArgs {
                 image: self.upstream.build_scanner_image.clone(),
                 extra_env: self.build_scanner_extra_env()?,
                 run_as_user: self.upstream.build_scanner_run_as_user,
+                pull_policy: self.upstream.build_scanner_image_pull_policy.clone(),
             },
         })
     }

@@ -24,6 +24,7 @@ fn scanner_ops(extra: &[(&str, &str)]) -> insights_remote::settings::Operations 
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         run_as_user: None,
+        pull_policy: "Always".into(),
     };
     ops
 }

@@ -62,6 +62,8 @@ pub struct ScannerSettings {
     /// (the Pod Security Standard "restricted"). Unset: the image's user
     /// (the published scanner image's is not documented).
     pub run_as_user: Option<i64>,
+    /// The container's imagePullPolicy (default `Always`, as upstream).
+    pub pull_policy: String,
 }
 
 impl Default for ScannerSettings {
@@ -71,6 +73,7 @@ impl Default for ScannerSettings {
             image: DEFAULT_SCANNER_IMAGE.into(),
             extra_env: Vec::new(),
             run_as_user: None,
+            pull_policy: "Always".into(),
         }
     }
 }
@@ -184,7 +187,7 @@ pub fn scanner_pod(build: &Pod, images: &[String], s: &ScannerSettings) -> Pod {
             containers: vec![Container {
                 name: "scanner".into(),
                 image: Some(s.image.clone()),
-                image_pull_policy: Some("Always".into()),
+                image_pull_policy: Some(s.pull_policy.clone()),
                 // Sorted by name: the spec is the same however it was built.
                 env: Some(env.into_values().collect()),
                 volume_mounts: Some(vec![VolumeMount {
@@ -571,6 +574,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             run_as_user: None,
+            pull_policy: "Always".into(),
         }
     }
 

@@ -141,6 +141,7 @@ pub fn operations(
                 .unwrap_or_else(|| base.build_scanner.image.clone()),
             extra_env,
             run_as_user: base.build_scanner.run_as_user,
+            pull_policy: base.build_scanner.pull_policy.clone(),
         },
     })
 }
