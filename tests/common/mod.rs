@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod consumer;
+pub mod node;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
