@@ -14,19 +14,27 @@ bash hack/lagoon-core.sh >/dev/null
 bash ../shared/dependency-track/run.sh >/dev/null
 # Helm, built from the Go module proxy once, for tests/chart.rs.
 bash hack/helm.sh >/dev/null
+# A real node (kubelet, containerd, kube-proxy, kube-scheduler) beside the
+# control plane, and the product's image built from this tree and imported
+# into it, for tests/node.rs and tests/image.rs (hack/node.sh).
+bash hack/node.sh up
+bash hack/node.sh product-image
 # A running demo (bash hack/demo.sh) shares the control plane and RabbitMQ
 # but nothing else: its operator watches only its own namespace, and the
 # tests use their own namespaces, exchanges and queues. Then the control
 # plane stays up at the end, so the demo keeps running.
-demo_pid=${INSIGHTS_DEMO_STATE:-$HOME/.cache/insights-remote/demo}/operator.pid
+demo_on=${INSIGHTS_DEMO_STATE:-$HOME/.cache/insights-remote/demo}/running
 keep_control_plane=
-if [ -f "$demo_pid" ] && kill -0 "$(cat "$demo_pid")" 2>/dev/null; then
+if [ -f "$demo_on" ]; then
   keep_control_plane=1
-  echo "test.sh: the demo's operator is running (pid $(cat "$demo_pid")); the tests run beside it and leave the control plane up"
+  echo "test.sh: the demo is running; the tests run beside it and leave the control plane and the node up"
 fi
 stop_all() {
   bash hack/broker-clean.sh >/dev/null 2>&1 || true
-  [ -n "$keep_control_plane" ] || bash hack/control-plane.sh down >/dev/null 2>&1 || true
+  if [ -z "$keep_control_plane" ]; then
+    bash hack/node.sh down >/dev/null 2>&1 || true
+    bash hack/control-plane.sh down >/dev/null 2>&1 || true
+  fi
   bash ../shared/dependency-track/stop.sh >/dev/null 2>&1 || true
 }
 trap stop_all EXIT

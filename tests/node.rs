@@ -77,7 +77,9 @@ fn count(messages: &[serde_json::Value], kind: &str) -> usize {
 #[tokio::test]
 async fn the_chart_runs_on_the_node_and_pods_post_build_and_scan() {
     let client = client().await;
-    tokio::task::spawn_blocking(common::node::node).await.unwrap();
+    tokio::task::spawn_blocking(common::node::node)
+        .await
+        .unwrap();
     let env_id = (700_000 + rand_id()).to_string();
     let env = environment(&client, &env_id).await;
     let release = Release::install(
@@ -98,7 +100,9 @@ async fn the_chart_runs_on_the_node_and_pods_post_build_and_scan() {
     let pods = release.pods().await;
     let operator = pods
         .iter()
-        .find(|p| p.labels().get("app.kubernetes.io/name").map(String::as_str) == Some("insights-remote"))
+        .find(|p| {
+            p.labels().get("app.kubernetes.io/name").map(String::as_str) == Some("insights-remote")
+        })
         .expect("the chart's pod");
     let status = operator.status.as_ref().unwrap();
     assert_eq!(status.phase.as_deref(), Some("Running"));
@@ -109,7 +113,14 @@ async fn the_chart_runs_on_the_node_and_pods_post_build_and_scan() {
     let sc = c.security_context.as_ref().unwrap();
     assert_eq!(sc.read_only_root_filesystem, Some(true));
     assert_eq!(
-        operator.spec.as_ref().unwrap().security_context.as_ref().unwrap().run_as_non_root,
+        operator
+            .spec
+            .as_ref()
+            .unwrap()
+            .security_context
+            .as_ref()
+            .unwrap()
+            .run_as_non_root,
         Some(true)
     );
     assert_eq!(c.image.as_deref(), Some("localhost/insights-remote:dev"));
@@ -117,9 +128,18 @@ async fn the_chart_runs_on_the_node_and_pods_post_build_and_scan() {
     // In-cluster configuration at work: the environment's token Secret is
     // minted by the pod (it has no kubeconfig).
     let secrets = Api::<Secret>::namespaced(client.clone(), &env.name);
-    wait_for("the insights-token Secret", Duration::from_secs(60), || async {
-        secrets.get_opt("insights-token").await.ok().flatten().map(|_| ())
-    })
+    wait_for(
+        "the insights-token Secret",
+        Duration::from_secs(60),
+        || async {
+            secrets
+                .get_opt("insights-token")
+                .await
+                .ok()
+                .flatten()
+                .map(|_| ())
+        },
+    )
     .await;
 
     // A workload posts facts and a problem with its mounted token, through
@@ -133,7 +153,10 @@ async fn the_chart_runs_on_the_node_and_pods_post_build_and_scan() {
     .await;
     assert_eq!(phase, "Succeeded", "the workload's posts: {log}");
     assert!(log.contains("POST /facts: {\"message\":\"okay\"}"), "{log}");
-    assert!(log.contains("POST /problems: {\"message\":\"okay\"}"), "{log}");
+    assert!(
+        log.contains("POST /problems: {\"message\":\"okay\"}"),
+        "{log}"
+    );
 
     // A build pod writes the SBOM and image ConfigMaps and succeeds; the
     // operator starts the scanner, which really runs and writes its SBOM.
@@ -142,23 +165,40 @@ async fn the_chart_runs_on_the_node_and_pods_post_build_and_scan() {
         build_name,
         "lagoon-build",
         Some("lagoon-deployer"),
-        &[("PROJECT", "demo-project"), ("ENVIRONMENT", "main"), ("SERVICE", "cli"), ("LAGOON_BUILD_NAME", build_name)],
+        &[
+            ("PROJECT", "demo-project"),
+            ("ENVIRONMENT", "main"),
+            ("SERVICE", "cli"),
+            ("LAGOON_BUILD_NAME", build_name),
+        ],
     );
-    build["metadata"]["labels"] = json!({"lagoon.sh/buildName": build_name, "lagoon.sh/jobType": "build"});
+    build["metadata"]["labels"] =
+        json!({"lagoon.sh/buildName": build_name, "lagoon.sh/jobType": "build"});
     let (phase, log) = run_pod(&client, &env.name, build).await;
     assert_eq!(phase, "Succeeded", "the build pod: {log}");
     let pods = Api::<Pod>::namespaced(client.clone(), &env.name);
     let scanner = format!("insights-scanner-{build_name}");
-    let scan_log = wait_for("the scanner pod to succeed", Duration::from_secs(90), || async {
-        let p = pods.get_opt(&scanner).await.ok().flatten()?;
-        match p.status?.phase?.as_str() {
-            "Succeeded" => Some(pods.logs(&scanner, &Default::default()).await.unwrap_or_default()),
-            "Failed" => panic!("the scanner pod failed"),
-            _ => None,
-        }
-    })
+    let scan_log = wait_for(
+        "the scanner pod to succeed",
+        Duration::from_secs(90),
+        || async {
+            let p = pods.get_opt(&scanner).await.ok().flatten()?;
+            match p.status?.phase?.as_str() {
+                "Succeeded" => Some(
+                    pods.logs(&scanner, &Default::default())
+                        .await
+                        .unwrap_or_default(),
+                ),
+                "Failed" => panic!("the scanner pod failed"),
+                _ => None,
+            }
+        },
+    )
     .await;
-    assert!(scan_log.contains("scanned localhost/insights-remote/tools:1"), "{scan_log}");
+    assert!(
+        scan_log.contains("scanned localhost/insights-remote/tools:1"),
+        "{scan_log}"
+    );
 
     // Everything in the broker: 2 posts, the build's SBOM and image, the
     // scanner's SBOM; each ConfigMap burnt after reading.
@@ -171,13 +211,17 @@ async fn the_chart_runs_on_the_node_and_pods_post_build_and_scan() {
     let facts = got.iter().find(|m| m["type"] == "direct.facts").unwrap();
     assert_eq!(facts["environment"], json!(env_id.parse::<i64>().unwrap()));
     let cms = Api::<ConfigMap>::namespaced(client.clone(), &env.name);
-    wait_for("every insights ConfigMap burnt", Duration::from_secs(30), || async {
-        let left = cms
-            .list(&kube::api::ListParams::default().labels("lagoon.sh/insightsType"))
-            .await
-            .ok()?;
-        left.items.is_empty().then_some(())
-    })
+    wait_for(
+        "every insights ConfigMap burnt",
+        Duration::from_secs(30),
+        || async {
+            let left = cms
+                .list(&kube::api::ListParams::default().labels("lagoon.sh/insightsType"))
+                .await
+                .ok()?;
+            left.items.is_empty().then_some(())
+        },
+    )
     .await;
 
     release.uninstall().await;

@@ -27,16 +27,22 @@ pub fn node() -> &'static HashMap<String, String> {
     static NODE: OnceLock<HashMap<String, String>> = OnceLock::new();
     NODE.get_or_init(|| {
         let script = root().join("hack/node.sh");
-        run_ok("hack/node.sh up", Command::new("bash").arg(&script).arg("up"));
+        run_ok(
+            "hack/node.sh up",
+            Command::new("bash").arg(&script).arg("up"),
+        );
         run_ok(
             "hack/node.sh product-image",
             Command::new("bash").arg(&script).arg("product-image"),
         );
-        run_ok("hack/node.sh env", Command::new("bash").arg(&script).arg("env"))
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        run_ok(
+            "hack/node.sh env",
+            Command::new("bash").arg(&script).arg("env"),
+        )
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
     })
 }
 
@@ -193,14 +199,22 @@ pub async fn run_pod(client: &Client, ns: &str, pod: serde_json::Value) -> (Stri
         },
     )
     .await;
-    let log = pods.logs(&name, &LogParams::default()).await.unwrap_or_default();
+    let log = pods
+        .logs(&name, &LogParams::default())
+        .await
+        .unwrap_or_default();
     (phase, log)
 }
 
 /// A pod of the node's tools image running `command` (a script of
 /// hack/node/), with `env`, the ServiceAccount `sa` (if any) and the
 /// environment's insights-token Secret mounted where Lagoon mounts it.
-pub fn tools_pod(name: &str, command: &str, sa: Option<&str>, env: &[(&str, &str)]) -> serde_json::Value {
+pub fn tools_pod(
+    name: &str,
+    command: &str,
+    sa: Option<&str>,
+    env: &[(&str, &str)],
+) -> serde_json::Value {
     let env: Vec<serde_json::Value> = env
         .iter()
         .map(|(k, v)| serde_json::json!({"name": k, "value": v}))
