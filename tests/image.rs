@@ -17,8 +17,8 @@ fn dockerfile(instruction: &str) -> String {
     let final_stage = text.rsplit("\nFROM ").next().unwrap();
     final_stage
         .lines()
-        .filter_map(|l| l.strip_prefix(&format!("{instruction} ")))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix(&format!("{instruction} ")))
         .unwrap_or_else(|| panic!("the Dockerfile's final stage has no {instruction}"))
         .trim()
         .to_string()
