@@ -35,6 +35,7 @@ pub struct App {
     pub ingestion_addr: Option<SocketAddr>,
     parts: Vec<Part>,
     stop: watch::Sender<bool>,
+    shutdown_delay: std::time::Duration,
 }
 
 /// A supervised part: any end before shutdown is a failure.
@@ -195,6 +196,7 @@ impl App {
             ingestion_addr,
             parts,
             stop,
+            shutdown_delay: args.shutdown_delay,
         })
     }
 
@@ -225,6 +227,17 @@ impl App {
         };
         if let Some(e) = &failed {
             tracing::error!(error = %e, "shutting down");
+        } else if !self.shutdown_delay.is_zero() {
+            // Out of the Service first, then stop: requests routed here
+            // until the endpoint is gone are still answered. Leadership
+            // needs no such delay: the reconcilers stop and the Lease is
+            // released now, so another replica takes over at once.
+            self.state
+                .draining
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = self.stop.send(true);
+            info!(delay = ?self.shutdown_delay, "stopping: reconcilers stopped, /readyz answers 503, serving until the delay ends");
+            tokio::time::sleep(self.shutdown_delay).await;
         }
         info!("shutting down: finishing in-flight requests and reconciles");
         let _ = self.stop.send(true);

@@ -338,6 +338,12 @@ pub struct RunArgs {
     /// How long a Lease stays valid without renewal: the longest handover after a leader dies.
     #[arg(long = "leader-election-lease-duration", env = "LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub leader_election_lease_duration: Duration,
+    /// After SIGTERM, how long to keep serving while /readyz answers 503,
+    /// so that Services stop sending before the listeners close (a rolling
+    /// upgrade loses no request). Default 0s (stop at once, as upstream);
+    /// the chart sets 5s.
+    #[arg(long = "shutdown-delay", env = "SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
     #[arg(long = "health-probe-bind-address", env = "HEALTH_PROBE_BIND_ADDRESS", default_value = ":8081", value_parser = parse_bind)]
     pub health_probe_bind_address: SocketAddr,
     /// Prometheus metrics; `0` (the default, as upstream) turns them off.

@@ -355,7 +355,12 @@ async fn reconcile(
                     .with_identity(&lease.identity)
                     .with_duration(lease.duration_secs)
                     .with_grace(lease.grace_secs)
-                    .with_field_manager("insights-remote-lease")
+                    // One field manager per replica: a server-side apply
+                    // of the holder by another manager conflicts, which is
+                    // what keeps two replicas from taking an expired or
+                    // released Lease at once (with one shared manager both
+                    // succeeded, and both led).
+                    .with_field_manager(format!("insights-remote-lease-{}", lease.identity))
                     .build()
                     .await
                     .map_err(|e| Error::Invalid(format!("leader election: {e}")))?;

@@ -66,6 +66,9 @@ pub struct ApiState {
     /// The environments that may post now; None where no cluster is
     /// watched (then a good signature is enough).
     pub tenants: Option<Arc<crate::tenants::Tenants>>,
+    /// Set at SIGTERM while the process keeps serving for its shutdown
+    /// delay: /readyz answers 503 so that Services stop sending here.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ApiState {
@@ -85,6 +88,7 @@ impl ApiState {
             limits,
             limiter: RateLimiter::new(rate_limit),
             tenants: None,
+            draining: Arc::default(),
         }
     }
 

@@ -24,13 +24,17 @@ pub(super) async fn healthz() -> HttpResponse {
 /// the body (and in metrics, the custom resource's status and Events).
 #[utoipa::path(get, path = "/readyz", tag = "probes", responses(
     (status = 200, description = "serving; `broker` says whether the broker is connected"),
-    (status = 503, description = "starting: the environments are not listed yet")))]
+    (status = 503, description = "starting (the environments are not listed yet) or stopping (the shutdown delay)")))]
 pub(super) async fn readyz(st: web::Data<ApiState>) -> HttpResponse {
     let broker = match &st.publisher {
         None => "disabled",
         Some(p) if p.is_connected() => "connected",
         Some(_) => "disconnected",
     };
+    if st.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "stopping", "broker": broker}));
+    }
     // Until the environments are listed no token can be checked: keep the
     // replica out of the Service rather than answer 503 to every post.
     if st.tenants.as_ref().is_some_and(|t| !t.ready()) {

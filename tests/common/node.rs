@@ -116,6 +116,9 @@ impl Release {
             {"name": "WATCH_NAMESPACE", "value": env_ns},
             {"name": "RABBITMQ_EXCHANGE", "value": exchange},
             {"name": "RABBITMQ_QUEUE", "value": queue},
+            // Its own InsightsRemoteConfig name (cluster-scoped; none
+            // exists): a running demo's `default` must not steer it.
+            {"name": "INSIGHTS_REMOTE_CONFIG_NAME", "value": name},
         ]);
         let mut args: Vec<String> = vec![
             "install".into(),
