@@ -214,9 +214,10 @@ async fn two_replicas_lose_nothing_when_the_leader_dies_or_both_roll() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let o = outcomes.lock().unwrap();
-    let (ok, failed) = (o.ok, o.failed.clone());
-    drop(o);
+    let (ok, failed) = {
+        let o = outcomes.lock().unwrap();
+        (o.ok, o.failed.clone())
+    };
     let got = drain(&release.queue, ok + created + 1000, Duration::from_secs(20)).await;
     let facts = got.iter().filter(|m| m["type"] == "direct.facts").count();
     let mut per_cm: BTreeMap<String, usize> = BTreeMap::new();
