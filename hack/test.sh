@@ -19,6 +19,8 @@ bash hack/helm.sh >/dev/null
 # into it, for tests/node.rs and tests/image.rs (hack/node.sh).
 bash hack/node.sh up
 bash hack/node.sh product-image
+# promtool and the PromQL name lister, for tests/monitoring.rs.
+bash hack/promtool.sh >/dev/null
 # A running demo (bash hack/demo.sh) shares the control plane and RabbitMQ
 # but nothing else: its operator watches only its own namespace, and the
 # tests use their own namespaces, exchanges and queues. Then the control

@@ -79,7 +79,26 @@ pub struct Metrics {
     pub build_scans: Family<OutcomeLabels, Counter>,
     pub tokens_minted: Counter,
     pub tokens_revoked: Counter,
+    /// 1 while this replica leads (reconciles); 0 while it only serves.
+    pub leader: Gauge,
 }
+
+/// Label values known in advance: their series exist from the start at 0,
+/// so that `rate()` and `increase()` see the first event and alert rules
+/// and dashboards find every metric they name (tests/monitoring.rs).
+const CONTROLLERS: [&str; 3] = ["namespace", "configmap", "build"];
+const ERROR_KINDS: [&str; 6] = [
+    "conflict",
+    "forbidden",
+    "kube",
+    "serialize",
+    "token",
+    "invalid",
+];
+const CONFIGMAP_OUTCOMES: [&str; 5] = ["forwarded", "deferred", "rejected", "burned", "skipped"];
+const PUBLISH_OUTCOMES: [&str; 2] = ["confirmed", "failed"];
+const REQUESTS_REFUSED: [&str; 5] = ["too_large", "busy", "body_timeout", "memory", "expansion"];
+const CONNECTIONS_REFUSED: [&str; 3] = ["max_connections", "max_per_client", "max_per_environment"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -115,8 +134,33 @@ impl Metrics {
             build_scans: Family::default(),
             tokens_minted: Counter::default(),
             tokens_revoked: Counter::default(),
+            leader: Gauge::default(),
             registry: Registry::default(),
         };
+        let outcome = |o: &str| OutcomeLabels { outcome: o.into() };
+        for o in CONFIGMAP_OUTCOMES {
+            m.configmaps.get_or_create(&outcome(o));
+        }
+        for o in PUBLISH_OUTCOMES {
+            m.publishes.get_or_create(&outcome(o));
+        }
+        for o in REQUESTS_REFUSED {
+            m.refused.get_or_create(&outcome(o));
+        }
+        for o in CONNECTIONS_REFUSED {
+            m.http_connections_refused.get_or_create(&outcome(o));
+        }
+        for c in CONTROLLERS {
+            m.reconciliations.get_or_create(&ControllerLabels {
+                controller: c.into(),
+            });
+            for e in ERROR_KINDS {
+                m.reconcile_errors.get_or_create(&ControllerErrorLabels {
+                    controller: c.into(),
+                    error: e.into(),
+                });
+            }
+        }
         registry.register(
             "http_requests",
             "HTTP requests by route and status",
@@ -221,6 +265,11 @@ impl Metrics {
             "tokens_minted",
             "Token Secrets written",
             m.tokens_minted.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica leads (reconciles ConfigMaps, tokens and builds)",
+            m.leader.clone(),
         );
         registry.register(
             "tokens_revoked",

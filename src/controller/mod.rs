@@ -347,7 +347,13 @@ async fn reconcile(
     shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     match &opts.lease {
-        None => lead(ctx.clone(), opts, shutdown.clone()).await?,
+        None => {
+            // Without leader election every replica leads.
+            ctx.metrics.leader.set(1);
+            let r = lead(ctx.clone(), opts, shutdown.clone()).await;
+            ctx.metrics.leader.set(0);
+            r?
+        }
         Some(lease) => {
             let manager =
                 kube_lease_manager::LeaseManagerBuilder::new(ctx.client.clone(), &lease.name)
@@ -373,6 +379,7 @@ async fn reconcile(
                     r = leader.wait_for(|l| *l) => if r.is_err() { break },
                 }
                 info!(identity = %lease.identity, "became the leader: reconciling");
+                ctx.metrics.leader.set(1);
                 let (term_tx, term_rx) = watch::channel(false);
                 let mut term = tokio::spawn({
                     let (ctx, opts) = (ctx.clone(), opts.clone());
@@ -395,6 +402,7 @@ async fn reconcile(
                 };
                 let _ = term_tx.send(true);
                 let _ = term.await;
+                ctx.metrics.leader.set(0);
                 if !stepped_down {
                     break;
                 }
