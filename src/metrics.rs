@@ -139,23 +139,23 @@ impl Metrics {
         };
         let outcome = |o: &str| OutcomeLabels { outcome: o.into() };
         for o in CONFIGMAP_OUTCOMES {
-            m.configmaps.get_or_create(&outcome(o));
+            let _ = m.configmaps.get_or_create(&outcome(o));
         }
         for o in PUBLISH_OUTCOMES {
-            m.publishes.get_or_create(&outcome(o));
+            let _ = m.publishes.get_or_create(&outcome(o));
         }
         for o in REQUESTS_REFUSED {
-            m.refused.get_or_create(&outcome(o));
+            let _ = m.refused.get_or_create(&outcome(o));
         }
         for o in CONNECTIONS_REFUSED {
-            m.http_connections_refused.get_or_create(&outcome(o));
+            let _ = m.http_connections_refused.get_or_create(&outcome(o));
         }
         for c in CONTROLLERS {
-            m.reconciliations.get_or_create(&ControllerLabels {
+            let _ = m.reconciliations.get_or_create(&ControllerLabels {
                 controller: c.into(),
             });
             for e in ERROR_KINDS {
-                m.reconcile_errors.get_or_create(&ControllerErrorLabels {
+                let _ = m.reconcile_errors.get_or_create(&ControllerErrorLabels {
                     controller: c.into(),
                     error: e.into(),
                 });
