@@ -256,3 +256,86 @@ async fn two_replicas_lose_nothing_when_the_leader_dies_or_both_roll() {
     release.uninstall().await;
     env.cleanup().await;
 }
+
+/// The pod under the earlier benchmark's hostile load (32 clients posting
+/// 1 MiB bodies, bench/hostile.py) at the chart's memory limit: it is never
+/// OOMKilled or restarted; its cgroup's peak memory is printed.
+#[tokio::test]
+async fn the_pod_stays_under_its_memory_limit_under_hostile_load() {
+    let client = client().await;
+    tokio::task::spawn_blocking(common::node::node)
+        .await
+        .unwrap();
+    let env_id = (600_000 + uuid::Uuid::new_v4().as_u128() as u32 % 100_000).to_string();
+    let env = TestNamespace::with_labels(&client, "hm", lagoon_labels(&env_id)).await;
+    tolerate_node(&client, &env.name).await;
+    let release = Release::install(&client, &env.name, &[]).await;
+    let pod = release.pods().await.pop().unwrap();
+    let ip = pod.status.as_ref().unwrap().pod_ip.clone().unwrap();
+    let limit = pod.spec.as_ref().unwrap().containers[0]
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("memory"))
+        .map(|q| q.0.clone())
+        .expect("the chart sets a memory limit");
+    let secrets = Api::<Secret>::namespaced(client.clone(), &env.name);
+    let token = wait_for(
+        "the insights-token Secret",
+        Duration::from_secs(60),
+        || async {
+            let s = secrets.get_opt("insights-token").await.ok()??;
+            String::from_utf8(s.data?.get("INSIGHTS_TOKEN")?.0.clone()).ok()
+        },
+    )
+    .await;
+
+    let out = tokio::task::spawn_blocking(move || {
+        common::run_ok(
+            "bench/hostile.py",
+            std::process::Command::new("python3")
+                .arg(common::node::root().join("bench/hostile.py"))
+                .args(["8888", &token, &token, "32", "20", "full"])
+                .env("HOST", &ip),
+        )
+    })
+    .await
+    .unwrap();
+    let load: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+
+    let pods = Api::<Pod>::namespaced(client.clone(), &release.ns.name);
+    let now = pods.get(&pod.name_any()).await.unwrap();
+    let status = now.status.unwrap();
+    let cs = &status.container_statuses.unwrap()[0];
+    assert_eq!(cs.restart_count, 0, "restarted: {:?}", cs.last_state);
+    assert!(
+        cs.state.as_ref().unwrap().running.is_some(),
+        "{:?}",
+        cs.state
+    );
+    let id = cs
+        .container_id
+        .as_ref()
+        .unwrap()
+        .trim_start_matches("containerd://")
+        .to_string();
+    let uid = now.metadata.uid.unwrap();
+    let cgroup =
+        format!("/sys/fs/cgroup/memory/kubepods/burstable/pod{uid}/{id}/memory.max_usage_in_bytes");
+    let peak: u64 = std::fs::read_to_string(&cgroup)
+        .unwrap_or_else(|e| panic!("{cgroup}: {e}"))
+        .trim()
+        .parse()
+        .unwrap();
+    let accepted = load["hostile"]["200"].as_u64().unwrap_or(0);
+    println!(
+        "nodehostile: peak_mib={:.1} limit={limit} hostile={} tenant={} restarts=0",
+        peak as f64 / 1048576.0,
+        load["hostile"],
+        load["tenant"],
+    );
+    assert!(accepted > 0, "the hostile load reached the pod: {load}");
+
+    release.uninstall().await;
+    env.cleanup().await;
+}
