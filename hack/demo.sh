@@ -69,8 +69,8 @@ for _ in $(seq 1 120); do
 done
 k -n demo-project-main get cm -L lagoon.sh/insightsType,lagoon.sh/insightsProcessed
 
-step "a workload pod posts a fact and a problem with its mounted token, through the Service"
-url="http://$(k -n lagoon get svc lagoon-remote-insights-remote -o jsonpath='{.spec.clusterIP}')"
+step "a workload pod posts a fact and a problem with its mounted token, to the Service by name"
+url="http://lagoon-remote-insights-remote.lagoon.svc" # cluster DNS (CoreDNS on the node)
 k -n demo-project-main delete pod workload --ignore-not-found >/dev/null
 k -n demo-project-main apply -f - >/dev/null <<YAML
 apiVersion: v1

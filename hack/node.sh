@@ -36,8 +36,9 @@ BROKER_PORT="${INSIGHTS_NODE_BROKER_PORT:-5672}"
 NODE_DIR="${STATE_DIR}/node"
 CTR_SOCK="${NODE_DIR}/containerd/containerd.sock"
 IMAGE_DIR="${CACHE_DIR}/images"
-NODE_COMPONENTS=(containerd socat-apiserver socat-broker kube-scheduler kubelet kube-proxy)
-NODE_BINARIES=(kubelet kube-proxy kube-scheduler)
+NODE_COMPONENTS=(containerd socat-apiserver socat-broker kube-scheduler coredns kubelet kube-proxy)
+NODE_BINARIES=(kubelet kube-proxy kube-scheduler coredns)
+COREDNS_VERSION=v1.15.0
 PACKAGES=(containerd runc containernetworking-plugins iptables busybox-static conntrack socat musl-tools)
 PRODUCT_IMAGE=localhost/insights-remote:dev
 MUSL_TARGET=x86_64-unknown-linux-musl
@@ -95,6 +96,12 @@ cmd_node_build() {
     export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-p=${INSIGHTS_CP_BUILD_JOBS:-2} -trimpath -buildvcs=false -mod=readonly"
     "${go_bin}" build -ldflags="${ldflags[*]}" -o "${tmp}/" \
       k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kube-scheduler
+  )
+  # Cluster DNS: CoreDNS from the Go module proxy (its own module).
+  (
+    cd "${tmp}"
+    CGO_ENABLED=0 GOTOOLCHAIN=local GOBIN="${tmp}" GOFLAGS="-trimpath -buildvcs=false" \
+      "${go_bin}" install -ldflags "-s -w" "github.com/coredns/coredns@${COREDNS_VERSION}"
   )
   local b
   for b in "${NODE_BINARIES[@]}"; do
@@ -199,6 +206,27 @@ write_configs() {
   node_kubeconfig kubelet "/O=system:nodes/CN=system:node:${NODE_NAME}"
   node_kubeconfig kube-proxy "/CN=system:kube-proxy"
   node_kubeconfig kube-scheduler "/CN=system:kube-scheduler"
+  node_kubeconfig coredns "/CN=insights-node:coredns"
+
+  # Cluster DNS on the node IP: cluster.local from the API server, every
+  # other name NXDOMAIN (nothing is forwarded past this machine).
+  cat >"${NODE_DIR}/Corefile" <<EOF
+cluster.local:53 in-addr.arpa:53 {
+    bind ${NODE_IP}
+    errors
+    ready 127.0.0.1:18181
+    kubernetes cluster.local in-addr.arpa {
+        kubeconfig ${NODE_DIR}/coredns.kubeconfig insights-remote
+    }
+}
+.:53 {
+    bind ${NODE_IP}
+    errors
+    template ANY ANY {
+        rcode NXDOMAIN
+    }
+}
+EOF
 
   cat >"${NODE_DIR}/containerd/config.toml" <<EOF
 version = 2
@@ -273,6 +301,7 @@ failCgroupV1: false
 failSwapOn: false
 containerRuntimeEndpoint: unix://${CTR_SOCK}
 clusterDomain: cluster.local
+clusterDNS: ["${NODE_IP}"]
 resolvConf: ${NODE_DIR}/resolv.conf
 registerWithTaints:
   - { key: ${TAINT_KEY}, effect: NoSchedule }
@@ -329,6 +358,7 @@ apiserver_relay_ready() { relay_ready "${API_PORT}"; }
 broker_relay_ready() { relay_ready "${BROKER_PORT}"; }
 scheduler_healthy() { [[ "$(curl -ksS --max-time 2 https://127.0.0.1:10359/healthz 2>/dev/null || true)" == "ok" ]]; }
 kubelet_healthy() { [[ "$(curl -sS --max-time 2 http://127.0.0.1:10248/healthz 2>/dev/null || true)" == "ok" ]]; }
+coredns_ready() { curl -fsS --max-time 2 http://127.0.0.1:18181/ready >/dev/null 2>&1; }
 proxy_healthy() { curl -sS --max-time 2 http://127.0.0.1:10256/healthz >/dev/null 2>&1; }
 node_ready() {
   [[ "$("${BIN_DIR}/kubectl" --kubeconfig "${KUBECONFIG_PATH}" get node "${NODE_NAME}" \
@@ -422,6 +452,24 @@ cmd_node_up() {
     --cert-dir="${NODE_DIR}/scheduler-certs" \
     --leader-elect=false --profiling=false --v=1
   wait_for kube-scheduler scheduler_healthy
+
+  # What CoreDNS reads, and nothing more.
+  "${BIN_DIR}/kubectl" --kubeconfig "${KUBECONFIG_PATH}" apply -f - >/dev/null <<EOF
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: { name: "insights-node:coredns" }
+rules:
+  - { apiGroups: [""], resources: [services, namespaces], verbs: [list, watch] }
+  - { apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [list, watch] }
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: { name: "insights-node:coredns" }
+roleRef: { apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "insights-node:coredns" }
+subjects: [{ apiGroup: rbac.authorization.k8s.io, kind: User, name: "insights-node:coredns" }]
+EOF
+  start coredns -conf "${NODE_DIR}/Corefile"
+  wait_for coredns coredns_ready
 
   start kubelet \
     --config="${NODE_DIR}/kubelet.yaml" \

@@ -1,8 +1,8 @@
 //! End to end on a real node (hack/node.sh): the product's image, installed
 //! by `helm install` with lagoon-remote's values, runs as the chart says
 //! (non-root, read-only root filesystem, in-cluster configuration, kubelet
-//! probes); a workload pod posts with its mounted token through the
-//! Service; a build pod writes insights ConfigMaps and the scanner pod the
+//! probes); a workload pod posts with its mounted token to the
+//! Service by its cluster DNS name; a build pod writes insights ConfigMaps and the scanner pod the
 //! operator starts really runs; everything arrives in the broker.
 mod common;
 
@@ -142,9 +142,9 @@ async fn the_chart_runs_on_the_node_and_pods_post_build_and_scan() {
     )
     .await;
 
-    // A workload posts facts and a problem with its mounted token, through
-    // the Service's address.
-    let url = release.service_url().await;
+    // A workload posts facts and a problem with its mounted token, to the
+    // Service by its cluster DNS name, as Lagoon's clients do.
+    let url = release.service_dns_url();
     let (phase, log) = run_pod(
         &client,
         &env.name,

@@ -163,6 +163,12 @@ impl Release {
         format!("http://{ip}:80")
     }
 
+    /// The chart's Service by its cluster DNS name, as Lagoon's clients
+    /// reach it (CoreDNS on the node).
+    pub fn service_dns_url(&self) -> String {
+        format!("http://lagoon-remote-insights-remote.{}.svc", self.ns.name)
+    }
+
     pub async fn pods(&self) -> Vec<Pod> {
         Api::<Pod>::namespaced(self.client.clone(), &self.ns.name)
             .list(&Default::default())
