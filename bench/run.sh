@@ -481,7 +481,26 @@ PY
   echo "Dependency-Track projects of this run deleted ($(($(date +%s) - t)) s; $((SECONDS + ${BENCH_DT_SETTLE:-600} - deadline)) s waited for it to finish with them)" >&2
 }
 
+# On the real node (hack/node.sh): the hand-over and rolling-upgrade loss
+# counts and the pod's cgroup peak under hostile load, from the node tests'
+# printed lines (tests/node_ha.rs), three runs.
+bench_nodeha() {
+  bash hack/node.sh up >&2
+  say "| run | hand-over | rollout | posts ok / failed | ConfigMaps / forwarded / twice | pod peak under hostile load |"
+  say "|---|---|---|---|---|---|"
+  local i
+  for i in 1 2 3; do
+    local o ha hm
+    o=$(KUBECONFIG=$(bash hack/control-plane.sh kubeconfig) cargo test --quiet --test node_ha -- --nocapture --test-threads 1 2>&1 || true)
+    ha=$(echo "$o" | grep -o 'nodeha: .*' | head -1)
+    hm=$(echo "$o" | grep -o 'nodehostile: .*' | head -1)
+    v() { echo "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k { print $2 }'; }
+    say "| $i | $(v "$ha" handover_ms) ms | $(v "$ha" roll_ms) ms | $(v "$ha" posts_ok) / $(v "$ha" posts_failed) | $(v "$ha" configmaps) / $(v "$ha" forwarded) / $(v "$ha" forwarded_twice) | $(v "$hm" peak_mib) MiB |"
+  done
+}
+
 case "${1:-all}" in
+  nodeha) bench_nodeha ;;
   recovery) bench_recovery ;;
   hostile) bench_hostile ;;
   attacks) bench_attacks ;;
@@ -493,6 +512,6 @@ case "${1:-all}" in
   tokens) bench_tokens ;;
   footprint) bench_footprint ;;
   all) bench_footprint; bench_ingest; bench_hostile; bench_attacks; bench_configmaps; bench_postprocessors; bench_tokens; bench_memory; bench_recovery ;;
-  *) echo "usage: bench/run.sh ingest|recovery|hostile|attacks|configmaps|postprocessors|dtmemory|memory|tokens|footprint|all" >&2; exit 2 ;;
+  *) echo "usage: bench/run.sh nodeha|ingest|recovery|hostile|attacks|configmaps|postprocessors|dtmemory|memory|tokens|footprint|all" >&2; exit 2 ;;
 esac
 echo "results appended to $out"
