@@ -9,11 +9,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::cluster::{client, lagoon_labels, wait_for, TestNamespace};
-use common::node::{helm, root, tolerate_node, Release};
+use common::cluster::{client, wait_for};
+use common::node::{environment_token, helm, node_environment, root, Release};
 use common::run_ok;
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
 
 const ALERTS: &str = "charts/insights-remote/files/alerts.yaml";
 const DASHBOARD: &str = "charts/insights-remote/files/dashboard.json";
@@ -92,9 +90,7 @@ async fn every_query_names_metrics_a_running_pod_exposes() {
     tokio::task::spawn_blocking(common::node::node)
         .await
         .unwrap();
-    let env_id = (300_000 + uuid::Uuid::new_v4().as_u128() as u32 % 100_000).to_string();
-    let env = TestNamespace::with_labels(&client, "mon", lagoon_labels(&env_id)).await;
-    tolerate_node(&client, &env.name).await;
+    let (env, _) = node_environment(&client, "mon").await;
     let release = Release::install(
         &client,
         &env.name,
@@ -108,16 +104,7 @@ async fn every_query_names_metrics_a_running_pod_exposes() {
     let ip = pod.status.unwrap().pod_ip.unwrap();
 
     // One post, so that the request metrics have their series.
-    let secrets = Api::<Secret>::namespaced(client.clone(), &env.name);
-    let token = wait_for(
-        "the insights-token Secret",
-        Duration::from_secs(60),
-        || async {
-            let s = secrets.get_opt("insights-token").await.ok()??;
-            String::from_utf8(s.data?.get("INSIGHTS_TOKEN")?.0.clone()).ok()
-        },
-    )
-    .await;
+    let token = environment_token(&client, &env.name).await;
     let http = reqwest::Client::new();
     wait_for("a post answered 200", Duration::from_secs(30), || async {
         let r = http

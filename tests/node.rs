@@ -8,9 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{client, lagoon_deployer, lagoon_labels, wait_for, TestNamespace};
+use common::cluster::{client, lagoon_deployer, wait_for, TestNamespace};
 use common::drain;
-use common::node::{node_var, run_pod, tolerate_node, tools_pod, Release};
+use common::node::{environment_token, node_environment, node_var, run_pod, tools_pod, Release};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::PostParams;
 use kube::{Api, Client, ResourceExt};
@@ -20,9 +20,8 @@ use serde_json::json;
 /// Lagoon gives it: the `lagoon-deployer` ServiceAccount (allowed to edit
 /// the namespace, as Lagoon's is), the registry Secret the scanner mounts,
 /// and a Deployment whose image the scanner is asked to scan.
-async fn environment(client: &Client, env_id: &str) -> TestNamespace {
-    let ns = TestNamespace::with_labels(client, "e2e", lagoon_labels(env_id)).await;
-    tolerate_node(client, &ns.name).await;
+async fn environment(client: &Client) -> (TestNamespace, String) {
+    let (ns, env_id) = node_environment(client, "e2e").await;
     lagoon_deployer(client, &ns.name).await;
     Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client.clone(), &ns.name)
         .create(
@@ -63,7 +62,7 @@ async fn environment(client: &Client, env_id: &str) -> TestNamespace {
         )
         .await
         .unwrap();
-    ns
+    (ns, env_id)
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
@@ -80,8 +79,7 @@ async fn the_chart_runs_on_the_node_and_pods_post_build_and_scan() {
     tokio::task::spawn_blocking(common::node::node)
         .await
         .unwrap();
-    let env_id = (700_000 + rand_id()).to_string();
-    let env = environment(&client, &env_id).await;
+    let (env, env_id) = environment(&client).await;
     let release = Release::install(
         &client,
         &env.name,
@@ -127,20 +125,7 @@ async fn the_chart_runs_on_the_node_and_pods_post_build_and_scan() {
 
     // In-cluster configuration at work: the environment's token Secret is
     // minted by the pod (it has no kubeconfig).
-    let secrets = Api::<Secret>::namespaced(client.clone(), &env.name);
-    wait_for(
-        "the insights-token Secret",
-        Duration::from_secs(60),
-        || async {
-            secrets
-                .get_opt("insights-token")
-                .await
-                .ok()
-                .flatten()
-                .map(|_| ())
-        },
-    )
-    .await;
+    environment_token(&client, &env.name).await;
 
     // A workload posts facts and a problem with its mounted token, to the
     // Service by its cluster DNS name, as Lagoon's clients do.
@@ -226,10 +211,4 @@ async fn the_chart_runs_on_the_node_and_pods_post_build_and_scan() {
 
     release.uninstall().await;
     env.cleanup().await;
-}
-
-/// An environment id no other test uses (the registry refuses a duplicate).
-fn rand_id() -> u32 {
-    let u = uuid::Uuid::new_v4();
-    u.as_u128() as u32 % 200_000
 }

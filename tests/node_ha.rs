@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{client, lagoon_labels, numbered_insights_cm, wait_for, TestNamespace};
+use common::cluster::{client, numbered_insights_cm, wait_for};
 use common::drain;
-use common::node::{helm, tolerate_node, Release};
+use common::node::{environment_token, helm, node_environment, Release};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, ResourceExt};
 
@@ -42,9 +42,7 @@ async fn two_replicas_lose_nothing_when_the_leader_dies_or_both_roll() {
     tokio::task::spawn_blocking(common::node::node)
         .await
         .unwrap();
-    let env_id = (500_000 + uuid::Uuid::new_v4().as_u128() as u32 % 100_000).to_string();
-    let env = TestNamespace::with_labels(&client, "ha", lagoon_labels(&env_id)).await;
-    tolerate_node(&client, &env.name).await;
+    let (env, _) = node_environment(&client, "ha").await;
     let release = Release::install(
         &client,
         &env.name,
@@ -52,17 +50,7 @@ async fn two_replicas_lose_nothing_when_the_leader_dies_or_both_roll() {
     )
     .await;
     let url = format!("{}/facts", release.service_url().await);
-    let secrets = Api::<Secret>::namespaced(client.clone(), &env.name);
-    let token = wait_for(
-        "the insights-token Secret",
-        Duration::from_secs(60),
-        || async {
-            let s = secrets.get_opt("insights-token").await.ok()??;
-            let t = s.data?.get("INSIGHTS_TOKEN")?.0.clone();
-            String::from_utf8(t).ok()
-        },
-    )
-    .await;
+    let token = environment_token(&client, &env.name).await;
 
     // The Service answers (kube-proxy has the endpoints) before the load.
     let probe = reqwest::Client::new();
@@ -266,9 +254,7 @@ async fn the_pod_stays_under_its_memory_limit_under_hostile_load() {
     tokio::task::spawn_blocking(common::node::node)
         .await
         .unwrap();
-    let env_id = (600_000 + uuid::Uuid::new_v4().as_u128() as u32 % 100_000).to_string();
-    let env = TestNamespace::with_labels(&client, "hm", lagoon_labels(&env_id)).await;
-    tolerate_node(&client, &env.name).await;
+    let (env, _) = node_environment(&client, "hm").await;
     let release = Release::install(&client, &env.name, &[]).await;
     let pod = release.pods().await.pop().unwrap();
     let ip = pod.status.as_ref().unwrap().pod_ip.clone().unwrap();
@@ -279,16 +265,7 @@ async fn the_pod_stays_under_its_memory_limit_under_hostile_load() {
         .and_then(|l| l.get("memory"))
         .map(|q| q.0.clone())
         .expect("the chart sets a memory limit");
-    let secrets = Api::<Secret>::namespaced(client.clone(), &env.name);
-    let token = wait_for(
-        "the insights-token Secret",
-        Duration::from_secs(60),
-        || async {
-            let s = secrets.get_opt("insights-token").await.ok()??;
-            String::from_utf8(s.data?.get("INSIGHTS_TOKEN")?.0.clone()).ok()
-        },
-    )
-    .await;
+    let token = environment_token(&client, &env.name).await;
 
     let out = tokio::task::spawn_blocking(move || {
         common::run_ok(

@@ -31,10 +31,20 @@ pub fn node() -> &'static HashMap<String, String> {
             "hack/node.sh up",
             Command::new("bash").arg(&script).arg("up"),
         );
-        run_ok(
-            "hack/node.sh product-image",
-            Command::new("bash").arg(&script).arg("product-image"),
-        );
+        // Without the variables cargo sets for a test: the nested release
+        // build must see what `hack/test.sh` saw, or it builds again.
+        let mut build = Command::new("bash");
+        build.arg(&script).arg("product-image");
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().into_owned();
+            if (k.starts_with("CARGO") && k != "CARGO_HOME")
+                || k.starts_with("RUSTC")
+                || k == "LD_LIBRARY_PATH"
+            {
+                build.env_remove(k);
+            }
+        }
+        run_ok("hack/node.sh product-image", &mut build);
         run_ok(
             "hack/node.sh env",
             Command::new("bash").arg(&script).arg("env"),
@@ -91,6 +101,30 @@ pub fn helm(args: &[&str]) -> String {
             .env("HELM_CONFIG_HOME", tmp.join("config"))
             .env("HELM_DATA_HOME", tmp.join("data")),
     )
+}
+
+/// A Lagoon environment namespace whose pods may run on the node, with an
+/// environment id no other test uses (the registry refuses a duplicate);
+/// the namespace and its id.
+pub async fn node_environment(client: &Client, tag: &str) -> (TestNamespace, String) {
+    let env_id = (100_000 + uuid::Uuid::new_v4().as_u128() % 800_000).to_string();
+    let ns = TestNamespace::with_labels(client, tag, super::cluster::lagoon_labels(&env_id)).await;
+    tolerate_node(client, &ns.name).await;
+    (ns, env_id)
+}
+
+/// The environment's token, once the operator has minted its Secret.
+pub async fn environment_token(client: &Client, ns: &str) -> String {
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns);
+    wait_for(
+        "the insights-token Secret",
+        Duration::from_secs(60),
+        || async {
+            let s = secrets.get_opt("insights-token").await.ok()??;
+            String::from_utf8(s.data?.get("INSIGHTS_TOKEN")?.0.clone()).ok()
+        },
+    )
+    .await
 }
 
 /// A release of charts/insights-remote in a namespace of its own, with the
