@@ -74,6 +74,22 @@ binaries_present() {
 
 # ---------------------------------------------------------------- build
 
+# The linker flags of every Kubernetes binary built here (also hack/node.sh):
+# stripped, with the pinned version stamped in.
+k8s_ldflags() {
+  local minor ver_pkg ldflags=(-s -w)
+  minor="$(echo "${K8S_VERSION}" | cut -d. -f2)"
+  for ver_pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=(
+      "-X ${ver_pkg}.gitVersion=${K8S_VERSION}"
+      "-X ${ver_pkg}.gitMajor=1"
+      "-X ${ver_pkg}.gitMinor=${minor}"
+      "-X ${ver_pkg}.gitTreeState=clean"
+    )
+  done
+  echo "${ldflags[*]}"
+}
+
 cmd_build() {
   mkdir -p "${CACHE_DIR}"
   if binaries_present; then
@@ -99,21 +115,11 @@ cmd_build() {
   # shellcheck disable=SC2064 # expand now: tmp is local
   trap "rm -rf '${tmp}'" EXIT
 
-  local minor ver_pkg ldflags=(-s -w)
-  minor="$(echo "${K8S_VERSION}" | cut -d. -f2)"
-  for ver_pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags+=(
-      "-X ${ver_pkg}.gitVersion=${K8S_VERSION}"
-      "-X ${ver_pkg}.gitMajor=1"
-      "-X ${ver_pkg}.gitMinor=${minor}"
-      "-X ${ver_pkg}.gitTreeState=clean"
-    )
-  done
 
   (
     cd "${CP_MOD_DIR}"
     export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-p=${INSIGHTS_CP_BUILD_JOBS:-2} -trimpath -buildvcs=false -mod=readonly"
-    "${go_bin}" build -ldflags="${ldflags[*]}" -o "${tmp}/" \
+    "${go_bin}" build -ldflags="$(k8s_ldflags)" -o "${tmp}/" \
       k8s.io/kubernetes/cmd/kube-apiserver \
       k8s.io/kubernetes/cmd/kube-controller-manager \
       k8s.io/kubernetes/cmd/kubectl
@@ -466,9 +472,11 @@ cmd_down() {
   log "stopped"
 }
 
-cmd_status() {
+# print_processes NAME...: each component's pid or "not running"; fails if
+# any is not running (also hack/node.sh).
+print_processes() {
   local c pid all=0
-  for c in "${COMPONENTS[@]}"; do
+  for c in "$@"; do
     if pid="$(running_pid "${c}")"; then
       printf '%-24s running (pid %s)\n' "${c}" "${pid}"
     else
@@ -476,6 +484,12 @@ cmd_status() {
       all=1
     fi
   done
+  return "${all}"
+}
+
+cmd_status() {
+  local all=0
+  print_processes "${COMPONENTS[@]}" || all=1
   local ready="unreachable"
   if [[ -x "${BIN_DIR}/kubectl" && -f "${KUBECONFIG_PATH}" ]]; then
     ready="$(kubectl_raw /readyz || echo unreachable)"

@@ -81,20 +81,15 @@ cmd_node_build() {
     exec 8>&-
     return 0
   fi
-  local go_bin tmp start minor ver_pkg ldflags=(-s -w)
+  local go_bin tmp start
   go_bin="$(find_go)"
-  minor="$(echo "${K8S_VERSION}" | cut -d. -f2)"
-  for ver_pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags+=("-X ${ver_pkg}.gitVersion=${K8S_VERSION}" "-X ${ver_pkg}.gitMajor=1"
-      "-X ${ver_pkg}.gitMinor=${minor}" "-X ${ver_pkg}.gitTreeState=clean")
-  done
   log "building kubelet, kube-proxy and kube-scheduler ${K8S_VERSION} into ${BIN_DIR}"
   start=${SECONDS}
   tmp="$(mktemp -d "${CACHE_DIR}/.build.XXXXXX")"
   (
     cd "${CP_MOD_DIR}"
     export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-p=${INSIGHTS_CP_BUILD_JOBS:-2} -trimpath -buildvcs=false -mod=readonly"
-    "${go_bin}" build -ldflags="${ldflags[*]}" -o "${tmp}/" \
+    "${go_bin}" build -ldflags="$(k8s_ldflags)" -o "${tmp}/" \
       k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kube-scheduler
   )
   # Cluster DNS: CoreDNS from the Go module proxy (its own module).
@@ -499,15 +494,8 @@ cmd_node_down() {
 }
 
 cmd_node_status() {
-  local c pid all=0
-  for c in "${NODE_COMPONENTS[@]}"; do
-    if pid="$(running_pid "${c}")"; then
-      printf '%-24s running (pid %s)\n' "${c}" "${pid}"
-    else
-      printf '%-24s not running\n' "${c}"
-      all=1
-    fi
-  done
+  local all=0
+  print_processes "${NODE_COMPONENTS[@]}" || all=1
   if node_ready; then
     printf '%-24s Ready (%s)\n' "node ${NODE_NAME}" "${NODE_IP}"
   else
