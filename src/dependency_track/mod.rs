@@ -23,9 +23,11 @@ use tracing::warn;
 
 mod body;
 mod policy;
+mod step;
 mod uploads;
 
 pub use policy::{internal, EndpointPolicy, GuardedResolver};
+pub use step::{run_step, UploadStep};
 pub use uploads::{Key, Uploads};
 
 use crate::contract::{

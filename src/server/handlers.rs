@@ -1,6 +1,6 @@
 //! The ingestion routes: post facts and problems, delete them by source,
-//! each answered once the broker confirmed the message; and [`routes`],
-//! which mounts them with the probes and the OpenAPI document.
+//! each answered once the broker confirmed the message. They are mounted,
+//! with the probes, by [`super::openapi::routes`], which documents them.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
@@ -10,8 +10,6 @@ use super::auth::{admit, environment_id};
 use super::body::admit_with_body;
 use super::error::{respond, ErrorBody, OkBody};
 use super::messages::{decode_segment, facts_message, message_limit, problems_message};
-use super::openapi::openapi_json;
-use super::ops::{healthz, readyz};
 use super::{ApiError, ApiState};
 use crate::broker::PublishError;
 use crate::contract::{DirectDelete, FactsBody, Problem, TYPE_DELETE_FACTS, TYPE_DELETE_PROBLEMS};
@@ -183,7 +181,7 @@ macro_rules! delete_route {
                 (status = 429, description = "rate limited; see Retry-After", body = ErrorBody),
                 (status = 503, description = "broker unavailable; see Retry-After", body = ErrorBody),
             ))]
-        async fn $name(req: HttpRequest, payload: web::Payload, st: web::Data<ApiState>) -> HttpResponse {
+        pub(super) async fn $name(req: HttpRequest, payload: web::Payload, st: web::Data<ApiState>) -> HttpResponse {
             delete(req, st, $kind, payload).await
         }
     };
@@ -219,21 +217,3 @@ delete_route!(
     "Delete the environment's problems from a source for one service.",
     "service"
 );
-
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/facts", web::post().to(post_facts))
-        .route("/problems", web::post().to(post_problems))
-        .route("/facts/{source}", web::delete().to(delete_facts))
-        .route(
-            "/facts/{source}/{service}",
-            web::delete().to(delete_service_facts),
-        )
-        .route("/problems/{source}", web::delete().to(delete_problems))
-        .route(
-            "/problems/{source}/{service}",
-            web::delete().to(delete_service_problems),
-        )
-        .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/openapi.json", web::get().to(openapi_json));
-}

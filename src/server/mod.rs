@@ -8,14 +8,14 @@
 //! | file | holds | touch it to |
 //! | --- | --- | --- |
 //! | `mod.rs` | [`ApiState`], [`listen`] and [`BACKLOG`], [`ingestion_server`] | add shared state or tune the ingestion server |
-//! | `handlers.rs` | the routes: post facts and problems, the deletes (`delete_route!`), publishing, [`routes`] | add or change a route (then add it to `openapi.rs`) |
+//! | `handlers.rs` | the routes: post facts and problems, the deletes (`delete_route!`), publishing | add or change a route (then add it to `openapi.rs`) |
 //! | `messages.rs` | pure domain checks: [`facts_message`], [`problems_message`], [`decode_segment`] | change what a body may hold; unit-testable without a server |
 //! | `auth.rs` | the Authorization header, the rate-limit check, [`environment_id`] | change how callers are identified |
 //! | `body.rs` | [`Limits`], the in-flight memory budget, reading a body | change how much a request may cost |
 //! | `error.rs` | [`ApiError`] and how errors are answered | add an error; its status and body are the contract |
 //! | `rate_limit.rs` | [`RateLimiter`], a token bucket per environment (governor) | change the rate limit |
 //! | `ops.rs` | probes, `/metrics`, the request metrics middleware, [`ops_server`], [`secure_metrics_server`] | change what operations see |
-//! | `openapi.rs` | the OpenAPI document, [`api_doc`] | list a new route or schema |
+//! | `openapi.rs` | the route table [`routes`] and the OpenAPI document [`api_doc`] that lists the same routes | mount a route, list a new route or schema |
 //!
 //! Error texts, status codes, headers and the OpenAPI document are what
 //! clients and `hack/schemathesis.sh` rely on: change them only on purpose.
@@ -47,10 +47,10 @@ pub use auth::environment_id;
 pub use body::Limits;
 pub use conn::{ConnLimits, Gate, Tenant, PIPELINE, READ_AHEAD, SPIN_POLLS};
 pub use error::{ApiError, ErrorBody, OkBody};
-pub use handlers::routes;
 pub use memory::{container_limit, resident};
 pub use messages::{decode_segment, facts_message, problems_message};
 pub use openapi::api_doc;
+pub use openapi::routes;
 pub use ops::{ops_server, secure_metrics_server};
 pub use rate_limit::RateLimiter;
 

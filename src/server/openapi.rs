@@ -1,13 +1,13 @@
 //! The OpenAPI document, built by utoipa from the routes' annotations and
 //! served at `/openapi.json`.
 
-use actix_web::HttpResponse;
+use actix_web::{web, HttpResponse};
 
 use super::error::{ErrorBody, OkBody};
 use super::{handlers, ops};
 use crate::contract::{Fact, FactsBody, Problem};
 
-pub(super) async fn openapi_json() -> HttpResponse {
+async fn openapi_json() -> HttpResponse {
     HttpResponse::Ok().json(api_doc())
 }
 
@@ -38,4 +38,26 @@ struct ApiDoc;
 /// The OpenAPI document served at `/openapi.json`.
 pub fn api_doc() -> utoipa::openapi::OpenApi {
     <ApiDoc as utoipa::OpenApi>::openapi()
+}
+
+/// The route table: the ingestion routes, the probes and this document.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/facts", web::post().to(handlers::post_facts))
+        .route("/problems", web::post().to(handlers::post_problems))
+        .route("/facts/{source}", web::delete().to(handlers::delete_facts))
+        .route(
+            "/facts/{source}/{service}",
+            web::delete().to(handlers::delete_service_facts),
+        )
+        .route(
+            "/problems/{source}",
+            web::delete().to(handlers::delete_problems),
+        )
+        .route(
+            "/problems/{source}/{service}",
+            web::delete().to(handlers::delete_service_problems),
+        )
+        .route("/healthz", web::get().to(ops::healthz))
+        .route("/readyz", web::get().to(ops::readyz))
+        .route("/openapi.json", web::get().to(openapi_json));
 }

@@ -1,0 +1,279 @@
+//! The ConfigMap path's effects: publishing, and the patches and deletes
+//! that mark, record, defer, reject or burn a ConfigMap. Each is one call
+//! on exactly the version that was looked at.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::super::{now_rfc3339, now_unix, Context, Error, Result};
+use crate::contract::{
+    ConfigMapMessage, ANNOTATION_PROCESSED, ANNOTATION_REJECTED, ANNOTATION_REJECTED_VERSION,
+    ANNOTATION_RETRIES, LABEL_MAX_RETRY_EXCEEDED, LABEL_PROCESSED, LABEL_WRITE_DEFERRED,
+    MAX_RETRY_EXCEEDED_VALUE,
+};
+
+/// Records the steps' statuses on exactly the version that was looked at.
+pub async fn record(
+    api: &Api<ConfigMap>,
+    cm: &ConfigMap,
+    statuses: serde_json::Value,
+) -> Result<()> {
+    patch_meta(
+        api,
+        &cm.name_any(),
+        cm.metadata.resource_version.as_deref(),
+        json!({}),
+        statuses,
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Adds the processed label to a ConfigMap the Go original only annotated,
+/// so the watch's selector drops it.
+pub async fn label_processed(api: &Api<ConfigMap>, cm: &ConfigMap) -> Result<()> {
+    patch_meta(
+        api,
+        &cm.name_any(),
+        None,
+        json!({ LABEL_PROCESSED: now_unix().to_string() }),
+        json!({}),
+    )
+    .await
+    .map(|_| ())
+}
+
+pub async fn publish(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    message: ConfigMapMessage,
+) -> std::result::Result<(), crate::broker::PublishError> {
+    let Some(publisher) = &ctx.publisher else {
+        return Ok(());
+    };
+    let body = serde_json::to_vec(&message).expect("the message serializes");
+    drop(message);
+    // Right after start-up, or during a reconnect, give the connection a
+    // moment rather than deferring for minutes.
+    if !publisher.is_connected() {
+        publisher.wait_connected(publisher.confirm_timeout()).await;
+    }
+    publisher.publish_confirmed(&body).await?;
+    info!(namespace = %ns, %name, bytes = body.len(), "insights ConfigMap forwarded");
+    ctx.counters.add(&ctx.counters.forwarded);
+    *ctx.counters.last_forward.lock().expect("counters lock") = Some(now_rfc3339());
+    ctx.metrics.count_configmap("forwarded");
+    ctx.status_changed.notify_one();
+    Ok(())
+}
+
+/// A merge patch of our labels and annotations only. With `resource_version`
+/// set, it fails with 409 if the build replaced the ConfigMap meanwhile, so
+/// new content is never marked as forwarded. The answer is the metadata
+/// only: the API server does not send the payload back (up to 1 MiB per
+/// ConfigMap) for us to parse and drop.
+async fn patch_meta(
+    api: &Api<ConfigMap>,
+    name: &str,
+    resource_version: Option<&str>,
+    labels: serde_json::Value,
+    annotations: serde_json::Value,
+) -> Result<PartialObjectMeta<ConfigMap>> {
+    let mut meta = json!({ "labels": labels, "annotations": annotations });
+    if let Some(rv) = resource_version {
+        meta["resourceVersion"] = json!(rv);
+    }
+    Ok(api
+        .patch_metadata(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": meta })),
+        )
+        .await?)
+}
+
+/// Marks a ConfigMap processed with the steps' statuses (or burns it).
+pub async fn mark_processed(
+    api: &Api<ConfigMap>,
+    cm: &ConfigMap,
+    ctx: &Context,
+    burn_after: bool,
+    statuses: serde_json::Value,
+) -> Result<()> {
+    if burn_after {
+        // One call: delete exactly the version that was forwarded.
+        match delete_version(api, cm).await {
+            Ok(()) => {
+                ctx.counters.add(&ctx.counters.burned);
+                ctx.metrics.count_configmap("burned");
+                return Ok(());
+            }
+            Err(e @ Error::Kube(kube::Error::Api(_))) if e.metric_label() == "conflict" => {
+                return Err(e)
+            }
+            Err(e) => warn!(error = %e, "burn after reading failed; marking processed instead"),
+        }
+    }
+    patch_meta(
+        api,
+        &cm.name_any(),
+        cm.metadata.resource_version.as_deref(),
+        json!({ LABEL_PROCESSED: now_unix().to_string(), LABEL_WRITE_DEFERRED: null }),
+        with(statuses, ANNOTATION_PROCESSED, json!(now_rfc3339())),
+    )
+    .await?;
+    Ok(())
+}
+
+/// `obj` (a JSON object) with one more entry.
+pub fn with(mut obj: serde_json::Value, key: &str, value: serde_json::Value) -> serde_json::Value {
+    if let Some(m) = obj.as_object_mut() {
+        m.insert(key.to_string(), value);
+    }
+    obj
+}
+
+/// A failed attempt: what failed, the attempt's number, whether that was
+/// the last allowed, and the steps' statuses to record.
+pub struct Deferral<'a> {
+    pub reason: &'a str,
+    pub retries: u32,
+    pub give_up: bool,
+    pub mins: u32,
+    pub statuses: serde_json::Value,
+}
+
+async fn delete_version(api: &Api<ConfigMap>, cm: &ConfigMap) -> Result<()> {
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            resource_version: cm.metadata.resource_version.clone(),
+            uid: cm.metadata.uid.clone(),
+        }),
+        ..Default::default()
+    };
+    match api.delete(&cm.name_any(), &dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn burn(api: &Api<ConfigMap>, cm: &ConfigMap, ctx: &Context) -> Result<()> {
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            resource_version: None,
+            uid: cm.metadata.uid.clone(),
+        }),
+        ..Default::default()
+    };
+    match api.delete(&cm.name_any(), &dp).await {
+        Ok(_) => {
+            ctx.counters.add(&ctx.counters.burned);
+            ctx.metrics.count_configmap("burned");
+            ctx.status_changed.notify_one();
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn defer(
+    api: &Api<ConfigMap>,
+    cm: &ConfigMap,
+    ctx: &Context,
+    d: Deferral<'_>,
+) -> Result<Action> {
+    let Deferral {
+        reason,
+        retries,
+        give_up,
+        mins,
+        statuses,
+    } = d;
+    let name = cm.name_any();
+    let ns = cm.namespace().unwrap_or_default();
+    ctx.counters.add(&ctx.counters.deferred);
+    ctx.metrics.count_configmap("deferred");
+    ctx.status_changed.notify_one();
+    let annotations = with(statuses, ANNOTATION_RETRIES, json!(retries.to_string()));
+    if give_up {
+        warn!(namespace = %ns, %name, retries, "insights ConfigMap exceeded its retries; giving up");
+        patch_meta(
+            api,
+            &name,
+            cm.metadata.resource_version.as_deref(),
+            json!({ LABEL_MAX_RETRY_EXCEEDED: MAX_RETRY_EXCEEDED_VALUE, LABEL_WRITE_DEFERRED: null }),
+            annotations,
+        )
+        .await?;
+        ctx.event(
+            cm,
+            EventType::Warning,
+            "MaxRetriesExceeded",
+            "Forward",
+            format!("not processed after {retries} attempts: {reason}"),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    let wait = u64::from(mins) * 60;
+    let until = now_unix() + wait;
+    warn!(namespace = %ns, %name, retries, retry_in_s = wait, error = %reason, "post-processing failed; deferred");
+    patch_meta(
+        api,
+        &name,
+        cm.metadata.resource_version.as_deref(),
+        json!({ LABEL_WRITE_DEFERRED: until.to_string() }),
+        annotations,
+    )
+    .await?;
+    ctx.event(
+        cm,
+        EventType::Warning,
+        "Deferred",
+        "Forward",
+        format!("attempt {retries} failed, retrying in {wait}s: {reason}"),
+    )
+    .await;
+    Ok(Action::requeue(Duration::from_secs(wait.max(1))))
+}
+
+pub async fn reject(
+    api: &Api<ConfigMap>,
+    cm: &ConfigMap,
+    ctx: &Context,
+    reason: &str,
+    fingerprint: &str,
+) -> Result<Action> {
+    warn!(namespace = cm.namespace().unwrap_or_default(), name = %cm.name_any(), %reason, "insights ConfigMap rejected");
+    patch_meta(
+        api,
+        &cm.name_any(),
+        cm.metadata.resource_version.as_deref(),
+        json!({}),
+        json!({ ANNOTATION_REJECTED: reason, ANNOTATION_REJECTED_VERSION: fingerprint }),
+    )
+    .await?;
+    ctx.counters.add(&ctx.counters.rejected);
+    ctx.metrics.count_configmap("rejected");
+    ctx.status_changed.notify_one();
+    ctx.event(
+        cm,
+        EventType::Warning,
+        "Rejected",
+        "Forward",
+        reason.to_string(),
+    )
+    .await;
+    Ok(Action::await_change())
+}
