@@ -7,12 +7,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// Exchange, queue and routing key the consumer reads from.
-pub const DEFAULT_EXCHANGE: &str = "lagoon-insights";
-pub const DEFAULT_QUEUE: &str = "lagoon-insights:items";
-/// Publishing with the queue name as routing key is silently dropped by the
-/// direct exchange: the binding uses the empty key.
-pub const DEFAULT_ROUTING_KEY: &str = "";
+/// Exchange, queue and routing key the consumer reads from (defined with
+/// the other defaults in [`crate::settings`]).
+pub use crate::settings::{DEFAULT_EXCHANGE, DEFAULT_QUEUE, DEFAULT_ROUTING_KEY};
 
 /// Source given to facts and problems that name none.
 pub const DEFAULT_SOURCE: &str = "InsightsRemoteWebService";

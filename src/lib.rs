@@ -1,6 +1,7 @@
 //! insights-remote: carries Lagoon insights from a cluster to Lagoon core.
 
 pub mod broker;
+pub mod cluster;
 pub mod contract;
 pub mod controller;
 pub mod crd;
@@ -26,6 +27,12 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<settings::Invalid> for Error {
+    fn from(e: settings::Invalid) -> Self {
+        Error::Config(e.0)
+    }
 }
 
 impl Error {

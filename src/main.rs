@@ -41,7 +41,7 @@ fn generate_token(args: &GenerateTokenArgs) -> Result<()> {
 }
 
 fn print_token(key: &KeyArgs, claims: Claims) -> Result<()> {
-    let ring = key.key_ring()?;
+    let ring = insights_remote::token::KeyRing::from_args(key)?;
     let token = ring
         .mint(&claims)
         .map_err(|e| Error::Config(e.to_string()))?;

@@ -34,7 +34,10 @@ pub struct App {
     /// Where the ingestion API listens (the port the OS chose for port 0).
     pub ingestion_addr: Option<SocketAddr>,
     parts: Vec<Part>,
-    stop: watch::Sender<bool>,
+    /// Stops the operator.
+    stop: controller::CancellationToken,
+    /// Stops it when the App is dropped without serving to the end.
+    _stop_on_drop: tokio_util::sync::DropGuard,
     shutdown_delay: std::time::Duration,
 }
 
@@ -105,7 +108,7 @@ impl App {
             limits,
             args.webservice_rate_limit,
         );
-        let (stop, stop_rx) = watch::channel(false);
+        let stop = controller::CancellationToken::new();
         let mut parts = Vec::new();
         let ctx = if controllers {
             let ctx = match operator_context(args, publisher.clone(), keys, baseline_keys, metrics)
@@ -125,9 +128,9 @@ impl App {
             parts.push(Part {
                 name: "operator",
                 task: tokio::spawn({
-                    let (ctx, stop_rx) = (ctx.clone(), stop_rx.clone());
+                    let (ctx, stop) = (ctx.clone(), stop.clone());
                     async move {
-                        controller::run(ctx, opts, stop_rx)
+                        controller::run(ctx, opts, stop)
                             .await
                             .map_err(|e| Error::Config(e.to_string()))
                     }
@@ -195,6 +198,7 @@ impl App {
             ctx,
             ingestion_addr,
             parts,
+            _stop_on_drop: stop.clone().drop_guard(),
             stop,
             shutdown_delay: args.shutdown_delay,
         })
@@ -235,12 +239,12 @@ impl App {
             self.state
                 .draining
                 .store(true, std::sync::atomic::Ordering::Relaxed);
-            let _ = self.stop.send(true);
+            self.stop.cancel();
             info!(delay = ?self.shutdown_delay, "stopping: reconcilers stopped, /readyz answers 503, serving until the delay ends");
             tokio::time::sleep(self.shutdown_delay).await;
         }
         info!("shutting down: finishing in-flight requests and reconciles");
-        let _ = self.stop.send(true);
+        self.stop.cancel();
         for p in &self.parts {
             if let Some(h) = &p.handle {
                 h.stop(true).await;
@@ -265,7 +269,7 @@ impl App {
 /// The signing key from flags and environment; None when the custom
 /// resource is expected to name it.
 fn baseline_keys(args: &RunArgs, controllers: bool) -> Result<Option<Arc<KeyRing>>> {
-    match args.key.key_ring() {
+    match KeyRing::from_args(&args.key) {
         Ok(k) => {
             info!(key = %k.fingerprint(), "signing key loaded");
             Ok(Some(Arc::new(k)))

@@ -1,8 +1,9 @@
-//! Which environments may post right now: every replica keeps the Lagoon
+//! Which environments may post right now: every replica reads the Lagoon
 //! environment namespaces (their id, project and environment labels) and
-//! the revocation marks of their `insights-token` Secrets, from two
-//! metadata-only watches, so a token is checked against the cluster as it
-//! is, without an API call per request.
+//! the revocation marks of their `insights-token` Secrets from the
+//! cluster's stores ([`crate::cluster`]), and keeps an index of which
+//! namespaces carry each environment id, so a token is checked against the
+//! cluster as it is, without an API call per request.
 //!
 //! A token whose signature is good is still refused when
 //! - its namespace is gone, being deleted, or no longer a Lagoon
@@ -25,14 +26,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::jiff::Timestamp;
-use kube::core::PartialObjectMeta;
 use kube::runtime::watcher;
-use kube::{Api, ResourceExt};
-use tokio::sync::watch;
+use kube::ResourceExt;
 
-use crate::contract::{LABEL_ENVIRONMENT, LABEL_ENVIRONMENT_ID, LABEL_PROJECT, TOKEN_SECRET_NAME};
+use crate::cluster::{Cluster, NamespaceMeta};
+use crate::contract::{LABEL_ENVIRONMENT, LABEL_ENVIRONMENT_ID, LABEL_PROJECT};
 use crate::token::Claims;
 
 /// On an `insights-token` Secret, written by this operator: tokens of the
@@ -72,7 +71,7 @@ pub struct Env {
 }
 
 impl Env {
-    fn of(ns: &PartialObjectMeta<Namespace>) -> Option<Env> {
+    pub fn of(ns: &NamespaceMeta) -> Option<Env> {
         let labels = ns.labels();
         let get = |k: &str| labels.get(k).filter(|v| !v.is_empty()).cloned();
         Some(Env {
@@ -138,76 +137,70 @@ pub fn valid_from_now() -> (String, f64) {
     (t.to_string(), ms as f64 / 1000.0)
 }
 
+/// Which namespaces carry each environment id: derived from the namespace
+/// store's events (the store holds the namespaces themselves).
 #[derive(Default)]
-struct State {
-    /// None until the first full list.
-    namespaces: Option<HashMap<String, Env>>,
-    /// Namespace -> its token Secret's mark; None until the first list.
-    secrets: Option<HashMap<String, Mark>>,
+struct Index {
+    /// Namespace -> the environment id it carries.
+    ids: HashMap<String, String>,
     /// Environment id -> namespaces carrying it.
     by_id: HashMap<String, Vec<String>>,
+    /// The list being received (`Init` .. `InitDone`).
+    pending: Option<HashMap<String, String>>,
 }
 
-impl State {
-    /// Records `name`'s environment (None: gone) in the namespaces and the
-    /// id index, without rebuilding the index (one event, one entry).
-    fn set(&mut self, name: String, env: Option<Env>) {
-        let Some(m) = self.namespaces.as_mut() else {
+impl Index {
+    /// Records `name`'s id (None: gone or no id), one entry per event.
+    fn set(&mut self, name: &str, id: Option<String>) {
+        let old = match &id {
+            Some(id) => self.ids.insert(name.to_string(), id.clone()),
+            None => self.ids.remove(name),
+        };
+        if old == id {
             return;
-        };
-        let old = match env {
-            Some(env) => {
-                let id = env.environment_id.clone();
-                let old = m.insert(name.clone(), env);
-                if old.as_ref().map(|o| &o.environment_id) != Some(&id) {
-                    self.by_id.entry(id).or_default().push(name.clone());
-                }
-                old.filter(|o| o.environment_id != m[&name].environment_id)
-            }
-            None => m.remove(&name),
-        };
+        }
         if let Some(old) = old {
-            if let Some(names) = self.by_id.get_mut(&old.environment_id) {
-                names.retain(|n| n != &name);
+            if let Some(names) = self.by_id.get_mut(&old) {
+                names.retain(|n| n != name);
                 if names.is_empty() {
-                    self.by_id.remove(&old.environment_id);
+                    self.by_id.remove(&old);
                 }
             }
         }
-    }
-
-    /// Rebuilds the id index after a full list.
-    fn index(&mut self) {
-        self.by_id.clear();
-        if let Some(m) = &self.namespaces {
-            for (name, env) in m {
-                self.by_id
-                    .entry(env.environment_id.clone())
-                    .or_default()
-                    .push(name.clone());
-            }
+        if let Some(id) = id {
+            self.by_id.entry(id).or_default().push(name.to_string());
         }
     }
 
-    fn owner(&self, id: &str) -> Option<&str> {
-        let m = self.namespaces.as_ref()?;
-        self.by_id
-            .get(id)?
-            .iter()
-            .filter_map(|n| m.get(n).map(|e| (e.created, n.as_str())))
-            .min()
-            .map(|(_, n)| n)
+    fn apply(&mut self, ev: &watcher::Event<NamespaceMeta>) {
+        let id = |ns: &NamespaceMeta| Env::of(ns).map(|e| e.environment_id);
+        match ev {
+            watcher::Event::Apply(ns) => self.set(&ns.name_any(), id(ns)),
+            watcher::Event::Delete(ns) => self.set(&ns.name_any(), None),
+            watcher::Event::Init => self.pending = Some(HashMap::new()),
+            watcher::Event::InitApply(ns) => {
+                if let (Some(p), Some(id)) = (self.pending.as_mut(), id(ns)) {
+                    p.insert(ns.name_any(), id);
+                }
+            }
+            watcher::Event::InitDone => {
+                self.ids = self.pending.take().unwrap_or_default();
+                self.by_id.clear();
+                for (name, id) in &self.ids {
+                    self.by_id.entry(id.clone()).or_default().push(name.clone());
+                }
+            }
+        }
     }
 }
 
 /// The registry; shared by the ingestion API and the namespace reconciler.
-#[derive(Default)]
 pub struct Tenants {
-    state: RwLock<State>,
+    cluster: Arc<Cluster>,
+    index: RwLock<Index>,
     /// Whether this process mints tokens (then a missing Secret means its
     /// tokens were revoked).
     minting: AtomicBool,
-    ready: watch::Sender<bool>,
 }
 
 /// The decision for one token, from what the registry holds.
@@ -241,170 +234,72 @@ pub fn judge(
 }
 
 impl Tenants {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+    pub fn new(cluster: Arc<Cluster>) -> Arc<Self> {
+        Arc::new(Self {
+            cluster,
+            index: Default::default(),
+            minting: AtomicBool::new(false),
+        })
     }
 
     /// Whether both lists arrived once.
     pub fn ready(&self) -> bool {
-        *self.ready.borrow()
+        self.cluster.ready()
     }
 
-    /// Resolves once both lists arrived.
-    pub async fn wait_ready(&self) {
-        let mut rx = self.ready.subscribe();
-        let _ = rx.wait_for(|r| *r).await;
+    /// Whether a missing Secret means revoked (this process mints tokens).
+    pub fn set_minting(&self, on: bool) {
+        self.minting.store(on, Ordering::Relaxed);
+    }
+
+    /// Follows a namespace event (the store already holds it).
+    pub fn observe(&self, ev: &watcher::Event<NamespaceMeta>) {
+        self.index.write().expect("tenants lock").apply(ev);
+    }
+
+    fn env(&self, namespace: &str) -> Option<Env> {
+        Env::of(&*self.cluster.namespace(namespace)?)
     }
 
     /// Checks a token whose signature is good.
     pub fn admit(&self, claims: &Claims, iat: Option<f64>) -> Result<(), Refusal> {
-        let st = self.state.read().expect("tenants lock");
-        let (Some(namespaces), Some(secrets)) = (&st.namespaces, &st.secrets) else {
+        if !self.ready() {
             return Err(Refusal::NotReady);
-        };
+        }
+        let mark = self
+            .cluster
+            .token_secret(&claims.namespace)
+            .map(|s| Mark::of(s.annotations()));
         judge(
-            namespaces.get(&claims.namespace),
-            st.owner(&claims.environment_id),
-            secrets.get(&claims.namespace).copied(),
+            self.env(&claims.namespace).as_ref(),
+            self.owner(&claims.environment_id).as_deref(),
+            mark,
             self.minting.load(Ordering::Relaxed),
             claims,
             iat,
         )
     }
 
+    /// The oldest namespace carrying an environment id (by creation, then
+    /// name).
+    fn owner(&self, id: &str) -> Option<String> {
+        let index = self.index.read().expect("tenants lock");
+        index
+            .by_id
+            .get(id)?
+            .iter()
+            .filter_map(|n| self.env(n).map(|e| (e.created, n)))
+            .min()
+            .map(|(_, n)| n.clone())
+    }
+
     /// The namespace that holds an environment id: None before the first
     /// list, `Some(None)` when no namespace carries it.
     pub fn owner_of(&self, id: &str) -> Option<Option<String>> {
-        let st = self.state.read().expect("tenants lock");
-        st.namespaces.as_ref()?;
-        Some(st.owner(id).map(str::to_string))
-    }
-
-    fn set_ready(&self, st: &State) {
-        let ready = st.namespaces.is_some() && st.secrets.is_some();
-        self.ready
-            .send_if_modified(|r| std::mem::replace(r, ready) != ready);
-    }
-
-    fn apply_namespace(
-        &self,
-        ev: watcher::Event<PartialObjectMeta<Namespace>>,
-        pending: &mut HashMap<String, Env>,
-    ) {
-        let mut st = self.state.write().expect("tenants lock");
-        match ev {
-            watcher::Event::Apply(ns) => st.set(ns.name_any(), Env::of(&ns)),
-            watcher::Event::Delete(ns) => st.set(ns.name_any(), None),
-            watcher::Event::Init => pending.clear(),
-            watcher::Event::InitApply(ns) => {
-                if let Some(env) = Env::of(&ns) {
-                    pending.insert(ns.name_any(), env);
-                }
-            }
-            watcher::Event::InitDone => {
-                st.namespaces = Some(std::mem::take(pending));
-                st.index();
-            }
+        if !self.cluster.ready() {
+            return None;
         }
-        self.set_ready(&st);
-    }
-
-    fn apply_secret(
-        &self,
-        ev: watcher::Event<PartialObjectMeta<Secret>>,
-        pending: &mut HashMap<String, Mark>,
-    ) {
-        let mut st = self.state.write().expect("tenants lock");
-        match ev {
-            watcher::Event::Apply(s) => {
-                if let (Some(m), Some(ns)) = (st.secrets.as_mut(), s.namespace()) {
-                    m.insert(ns, Mark::of(s.annotations()));
-                }
-            }
-            watcher::Event::Delete(s) => {
-                if let (Some(m), Some(ns)) = (st.secrets.as_mut(), s.namespace()) {
-                    m.remove(&ns);
-                }
-            }
-            watcher::Event::Init => pending.clear(),
-            watcher::Event::InitApply(s) => {
-                if let Some(ns) = s.namespace() {
-                    pending.insert(ns, Mark::of(s.annotations()));
-                }
-            }
-            watcher::Event::InitDone => st.secrets = Some(std::mem::take(pending)),
-        }
-        self.set_ready(&st);
-    }
-}
-
-/// Keeps `ctx.tenants` current until shutdown, on every replica (the
-/// ingestion API of each one checks tokens). A watch that fails keeps the
-/// last complete view until it lists again. `reconciler`: whether this
-/// process runs the token reconciler at all (a missing Secret means
-/// revoked only when it mints, by flag and by the resource).
-pub async fn run(
-    ctx: Arc<crate::controller::Context>,
-    reconciler: bool,
-    shutdown: watch::Receiver<bool>,
-) {
-    use crate::controller::follow;
-    let tenants = ctx.tenants.clone();
-    let minting = {
-        let tenants = tenants.clone();
-        let mut ops = ctx.ops.subscribe();
-        async move {
-            loop {
-                let on = reconciler && ops.borrow_and_update().tokens_enabled;
-                tenants.minting.store(on, Ordering::Relaxed);
-                if ops.changed().await.is_err() {
-                    break;
-                }
-            }
-        }
-    };
-    let (ns_api, secret_api): (
-        Api<PartialObjectMeta<Namespace>>,
-        Api<PartialObjectMeta<Secret>>,
-    ) = match &ctx.watch_namespace {
-        Some(ns) => (
-            Api::all(ctx.client.clone()),
-            Api::namespaced(ctx.client.clone(), ns),
-        ),
-        None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
-    };
-    let mut ns_config = watcher::Config::default().labels(LABEL_ENVIRONMENT_ID);
-    if let Some(ns) = &ctx.watch_namespace {
-        ns_config = ns_config.fields(&format!("metadata.name={ns}"));
-    }
-    let secret_config =
-        watcher::Config::default().fields(&format!("metadata.name={TOKEN_SECRET_NAME}"));
-    let fallback = "tokens are checked against the last complete list";
-    let mut ns_pending = HashMap::new();
-    let mut secret_pending = HashMap::new();
-    let namespaces = follow(
-        &ctx,
-        ns_api,
-        ns_config,
-        "tenant-namespaces",
-        fallback,
-        shutdown.clone(),
-        |ev| tenants.apply_namespace(ev, &mut ns_pending),
-        || {},
-    );
-    let secrets = follow(
-        &ctx,
-        secret_api,
-        secret_config,
-        "tenant-token-secrets",
-        fallback,
-        shutdown,
-        |ev| tenants.apply_secret(ev, &mut secret_pending),
-        || {},
-    );
-    tokio::select! {
-        _ = futures::future::join(namespaces, secrets) => {}
-        _ = minting => {}
+        Some(self.owner(id))
     }
 }
 
@@ -500,10 +395,14 @@ mod tests {
 
     #[test]
     fn the_oldest_namespace_owns_an_id() {
-        let t = Tenants::default();
-        let mut pending = HashMap::new();
+        let cluster = Arc::new(Cluster::default());
+        let t = Tenants::new(cluster.clone());
+        let feed = |ev: watcher::Event<NamespaceMeta>| {
+            cluster.feed_namespace(&ev);
+            t.observe(&ev);
+        };
         let ns = |name: &str, id: &str, created: i64| {
-            let mut m = PartialObjectMeta::<Namespace>::default();
+            let mut m = NamespaceMeta::default();
             m.metadata.name = Some(name.into());
             m.metadata.labels = Some(
                 [
@@ -523,32 +422,32 @@ mod tests {
         };
         assert_eq!(t.owner_of("7"), None, "not listed yet");
         assert_eq!(t.admit(&claims("a", "7"), None), Err(Refusal::NotReady));
-        t.apply_namespace(watcher::Event::Init, &mut pending);
-        t.apply_namespace(watcher::Event::InitApply(ns("b", "7", 20)), &mut pending);
-        t.apply_namespace(watcher::Event::InitApply(ns("a", "7", 10)), &mut pending);
-        t.apply_namespace(watcher::Event::InitDone, &mut pending);
+        feed(watcher::Event::Init);
+        feed(watcher::Event::InitApply(ns("b", "7", 20)));
+        feed(watcher::Event::InitApply(ns("a", "7", 10)));
+        feed(watcher::Event::InitDone);
+        assert!(!t.ready(), "Secrets not listed yet");
+        assert_eq!(t.owner_of("7"), None, "not ready");
+        cluster.feed_token_secret(&watcher::Event::Init);
+        cluster.feed_token_secret(&watcher::Event::InitDone);
+        assert!(t.ready());
         assert_eq!(t.owner_of("7"), Some(Some("a".into())));
         assert_eq!(t.owner_of("8"), Some(None));
-        assert!(!t.ready(), "Secrets not listed yet");
-        let mut sp = HashMap::new();
-        t.apply_secret(watcher::Event::Init, &mut sp);
-        t.apply_secret(watcher::Event::InitDone, &mut sp);
-        assert!(t.ready());
         assert_eq!(t.admit(&claims("a", "7"), None), Ok(()));
         assert_eq!(t.admit(&claims("b", "7"), None), Err(Refusal::Duplicate));
-        t.apply_namespace(watcher::Event::Delete(ns("a", "7", 10)), &mut pending);
+        feed(watcher::Event::Delete(ns("a", "7", 10)));
         assert_eq!(t.owner_of("7"), Some(Some("b".into())));
         assert_eq!(t.admit(&claims("a", "7"), None), Err(Refusal::Gone));
         assert_eq!(t.admit(&claims("b", "7"), None), Ok(()));
         // Relabelled to another id: the index follows, one entry per event.
-        t.apply_namespace(watcher::Event::Apply(ns("b", "8", 20)), &mut pending);
+        feed(watcher::Event::Apply(ns("b", "8", 20)));
         assert_eq!(t.owner_of("7"), Some(None));
         assert_eq!(t.owner_of("8"), Some(Some("b".into())));
-        t.apply_namespace(watcher::Event::Apply(ns("c", "8", 5)), &mut pending);
+        feed(watcher::Event::Apply(ns("c", "8", 5)));
         assert_eq!(t.owner_of("8"), Some(Some("c".into())), "older");
-        t.apply_namespace(watcher::Event::Apply(ns("c", "8", 5)), &mut pending);
+        feed(watcher::Event::Apply(ns("c", "8", 5)));
         assert_eq!(
-            t.state.read().unwrap().by_id["8"].len(),
+            t.index.read().unwrap().by_id["8"].len(),
             2,
             "no duplicate entry"
         );

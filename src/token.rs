@@ -21,7 +21,7 @@ use subtle::ConstantTimeEq;
 pub const MIN_KEY_LEN: usize = 32;
 
 /// The Go original's built-in default key: refused outside dev mode.
-pub const INSECURE_DEFAULT_KEY: &str = "testsecret";
+pub use crate::settings::INSECURE_DEFAULT_KEY;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
@@ -123,6 +123,14 @@ fn fingerprint_of(key: &[u8]) -> String {
 }
 
 impl KeyRing {
+    /// The key ring from the flags and environment (see
+    /// [`crate::settings::KeyArgs::signing_keys`]).
+    pub fn from_args(args: &crate::settings::KeyArgs) -> crate::Result<Self> {
+        let keys = args.signing_keys()?;
+        Self::with_previous(keys.current, keys.previous.iter())
+            .map_err(|e| crate::Error::Config(e.to_string()))
+    }
+
     /// A ring with one key. Keys shorter than [`MIN_KEY_LEN`] are refused.
     pub fn new(current: impl AsRef<[u8]>) -> Result<Self, TokenError> {
         Self::with_previous(current, std::iter::empty::<&[u8]>())
@@ -597,5 +605,15 @@ mod tests {
         let fp = ring.fingerprint();
         assert_eq!(fp.len(), 12);
         assert_ne!(fp, KeyRing::new(OTHER).unwrap().fingerprint());
+    }
+
+    #[test]
+    fn a_short_key_from_the_flags_is_refused() {
+        let short = crate::settings::KeyArgs {
+            token_secret: Some("short-key".into()),
+            ..Default::default()
+        };
+        let err = KeyRing::from_args(&short).err().unwrap().to_string();
+        assert!(err.contains("at least 32 bytes"), "{err}");
     }
 }

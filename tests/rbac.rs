@@ -443,8 +443,8 @@ async fn denied_watches_back_off() {
         ns.name.clone(),
         unique("irc"),
     ));
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(controller::config::run(ctx, stop_rx));
+    let stop = controller::CancellationToken::new();
+    let task = tokio::spawn(controller::config::run(ctx, stop.clone()));
     let errors = |w: &str| {
         metrics
             .watch_errors
@@ -466,7 +466,7 @@ async fn denied_watches_back_off() {
         config <= 8 && secrets <= 8,
         "backoff: {config} and {secrets} errors"
     );
-    let _ = stop.send(true);
+    stop.cancel();
     let _ = task.await;
     ns.cleanup().await;
 }

@@ -79,7 +79,11 @@ async fn a_token_secret_deleted_while_the_watch_is_refused_comes_back() {
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns.name);
     let claims = common::claims(&ns.name, "42");
     let key = ring().fingerprint();
-    let known = || op.ctx.token_secrets.known(&ns.name, &key, &claims);
+    let known = || {
+        op.ctx
+            .token_secrets
+            .known(&op.ctx.cluster, &ns.name, &key, &claims)
+    };
     // Minted, and then vouched for by the watch without any GET.
     wait_for(
         "the cache vouches for the token",

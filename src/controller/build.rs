@@ -25,10 +25,11 @@ use kube::runtime::events::EventType;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{until_shutdown, Context, Error, Result};
+use super::{Context, Error, Result};
+pub use crate::settings::{ScannerSettings, DEFAULT_SCANNER_IMAGE};
 
 pub const CONTROLLER: &str = "build";
 pub const LABEL_BUILD_NAME: &str = "lagoon.sh/buildName";
@@ -39,7 +40,6 @@ pub const ANNOTATION_DOCKER_HOST: &str = "dockerhost.lagoon.sh/name";
 pub const DEFAULT_DOCKER_HOST: &str = "docker-host.lagoon.svc";
 pub const SCANNER_SERVICE_ACCOUNT: &str = "lagoon-deployer";
 pub const REGISTRY_SECRET: &str = "lagoon-internal-registry-secret";
-pub const DEFAULT_SCANNER_IMAGE: &str = "uselagoon/insights-scanner:latest";
 /// The scanner's resources: syft reads whole images, so the memory limit is
 /// generous; the requests let the scheduler place it next to the build.
 pub const SCANNER_CPU_REQUEST: &str = "100m";
@@ -49,33 +49,6 @@ pub const SCANNER_MEMORY_LIMIT: &str = "2Gi";
 /// Build pods not yet scanned (scanner pods carry scan-status and are left out).
 pub fn selector() -> String {
     format!("{LABEL_BUILD_NAME},!{LABEL_SCANNED},!{LABEL_SCAN_STATUS}")
-}
-
-/// The scanner's settings (flags, environment, custom resource).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ScannerSettings {
-    pub enabled: bool,
-    pub image: String,
-    /// KEY=VALUE pairs, keys checked at start-up; they win over copied ones.
-    pub extra_env: Vec<(String, String)>,
-    /// The user the scanner runs as; set, the pod is also `runAsNonRoot`
-    /// (the Pod Security Standard "restricted"). Unset: the image's user
-    /// (the published scanner image's is not documented).
-    pub run_as_user: Option<i64>,
-    /// The container's imagePullPolicy (default `Always`, as upstream).
-    pub pull_policy: String,
-}
-
-impl Default for ScannerSettings {
-    fn default() -> Self {
-        ScannerSettings {
-            enabled: false,
-            image: DEFAULT_SCANNER_IMAGE.into(),
-            extra_env: Vec::new(),
-            run_as_user: None,
-            pull_policy: "Always".into(),
-        }
-    }
 }
 
 /// Upstream's list of build-pod variables the scanner gets (exact names,
@@ -316,7 +289,7 @@ pub fn plan(
 }
 
 /// Runs while the scanner is enabled; follows the setting live.
-pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
+pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let api: Api<Pod> = match &ctx.watch_namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
@@ -324,7 +297,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
     loop {
         let mut ops = ctx.ops.subscribe();
         tokio::select! {
-            _ = until_shutdown(shutdown.clone()) => return,
+            _ = shutdown.clone().cancelled_owned() => return,
             r = ops.wait_for(|o| o.build_scanner.enabled) => if r.is_err() { return },
         }
         info!(selector = %selector(), "build scanner enabled: watching build pods");
@@ -333,7 +306,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
             let mut ops = ctx.ops.subscribe();
             async move {
                 tokio::select! {
-                    _ = until_shutdown(shutdown) => {}
+                    _ = shutdown.cancelled_owned() => {}
                     _ = ops.wait_for(|o| !o.build_scanner.enabled) => {}
                 }
             }
@@ -343,7 +316,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
             .run(reconcile_observed, error_policy, ctx.clone())
             .for_each(|_| async {})
             .await;
-        if super::stopping(&shutdown) {
+        if shutdown.is_cancelled() {
             return;
         }
         info!("build scanner disabled");
@@ -371,8 +344,8 @@ pub async fn reconcile(build: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let result = async {
-        let lagoon = super::namespaces::is_lagoon_environment(
-            &super::namespaces::labels_of(&ctx, &ns).await?,
+        let lagoon = crate::cluster::is_lagoon_environment(
+            &ctx.cluster.identity_labels(&ctx.client, &ns).await?,
         );
         if !lagoon {
             return Ok(Plan::Wait);

@@ -14,12 +14,12 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::token_secrets::{Known, Verified};
-use super::{until_shutdown, Context, Error, Result};
+use super::{Context, Error, Result};
 use crate::contract::{
     lagoon_environment_id, LABEL_DYNAMIC_SECRET, LABEL_ENVIRONMENT, LABEL_ENVIRONMENT_ID,
     LABEL_INSIGHTS_TOKEN, LABEL_PROJECT, TOKEN_SECRET_KEY, TOKEN_SECRET_NAME,
@@ -31,7 +31,7 @@ use crate::token::{Claims, KeyRing};
 pub const CONTROLLER: &str = "namespace";
 const FIELD_MANAGER: &str = "insights-remote";
 
-pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
+pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
     let mut ns_config = watcher::Config::default().labels(LABEL_PROJECT);
     if let Some(ns) = &ctx.watch_namespace {
@@ -43,41 +43,19 @@ pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
     let trigger = futures::stream::select(keys_changed, ops_changed);
     info!(resync = ?ctx.token_resync, "keeping environment token Secrets");
     // The token Secrets are followed by name and metadata only (see
-    // token_secrets): a namespace is re-checked at once when its Secret
-    // changes behind our back, and every `token_resync` in any case.
+    // crate::cluster): a namespace is re-checked at once when its Secret
+    // changes behind our back, and every `token_resync` in any case. A new
+    // term trusts nothing an earlier one verified.
     let (recheck_tx, recheck_rx) = tokio::sync::mpsc::channel(1024);
-    // A new term starts from nothing: before the first reconcile, not in
-    // the spawned task.
-    ctx.token_secrets.reset();
-    let mut secrets = tokio::spawn(super::token_secrets::run(
-        ctx.clone(),
-        recheck_tx,
-        shutdown.clone(),
-    ));
-    let controller = Controller::new(namespaces, ns_config.any_semantic())
+    ctx.token_secrets.term(Some(recheck_tx));
+    Controller::new(namespaces, ns_config.any_semantic())
         .reconcile_all_on(trigger)
         .reconcile_on(tokio_stream::wrappers::ReceiverStream::new(recheck_rx))
-        .graceful_shutdown_on(until_shutdown(shutdown.clone()))
-        .run(reconcile_observed, error_policy, ctx)
-        .for_each(|_| async {});
-    // The Secret cache ends only at shutdown; if it dies, so does the
-    // reconciler (and the term, which supervises it), rather than trusting
-    // a frozen cache.
-    tokio::pin!(controller);
-    tokio::select! {
-        _ = &mut controller => {}
-        ended = &mut secrets => {
-            if !super::stopping(&shutdown) {
-                warn!(?ended, "the token Secret cache stopped");
-                return;
-            }
-            // Shutting down: let in-flight reconciles finish.
-            controller.await;
-        }
-    }
-    if !secrets.is_finished() {
-        let _ = secrets.await;
-    }
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(reconcile_observed, error_policy, ctx.clone())
+        .for_each(|_| async {})
+        .await;
+    ctx.token_secrets.term(None);
 }
 
 async fn reconcile_observed(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> {
@@ -353,7 +331,7 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> 
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &name);
     let keys = ctx.keys.borrow().clone();
     let key = keys.fingerprint();
-    let known = ctx.token_secrets.known(&name, &key, &claims);
+    let known = ctx.token_secrets.known(&ctx.cluster, &name, &key, &claims);
     let existing = match known {
         Known::Good => return Ok(Action::requeue(ctx.token_resync)),
         Known::Absent => None,

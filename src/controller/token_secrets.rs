@@ -10,17 +10,15 @@
 //! not listed yet) every check falls back to a GET.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Mutex;
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::core::PartialObjectMeta;
+use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Api, ResourceExt};
-use tokio::sync::{mpsc, watch};
+use kube::ResourceExt;
+use tokio::sync::mpsc;
 
-use super::{follow, Context};
-use crate::contract::TOKEN_SECRET_NAME;
+use crate::cluster::{Cluster, SecretMeta};
 use crate::token::Claims;
 
 /// A token Secret this process verified or wrote.
@@ -67,21 +65,30 @@ pub fn judge(
     }
 }
 
+/// What this process verified or wrote, beside the cluster's store of the
+/// Secrets ([`Cluster::token_secrets`]); and where to send the namespaces
+/// whose Secret changed behind its back (the token reconciler of the
+/// current leadership term, if any).
 #[derive(Default)]
 pub struct TokenSecrets {
-    /// namespace -> resourceVersion; None until the first list.
-    listed: RwLock<Option<HashMap<String, String>>>,
     verified: Mutex<HashMap<String, Verified>>,
+    recheck: Mutex<Option<mpsc::Sender<ObjectRef<Namespace>>>>,
 }
 
 impl TokenSecrets {
-    pub fn known(&self, namespace: &str, key: &str, claims: &Claims) -> Known {
-        let listed = self.listed.read().expect("token cache lock");
-        let listed = listed
-            .as_ref()
-            .map(|m| m.get(namespace).map(String::as_str));
+    pub fn known(&self, cluster: &Cluster, namespace: &str, key: &str, claims: &Claims) -> Known {
+        let listed = cluster.token_secrets_current().then(|| {
+            cluster
+                .token_secret(namespace)
+                .map(|s| s.resource_version().unwrap_or_default())
+        });
         let verified = self.verified.lock().expect("token cache lock");
-        judge(listed, verified.get(namespace), key, claims)
+        judge(
+            listed.as_ref().map(|l| l.as_deref()),
+            verified.get(namespace),
+            key,
+            claims,
+        )
     }
 
     /// Records a Secret as verified (or just written) for these claims.
@@ -92,118 +99,79 @@ impl TokenSecrets {
             .insert(namespace.to_string(), v);
     }
 
-    /// Forget everything (a new leadership term lists again).
-    pub fn reset(&self) {
-        *self.listed.write().expect("token cache lock") = None;
+    /// A leadership term starts (with the sender of its re-checks) or ends
+    /// (None): what an earlier term verified is not trusted.
+    pub fn term(&self, recheck: Option<mpsc::Sender<ObjectRef<Namespace>>>) {
         self.verified.lock().expect("token cache lock").clear();
+        *self.recheck.lock().expect("token cache lock") = recheck;
     }
 
-    /// Stops vouching for anything until the next full list (the watch
-    /// failed: events may have been missed). Every check looks meanwhile.
-    pub fn invalidate(&self) {
-        *self.listed.write().expect("token cache lock") = None;
-    }
-
-    /// Applies a watch event; returns the namespaces to re-check: a Secret
-    /// changed or deleted behind this process's back, also while the watch
-    /// was down (found when the new full list arrives).
-    fn apply(
-        &self,
-        ev: watcher::Event<PartialObjectMeta<Secret>>,
-        pending: &mut HashMap<String, String>,
-    ) -> Vec<String> {
-        let mut listed = self.listed.write().expect("token cache lock");
-        let mut verified = self.verified.lock().expect("token cache lock");
-        let rv = |s: &PartialObjectMeta<Secret>| s.resource_version().unwrap_or_default();
-        match ev {
-            watcher::Event::Apply(s) => {
-                let Some(ns) = s.namespace() else {
-                    return vec![];
-                };
-                let rv = rv(&s);
-                let ours = verified.get(&ns).is_some_and(|v| v.resource_version == rv);
-                if let Some(m) = listed.as_mut() {
-                    m.insert(ns.clone(), rv);
-                }
-                if ours {
-                    vec![]
-                } else {
-                    vec![ns]
-                }
-            }
-            watcher::Event::Delete(s) => {
-                let Some(ns) = s.namespace() else {
-                    return vec![];
-                };
-                if let Some(m) = listed.as_mut() {
-                    m.remove(&ns);
-                }
-                verified.remove(&ns);
-                vec![ns]
-            }
-            watcher::Event::Init => {
-                // Stale until the list is complete.
-                *listed = None;
-                pending.clear();
-                vec![]
-            }
-            watcher::Event::InitApply(s) => {
-                if let Some(ns) = s.namespace() {
-                    pending.insert(ns, rv(&s));
-                }
-                vec![]
-            }
-            watcher::Event::InitDone => {
-                let now = std::mem::take(pending);
-                let changed: Vec<String> = verified
-                    .iter()
-                    .filter(|(ns, v)| now.get(*ns) != Some(&v.resource_version))
-                    .map(|(ns, _)| ns.clone())
-                    .collect();
-                for ns in &changed {
-                    if !now.contains_key(ns) {
-                        verified.remove(ns);
-                    }
-                }
-                *listed = Some(now);
-                changed
+    /// Follows an event already in the store: the namespaces whose Secret
+    /// changed or went away behind this process's back (also while the
+    /// watch was down, found when a new full list arrives) are sent to the
+    /// token reconciler, and returned.
+    pub fn observe(&self, cluster: &Cluster, ev: &watcher::Event<SecretMeta>) -> Vec<String> {
+        let changed = {
+            let mut verified = self.verified.lock().expect("token cache lock");
+            changed(cluster, &mut verified, ev)
+        };
+        if let Some(tx) = self.recheck.lock().expect("token cache lock").as_ref() {
+            for ns in &changed {
+                // Full: the periodic re-check covers it.
+                let _ = tx.try_send(ObjectRef::new(ns));
             }
         }
+        changed
     }
 }
 
-/// Keeps `ctx.token_secrets` current until shutdown, sending the namespaces
-/// whose Secret changed behind this process's back to `recheck`. The caller
-/// resets the cache before starting it (a new term must not trust the last
-/// one's view).
-pub async fn run(
-    ctx: Arc<Context>,
-    recheck: mpsc::Sender<ObjectRef<Namespace>>,
-    shutdown: watch::Receiver<bool>,
-) {
-    let api: Api<PartialObjectMeta<Secret>> = match &ctx.watch_namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    };
-    let wc = watcher::Config::default().fields(&format!("metadata.name={TOKEN_SECRET_NAME}"));
-    let mut pending = HashMap::new();
-    let fallback = "falling back to a GET per check";
-    follow(
-        &ctx,
-        api,
-        wc,
-        "token-secrets",
-        fallback,
-        shutdown,
-        |ev| {
-            for ns in ctx.token_secrets.apply(ev, &mut pending) {
-                // Full: the periodic re-check covers it.
-                let _ = recheck.try_send(ObjectRef::new(&ns));
+/// Which namespaces an event shows changed behind our back (and forgets
+/// what was verified of the Secrets that are gone).
+fn changed(
+    cluster: &Cluster,
+    verified: &mut HashMap<String, Verified>,
+    ev: &watcher::Event<SecretMeta>,
+) -> Vec<String> {
+    match ev {
+        watcher::Event::Apply(s) => {
+            let Some(ns) = s.namespace() else {
+                return vec![];
+            };
+            let rv = s.resource_version().unwrap_or_default();
+            let ours = verified.get(&ns).is_some_and(|v| v.resource_version == rv);
+            if ours {
+                vec![]
+            } else {
+                vec![ns]
             }
-        },
-        || ctx.token_secrets.invalidate(),
-    )
-    .await;
+        }
+        watcher::Event::Delete(s) => {
+            let Some(ns) = s.namespace() else {
+                return vec![];
+            };
+            verified.remove(&ns);
+            vec![ns]
+        }
+        watcher::Event::Init | watcher::Event::InitApply(_) => vec![],
+        watcher::Event::InitDone => {
+            let now = |ns: &str| {
+                cluster
+                    .token_secret(ns)
+                    .map(|s| s.resource_version().unwrap_or_default())
+            };
+            let changed: Vec<String> = verified
+                .iter()
+                .filter(|(ns, v)| now(ns).as_deref() != Some(v.resource_version.as_str()))
+                .map(|(ns, _)| ns.clone())
+                .collect();
+            for ns in &changed {
+                if now(ns).is_none() {
+                    verified.remove(ns);
+                }
+            }
+            changed
+        }
+    }
 }
 
 #[cfg(test)]
@@ -261,92 +229,94 @@ mod tests {
         }
     }
 
-    fn secret(ns: &str, rv: &str) -> PartialObjectMeta<Secret> {
-        let mut s = PartialObjectMeta::<Secret>::default();
-        s.metadata.name = Some(TOKEN_SECRET_NAME.into());
+    fn secret(ns: &str, rv: &str) -> SecretMeta {
+        let mut s = SecretMeta::default();
+        s.metadata.name = Some(crate::contract::TOKEN_SECRET_NAME.into());
         s.metadata.namespace = Some(ns.into());
         s.metadata.resource_version = Some(rv.into());
         s
     }
 
-    #[test]
-    fn events_keep_versions_and_name_what_changed_behind_our_back() {
-        let c = TokenSecrets::default();
-        let mut pending = HashMap::new();
-        let main = claims("main");
-        let none: Vec<String> = vec![];
-        assert_eq!(c.known("a", "k", &main), Known::Unknown, "not listed yet");
-        assert_eq!(c.apply(watcher::Event::Init, &mut pending), none);
-        c.apply(watcher::Event::InitApply(secret("a", "5")), &mut pending);
-        assert_eq!(c.apply(watcher::Event::InitDone, &mut pending), none);
-        assert_eq!(
-            c.known("a", "k", &main),
-            Known::Unknown,
-            "listed, not verified"
-        );
-        assert_eq!(c.known("b", "k", &main), Known::Absent);
-        c.verified("a", verified("5", "k", "main"));
-        assert_eq!(c.known("a", "k", &main), Known::Good);
-        // Our own write arriving: nothing to re-check.
-        c.verified("b", verified("9", "k", "main"));
-        assert_eq!(
-            c.known("b", "k", &main),
-            Known::Unknown,
-            "write not seen yet"
-        );
-        assert_eq!(
-            c.apply(watcher::Event::Apply(secret("b", "9")), &mut pending),
-            none
-        );
-        assert_eq!(c.known("b", "k", &main), Known::Good);
-        // Edited by hand: re-check, and no longer good.
-        assert_eq!(
-            c.apply(watcher::Event::Apply(secret("a", "6")), &mut pending),
-            ["a"]
-        );
-        assert_eq!(c.known("a", "k", &main), Known::Unknown);
-        // Deleted: re-check, and absent.
-        assert_eq!(
-            c.apply(watcher::Event::Delete(secret("b", "10")), &mut pending),
-            ["b"]
-        );
-        assert_eq!(c.known("b", "k", &main), Known::Absent);
-        c.reset();
-        assert_eq!(c.known("b", "k", &main), Known::Unknown);
+    /// Feeds an event as the watch does: into the store, then observed.
+    fn feed(cluster: &Cluster, c: &TokenSecrets, ev: watcher::Event<SecretMeta>) -> Vec<String> {
+        cluster.feed_token_secret(&ev);
+        c.observe(cluster, &ev)
     }
 
-    /// A failed watch vouches for nothing until a new full list, and that
-    /// list names what changed while the watch was down.
+    #[test]
+    fn events_keep_versions_and_name_what_changed_behind_our_back() {
+        let cluster = Cluster::default();
+        let c = TokenSecrets::default();
+        let main = claims("main");
+        let none: Vec<String> = vec![];
+        let known = |ns: &str| c.known(&cluster, ns, "k", &main);
+        assert_eq!(known("a"), Known::Unknown, "not listed yet");
+        assert_eq!(feed(&cluster, &c, watcher::Event::Init), none);
+        feed(&cluster, &c, watcher::Event::InitApply(secret("a", "5")));
+        assert_eq!(feed(&cluster, &c, watcher::Event::InitDone), none);
+        assert_eq!(known("a"), Known::Unknown, "listed, not verified");
+        assert_eq!(known("b"), Known::Absent);
+        c.verified("a", verified("5", "k", "main"));
+        assert_eq!(known("a"), Known::Good);
+        // Our own write arriving: nothing to re-check.
+        c.verified("b", verified("9", "k", "main"));
+        assert_eq!(known("b"), Known::Unknown, "write not seen yet");
+        assert_eq!(
+            feed(&cluster, &c, watcher::Event::Apply(secret("b", "9"))),
+            none
+        );
+        assert_eq!(known("b"), Known::Good);
+        // Edited by hand: re-check, and no longer good.
+        assert_eq!(
+            feed(&cluster, &c, watcher::Event::Apply(secret("a", "6"))),
+            ["a"]
+        );
+        assert_eq!(known("a"), Known::Unknown);
+        // Deleted: re-check, and absent.
+        assert_eq!(
+            feed(&cluster, &c, watcher::Event::Delete(secret("b", "10"))),
+            ["b"]
+        );
+        assert_eq!(known("b"), Known::Absent);
+        // A new term trusts nothing the last one verified.
+        c.term(None);
+        assert_eq!(known("a"), Known::Unknown);
+    }
+
+    /// A failing watch vouches for nothing until its next event, and a new
+    /// full list names what changed while the watch was down.
     #[test]
     fn a_broken_watch_vouches_for_nothing_and_the_relist_names_the_changes() {
+        let cluster = Cluster::default();
         let c = TokenSecrets::default();
-        let mut pending = HashMap::new();
         let main = claims("main");
-        c.apply(watcher::Event::Init, &mut pending);
+        let known = |ns: &str| c.known(&cluster, ns, "k", &main);
+        feed(&cluster, &c, watcher::Event::Init);
         for (ns, rv) in [("kept", "1"), ("edited", "2"), ("deleted", "3")] {
-            c.apply(watcher::Event::InitApply(secret(ns, rv)), &mut pending);
+            feed(&cluster, &c, watcher::Event::InitApply(secret(ns, rv)));
             c.verified(ns, verified(rv, "k", "main"));
         }
-        c.apply(watcher::Event::InitDone, &mut pending);
-        assert_eq!(c.known("kept", "k", &main), Known::Good);
+        feed(&cluster, &c, watcher::Event::InitDone);
+        assert_eq!(known("kept"), Known::Good);
         // The watch fails: every check looks.
-        c.invalidate();
+        cluster.feed_token_secret_error();
         for ns in ["kept", "edited", "deleted"] {
-            assert_eq!(c.known(ns, "k", &main), Known::Unknown, "{ns}");
+            assert_eq!(known(ns), Known::Unknown, "{ns}");
         }
-        // The new list: stale until complete; then the changes are named.
-        c.apply(watcher::Event::Init, &mut pending);
-        c.apply(watcher::Event::InitApply(secret("kept", "1")), &mut pending);
-        assert_eq!(c.known("kept", "k", &main), Known::Unknown, "listing");
-        c.apply(
+        // The new list: the changes are named once it is complete.
+        feed(&cluster, &c, watcher::Event::Init);
+        feed(&cluster, &c, watcher::Event::InitApply(secret("kept", "1")));
+        assert_eq!(known("kept"), Known::Unknown, "listing");
+        feed(
+            &cluster,
+            &c,
             watcher::Event::InitApply(secret("edited", "7")),
-            &mut pending,
         );
-        let mut changed = c.apply(watcher::Event::InitDone, &mut pending);
+        let mut changed = feed(&cluster, &c, watcher::Event::InitDone);
         changed.sort();
         assert_eq!(changed, ["deleted", "edited"]);
-        assert_eq!(c.known("kept", "k", &main), Known::Good);
-        assert_eq!(c.known("edited", "k", &main), Known::Unknown);
-        assert_eq!(c.known("deleted", "k", &main), Known::Absent, "mint again");
+        assert_eq!(known("kept"), Known::Good);
+        assert_eq!(known("edited"), Known::Unknown);
+        assert_eq!(known("deleted"), Known::Absent, "mint again");
     }
 }

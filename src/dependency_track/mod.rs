@@ -42,192 +42,20 @@ pub const LAGOON_ENV_SECRET: &str = "lagoon-env";
 pub const KEY_API_KEY: &str = "LAGOON_FEATURE_FLAG_INSIGHTS_DEPENDENCY_TRACK_API_KEY";
 pub const KEY_PUSH_PROD_ONLY: &str = "LAGOON_FEATURE_FLAG_INSIGHTS_DEPENDENCY_TRACK_PUSH_PROD_ONLY";
 
-pub const DEFAULT_ROOT_TEMPLATE: &str = "{{ .ProjectName }}";
-pub const DEFAULT_PARENT_TEMPLATE: &str = "{{ .ProjectName }}-{{ .EnvironmentName }}";
-pub const DEFAULT_PROJECT_TEMPLATE: &str =
-    "{{ .ProjectName }}-{{ .EnvironmentName }}-{{ .ServiceName }}";
-pub const DEFAULT_VERSION_TEMPLATE: &str = "unset";
+pub use crate::settings::dependency_track::{
+    Settings, Template, Templates, DEFAULT_PARENT_TEMPLATE, DEFAULT_PROJECT_TEMPLATE,
+    DEFAULT_ROOT_TEMPLATE, DEFAULT_VERSION_TEMPLATE,
+};
 
-/// The fields a template may use: those upstream's defaults and
-/// documentation use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Field {
-    ProjectName,
-    EnvironmentName,
-    ServiceName,
-    EnvironmentType,
-    /// Upstream has it and never sets it: always empty.
-    Version,
-}
-
-const FIELDS: [(&str, Field); 5] = [
-    ("ProjectName", Field::ProjectName),
-    ("EnvironmentName", Field::EnvironmentName),
-    ("ServiceName", Field::ServiceName),
-    ("EnvironmentType", Field::EnvironmentType),
-    ("Version", Field::Version),
-];
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Part {
-    Text(String),
-    Field(Field),
-}
-
-/// A name template in the Go-template syntax admins already have in their
-/// values: literal text and `{{ .Field }}` placeholders, nothing else.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Template {
-    source: String,
-    parts: Vec<Part>,
-}
-
-impl Template {
-    pub fn parse(source: &str) -> Result<Template, String> {
-        let mut parts = Vec::new();
-        let mut rest = source;
-        while let Some(open) = rest.find("{{") {
-            if open > 0 {
-                parts.push(Part::Text(rest[..open].to_string()));
-            }
-            let after = &rest[open + 2..];
-            let close = after
-                .find("}}")
-                .ok_or_else(|| format!("template {source:?}: unclosed {{{{"))?;
-            let action = after[..close].trim();
-            let field = action
-                .strip_prefix('.')
-                .and_then(|name| FIELDS.iter().find(|(n, _)| *n == name))
-                .map(|(_, f)| *f)
-                .ok_or_else(|| {
-                    format!(
-                        "template {source:?}: {{{{ {action} }}}} is not supported; use literal text and {}",
-                        FIELDS
-                            .iter()
-                            .map(|(n, _)| format!("{{{{ .{n} }}}}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                })?;
-            parts.push(Part::Field(field));
-            rest = &after[close + 2..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Text(rest.to_string()));
-        }
-        Ok(Template {
-            source: source.to_string(),
-            parts,
-        })
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.parts.is_empty()
-    }
-
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
-    pub fn render(&self, info: &WriteInfo) -> String {
-        self.parts
-            .iter()
-            .map(|p| match p {
-                Part::Text(t) => t.as_str(),
-                Part::Field(Field::ProjectName) => &info.project,
-                Part::Field(Field::EnvironmentName) => &info.environment,
-                Part::Field(Field::ServiceName) => &info.service,
-                Part::Field(Field::EnvironmentType) => &info.environment_type,
-                Part::Field(Field::Version) => "",
-            })
-            .collect()
-    }
-}
-
-/// The four name templates (`--dependency-track-*-template`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Templates {
-    pub root: Template,
-    pub parent: Template,
-    pub project: Template,
-    pub version: Template,
-}
-
-impl Templates {
-    pub fn parse(root: &str, parent: &str, project: &str, version: &str) -> Result<Self, String> {
-        let t = Templates {
-            root: Template::parse(root)?,
-            parent: Template::parse(parent)?,
-            project: Template::parse(project)?,
-            version: Template::parse(version)?,
-        };
-        if t.project.is_empty() {
-            return Err("the Dependency-Track project name template is empty".into());
-        }
-        Ok(t)
-    }
-}
-
-impl Default for Templates {
-    fn default() -> Self {
-        Templates::parse(
-            DEFAULT_ROOT_TEMPLATE,
-            DEFAULT_PARENT_TEMPLATE,
-            DEFAULT_PROJECT_TEMPLATE,
-            DEFAULT_VERSION_TEMPLATE,
-        )
-        .expect("the defaults parse")
-    }
-}
-
-/// The central Dependency-Track settings (flags, environment, custom
-/// resource). The key never reaches a log.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Settings {
-    pub enabled: bool,
-    pub endpoint: String,
-    pub api_key: String,
-    pub templates: Templates,
-    pub push_prod_only: bool,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            enabled: false,
-            endpoint: String::new(),
-            api_key: String::new(),
-            templates: Templates::default(),
-            push_prod_only: true,
-        }
-    }
-}
-
-impl fmt::Debug for Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Settings")
-            .field("enabled", &self.enabled)
-            .field("endpoint", &self.endpoint)
-            .field(
-                "api_key",
-                &if self.api_key.is_empty() { "" } else { "<set>" },
-            )
-            .field("templates", &self.templates)
-            .field("push_prod_only", &self.push_prod_only)
-            .finish()
-    }
-}
-
-impl Settings {
-    /// Upstream's rule: the central upload runs only when switched on with
-    /// both an endpoint and a key.
-    pub fn central_active(&self) -> bool {
-        self.enabled && !self.endpoint.is_empty() && !self.api_key.is_empty()
-    }
-    /// The per-namespace upload runs whenever the integration is on.
-    pub fn custom_active(&self) -> bool {
-        self.enabled
-    }
+/// A template filled with the ConfigMap's environment.
+fn render(t: &Template, info: &WriteInfo) -> String {
+    t.render_with(|field| match field {
+        "ProjectName" => &info.project,
+        "EnvironmentName" => &info.environment,
+        "ServiceName" => &info.service,
+        "EnvironmentType" => &info.environment_type,
+        _ => "",
+    })
 }
 
 /// What the templates are filled with.
@@ -274,15 +102,15 @@ pub fn target(t: &Templates, info: &WriteInfo, cm_labels: &BTreeMap<String, Stri
     let mut parents = Vec::new();
     if !t.parent.is_empty() {
         if !t.root.is_empty() {
-            parents.push(t.root.render(info));
+            parents.push(render(&t.root, info));
         }
-        parents.push(t.parent.render(info));
+        parents.push(render(&t.parent, info));
     }
     parents.retain(|p| !p.is_empty());
     Target {
         parents,
-        project: t.project.render(info),
-        version: t.version.render(info),
+        project: render(&t.project, info),
+        version: render(&t.version, info),
         tags: cm_labels
             .get(LABEL_ENVIRONMENT_TYPE)
             .map(|t| vec![format!("lagoon-environmenttype-{t}")])
@@ -732,7 +560,7 @@ mod tests {
         ];
         for (src, want) in cases {
             match (Template::parse(src), want) {
-                (Ok(t), Ok(w)) => assert_eq!(t.render(&info()), *w, "{src}"),
+                (Ok(t), Ok(w)) => assert_eq!(render(&t, &info()), *w, "{src}"),
                 (Err(e), Err(w)) => assert!(e.contains(w), "{src}: {e}"),
                 (got, want) => panic!("{src}: got {got:?}, want {want:?}"),
             }

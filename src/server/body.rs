@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest};
@@ -12,38 +11,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::auth::{admit, environment_id};
 use super::{ApiError, ApiState};
+use crate::settings::Limits;
 use crate::token::Claims;
-
-/// How much one request, and all requests together, may cost.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Largest request body.
-    pub body_bytes: usize,
-    /// Most facts or problems in one request.
-    pub max_items: usize,
-    /// Budget for the bodies and messages of all requests in flight.
-    pub inflight_bytes: usize,
-    /// Longest time to receive a whole body.
-    pub body_timeout: Duration,
-    /// Bounds of the listener's connections.
-    pub conn: super::ConnLimits,
-    /// Resident bytes above which posts are answered 503 (0: 80% of the
-    /// container's memory limit, if any).
-    pub memory_high: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            body_bytes: 1024 * 1024,
-            max_items: 10_000,
-            inflight_bytes: 64 * 1024 * 1024,
-            body_timeout: Duration::from_secs(10),
-            conn: super::ConnLimits::default(),
-            memory_high: 0,
-        }
-    }
-}
 
 /// What a request is charged in the in-flight budget per byte of body: the
 /// body, the parsed items, the message built from them (an item's fields

@@ -40,6 +40,7 @@ use tokio::time::Sleep;
 
 use super::framing::{Framing, FramingError};
 use crate::metrics::{Metrics, OutcomeLabels};
+use crate::settings::ConnLimits;
 
 /// Requests read ahead of the answers written on one connection.
 pub const PIPELINE: usize = 8;
@@ -53,36 +54,6 @@ pub const SPIN_POLLS: u32 = 4096;
 /// Refused connections answered at once; beyond this a refused connection
 /// is closed without an answer.
 const REFUSALS_ANSWERED: usize = 64;
-
-/// Bounds of the ingestion listener's connections.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConnLimits {
-    /// Connections open at once.
-    pub max_connections: usize,
-    /// Connections open at once from one client address.
-    pub max_per_client: usize,
-    /// Longest request head (request line and headers).
-    pub head_bytes: usize,
-    /// Longest time from a head's first byte to its end.
-    pub head_timeout: Duration,
-    /// Longest time an answer may wait for the client to read.
-    pub write_timeout: Duration,
-    /// Longest idle time between requests on a connection.
-    pub keep_alive: Duration,
-}
-
-impl Default for ConnLimits {
-    fn default() -> Self {
-        Self {
-            max_connections: 4096,
-            max_per_client: 64,
-            head_bytes: 8 * 1024,
-            head_timeout: Duration::from_secs(10),
-            write_timeout: Duration::from_secs(5),
-            keep_alive: Duration::from_secs(5),
-        }
-    }
-}
 
 /// Why a connection was refused or closed (a metrics label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

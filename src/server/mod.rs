@@ -43,9 +43,9 @@ use crate::broker::Publisher;
 use crate::metrics::Metrics;
 use crate::token::KeyRing;
 
+pub use crate::settings::{ConnLimits, Limits};
 pub use auth::environment_id;
-pub use body::Limits;
-pub use conn::{ConnLimits, Gate, Tenant, PIPELINE, READ_AHEAD, SPIN_POLLS};
+pub use conn::{Gate, Tenant, PIPELINE, READ_AHEAD, SPIN_POLLS};
 pub use error::{ApiError, ErrorBody, OkBody};
 pub use memory::{container_limit, resident};
 pub use messages::{decode_segment, facts_message, problems_message};

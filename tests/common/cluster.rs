@@ -218,7 +218,7 @@ pub struct Operator {
     pub ctx: Arc<Context>,
     pub metrics: Arc<Metrics>,
     pub publisher: Publisher,
-    stop: watch::Sender<bool>,
+    stop: tokio_util::sync::DropGuard,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -309,14 +309,14 @@ impl Operator {
         customise(&mut ctx);
         let ctx = Arc::new(ctx);
         controller::config::sync(&ctx).await;
-        let (stop, stop_rx) = watch::channel(false);
+        let stop = controller::CancellationToken::new();
         let opts = controller::RunOptions {
             forward: o.forward,
             tokens: o.tokens,
             concurrency: 4,
             lease: None,
         };
-        let ctx2 = ctx.clone();
+        let (ctx2, stop_rx) = (ctx.clone(), stop.clone());
         let task = tokio::spawn(async move {
             controller::run(ctx2, opts, stop_rx).await.unwrap();
         });
@@ -324,13 +324,13 @@ impl Operator {
             ctx,
             metrics,
             publisher,
-            stop,
+            stop: stop.drop_guard(),
             task,
         }
     }
 
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
+        drop(self.stop);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
         self.publisher.shutdown().await;
     }

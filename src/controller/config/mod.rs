@@ -23,10 +23,10 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::Api;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{until_shutdown, ConfigHealth, Context};
+use super::{ConfigHealth, Context};
 use crate::crd::InsightsRemoteConfig;
 pub use spec::{broker_settings, operations, referenced_secrets, secret_namespace, Problem};
 pub use status::write_status;
@@ -38,7 +38,7 @@ const RESYNC: Duration = Duration::from_secs(30);
 /// reads too) and the names of the Secrets in the operator's namespace
 /// (metadata only); re-resolves when the resource or a Secret it names
 /// changes, and every [`RESYNC`].
-pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
+pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let Some(writer) = ctx.config_writer.lock().expect("writer lock").take() else {
         warn!("the InsightsRemoteConfig follower already runs in this process");
         return;
@@ -61,7 +61,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
     // Until the cache is filled, the settings loaded at start-up stay.
     let mut cached = false;
     let mut tick = tokio::time::interval(RESYNC);
-    let stop = until_shutdown(shutdown);
+    let stop = shutdown.cancelled_owned();
     tokio::pin!(stop);
     loop {
         tokio::select! {

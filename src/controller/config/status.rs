@@ -13,10 +13,10 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::controller::{until_shutdown, ConfigHealth, Context, Counters};
+use crate::controller::{ConfigHealth, Context, Counters};
 use crate::crd::{InsightsRemoteConfig, InsightsRemoteConfigStatus, PostProcessorCounts};
 
 /// The broker as the status shows it.
@@ -289,7 +289,7 @@ pub fn needs_write(
 /// Writes status: conditions when they change, counters batched (at most
 /// one write every half second plus the API call, not one per ConfigMap).
 /// Reads the resource from the config follower's cache, never with a GET.
-pub async fn write_status(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
+pub async fn write_status(ctx: Arc<Context>, shutdown: CancellationToken) {
     let api: Api<InsightsRemoteConfig> = Api::all(ctx.client.clone());
     let key = ObjectRef::new(&ctx.config_name);
     let mut broker_rx = ctx.publisher.as_ref().map(|p| p.subscribe_state());
@@ -298,7 +298,7 @@ pub async fn write_status(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
     let mut was_connected: Option<bool> = None;
     // What earlier terms of this process counted (already in the status).
     let at_start = Totals::read(&ctx.counters);
-    let stop = until_shutdown(shutdown);
+    let stop = shutdown.cancelled_owned();
     tokio::pin!(stop);
     loop {
         let broker_changed = async {

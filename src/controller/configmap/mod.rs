@@ -24,10 +24,10 @@ use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{now_unix, until_shutdown, Context, Error, Result};
+use super::{now_unix, Context, Error, Result};
 use crate::contract::{ANNOTATION_RETRIES, ANNOTATION_STEPS_FOR};
 use crate::dependency_track::UploadStep;
 use crate::postprocess::{self, Outcome, Step, Work};
@@ -44,7 +44,7 @@ pub const CONTROLLER: &str = "configmap";
 /// payload is read when its turn comes.
 /// A selector is fixed when a watch starts, so switching burn-after-reading
 /// restarts the controller with the other selector.
-pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: watch::Receiver<bool>) {
+pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: CancellationToken) {
     let api: Api<PartialObjectMeta<ConfigMap>> = match &ctx.watch_namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
@@ -59,7 +59,7 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: watch::Receiver<
             let shutdown = shutdown.clone();
             async move {
                 tokio::select! {
-                    _ = until_shutdown(shutdown) => {}
+                    _ = shutdown.cancelled_owned() => {}
                     _ = ops.wait_for(|o| o.burn_after_reading != burn) => {}
                 }
             }
@@ -70,7 +70,7 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: watch::Receiver<
             .run(reconcile_observed, error_policy, ctx.clone())
             .for_each(|_| async {})
             .await;
-        if super::stopping(&shutdown) {
+        if shutdown.is_cancelled() {
             return;
         }
     }
@@ -163,7 +163,10 @@ async fn forward(
     if ctx.uploads.running_for(uid, fingerprint) {
         return Ok(Action::requeue(UPLOAD_POLL));
     }
-    let ns_labels = super::namespaces::labels_of(ctx, &cm.namespace().unwrap_or_default()).await?;
+    let ns_labels = ctx
+        .cluster
+        .identity_labels(&ctx.client, &cm.namespace().unwrap_or_default())
+        .await?;
     let message = match build_message(cm, &ns_labels) {
         Ok(m) => m,
         Err(reason) => return effects::reject(api, cm, ctx, &reason, fingerprint).await,

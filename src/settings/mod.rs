@@ -6,9 +6,30 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::broker::{BrokerSettings, TlsSettings};
-use crate::token::{KeyRing, INSECURE_DEFAULT_KEY};
-use crate::{Error, Result};
+pub mod dependency_track;
+mod values;
+
+pub use values::*;
+
+/// A setting that cannot be used, in words for the admin.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct Invalid(pub String);
+
+pub type Result<T, E = Invalid> = std::result::Result<T, E>;
+
+/// The Go original's default signing key, public in its repository: refused
+/// outside the explicit dev mode.
+pub const INSECURE_DEFAULT_KEY: &str = "testsecret";
+
+/// The signing keys as given, checked against the insecure default (their
+/// length is checked where the key ring is built, `crate::token`).
+#[derive(Clone)]
+pub struct SigningKeys {
+    pub current: Vec<u8>,
+    /// Previous keys still accepted during a rotation.
+    pub previous: Vec<String>,
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -79,14 +100,14 @@ pub struct KeyArgs {
 }
 
 impl KeyArgs {
-    /// The key ring, refusing the Go original's insecure default outside dev
-    /// mode. Never echoes the key.
-    pub fn key_ring(&self) -> Result<KeyRing> {
+    /// The signing keys, refusing the Go original's insecure default
+    /// outside dev mode. Never echoes a key.
+    pub fn signing_keys(&self) -> Result<SigningKeys> {
         let key = match (&self.token_secret, &self.token_secret_file) {
             (_, Some(path)) => Some(
                 std::fs::read_to_string(path)
                     .map_err(|e| {
-                        Error::Config(format!("reading signing key file {}: {e}", path.display()))
+                        Invalid(format!("reading signing key file {}: {e}", path.display()))
                     })?
                     .trim_end_matches(['\n', '\r'])
                     .to_string(),
@@ -96,7 +117,7 @@ impl KeyArgs {
         };
         let key = match key {
             Some(k) if k == INSECURE_DEFAULT_KEY && !self.dev_mode => {
-                return Err(Error::Config(
+                return Err(Invalid(
                     "the signing key is the Go original's public default \"testsecret\"; set INSIGHTS_TOKEN_SECRET to a secret of at least 32 bytes (or pass --insecure-dev-mode for local development)".into(),
                 ))
             }
@@ -108,13 +129,20 @@ impl KeyArgs {
                 k
             }
             None => {
-                return Err(Error::Config(
+                return Err(Invalid(
                     "no signing key: set INSIGHTS_TOKEN_SECRET (at least 32 bytes) or --insights-token-secret-file, or name a key Secret in the InsightsRemoteConfig".into(),
                 ))
             }
         };
-        KeyRing::with_previous(key, self.previous_secrets.iter().filter(|k| !k.is_empty()))
-            .map_err(|e| Error::Config(e.to_string()))
+        Ok(SigningKeys {
+            current: key,
+            previous: self
+                .previous_secrets
+                .iter()
+                .filter(|k| !k.is_empty())
+                .cloned()
+                .collect(),
+        })
     }
 }
 
@@ -171,13 +199,13 @@ pub struct RunArgs {
     /// Largest message published, in bytes (0: no limit of ours); larger
     /// ones are refused with 413 (API) or rejected (ConfigMaps) before
     /// publishing. Keep it at or below the broker's `max_message_size`.
-    #[arg(long = "max-message-bytes", env = "MAX_MESSAGE_BYTES", default_value_t = crate::broker::DEFAULT_MAX_MESSAGE_BYTES)]
+    #[arg(long = "max-message-bytes", env = "MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
-    #[arg(long = "rabbitmq-exchange", env = "RABBITMQ_EXCHANGE", default_value = crate::contract::DEFAULT_EXCHANGE)]
+    #[arg(long = "rabbitmq-exchange", env = "RABBITMQ_EXCHANGE", default_value = DEFAULT_EXCHANGE)]
     pub rabbitmq_exchange: String,
-    #[arg(long = "rabbitmq-queue", env = "RABBITMQ_QUEUE", default_value = crate::contract::DEFAULT_QUEUE)]
+    #[arg(long = "rabbitmq-queue", env = "RABBITMQ_QUEUE", default_value = DEFAULT_QUEUE)]
     pub rabbitmq_queue: String,
-    #[arg(long = "rabbitmq-routing-key", env = "RABBITMQ_ROUTING_KEY", default_value = crate::contract::DEFAULT_ROUTING_KEY)]
+    #[arg(long = "rabbitmq-routing-key", env = "RABBITMQ_ROUTING_KEY", default_value = DEFAULT_ROUTING_KEY)]
     pub rabbitmq_routing_key: String,
 
     #[arg(long = "burn-after-reading", env = "BURN_AFTER_READING", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
@@ -281,26 +309,26 @@ pub struct RunArgs {
     )]
     pub webservice_rate_limit: u32,
     /// Most facts or problems accepted in one request.
-    #[arg(long = "webservice-max-items", env = "WEBSERVICE_MAX_ITEMS", default_value_t = crate::server::Limits::default().max_items)]
+    #[arg(long = "webservice-max-items", env = "WEBSERVICE_MAX_ITEMS", default_value_t = Limits::default().max_items)]
     pub webservice_max_items: usize,
     /// Memory budget, in bytes, for the bodies and messages of all requests
     /// in flight; a request that does not fit gets 503 with Retry-After.
-    #[arg(long = "webservice-inflight-bytes", env = "WEBSERVICE_INFLIGHT_BYTES", default_value_t = crate::server::Limits::default().inflight_bytes)]
+    #[arg(long = "webservice-inflight-bytes", env = "WEBSERVICE_INFLIGHT_BYTES", default_value_t = Limits::default().inflight_bytes)]
     pub webservice_inflight_bytes: usize,
     /// How long a client may take to send its whole body (e.g. 10s).
     #[arg(long = "webservice-body-timeout", env = "WEBSERVICE_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub webservice_body_timeout: Duration,
     /// Connections the ingestion API holds open at once (at most half the
     /// process's descriptor limit); more are answered 503 and closed.
-    #[arg(long = "webservice-max-connections", env = "WEBSERVICE_MAX_CONNECTIONS", default_value_t = crate::server::ConnLimits::default().max_connections)]
+    #[arg(long = "webservice-max-connections", env = "WEBSERVICE_MAX_CONNECTIONS", default_value_t = ConnLimits::default().max_connections)]
     pub webservice_max_connections: usize,
     /// Connections the ingestion API holds open at once from one client
     /// address; more are answered 503 and closed.
-    #[arg(long = "webservice-max-connections-per-client", env = "WEBSERVICE_MAX_CONNECTIONS_PER_CLIENT", default_value_t = crate::server::ConnLimits::default().max_per_client)]
+    #[arg(long = "webservice-max-connections-per-client", env = "WEBSERVICE_MAX_CONNECTIONS_PER_CLIENT", default_value_t = ConnLimits::default().max_per_client)]
     pub webservice_max_connections_per_client: usize,
     /// Longest request head (request line and headers), in bytes; a longer
     /// one is answered 431 and the connection closed.
-    #[arg(long = "webservice-max-head-bytes", env = "WEBSERVICE_MAX_HEAD_BYTES", default_value_t = crate::server::ConnLimits::default().head_bytes)]
+    #[arg(long = "webservice-max-head-bytes", env = "WEBSERVICE_MAX_HEAD_BYTES", default_value_t = ConnLimits::default().head_bytes)]
     pub webservice_max_head_bytes: usize,
     /// How long an answer may wait for a client that does not read it
     /// before the connection is closed (e.g. 5s).
@@ -556,7 +584,7 @@ impl RunArgs {
                 continue;
             }
             let pair = parse_env_pair(item)
-                .map_err(|e| Error::Config(format!("BUILD_SCANNER_EXTRA_ENV_VARS: {e}")))?;
+                .map_err(|e| Invalid(format!("BUILD_SCANNER_EXTRA_ENV_VARS: {e}")))?;
             out.retain(|(k, _)| *k != pair.0);
             out.push(pair);
         }
@@ -597,8 +625,7 @@ impl RunArgs {
         let read = |p: &Option<std::path::PathBuf>| -> Result<Option<Vec<u8>>> {
             p.as_ref()
                 .map(|p| {
-                    std::fs::read(p)
-                        .map_err(|e| Error::Config(format!("reading {}: {e}", p.display())))
+                    std::fs::read(p).map_err(|e| Invalid(format!("reading {}: {e}", p.display())))
                 })
                 .transpose()
         };
@@ -628,13 +655,13 @@ impl RunArgs {
         })
     }
 
-    pub fn limits(&self) -> crate::server::Limits {
-        crate::server::Limits {
+    pub fn limits(&self) -> Limits {
+        Limits {
             body_bytes: self.webservice_body_limit,
             max_items: self.webservice_max_items,
             inflight_bytes: self.webservice_inflight_bytes,
             body_timeout: self.webservice_body_timeout,
-            conn: crate::server::ConnLimits {
+            conn: ConnLimits {
                 max_connections: self.webservice_max_connections.max(1),
                 max_per_client: self.webservice_max_connections_per_client.max(1),
                 head_bytes: self.webservice_max_head_bytes.max(256),
@@ -648,23 +675,8 @@ impl RunArgs {
     pub fn webservice_addr(&self) -> Result<SocketAddr> {
         format!("{}:{}", self.webservice_bind_address, self.webservice_port)
             .parse()
-            .map_err(|e| Error::Config(format!("webservice address: {e}")))
+            .map_err(|e| Invalid(format!("webservice address: {e}")))
     }
-}
-
-/// How the reconcilers behave; hot-reloaded from the InsightsRemoteConfig.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Operations {
-    pub burn_after_reading: bool,
-    pub forwarding_enabled: bool,
-    pub deferred_enabled: bool,
-    pub mins_between_retries: u32,
-    pub max_retries: u32,
-    pub require_core_enabled: bool,
-    pub tokens_enabled: bool,
-    pub target_label: Option<String>,
-    pub dependency_track: crate::dependency_track::Settings,
-    pub build_scanner: crate::controller::build::ScannerSettings,
 }
 
 impl RunArgs {
@@ -679,7 +691,7 @@ impl RunArgs {
             tokens_enabled: self.enable_namespace_reconciler,
             target_label: self.token_target_label.clone().filter(|l| !l.is_empty()),
             dependency_track: self.dependency_track_settings()?,
-            build_scanner: crate::controller::build::ScannerSettings {
+            build_scanner: ScannerSettings {
                 enabled: self.upstream.build_scanner,
                 image: self.upstream.build_scanner_image.clone(),
                 extra_env: self.build_scanner_extra_env()?,
@@ -691,16 +703,16 @@ impl RunArgs {
 
     /// The Dependency-Track flags and variables; a template this version
     /// cannot render stops start-up.
-    pub fn dependency_track_settings(&self) -> Result<crate::dependency_track::Settings> {
+    pub fn dependency_track_settings(&self) -> Result<dependency_track::Settings> {
         let u = &self.upstream;
-        let templates = crate::dependency_track::Templates::parse(
+        let templates = dependency_track::Templates::parse(
             &u.dependency_track_root_project_name_template,
             &u.dependency_track_parent_project_name_template,
             &u.dependency_track_project_name_template,
             &u.dependency_track_version_template,
         )
-        .map_err(|e| Error::Config(format!("Dependency-Track: {e}")))?;
-        Ok(crate::dependency_track::Settings {
+        .map_err(|e| Invalid(format!("Dependency-Track: {e}")))?;
+        Ok(dependency_track::Settings {
             enabled: u.dependency_track,
             endpoint: u.dependency_track_api_endpoint.clone(),
             api_key: u.dependency_track_api_key.clone(),
@@ -918,26 +930,17 @@ mod tests {
             token_secret: Some("testsecret".into()),
             ..Default::default()
         };
-        let err = args.key_ring().unwrap_err().to_string();
+        let err = args.signing_keys().err().unwrap().to_string();
         assert!(
             err.contains("testsecret") && err.contains("32 bytes"),
             "{err}"
         );
-        assert!(KeyArgs::default().key_ring().is_err());
+        assert!(KeyArgs::default().signing_keys().is_err());
         let dev = KeyArgs {
             dev_mode: true,
             ..Default::default()
         };
-        assert!(dev.key_ring().is_ok());
-        let short = KeyArgs {
-            token_secret: Some("short-key".into()),
-            ..Default::default()
-        };
-        assert!(short
-            .key_ring()
-            .unwrap_err()
-            .to_string()
-            .contains("at least 32 bytes"));
+        assert!(dev.signing_keys().is_ok());
     }
 
     /// The broker's defaults live in `BrokerSettings::default()` (used by

@@ -1,0 +1,235 @@
+//! What this process sees of the cluster without asking: kube's reflector
+//! stores, each filled by one narrow, metadata-only watch that every replica
+//! runs from start-up to shutdown.
+//!
+//! - [`Cluster::namespaces`]: the Lagoon environment namespaces (labelled
+//!   `lagoon.sh/environmentId`). The ingestion API checks tokens against
+//!   them ([`crate::tenants`]); the ConfigMap and build reconcilers read a
+//!   namespace's identity from them instead of a GET.
+//! - [`Cluster::token_secrets`]: the `insights-token` Secrets (watched by
+//!   name, which is all the chart's RBAC allows). Their revocation marks are
+//!   checked per request; the token reconciler mints without a GET where
+//!   none exists and leaves alone what it verified.
+//!
+//! The watches restart by themselves with kube's default backoff, resuming
+//! from the last version seen, so no event is missed (a version too old
+//! makes them list again). While a token Secret watch is failing its store
+//! may be stale: [`Cluster::token_secrets_current`] says so, and the token
+//! reconciler then looks with a GET.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, store::Writer, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+
+use crate::contract::{
+    LABEL_ENVIRONMENT, LABEL_ENVIRONMENT_ID, LABEL_ENVIRONMENT_TYPE, LABEL_PROJECT,
+    TOKEN_SECRET_NAME,
+};
+
+pub type NamespaceMeta = PartialObjectMeta<Namespace>;
+pub type SecretMeta = PartialObjectMeta<Secret>;
+
+/// The stores, readable from the start (empty and not ready until the
+/// first list).
+pub struct Cluster {
+    pub namespaces: Store<NamespaceMeta>,
+    pub token_secrets: Store<SecretMeta>,
+    /// False from a failed token Secret watch until its next event.
+    secrets_current: AtomicBool,
+    writers: Mutex<Option<(Writer<NamespaceMeta>, Writer<SecretMeta>)>>,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        let (namespaces, ns_writer) = reflector::store();
+        let (token_secrets, secret_writer) = reflector::store();
+        Self {
+            namespaces,
+            token_secrets,
+            secrets_current: AtomicBool::new(true),
+            writers: Mutex::new(Some((ns_writer, secret_writer))),
+        }
+    }
+}
+
+/// What to do beside filling the stores: each event once it is in its
+/// store, and each watch error (named `namespaces` or `token-secrets`).
+pub trait Observer: Send {
+    fn namespace(&mut self, _event: &watcher::Event<NamespaceMeta>) {}
+    fn token_secret(&mut self, _event: &watcher::Event<SecretMeta>) {}
+    fn error(&mut self, watch: &'static str, error: &watcher::Error);
+}
+
+impl Cluster {
+    /// Whether both stores hold a complete list.
+    pub fn ready(&self) -> bool {
+        listed(&self.namespaces) && listed(&self.token_secrets)
+    }
+
+    /// Resolves once both stores hold a complete list.
+    pub async fn wait_ready(&self) {
+        let _ = self.namespaces.wait_until_ready().await;
+        let _ = self.token_secrets.wait_until_ready().await;
+    }
+
+    /// A Lagoon environment namespace, if listed.
+    pub fn namespace(&self, name: &str) -> Option<std::sync::Arc<NamespaceMeta>> {
+        self.namespaces.get(&ObjectRef::new(name))
+    }
+
+    /// A namespace's identity labels (project, environment, type): from the
+    /// store, or one GET for a namespace it does not hold (not listed yet,
+    /// created a moment ago, or without an environment id); empty when
+    /// there is no such namespace.
+    pub async fn identity_labels(&self, client: &Client, ns: &str) -> Result<Labels, kube::Error> {
+        if let Some(n) = self.namespace(ns) {
+            return Ok(identity_of(n.labels()));
+        }
+        Ok(Api::<NamespaceMeta>::all(client.clone())
+            .get_metadata_opt(ns)
+            .await?
+            .map(|n| identity_of(n.labels()))
+            .unwrap_or_default())
+    }
+
+    /// A namespace's token Secret, if listed.
+    pub fn token_secret(&self, namespace: &str) -> Option<std::sync::Arc<SecretMeta>> {
+        self.token_secrets
+            .get(&ObjectRef::new(TOKEN_SECRET_NAME).within(namespace))
+    }
+
+    /// Whether the token Secret store can be trusted: listed, and its watch
+    /// not failing since its last event.
+    pub fn token_secrets_current(&self) -> bool {
+        self.secrets_current.load(Ordering::Relaxed) && listed(&self.token_secrets)
+    }
+
+    /// A token Secret event arrived: a change or a complete list shows the
+    /// watch works (and missed nothing: it resumes where it stopped, or
+    /// lists again).
+    fn secret_event(&self, ev: &watcher::Event<SecretMeta>) {
+        if !matches!(ev, watcher::Event::Init | watcher::Event::InitApply(_)) {
+            self.secrets_current.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Runs both watches until `stop` resolves; called once per process
+    /// (a second call returns at once). `scope`: only this namespace.
+    pub async fn run(
+        &self,
+        client: Client,
+        scope: Option<&str>,
+        mut observer: impl Observer,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        let Some((ns_writer, secret_writer)) = self.writers.lock().expect("writers lock").take()
+        else {
+            return;
+        };
+        let mut ns_config = watcher::Config::default().labels(LABEL_ENVIRONMENT_ID);
+        let secret_api: Api<SecretMeta> = match scope {
+            Some(ns) => {
+                ns_config = ns_config.fields(&format!("metadata.name={ns}"));
+                Api::namespaced(client.clone(), ns)
+            }
+            None => Api::all(client.clone()),
+        };
+        let secret_config =
+            watcher::Config::default().fields(&format!("metadata.name={TOKEN_SECRET_NAME}"));
+        let namespaces = narrow(watcher::watcher(
+            Api::<NamespaceMeta>::all(client),
+            ns_config,
+        ));
+        let secrets = narrow(watcher::watcher(secret_api, secret_config));
+        let mut namespaces = reflector::reflector(ns_writer, namespaces).boxed();
+        let mut secrets = reflector::reflector(secret_writer, secrets).boxed();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                Some(ev) = namespaces.next() => match ev {
+                    Ok(ev) => observer.namespace(&ev),
+                    Err(e) => observer.error("namespaces", &e),
+                },
+                Some(ev) = secrets.next() => match ev {
+                    Ok(ev) => {
+                        self.secret_event(&ev);
+                        observer.token_secret(&ev);
+                    }
+                    Err(e) => {
+                        self.secrets_current.store(false, Ordering::Relaxed);
+                        observer.error("token-secrets", &e);
+                    }
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+impl Cluster {
+    /// Applies an event as the namespace watch would (unit tests).
+    pub fn feed_namespace(&self, ev: &watcher::Event<NamespaceMeta>) {
+        let mut w = self.writers.lock().unwrap();
+        w.as_mut().unwrap().0.apply_watcher_event(ev);
+    }
+
+    /// Applies an event as the token Secret watch would (unit tests).
+    pub fn feed_token_secret(&self, ev: &watcher::Event<SecretMeta>) {
+        let mut w = self.writers.lock().unwrap();
+        w.as_mut().unwrap().1.apply_watcher_event(ev);
+        self.secret_event(ev);
+    }
+
+    /// As a failing token Secret watch would (unit tests).
+    pub fn feed_token_secret_error(&self) {
+        self.secrets_current.store(false, Ordering::Relaxed);
+    }
+}
+
+type Labels = BTreeMap<String, String>;
+
+/// The labels that name a namespace's environment.
+fn identity_of(labels: &Labels) -> Labels {
+    [LABEL_PROJECT, LABEL_ENVIRONMENT, LABEL_ENVIRONMENT_TYPE]
+        .into_iter()
+        .filter_map(|k| labels.get(k).map(|v| (k.to_string(), v.clone())))
+        .collect()
+}
+
+/// Whether labels name a Lagoon environment (a project and an environment).
+pub fn is_lagoon_environment(labels: &Labels) -> bool {
+    [LABEL_PROJECT, LABEL_ENVIRONMENT]
+        .iter()
+        .all(|k| labels.get(*k).is_some_and(|v| !v.is_empty()))
+}
+
+/// Whether a store holds a complete list.
+fn listed<K: kube::runtime::reflector::Lookup + Clone>(store: &Store<K>) -> bool
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store.wait_until_ready().now_or_never().is_some()
+}
+
+/// A watch that restarts with kube's default backoff, its objects kept
+/// without `managedFields` (which is most of a namespace's metadata).
+fn narrow<K: Resource + Clone + Send + 'static>(
+    events: impl futures::Stream<Item = watcher::Result<watcher::Event<PartialObjectMeta<K>>>>
+        + Send
+        + 'static,
+) -> impl futures::Stream<Item = watcher::Result<watcher::Event<PartialObjectMeta<K>>>> + Send
+where
+    PartialObjectMeta<K>: Clone,
+{
+    events.default_backoff().modify(|o| {
+        o.metadata.managed_fields = None;
+    })
+}
