@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use serde_with::DefaultOnNull;
 use utoipa::ToSchema;
 
 /// Exchange, queue and routing key the consumer reads from (defined with
@@ -46,6 +47,7 @@ pub const LABEL_DYNAMIC_SECRET: &str = "lagoon.sh/dynamic-secret";
 
 /// A fact as the consumer takes it. Every field is always present; identity
 /// fields are overwritten from the caller's token.
+#[serde_with::serde_as]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Fact {
     /// The environment id, as a string (unlike the envelope's integer).
@@ -53,36 +55,39 @@ pub struct Fact {
     #[serde(default, rename = "environment", deserialize_with = "lenient_id")]
     #[schema(value_type = Option<serde_json::Value>)]
     pub environment: String,
-    #[serde(default, deserialize_with = "null_as_empty", rename = "projectName")]
+    #[serde_as(as = "DefaultOnNull")]
+    #[serde(default, rename = "projectName")]
     #[schema(nullable)]
     pub project_name: String,
-    #[serde(
-        default,
-        deserialize_with = "null_as_empty",
-        rename = "environmentName"
-    )]
+    #[serde_as(as = "DefaultOnNull")]
+    #[serde(default, rename = "environmentName")]
     #[schema(nullable)]
     pub environment_name: String,
     /// Required, non-empty.
-    #[serde(deserialize_with = "null_as_empty")]
+    #[serde_as(as = "DefaultOnNull")]
     #[schema(min_length = 1)]
     pub name: String,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde_as(as = "DefaultOnNull")]
+    #[serde(default)]
     #[schema(nullable)]
     pub value: String,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde_as(as = "DefaultOnNull")]
+    #[serde(default)]
     #[schema(nullable)]
     pub source: String,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde_as(as = "DefaultOnNull")]
+    #[serde(default)]
     #[schema(nullable)]
     pub description: String,
     #[serde(default, rename = "type")]
     #[schema(value_type = Option<FactType>)]
     pub fact_type: FactType,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde_as(as = "DefaultOnNull")]
+    #[serde(default)]
     #[schema(nullable)]
     pub category: String,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde_as(as = "DefaultOnNull")]
+    #[serde(default)]
     #[schema(nullable)]
     pub service: String,
 }
@@ -225,6 +230,7 @@ impl ToSchema for Severity {}
 pub const DEFAULT_SEVERITY: Severity = Severity::Unknown;
 
 /// A problem as the consumer takes it; optional fields are omitted when empty.
+#[serde_with::serde_as]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Problem {
     /// The environment id, as an integer. Ignored on input: it comes from
@@ -232,39 +238,32 @@ pub struct Problem {
     #[serde(default, deserialize_with = "lenient_int_id")]
     #[schema(value_type = Option<serde_json::Value>)]
     pub environment: i64,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde_as(as = "DefaultOnNull")]
+    #[serde(default)]
     #[schema(nullable)]
     pub identifier: String,
-    #[serde(
-        default,
-        deserialize_with = "null_as_empty",
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde_as(as = "DefaultOnNull")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schema(nullable)]
     pub version: String,
+    #[serde_as(as = "DefaultOnNull")]
     #[serde(
         default,
-        deserialize_with = "null_as_empty",
         rename = "fixedVersion",
         skip_serializing_if = "String::is_empty"
     )]
     #[schema(nullable)]
     pub fixed_version: String,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde_as(as = "DefaultOnNull")]
+    #[serde(default)]
     #[schema(nullable)]
     pub source: String,
-    #[serde(
-        default,
-        deserialize_with = "null_as_empty",
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde_as(as = "DefaultOnNull")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schema(nullable)]
     pub service: String,
-    #[serde(
-        default,
-        deserialize_with = "null_as_empty",
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde_as(as = "DefaultOnNull")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schema(nullable)]
     pub data: String,
     /// None for null, empty or absent (the API sends UNKNOWN then).
@@ -275,34 +274,24 @@ pub struct Problem {
     )]
     #[schema(value_type = Option<Severity>)]
     pub severity: Option<Severity>,
-    #[serde(
-        default,
-        deserialize_with = "null_as_zero",
-        rename = "severityScore",
-        skip_serializing_if = "is_zero"
-    )]
+    #[serde_as(as = "DefaultOnNull")]
+    #[serde(default, rename = "severityScore", skip_serializing_if = "is_zero")]
     #[schema(nullable)]
     pub severity_score: f64,
+    #[serde_as(as = "DefaultOnNull")]
     #[serde(
         default,
-        deserialize_with = "null_as_empty",
         rename = "associatedPackage",
         skip_serializing_if = "String::is_empty"
     )]
     #[schema(nullable)]
     pub associated_package: String,
-    #[serde(
-        default,
-        deserialize_with = "null_as_empty",
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde_as(as = "DefaultOnNull")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schema(nullable)]
     pub description: String,
-    #[serde(
-        default,
-        deserialize_with = "null_as_empty",
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde_as(as = "DefaultOnNull")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schema(nullable)]
     pub links: String,
 }
@@ -311,10 +300,6 @@ pub struct Problem {
 /// we, so that clients of the Go original keep working.
 fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
-}
-
-fn null_as_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or_default())
 }
 
 fn is_zero(v: &f64) -> bool {

@@ -333,6 +333,7 @@ fn error_policy(pod: Arc<Pod>, err: &Error, _ctx: Arc<Context>) -> Action {
     Action::requeue(Duration::from_secs(15))
 }
 
+/// Carries out [`plan`]'s decision for one build pod.
 pub async fn reconcile(build: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
     let settings = ctx.ops.borrow().build_scanner.clone();
     if !settings.enabled
@@ -340,37 +341,7 @@ pub async fn reconcile(build: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
     {
         return Ok(Action::await_change());
     }
-    let ns = build.namespace().unwrap_or_default();
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = async {
-        let lagoon = crate::cluster::is_lagoon_environment(
-            &ctx.cluster.identity_labels(&ctx.client, &ns).await?,
-        );
-        if !lagoon {
-            return Ok(Plan::Wait);
-        }
-        let deps = deployments.list(&ListParams::default()).await?.items;
-        let scanners: Vec<String> = pods
-            .list_metadata(&ListParams::default().labels(&format!(
-                "{LABEL_SCAN_STATUS}=scanning,{LABEL_IMAGE_SCANNER}=true"
-            )))
-            .await?
-            .items
-            .iter()
-            .map(|p| p.name_any())
-            .collect();
-        Ok::<_, Error>(plan(
-            &build,
-            lagoon,
-            &deps,
-            &scanners,
-            &settings,
-            k8s_openapi::jiff::Timestamp::now(),
-        ))
-    }
-    .await;
-    let plan = match result {
+    let plan = match look(&build, &ctx, &settings).await {
         Ok(p) => p,
         Err(e) => return Err(failed(&ctx, &build, e).await),
     };
@@ -389,48 +360,86 @@ pub async fn reconcile(build: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
             .await;
             Ok(Action::requeue(Duration::from_secs(60)))
         }
-        Plan::Scan { remove, pod } => {
-            let acted = async {
-                for old in &remove {
-                    match pods.delete(old, &DeleteParams::default()).await {
-                        Ok(_) => info!(namespace = %ns, pod = %old, "removed an earlier scanner pod"),
-                        Err(kube::Error::Api(s)) if s.is_not_found() => {}
-                        Err(e) => return Err(Error::from(e)),
-                    }
-                }
-                let name = pod.name_any();
-                match pods.create(&PostParams::default(), &pod).await {
-                    Ok(_) => info!(namespace = %ns, pod = %name, build = %build.name_any(), "scanner pod created"),
-                    // Created before a restart or by the previous leader: keep it.
-                    Err(kube::Error::Api(s)) if s.is_already_exists() => {}
-                    Err(e) => return Err(Error::from(e)),
-                }
-                pods.patch(
-                    &build.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"metadata": {"labels": {LABEL_SCANNED: "true"}}})),
+        Plan::Scan { remove, pod } => match start_scan(&ctx, &build, &remove, &pod).await {
+            Ok(name) => {
+                ctx.metrics.count_scan("started");
+                ctx.event(
+                    &*build,
+                    EventType::Normal,
+                    "ScanStarted",
+                    "Scan",
+                    format!("scanner pod {name} started"),
                 )
-                .await?;
-                Ok(name)
+                .await;
+                Ok(Action::await_change())
             }
-            .await;
-            match acted {
-                Ok(name) => {
-                    ctx.metrics.count_scan("started");
-                    ctx.event(
-                        &*build,
-                        EventType::Normal,
-                        "ScanStarted",
-                        "Scan",
-                        format!("scanner pod {name} started"),
-                    )
-                    .await;
-                    Ok(Action::await_change())
-                }
-                Err(e) => Err(failed(&ctx, &build, e).await),
-            }
+            Err(e) => Err(failed(&ctx, &build, e).await),
+        },
+    }
+}
+
+/// Reads what [`plan`] needs: whether the namespace is a Lagoon
+/// environment, its Deployments and the scanner pods already running (two
+/// LISTs per successful build; a store would hold every Deployment of the
+/// cluster for an event that comes once per build).
+async fn look(build: &Pod, ctx: &Context, settings: &ScannerSettings) -> Result<Plan> {
+    let ns = build.namespace().unwrap_or_default();
+    let lagoon = crate::cluster::is_lagoon_environment(
+        &ctx.cluster.identity_labels(&ctx.client, &ns).await?,
+    );
+    if !lagoon {
+        return Ok(Plan::Wait);
+    }
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let deps = deployments.list(&ListParams::default()).await?.items;
+    let scanners: Vec<String> = pods
+        .list_metadata(&ListParams::default().labels(&format!(
+            "{LABEL_SCAN_STATUS}=scanning,{LABEL_IMAGE_SCANNER}=true"
+        )))
+        .await?
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    Ok(plan(
+        build,
+        lagoon,
+        &deps,
+        &scanners,
+        settings,
+        k8s_openapi::jiff::Timestamp::now(),
+    ))
+}
+
+/// Removes earlier scanner pods, creates this one and marks the build
+/// scanned; the new pod's name.
+async fn start_scan(ctx: &Context, build: &Pod, remove: &[String], pod: &Pod) -> Result<String> {
+    let ns = build.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    for old in remove {
+        match pods.delete(old, &DeleteParams::default()).await {
+            Ok(_) => info!(namespace = %ns, pod = %old, "removed an earlier scanner pod"),
+            Err(kube::Error::Api(s)) if s.is_not_found() => {}
+            Err(e) => return Err(Error::from(e)),
         }
     }
+    let name = pod.name_any();
+    match pods.create(&PostParams::default(), pod).await {
+        Ok(_) => {
+            info!(namespace = %ns, pod = %name, build = %build.name_any(), "scanner pod created")
+        }
+        // Created before a restart or by the previous leader: keep it.
+        Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+        Err(e) => return Err(Error::from(e)),
+    }
+    pods.patch(
+        &build.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {LABEL_SCANNED: "true"}}})),
+    )
+    .await?;
+    Ok(name)
 }
 
 /// A failed scan: counted and said on the build pod; the error for the retry.

@@ -71,81 +71,84 @@ async fn reconcile(
     opts: &RunOptions,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    match &opts.lease {
-        None => {
-            // Without leader election every replica leads.
-            ctx.metrics.leader.set(1);
-            let r = lead(ctx.clone(), opts, shutdown.clone()).await;
-            ctx.metrics.leader.set(0);
-            r?
+    let Some(lease) = &opts.lease else {
+        // Without leader election every replica leads.
+        ctx.metrics.leader.set(1);
+        let r = lead(ctx.clone(), opts, shutdown.clone()).await;
+        ctx.metrics.leader.set(0);
+        return r;
+    };
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(ctx.client.clone(), &lease.name)
+        .with_namespace(&lease.namespace)
+        .with_identity(&lease.identity)
+        .with_duration(lease.duration_secs)
+        .with_grace(lease.grace_secs)
+        // One field manager per replica: a server-side apply of the holder
+        // by another manager conflicts, which is what keeps two replicas
+        // from taking an expired or released Lease at once (with one
+        // shared manager both succeeded, and both led).
+        .with_field_manager(format!("insights-remote-lease-{}", lease.identity))
+        .build()
+        .await
+        .map_err(|e| Error::Invalid(format!("leader election: {e}")))?;
+    let (mut leader, lease_task) = manager.watch().await;
+    let mut failed = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = leader.wait_for(|l| *l) => if r.is_err() { break },
         }
-        Some(lease) => {
-            let manager =
-                kube_lease_manager::LeaseManagerBuilder::new(ctx.client.clone(), &lease.name)
-                    .with_namespace(&lease.namespace)
-                    .with_identity(&lease.identity)
-                    .with_duration(lease.duration_secs)
-                    .with_grace(lease.grace_secs)
-                    // One field manager per replica: a server-side apply
-                    // of the holder by another manager conflicts, which is
-                    // what keeps two replicas from taking an expired or
-                    // released Lease at once (with one shared manager both
-                    // succeeded, and both led).
-                    .with_field_manager(format!("insights-remote-lease-{}", lease.identity))
-                    .build()
-                    .await
-                    .map_err(|e| Error::Invalid(format!("leader election: {e}")))?;
-            let (mut leader, lease_task) = manager.watch().await;
-            let mut failed = None;
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    r = leader.wait_for(|l| *l) => if r.is_err() { break },
-                }
-                info!(identity = %lease.identity, "became the leader: reconciling");
-                ctx.metrics.leader.set(1);
-                // The term's own token: cancelled with the process's, or
-                // when the Lease is lost.
-                let term_stop = shutdown.child_token();
-                let mut term = tokio::spawn({
-                    let (ctx, opts, term_stop) = (ctx.clone(), opts.clone(), term_stop.clone());
-                    async move { lead(ctx, &opts, term_stop).await }
-                });
-                let stepped_down = tokio::select! {
-                    _ = shutdown.cancelled() => false,
-                    _ = leader.wait_for(|l| !*l) => true,
-                    ended = &mut term => {
-                        // The term failed while leading: the process ends,
-                        // after releasing the Lease like a clean stop does,
-                        // so the next replica need not wait it out.
-                        failed = Some(match ended {
-                            Ok(Err(e)) => e,
-                            Ok(Ok(())) => Error::Invalid("the leadership term ended".into()),
-                            Err(e) => Error::Invalid(format!("the leadership term failed: {e}")),
-                        });
-                        break;
-                    }
-                };
-                term_stop.cancel();
-                let _ = term.await;
-                ctx.metrics.leader.set(0);
-                if !stepped_down {
-                    break;
-                }
-                warn!(identity = %lease.identity, "lost the Lease: stopped reconciling");
-            }
-            // Dropping the receiver releases the Lease for the next replica.
-            drop(leader);
-            match tokio::time::timeout(std::time::Duration::from_secs(5), lease_task).await {
-                Ok(Ok(Ok(_))) => info!("Lease released"),
-                other => warn!(?other, "could not release the Lease"),
-            }
-            if let Some(e) = failed {
-                return Err(e);
+        info!(identity = %lease.identity, "became the leader: reconciling");
+        match term(&ctx, opts, &mut leader, &shutdown).await {
+            Ok(true) => warn!(identity = %lease.identity, "lost the Lease: stopped reconciling"),
+            Ok(false) => break,
+            Err(e) => {
+                failed = Some(e);
+                break;
             }
         }
     }
-    Ok(())
+    // Dropping the receiver releases the Lease for the next replica (also
+    // when a term failed: the next replica need not wait it out).
+    drop(leader);
+    match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
+        Ok(Ok(Ok(_))) => info!("Lease released"),
+        other => warn!(?other, "could not release the Lease"),
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+/// Leads one term, until the Lease is lost (true), the process stops
+/// (false) or the term fails.
+async fn term(
+    ctx: &Arc<Context>,
+    opts: &RunOptions,
+    leader: &mut tokio::sync::watch::Receiver<bool>,
+    shutdown: &CancellationToken,
+) -> Result<bool> {
+    ctx.metrics.leader.set(1);
+    // The term's own token: cancelled with the process's, or when the
+    // Lease is lost.
+    let term_stop = shutdown.child_token();
+    let mut term = tokio::spawn({
+        let (ctx, opts, term_stop) = (ctx.clone(), opts.clone(), term_stop.clone());
+        async move { lead(ctx, &opts, term_stop).await }
+    });
+    let stepped_down = tokio::select! {
+        _ = shutdown.cancelled() => Ok(false),
+        _ = leader.wait_for(|l| !*l) => Ok(true),
+        ended = &mut term => Err(match ended {
+            Ok(Err(e)) => e,
+            Ok(Ok(())) => Error::Invalid("the leadership term ended".into()),
+            Err(e) => Error::Invalid(format!("the leadership term failed: {e}")),
+        }),
+    };
+    term_stop.cancel();
+    if !term.is_finished() {
+        let _ = term.await;
+    }
+    ctx.metrics.leader.set(0);
+    stepped_down
 }
 
 /// One leadership term: the reconcilers and the status writer. Any of them

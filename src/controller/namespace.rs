@@ -291,6 +291,7 @@ async fn revoke(api: &Api<Secret>, secret: &Secret) -> kube::Result<Secret> {
     .await
 }
 
+/// Carries out [`plan`] and [`ownership`] for one namespace.
 pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> {
     let ops = ctx.ops.borrow().clone();
     let claims = match plan(&ns, &ops) {
@@ -308,9 +309,8 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> 
         }
         Plan::Ensure(claims) => claims,
     };
-    let name = ns.name_any();
-    match ownership(&name, ctx.tenants.owner_of(&claims.environment_id)) {
-        Ownership::Wait => return Ok(Action::requeue(Duration::from_secs(1))),
+    match ownership(&ns.name_any(), ctx.tenants.owner_of(&claims.environment_id)) {
+        Ownership::Wait => Ok(Action::requeue(Duration::from_secs(1))),
         Ownership::Other(owner) => {
             ctx.event(
                 ns.as_ref(),
@@ -324,16 +324,25 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> 
             )
             .await;
             // Minted once the other namespace is gone.
-            return Ok(Action::requeue(Duration::from_secs(300)));
+            Ok(Action::requeue(Duration::from_secs(300)))
         }
-        Ownership::Mine => {}
+        Ownership::Mine => {
+            ensure_token(&ctx, &ns.name_any(), &claims).await?;
+            Ok(Action::requeue(ctx.token_resync))
+        }
     }
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &name);
+}
+
+/// Makes the namespace's token Secret hold a valid token for `claims`:
+/// nothing when this process verified it already, a GET only when the
+/// store cannot vouch, a new token when it is missing, stale or revoked.
+async fn ensure_token(ctx: &Context, name: &str, claims: &Claims) -> Result<()> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), name);
     let keys = ctx.keys.borrow().clone();
     let key = keys.fingerprint();
-    let known = ctx.token_secrets.known(&ctx.cluster, &name, &key, &claims);
+    let known = ctx.token_secrets.known(&ctx.cluster, name, &key, claims);
     let existing = match known {
-        Known::Good => return Ok(Action::requeue(ctx.token_resync)),
+        Known::Good => return Ok(()),
         Known::Absent => None,
         Known::Unknown => api.get_opt(TOKEN_SECRET_NAME).await?,
     };
@@ -344,17 +353,17 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> 
     };
     if let Some(s) = existing
         .as_ref()
-        .filter(|s| up_to_date(Some(s), &claims, &keys))
+        .filter(|s| up_to_date(Some(s), claims, &keys))
     {
-        ctx.token_secrets.verified(&name, verified(s));
-        return Ok(Action::requeue(ctx.token_resync));
+        ctx.token_secrets.verified(name, verified(s));
+        return Ok(());
     }
     // The mark first, then the token: its `iat` is at or after the mark.
     let valid_from = valid_from(existing.as_ref());
     let revoking = existing
         .as_ref()
         .is_some_and(|s| Mark::of(s.annotations()) == Mark::All);
-    let secret = token_secret(&name, keys.mint(&claims)?, valid_from);
+    let secret = token_secret(name, keys.mint(claims)?, valid_from);
     let written = if revoking {
         revoke(&api, &secret).await?
     } else {
@@ -364,12 +373,12 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> 
         info!(namespace = %name, "environment tokens revoked on request");
         ctx.metrics.tokens_revoked.inc();
     }
-    ctx.token_secrets.verified(&name, verified(&written));
+    ctx.token_secrets.verified(name, verified(&written));
     info!(namespace = %name, renewed = existing.is_some(), "environment token written");
     ctx.counters.add(&ctx.counters.tokens_issued);
     ctx.metrics.tokens_minted.inc();
     ctx.status_changed.notify_one();
-    Ok(Action::requeue(ctx.token_resync))
+    Ok(())
 }
 
 #[cfg(test)]

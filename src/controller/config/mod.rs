@@ -160,31 +160,7 @@ async fn apply_resource(ctx: &Context, irc: Option<&InsightsRemoteConfig>) {
         p.reconfigure(b);
     }
     match keys {
-        Some(k) => {
-            let fp = k.fingerprint();
-            let changed = ctx.keys.send_if_modified(|cur| {
-                if cur.same_keys(&k) {
-                    false
-                } else {
-                    *cur = k.clone();
-                    true
-                }
-            });
-            if changed {
-                info!(key = %fp, "signing key changed; tokens will be re-minted");
-                if let Some(irc) = irc {
-                    ctx.event(
-                        irc,
-                        EventType::Normal,
-                        "KeyRotated",
-                        "Rotate",
-                        format!("signing key is now {fp}; re-minting tokens"),
-                    )
-                    .await;
-                }
-            }
-            health.key_fingerprint = Some(fp);
-        }
+        Some(k) => health.key_fingerprint = Some(apply_keys(ctx, irc, k).await),
         None if health.signing_key_problem.is_none() => {
             health.signing_key_problem = Some(Problem::NoSigningKey(
                 "no signing key: set spec.signingKey.secretRef or INSIGHTS_TOKEN_SECRET".into(),
@@ -203,11 +179,41 @@ async fn apply_resource(ctx: &Context, irc: Option<&InsightsRemoteConfig>) {
     });
     let changed = {
         let mut h = ctx.health.lock().expect("health lock");
-        let changed = *h != health;
-        *h = health;
-        changed
+        std::mem::replace(&mut *h, health) != *h
     };
     if changed {
         ctx.status_changed.notify_one();
     }
+}
+
+/// Makes `keys` the signing keys (said in an Event on the resource when
+/// they changed); their fingerprint.
+async fn apply_keys(
+    ctx: &Context,
+    irc: Option<&InsightsRemoteConfig>,
+    keys: std::sync::Arc<crate::token::KeyRing>,
+) -> String {
+    let fp = keys.fingerprint();
+    let changed = ctx.keys.send_if_modified(|cur| {
+        if cur.same_keys(&keys) {
+            false
+        } else {
+            *cur = keys.clone();
+            true
+        }
+    });
+    if changed {
+        info!(key = %fp, "signing key changed; tokens will be re-minted");
+        if let Some(irc) = irc {
+            ctx.event(
+                irc,
+                EventType::Normal,
+                "KeyRotated",
+                "Rotate",
+                format!("signing key is now {fp}; re-minting tokens"),
+            )
+            .await;
+        }
+    }
+    fp
 }
