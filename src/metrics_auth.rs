@@ -4,9 +4,8 @@
 //! non-resource URL `/metrics` (SubjectAccessReview). Decisions are cached
 //! for a minute per token (by digest; the token itself is not kept).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::authorization::v1::{
@@ -31,7 +30,7 @@ pub enum Decision {
 }
 
 const CACHE_TTL: Duration = Duration::from_secs(60);
-const CACHE_MAX: usize = 1024;
+const CACHE_MAX: u64 = 1024;
 /// Reviews asked of the API server at once.
 const REVIEWS_AT_ONCE: usize = 4;
 /// Callers waiting for a review beyond those; more get [`Decision::Busy`].
@@ -42,41 +41,46 @@ type Digest = [u8; 32];
 /// Cached decisions, kept apart by who could cause them: an unknown token
 /// costs nothing to make, so the decisions for callers the API server did
 /// not authenticate live in a pool of their own, and filling it (with
-/// random tokens) never evicts a known identity's decision.
-#[derive(Default)]
+/// random tokens) never evicts a known identity's decision. Each pool
+/// forgets a decision after [`CACHE_TTL`] and holds at most [`CACHE_MAX`].
 struct Decisions {
-    identified: HashMap<Digest, (Decision, Instant)>,
-    unknown: HashMap<Digest, (Decision, Instant)>,
+    identified: moka::sync::Cache<Digest, Decision>,
+    unknown: moka::sync::Cache<Digest, Decision>,
+}
+
+impl Default for Decisions {
+    fn default() -> Self {
+        let pool = || {
+            moka::sync::Cache::builder()
+                .max_capacity(CACHE_MAX)
+                .time_to_live(CACHE_TTL)
+                .build()
+        };
+        Decisions {
+            identified: pool(),
+            unknown: pool(),
+        }
+    }
 }
 
 impl Decisions {
     fn get(&self, d: &Digest) -> Option<Decision> {
-        self.identified
-            .get(d)
-            .or_else(|| self.unknown.get(d))
-            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
-            .map(|(d, _)| *d)
+        self.identified.get(d).or_else(|| self.unknown.get(d))
     }
 
-    fn put(&mut self, digest: Digest, decision: Decision) {
+    fn put(&self, digest: Digest, decision: Decision) {
         let pool = match decision {
-            Decision::Unauthenticated => &mut self.unknown,
-            Decision::Allowed | Decision::Forbidden => &mut self.identified,
+            Decision::Unauthenticated => &self.unknown,
+            Decision::Allowed | Decision::Forbidden => &self.identified,
             Decision::Unavailable | Decision::Busy => return,
         };
-        if pool.len() >= CACHE_MAX {
-            pool.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
-            if pool.len() >= CACHE_MAX {
-                pool.clear();
-            }
-        }
-        pool.insert(digest, (decision, Instant::now()));
+        pool.insert(digest, decision);
     }
 }
 
 pub struct MetricsAuth {
     client: kube::Client,
-    cache: Mutex<Decisions>,
+    cache: Decisions,
     reviews: tokio::sync::Semaphore,
     waiting: std::sync::atomic::AtomicUsize,
 }
@@ -96,7 +100,7 @@ impl MetricsAuth {
     pub fn new(client: kube::Client) -> Arc<Self> {
         Arc::new(MetricsAuth {
             client,
-            cache: Mutex::new(Decisions::default()),
+            cache: Decisions::default(),
             reviews: tokio::sync::Semaphore::new(REVIEWS_AT_ONCE),
             waiting: Default::default(),
         })
@@ -120,7 +124,7 @@ impl MetricsAuth {
             .as_ref()
             .try_into()
             .expect("SHA-256 is 32 bytes");
-        if let Some(d) = self.cache.lock().expect("cache lock").get(&digest) {
+        if let Some(d) = self.cache.get(&digest) {
             return d;
         }
         let decision = {
@@ -154,7 +158,7 @@ impl MetricsAuth {
             drop(permit);
             d
         };
-        self.cache.lock().expect("cache lock").put(digest, decision);
+        self.cache.put(digest, decision);
         decision
     }
 
@@ -231,7 +235,7 @@ mod tests {
 
     #[test]
     fn unknown_callers_cannot_flush_known_decisions() {
-        let mut c = Decisions::default();
+        let c = Decisions::default();
         c.put([1; 32], Decision::Allowed);
         c.put([2; 32], Decision::Forbidden);
         for i in 0..(3 * CACHE_MAX as u32) {
@@ -242,7 +246,8 @@ mod tests {
         }
         assert_eq!(c.get(&[1; 32]), Some(Decision::Allowed));
         assert_eq!(c.get(&[2; 32]), Some(Decision::Forbidden));
-        assert!(c.unknown.len() <= CACHE_MAX);
+        c.unknown.run_pending_tasks();
+        assert!(c.unknown.entry_count() <= CACHE_MAX);
         c.put([3; 32], Decision::Unavailable);
         c.put([4; 32], Decision::Busy);
         assert_eq!(

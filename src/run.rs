@@ -76,11 +76,11 @@ impl App {
             Arc::new(KeyRing::new(uuid::Uuid::new_v4().simple().to_string()).expect("32-byte key"))
         });
         let keys = watch::Sender::new(initial);
+        // Read once (the TLS files with it): the publisher and the
+        // operator's baseline share it.
+        let broker = args.broker_settings()?;
         let publisher = if args.rabbitmq_enabled {
-            Some(Publisher::start(
-                args.broker_settings()?,
-                Some(metrics.clone()),
-            ))
+            Some(Publisher::start(broker.clone(), Some(metrics.clone())))
         } else {
             warn!("RABBITMQ_ENABLED=false: nothing will be published");
             None
@@ -111,8 +111,15 @@ impl App {
         let stop = controller::CancellationToken::new();
         let mut parts = Vec::new();
         let ctx = if controllers {
-            let ctx = match operator_context(args, publisher.clone(), keys, baseline_keys, metrics)
-                .await
+            let ctx = match operator_context(
+                args,
+                broker,
+                publisher.clone(),
+                keys,
+                baseline_keys,
+                metrics,
+            )
+            .await
             {
                 Ok(ctx) => ctx,
                 Err(e) => {
@@ -289,6 +296,7 @@ fn baseline_keys(args: &RunArgs, controllers: bool) -> Result<Option<Arc<KeyRing
 /// The operator's context, with the custom resource followed once.
 async fn operator_context(
     args: &RunArgs,
+    broker: crate::settings::BrokerSettings,
     publisher: Option<Publisher>,
     keys: watch::Sender<Arc<KeyRing>>,
     baseline_keys: Option<Arc<KeyRing>>,
@@ -296,7 +304,7 @@ async fn operator_context(
 ) -> Result<Arc<Context>> {
     let client = kube_client(args).await?;
     let baseline = Baseline {
-        broker: args.broker_settings()?,
+        broker,
         keys: baseline_keys.clone(),
         ops: args.operations()?,
     };

@@ -5,7 +5,6 @@
 //! other. Verification pins HS256: `alg: none`, RS/ES algorithms and anything
 //! else are refused before a signature is looked at.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::time::SystemTime;
 
@@ -73,14 +72,25 @@ pub struct KeyRing {
     /// Tokens this ring already verified (a workload sends the same token
     /// on every request). Belongs to the ring: a new key means a new, empty
     /// cache, so a dropped key's tokens are never served from here.
-    verified: std::sync::Arc<std::sync::Mutex<VerifiedTokens>>,
+    verified: VerifiedTokens,
     /// The current key's fingerprint, computed once (the token reconciler
     /// asks for it on every check).
     fingerprint: String,
 }
 
-/// Token → what it said, for tokens already verified.
-type VerifiedTokens = HashMap<String, Checked>;
+/// Token → what it said, for tokens already verified; bounded by bytes
+/// (a token can be as long as a request head allows), the least useful
+/// entries evicted first, so many tenants never make it a cliff.
+type VerifiedTokens = moka::sync::Cache<String, Checked>;
+
+fn verified_tokens() -> VerifiedTokens {
+    moka::sync::Cache::builder()
+        .max_capacity(VERIFIED_CACHE_BYTES)
+        .weigher(|token: &String, _: &Checked| {
+            u32::try_from(token.len() + CHECKED_BYTES).unwrap_or(u32::MAX)
+        })
+        .build()
+}
 
 /// A verified token: its claims, when it expires and when it was issued
 /// (seconds since the epoch, as written; none in the Go original's).
@@ -91,8 +101,10 @@ struct Checked {
     issued_at: Option<f64>,
 }
 
-/// Entries kept before the cache is emptied (about 400 bytes each).
-const VERIFIED_CACHE_MAX: usize = 4096;
+/// The verified-token cache's size: about 20,000 tokens of Lagoon's size.
+const VERIFIED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+/// What an entry costs beside its token (claims, times, the map's share).
+const CHECKED_BYTES: usize = 400;
 
 impl fmt::Debug for KeyRing {
     // Never print key material.
@@ -151,7 +163,7 @@ impl KeyRing {
             current,
             keys,
             signers,
-            verified: Default::default(),
+            verified: verified_tokens(),
             fingerprint,
         })
     }
@@ -208,7 +220,7 @@ impl KeyRing {
             current: self.current.clone(),
             keys: self.keys[..1].to_vec(),
             signers: self.signers[..1].to_vec(),
-            verified: Default::default(),
+            verified: verified_tokens(),
             fingerprint: self.fingerprint.clone(),
         };
         current.verify_issued(token)
@@ -226,18 +238,14 @@ impl KeyRing {
         if token.is_empty() {
             return Err(TokenError::Missing);
         }
-        if let Some(c) = self.verified.lock().expect("token cache").get(token) {
+        if let Some(c) = self.verified.get(token) {
             if c.expires.is_none_or(|e| e >= SystemTime::now()) {
-                return Ok((c.claims.clone(), c.issued_at));
+                return Ok((c.claims, c.issued_at));
             }
         }
         let checked = self.verify_uncached(token)?;
         let out = (checked.claims.clone(), checked.issued_at);
-        let mut cache = self.verified.lock().expect("token cache");
-        if cache.len() >= VERIFIED_CACHE_MAX {
-            cache.clear();
-        }
-        cache.insert(token.to_string(), checked);
+        self.verified.insert(token.to_string(), checked);
         Ok(out)
     }
 

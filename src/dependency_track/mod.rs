@@ -149,13 +149,13 @@ pub fn prod_only_override(global: bool, value: Option<&str>) -> (bool, Option<St
 pub async fn lagoon_env(
     client: &kube::Client,
     ns: &str,
-) -> Result<BTreeMap<String, String>, String> {
+) -> Result<BTreeMap<String, String>, Error> {
     let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
         kube::Api::namespaced(client.clone(), ns);
     let secret = secrets
         .get(LAGOON_ENV_SECRET)
         .await
-        .map_err(|e| format!("reading Secret {}: {e}", LAGOON_ENV_SECRET))?;
+        .map_err(|e| Error::LagoonEnv(e.to_string()))?;
     // The API server returns `data` only (`stringData` is write-only).
     Ok(secret
         .data
@@ -165,17 +165,81 @@ pub async fn lagoon_env(
         .collect())
 }
 
+/// Why a Dependency-Track step failed. The texts land in the ConfigMap's
+/// annotations and Events, which the namespace's tenant reads: they say
+/// the status or the class of error, never what a server answered (that
+/// goes to the log).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("Dependency-Track endpoint {0:?} is not an http(s) URL")]
+    NotHttp(String),
+    #[error("no Dependency-Track API key")]
+    NoKey,
+    #[error("Dependency-Track endpoint must not hold credentials")]
+    Credentials,
+    #[error("the Dependency-Track endpoint must not hold a query or a fragment")]
+    QueryOrFragment,
+    /// The admin's policy for per-namespace endpoints refused it.
+    #[error("{0}")]
+    Policy(String),
+    #[error("reading Secret {LAGOON_ENV_SECRET}: {0}")]
+    LagoonEnv(String),
+    #[error("{method} {path}: {class}")]
+    Connection {
+        method: String,
+        path: String,
+        class: &'static str,
+    },
+    #[error("{method} {path}: status {status}, {detail}")]
+    Unreadable {
+        method: String,
+        path: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("{method} {path}: status {status}")]
+    Refused {
+        method: String,
+        path: String,
+        status: u16,
+    },
+    #[error("the Dependency-Track server's version is older than 4.11.0 (or not given)")]
+    TooOld,
+    #[error("project {name:?} exists, but not under parent {parent}")]
+    UnderOtherParent { name: String, parent: String },
+    #[error("project {0:?} exists, but not at the top level")]
+    NotAtTop(String),
+    #[error("creating project {name:?}: status {status}")]
+    NotCreated { name: String, status: u16 },
+    #[error("creating project {0:?}: conflict")]
+    Conflict(String),
+    #[error("POST /api/v1/bom: status {0}, no token")]
+    NoToken(u16),
+    #[error("Dependency-Track had not processed the BOM after {0}s")]
+    NotProcessed(u64),
+    #[error("{0}")]
+    Request(String),
+    #[error("the upload failed unexpectedly (a bug: see the log)")]
+    Panicked,
+    #[error("the upload did not finish within {0}s")]
+    Unfinished(u64),
+}
+
 /// One Dependency-Track API server.
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base: String,
+    /// The endpoint as given, without a trailing slash: the API's paths
+    /// are appended to its own (Dependency-Track may live under a prefix).
+    base: url::Url,
     key: String,
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client").field("base", &self.base).finish()
+        f.debug_struct("Client")
+            .field("base", &self.base.as_str())
+            .finish()
     }
 }
 
@@ -184,30 +248,35 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL_EVERY: Duration = Duration::from_secs(1);
 
 impl Client {
-    pub fn new(http: reqwest::Client, endpoint: &str, key: &str) -> Result<Client, String> {
-        let base = endpoint.trim().trim_end_matches('/').to_string();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(format!(
-                "Dependency-Track endpoint {base:?} is not an http(s) URL"
-            ));
-        }
+    pub fn new(http: reqwest::Client, endpoint: &str, key: &str) -> Result<Client, Error> {
+        let given = endpoint.trim().trim_end_matches('/');
+        let base = url::Url::parse(given)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| Error::NotHttp(given.to_string()))?;
         if key.is_empty() {
-            return Err("no Dependency-Track API key".into());
+            return Err(Error::NoKey);
         }
-        let authority = base.split_once("://").map_or("", |(_, r)| r);
-        if authority
-            .split('/')
-            .next()
-            .unwrap_or_default()
-            .contains('@')
-        {
-            return Err("Dependency-Track endpoint must not hold credentials".into());
+        if !base.username().is_empty() || base.password().is_some() {
+            return Err(Error::Credentials);
         }
         Ok(Client {
             http,
             base,
             key: key.to_string(),
         })
+    }
+
+    /// The endpoint's URL with an API path (and query) appended.
+    fn url(&self, path_and_query: &str) -> url::Url {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        let mut u = self.base.clone();
+        u.set_path(&format!("{}{path}", self.base.path().trim_end_matches('/')));
+        u.set_query(query);
+        u
     }
 
     /// A client for a namespace's own endpoint: the URL checked against the
@@ -219,10 +288,10 @@ impl Client {
         policy: &EndpointPolicy,
         endpoint: &str,
         key: &str,
-    ) -> Result<Client, String> {
-        let url = policy.check_url(endpoint)?;
+    ) -> Result<Client, Error> {
+        let url = policy.check_url(endpoint).map_err(Error::Policy)?;
         if url.query().is_some() || url.fragment().is_some() {
-            return Err("the Dependency-Track endpoint must not hold a query or a fragment".into());
+            return Err(Error::QueryOrFragment);
         }
         Client::new(http, url.as_str(), key)
     }
@@ -257,10 +326,10 @@ impl Client {
         method: reqwest::Method,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<(u16, Value), String> {
+    ) -> Result<(u16, Value), Error> {
         let mut req = self
             .http
-            .request(method.clone(), format!("{}{path}", self.base))
+            .request(method.clone(), self.url(path))
             .header("X-Api-Key", &self.key)
             .header("Accept", "application/json");
         if let Some(b) = body {
@@ -279,43 +348,45 @@ impl Client {
         req: reqwest::RequestBuilder,
         method: &reqwest::Method,
         path: &str,
-    ) -> Result<(u16, Value), String> {
+    ) -> Result<(u16, Value), Error> {
+        let (m, p) = (method.to_string(), path.to_string());
         let resp = req.send().await.map_err(|e| {
             warn!(endpoint = %self.base, %method, path, error = %with_causes(&e), "Dependency-Track request failed");
-            format!("{method} {path}: {}", error_class(&e))
+            Error::Connection { method: m.clone(), path: p.clone(), class: error_class(&e) }
         })?;
         let status = resp.status().as_u16();
         let body = read_bounded(resp).await.map_err(|e| {
             warn!(endpoint = %self.base, %method, path, error = %e, "reading Dependency-Track's answer failed");
-            if e.starts_with("response larger than") {
-                format!("{method} {path}: status {status}, {e}")
+            let detail = if e.starts_with("response larger than") {
+                e
             } else {
-                format!("{method} {path}: status {status}, the answer could not be read")
-            }
+                "the answer could not be read".to_string()
+            };
+            Error::Unreadable { method: m.clone(), path: p.clone(), status, detail }
         })?;
         if !(200..300).contains(&status) && status != 409 {
             let text = String::from_utf8_lossy(&body);
             let short: String = text.chars().take(200).collect();
             warn!(endpoint = %self.base, %method, path, status, answer = %short.escape_debug(), "Dependency-Track refused a request");
-            return Err(format!("{method} {path}: status {status}"));
+            return Err(Error::Refused {
+                method: m,
+                path: p,
+                status,
+            });
         }
         Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
     }
 
     /// Upstream's check: the token API needs 4.11 or later. The version
     /// found is logged, not returned (see [`Client::answer`]).
-    async fn check_version(&self) -> Result<(), String> {
+    async fn check_version(&self) -> Result<(), Error> {
         let (_, v) = self
             .call(reqwest::Method::GET, "/api/version", None)
             .await?;
         let version = v["version"].as_str().unwrap_or_default();
-        let mut nums = version.split('.').map(|n| n.parse::<u32>().unwrap_or(0));
-        let (major, minor) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
-        if (major, minor) < (4, 11) {
+        if !recent_enough(version) {
             warn!(endpoint = %self.base, version = %version.escape_debug(), "Dependency-Track is older than 4.11.0");
-            return Err(
-                "the Dependency-Track server's version is older than 4.11.0 (or not given)".into(),
-            );
+            return Err(Error::TooOld);
         }
         Ok(())
     }
@@ -323,7 +394,7 @@ impl Client {
     /// The project `name` directly under `parent` (at the top when None),
     /// created as a collection project if absent. A project of that name
     /// under another parent is an error, not silently reused.
-    async fn collection(&self, name: &str, parent: Option<&str>) -> Result<String, String> {
+    async fn collection(&self, name: &str, parent: Option<&str>) -> Result<String, Error> {
         for attempt in 0..2 {
             let path = format!(
                 "/api/v1/project?name={}&excludeInactive=true&onlyRoot=false",
@@ -352,8 +423,11 @@ impl Client {
             }
             if !uuids.is_empty() {
                 return Err(match parent {
-                    Some(p) => format!("project {name:?} exists, but not under parent {p}"),
-                    None => format!("project {name:?} exists, but not at the top level"),
+                    Some(p) => Error::UnderOtherParent {
+                        name: name.to_string(),
+                        parent: p.to_string(),
+                    },
+                    None => Error::NotAtTop(name.to_string()),
                 });
             }
             let mut body = json!({
@@ -371,10 +445,15 @@ impl Client {
             match (status, created["uuid"].as_str()) {
                 (409, _) if attempt == 0 => continue, // created meanwhile: look again
                 (_, Some(uuid)) => return Ok(uuid.to_string()),
-                _ => return Err(format!("creating project {name:?}: status {status}")),
+                _ => {
+                    return Err(Error::NotCreated {
+                        name: name.to_string(),
+                        status,
+                    })
+                }
             }
         }
-        Err(format!("creating project {name:?}: conflict"))
+        Err(Error::Conflict(name.to_string()))
     }
 
     /// Uploads one BOM to `target` and waits until Dependency-Track has
@@ -393,13 +472,13 @@ impl Client {
         payload: Vec<u8>,
         limit: u64,
         wait: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         self.check_version().await?;
         // Per endpoint and root project: uploads of different Lagoon
         // projects run side by side; those sharing a root (its parents
         // and leaves) one at a time.
         let root = target.parents.first().unwrap_or(&target.project);
-        let one_at_a_time = hierarchy_lock(&format!("{}\n{root}", self.base));
+        let one_at_a_time = hierarchy_lock(&format!("{}\n{root}", self.base.as_str()));
         let token = {
             let _held = one_at_a_time.lock().await;
             let mut parent: Option<String> = None;
@@ -427,19 +506,19 @@ impl Client {
             )))
             .file_name("bom.json")
             .mime_str("application/json")
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Error::Request(e.to_string()))?;
             let form = form.part("bom", bom);
             let path = "/api/v1/bom";
             let req = self
                 .http
-                .post(format!("{}{path}", self.base))
+                .post(self.url(path))
                 .header("X-Api-Key", &self.key)
                 .header("Accept", "application/json")
                 .multipart(form);
             let (status, resp) = self.answer(req, &reqwest::Method::POST, path).await?;
             match (status, resp["token"].as_str()) {
                 (200..=299, Some(t)) => t.to_string(),
-                _ => return Err(format!("POST /api/v1/bom: status {status}, no token")),
+                _ => return Err(Error::NoToken(status)),
             }
         };
         drop(one_at_a_time);
@@ -457,13 +536,22 @@ impl Client {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(format!(
-                    "Dependency-Track had not processed the BOM after {}s",
-                    wait.as_secs()
-                ));
+                return Err(Error::NotProcessed(wait.as_secs()));
             }
         }
     }
+}
+
+/// Upstream's check: the token API needs 4.11 or later. A version that is
+/// not semver (missing parts are taken as 0) is too old.
+fn recent_enough(version: &str) -> bool {
+    let v = version.trim();
+    let full = match v.matches('.').count() {
+        0 if !v.is_empty() => format!("{v}.0.0"),
+        1 => format!("{v}.0"),
+        _ => v.to_string(),
+    };
+    semver::Version::parse(&full).is_ok_and(|v| (v.major, v.minor) >= (4, 11))
 }
 
 /// One lock per Dependency-Track endpoint and root project for making
@@ -697,7 +785,8 @@ mod tests {
         let err = c
             .call(reqwest::Method::GET, "/api/version", None)
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("status 302"), "{err}");
         // A body over the bound is refused, not read to the end.
         let mut huge = format!(
@@ -711,7 +800,8 @@ mod tests {
         let err = c
             .call(reqwest::Method::GET, "/api/version", None)
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("larger than"), "{err}");
         // An error reply with a multi-byte character where it is cut: no panic.
         let body = "é".repeat(400);
@@ -726,8 +816,22 @@ mod tests {
         let err = c
             .call(reqwest::Method::GET, "/api/version", None)
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         // What a tenant reads: the status, never the server's words.
         assert!(err.contains("status 500") && !err.contains('é'), "{err}");
+    }
+
+    #[test]
+    fn version_and_paths() {
+        assert!(recent_enough("4.11.0") && recent_enough("4.13.2") && recent_enough("5.0"));
+        assert!(!recent_enough("4.10.9") && !recent_enough("") && !recent_enough("x"));
+        let c = Client::new(Client::http(), "https://dt.example/prefix/", "k").unwrap();
+        assert_eq!(
+            c.url("/api/v1/project?name=a%20b&onlyRoot=false").as_str(),
+            "https://dt.example/prefix/api/v1/project?name=a%20b&onlyRoot=false"
+        );
+        let c = Client::new(Client::http(), "http://dt:8080", "k").unwrap();
+        assert_eq!(c.url("/api/version").as_str(), "http://dt:8080/api/version");
     }
 }

@@ -54,7 +54,7 @@ pub async fn run_step(
     }
     let info = match super::WriteInfo::from_labels(labels) {
         Ok(i) => i,
-        Err(e) => return Outcome::Failure(e),
+        Err(e) => return Outcome::Failure(e.to_string()),
     };
     let (endpoint, key_value) = match custom_endpoint {
         None => (dt.endpoint.clone(), dt.api_key.clone()),
@@ -66,7 +66,7 @@ pub async fn run_step(
             }
             let env = match super::lagoon_env(client, &ns).await {
                 Ok(env) => env,
-                Err(e) => return Outcome::Failure(e),
+                Err(e) => return Outcome::Failure(e.to_string()),
             };
             let (prod_only, warning) = super::prod_only_override(
                 dt.push_prod_only,
@@ -103,7 +103,7 @@ pub async fn run_step(
     };
     let client = match client {
         Ok(c) => c,
-        Err(e) => return Outcome::Failure(e),
+        Err(e) => return Outcome::Failure(e.to_string()),
     };
     let Some(bom) = payload_of(cm) else {
         return Outcome::Failure("the ConfigMap has no payload".into());

@@ -18,7 +18,7 @@ pub type Key = (String, String, Step);
 
 enum Job {
     Running,
-    Done(Result<(), String>, Instant),
+    Done(Result<(), super::Error>, Instant),
 }
 
 /// Results nobody came back for (the ConfigMap was deleted) are dropped
@@ -79,7 +79,7 @@ impl Uploads {
             Job::Running => Some(Outcome::Running),
             Job::Done(..) => match jobs.remove(key) {
                 Some(Job::Done(Ok(()), _)) => Some(Outcome::Success),
-                Some(Job::Done(Err(e), _)) => Some(Outcome::Failure(e)),
+                Some(Job::Done(Err(e), _)) => Some(Outcome::Failure(e.to_string())),
                 _ => None,
             },
         }
@@ -91,7 +91,7 @@ impl Uploads {
     /// waiting): the caller looks again later.
     pub fn try_start<F>(&self, key: Key, owner: &str, upload: F) -> bool
     where
-        F: Future<Output = Result<(), String>> + Send + 'static,
+        F: Future<Output = Result<(), super::Error>> + Send + 'static,
     {
         let custom = key.2 == Step::DependencyTrackCustom;
         // The namespace's share is checked and taken under one lock, so
@@ -121,11 +121,8 @@ impl Uploads {
             let guarded = std::panic::AssertUnwindSafe(upload).catch_unwind();
             let res = match tokio::time::timeout(limit, guarded).await {
                 Ok(Ok(r)) => r,
-                Ok(Err(_)) => Err("the upload failed unexpectedly (a bug: see the log)".into()),
-                Err(_) => Err(format!(
-                    "the upload did not finish within {}s",
-                    limit.as_secs()
-                )),
+                Ok(Err(_)) => Err(super::Error::Panicked),
+                Err(_) => Err(super::Error::Unfinished(limit.as_secs())),
             };
             drop(permit);
             if let Some((counts, ns)) = held_by {
@@ -201,7 +198,7 @@ mod tests {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         assert!(u.try_start(key("a"), "ns", async move {
             let _ = rx.await;
-            Err("down".to_string())
+            Err(super::super::Error::Request("down".into()))
         }));
         assert_eq!(u.poll(&key("a")), Some(Outcome::Running));
         assert!(u.running_for("a", "f") && !u.running_for("a", "other"));

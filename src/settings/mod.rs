@@ -152,13 +152,13 @@ pub struct RunArgs {
     #[arg(
         long = "rabbitmq-username",
         env = "RABBITMQ_USERNAME",
-        default_value = "guest"
+        default_value = DEFAULT_BROKER_USERNAME
     )]
     pub rabbitmq_username: String,
     #[arg(
         long = "rabbitmq-password",
         env = "RABBITMQ_PASSWORD",
-        default_value = "guest",
+        default_value = DEFAULT_BROKER_PASSWORD,
         hide_env_values = true,
         hide_default_value = true
     )]
@@ -167,10 +167,10 @@ pub struct RunArgs {
     #[arg(
         long = "rabbitmq-hostname",
         env = "RABBITMQ_ADDRESS",
-        default_value = "localhost"
+        default_value = DEFAULT_BROKER_HOST
     )]
     pub rabbitmq_hostname: String,
-    #[arg(long = "rabbitmq-vhost", env = "RABBITMQ_VHOST", default_value = "/")]
+    #[arg(long = "rabbitmq-vhost", env = "RABBITMQ_VHOST", default_value = DEFAULT_BROKER_VHOST)]
     pub rabbitmq_vhost: String,
     #[arg(long = "rabbitmq-enabled", env = "RABBITMQ_ENABLED", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value = "true", value_parser = parse_bool)]
     pub rabbitmq_enabled: bool,
@@ -752,19 +752,18 @@ pub fn parse_bool(s: &str) -> std::result::Result<bool, String> {
     }
 }
 
-/// `30` (seconds), `500ms`, `30s`, `5m`, `1h`.
+/// A bare number of seconds (`30`, as upstream's flags take it), or a
+/// duration as humantime reads it (`500ms`, `30s`, `5m`, `1h30m`).
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("{s:?} is not a duration"))?;
-    Ok(match unit {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("{s:?} is not a duration (use ms, s, m or h)")),
-    })
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("{s:?} is not a duration"));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration (use ms, s, m or h): {e}"))
 }
 
 /// A worker count; empty is 0 (one per core), so `WEBSERVICE_WORKERS=` as
@@ -958,6 +957,9 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert!(parse_duration("abc").is_err());
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert!(parse_duration("").is_err());
         assert!(parse_bool("TRUE").unwrap());
         assert!(!parse_bool("false").unwrap());
         assert!(parse_bool("maybe").is_err());

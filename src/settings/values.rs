@@ -5,6 +5,12 @@
 
 use std::time::Duration;
 
+/// The broker's address and credentials when none are given (upstream's).
+pub const DEFAULT_BROKER_HOST: &str = "localhost";
+pub const DEFAULT_BROKER_VHOST: &str = "/";
+pub const DEFAULT_BROKER_USERNAME: &str = "guest";
+pub const DEFAULT_BROKER_PASSWORD: &str = "guest";
+
 /// Exchange, queue and routing key the consumer reads from.
 pub const DEFAULT_EXCHANGE: &str = "lagoon-insights";
 pub const DEFAULT_QUEUE: &str = "lagoon-insights:items";
@@ -71,10 +77,10 @@ impl std::fmt::Debug for BrokerSettings {
 impl Default for BrokerSettings {
     fn default() -> Self {
         Self {
-            host: "localhost".into(),
-            vhost: "/".into(),
-            username: "guest".into(),
-            password: "guest".into(),
+            host: DEFAULT_BROKER_HOST.into(),
+            vhost: DEFAULT_BROKER_VHOST.into(),
+            username: DEFAULT_BROKER_USERNAME.into(),
+            password: DEFAULT_BROKER_PASSWORD.into(),
             tls: None,
             exchange: DEFAULT_EXCHANGE.into(),
             queue: DEFAULT_QUEUE.into(),
