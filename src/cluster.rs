@@ -4,7 +4,7 @@
 //!
 //! - [`Cluster::namespaces`]: the Lagoon environment namespaces (labelled
 //!   `lagoon.sh/environmentId`). The ingestion API checks tokens against
-//!   them ([`crate::tenants`]); the ConfigMap and build reconcilers read a
+//!   them (the tenants registry); the ConfigMap and build reconcilers read a
 //!   namespace's identity from them instead of a GET.
 //! - [`Cluster::token_secrets`]: the `insights-token` Secrets (watched by
 //!   name, which is all the chart's RBAC allows). Their revocation marks are

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 use serde_with::DefaultOnNull;
 use utoipa::ToSchema;
 
+/// On an SBOM ConfigMap: upload (also) to this Dependency-Track, with the
+/// key from the namespace's `lagoon-env` Secret.
+pub const ANNOTATION_CUSTOM_ENDPOINT: &str = "dependencytrack.insights.lagoon.sh/custom-endpoint";
+
 /// Exchange, queue and routing key the consumer reads from (defined with
 /// the other defaults in [`crate::settings`]).
 pub use crate::settings::{DEFAULT_EXCHANGE, DEFAULT_QUEUE, DEFAULT_ROUTING_KEY};

@@ -10,8 +10,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::contract::ANNOTATION_CORE_ENABLED;
-use crate::dependency_track::{skip_reason, ANNOTATION_CUSTOM_ENDPOINT};
+use crate::contract::{
+    ANNOTATION_CORE_ENABLED, ANNOTATION_CUSTOM_ENDPOINT, LABEL_ENVIRONMENT_TYPE,
+};
 
 pub const SUCCESS: &str = "success";
 pub const FAILURE: &str = "failure";
@@ -221,6 +222,17 @@ pub fn conclude(results: &[(Step, Outcome)], retries_so_far: u32, max_retries: u
     Conclusion { annotations, next }
 }
 
+/// Why an SBOM is not uploaded, if it is not: with push-prod-only, only
+/// ConfigMaps labelled `lagoon.sh/environmentType: production` go.
+pub fn skip_reason(push_prod_only: bool, cm_labels: &BTreeMap<String, String>) -> Option<String> {
+    let env_type = cm_labels
+        .get(LABEL_ENVIRONMENT_TYPE)
+        .map(String::as_str)
+        .unwrap_or("");
+    (push_prod_only && env_type != "production")
+        .then(|| format!("push-prod-only: environment type {env_type:?} is not production"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +244,20 @@ mod tests {
         dt_default: true,
         dt_custom: true,
     };
+
+    /// Published, uploaded centrally, no per-namespace endpoint.
+    fn published_and_uploaded() -> Vec<(Step, Work)> {
+        vec![
+            (Step::Core, Work::Publish),
+            (Step::DependencyTrackDefault, Work::Upload),
+            (
+                Step::DependencyTrackCustom,
+                Work::Skip(
+                    "no dependencytrack.insights.lagoon.sh/custom-endpoint annotation".into(),
+                ),
+            ),
+        ]
+    }
 
     #[test]
     fn plan_table() {
@@ -334,14 +360,7 @@ mod tests {
                 true,
                 true,
                 true,
-                vec![
-                    (Step::Core, Publish),
-                    (Step::DependencyTrackDefault, Upload),
-                    (
-                        Step::DependencyTrackCustom,
-                        skip("no dependencytrack.insights.lagoon.sh/custom-endpoint annotation"),
-                    ),
-                ],
+                published_and_uploaded(),
             ),
             (
                 "image data never goes to Dependency-Track",
@@ -387,14 +406,7 @@ mod tests {
                 true,
                 true,
                 false,
-                vec![
-                    (Step::Core, Publish),
-                    (Step::DependencyTrackDefault, Upload),
-                    (
-                        Step::DependencyTrackCustom,
-                        skip("no dependencytrack.insights.lagoon.sh/custom-endpoint annotation"),
-                    ),
-                ],
+                published_and_uploaded(),
             ),
             (
                 "retry: a step at success is not run again",

@@ -16,13 +16,16 @@ use crate::broker::Publisher;
 use crate::controller::{self, Baseline, Context};
 use crate::metrics::Metrics;
 use crate::server::{self, ApiState};
-use crate::settings::RunArgs;
+use crate::settings::{KeyArgs, RunArgs, Settings};
 use crate::token::KeyRing;
 use crate::{Error, Result};
 
 /// Runs until SIGTERM or Ctrl-C, or until a part fails.
 pub async fn run(args: RunArgs) -> Result<()> {
-    App::build(&args).await?.serve(shutdown_signal()).await
+    App::build(Settings::from_args(&args)?)
+        .await?
+        .serve(shutdown_signal())
+        .await
 }
 
 /// Everything one process runs, built and started from one settings value.
@@ -60,15 +63,24 @@ impl App {
     /// Loads the key, connects the publisher, follows the custom resource
     /// once (so its key applies before anything is minted or verified),
     /// binds the listeners and starts every part.
-    pub async fn build(args: &RunArgs) -> Result<App> {
+    pub async fn build(settings: Settings) -> Result<App> {
+        Self::assemble(settings, None).await
+    }
+
+    /// As [`App::build`], talking to the API server through `client`
+    /// instead of the configured one.
+    pub async fn with_client(settings: Settings, client: kube::Client) -> Result<App> {
+        Self::assemble(settings, Some(client)).await
+    }
+
+    async fn assemble(settings: Settings, client: Option<kube::Client>) -> Result<App> {
+        let s = &settings;
         let metrics = Arc::new(Metrics::new());
-        let controllers = args.enable_configmap_reconciler()
-            || args.enable_namespace_reconciler
-            || args.upstream.build_scanner;
-        for note in args.compat_report()? {
+        let controllers = s.reconcilers.any();
+        for note in &s.compat_notes {
             warn!("{note}");
         }
-        let baseline_keys = baseline_keys(args, controllers)?;
+        let baseline_keys = baseline_keys(&s.keys, controllers)?;
         // Until a key is known, tokens are checked against a random key:
         // nothing verifies, and nothing is minted (the namespace reconciler
         // waits).
@@ -76,16 +88,13 @@ impl App {
             Arc::new(KeyRing::new(uuid::Uuid::new_v4().simple().to_string()).expect("32-byte key"))
         });
         let keys = watch::Sender::new(initial);
-        // Read once (the TLS files with it): the publisher and the
-        // operator's baseline share it.
-        let broker = args.broker_settings()?;
-        let publisher = if args.rabbitmq_enabled {
-            Some(Publisher::start(broker.clone(), Some(metrics.clone())))
+        let publisher = if s.publish {
+            Some(Publisher::start(s.broker.clone(), Some(metrics.clone())))
         } else {
             warn!("RABBITMQ_ENABLED=false: nothing will be published");
             None
         };
-        let mut limits = args.limits();
+        let mut limits = s.web.limits.clone();
         let descriptors = server::raise_descriptor_limit();
         if let Some(fds) = descriptors {
             // Half the descriptors stay for the probes, the broker, the API
@@ -106,32 +115,26 @@ impl App {
             publisher.clone(),
             metrics.clone(),
             limits,
-            args.webservice_rate_limit,
+            s.web.rate_limit,
         );
         let stop = controller::CancellationToken::new();
         let mut parts = Vec::new();
         let ctx = if controllers {
-            let ctx = match operator_context(
-                args,
-                broker,
-                publisher.clone(),
-                keys,
-                baseline_keys,
-                metrics,
-            )
-            .await
-            {
-                Ok(ctx) => ctx,
-                Err(e) => {
-                    // Closed before the runtime goes, so its I/O thread
-                    // ends cleanly rather than panicking on the way out.
-                    if let Some(p) = &publisher {
-                        p.shutdown().await;
+            let ctx =
+                match operator_context(s, client, publisher.clone(), keys, baseline_keys, metrics)
+                    .await
+                {
+                    Ok(ctx) => ctx,
+                    Err(e) => {
+                        // Closed before the runtime goes, so its I/O thread
+                        // ends cleanly rather than panicking on the way out.
+                        if let Some(p) = &publisher {
+                            p.shutdown().await;
+                        }
+                        return Err(e);
                     }
-                    return Err(e);
-                }
-            };
-            let opts = run_options(args);
+                };
+            let opts = run_options(s);
             parts.push(Part {
                 name: "operator",
                 task: tokio::spawn({
@@ -151,7 +154,7 @@ impl App {
         let state = web::Data::new(match &ctx {
             Some(ctx) => api_state.with_tenants(ctx.tenants.clone()),
             None => {
-                if args.enable_webservice {
+                if s.web.ingestion.is_some() {
                     warn!("no reconciler runs, so the environments are not watched: tokens are checked by their signature only (a deleted namespace's or a revoked token is accepted)");
                 }
                 api_state
@@ -164,23 +167,20 @@ impl App {
             );
         }
         let mut ingestion_addr = None;
-        if args.enable_webservice {
-            let listener = server::listen(args.webservice_addr()?)?;
+        if let Some(listen_at) = s.web.ingestion {
+            let listener = server::listen(listen_at)?;
             let addr = listener.local_addr()?;
-            let workers = args
-                .webservice_workers
-                .filter(|&n| n > 0)
-                .unwrap_or_else(server::default_workers);
+            let workers = s.web.workers.unwrap_or_else(server::default_workers);
             let srv = server::ingestion_server_with_workers(state.clone(), listener, workers)?;
             info!(%addr, "ingestion API listening");
             ingestion_addr = Some(addr);
             parts.push(Part::server("ingestion API", srv));
         }
-        let secure = args.metrics_secure();
+        let secure = s.web.metrics_secure;
         let plain_addrs = if secure {
-            vec![args.health_probe_bind_address]
+            vec![s.web.probes]
         } else {
-            vec![args.health_probe_bind_address, args.metrics_bind_address]
+            vec![s.web.probes, s.web.metrics]
         };
         if let Some(ops) = server::ops_server(state.clone(), &plain_addrs, !secure)? {
             parts.push(Part::server("probes and metrics", ops));
@@ -188,15 +188,15 @@ impl App {
         if secure {
             let client = match &ctx {
                 Some(ctx) => ctx.client.clone(),
-                None => kube_client(args).await?,
+                None => kube_client(s).await?,
             };
             let srv = server::secure_metrics_server(
                 state.clone(),
-                args.metrics_bind_address,
+                s.web.metrics,
                 crate::metrics_auth::MetricsAuth::new(client),
                 crate::metrics_auth::self_signed_tls()?,
             )?;
-            info!(addr = %args.metrics_bind_address, "metrics over HTTPS for callers allowed to get /metrics (--metrics-secure)");
+            info!(addr = %s.web.metrics, "metrics over HTTPS for callers allowed to get /metrics (--metrics-secure)");
             parts.push(Part::server("secure metrics", srv));
         }
         Ok(App {
@@ -207,7 +207,7 @@ impl App {
             parts,
             _stop_on_drop: stop.clone().drop_guard(),
             stop,
-            shutdown_delay: args.shutdown_delay,
+            shutdown_delay: s.shutdown_delay,
         })
     }
 
@@ -275,16 +275,14 @@ impl App {
 
 /// The signing key from flags and environment; None when the custom
 /// resource is expected to name it.
-fn baseline_keys(args: &RunArgs, controllers: bool) -> Result<Option<Arc<KeyRing>>> {
-    match KeyRing::from_args(&args.key) {
+fn baseline_keys(keys: &KeyArgs, controllers: bool) -> Result<Option<Arc<KeyRing>>> {
+    match KeyRing::from_args(keys) {
         Ok(k) => {
             info!(key = %k.fingerprint(), "signing key loaded");
             Ok(Some(Arc::new(k)))
         }
         Err(e)
-            if controllers
-                && args.key.token_secret.is_none()
-                && args.key.token_secret_file.is_none() =>
+            if controllers && keys.token_secret.is_none() && keys.token_secret_file.is_none() =>
         {
             warn!(error = %e, "no signing key from flags or environment; expecting one from the InsightsRemoteConfig");
             Ok(None)
@@ -295,38 +293,39 @@ fn baseline_keys(args: &RunArgs, controllers: bool) -> Result<Option<Arc<KeyRing
 
 /// The operator's context, with the custom resource followed once.
 async fn operator_context(
-    args: &RunArgs,
-    broker: crate::settings::BrokerSettings,
+    s: &Settings,
+    client: Option<kube::Client>,
     publisher: Option<Publisher>,
     keys: watch::Sender<Arc<KeyRing>>,
     baseline_keys: Option<Arc<KeyRing>>,
     metrics: Arc<Metrics>,
 ) -> Result<Arc<Context>> {
-    let client = kube_client(args).await?;
-    let baseline = Baseline {
-        broker,
-        keys: baseline_keys.clone(),
-        ops: args.operations()?,
+    let client = match client {
+        Some(c) => c,
+        None => kube_client(s).await?,
     };
-    let mut ctx = Context::new(
+    let uploads = crate::dependency_track::Uploads::with_policy(
+        s.uploads.max_concurrent,
+        s.uploads.timeout,
+        crate::dependency_track::EndpointPolicy::new(
+            &s.uploads.custom_endpoint_hosts,
+            api_server_addresses(s).await,
+        ),
+    );
+    let ctx = Context::new(controller::Parts {
         client,
         publisher,
         keys,
-        baseline,
+        baseline: Baseline {
+            broker: s.broker.clone(),
+            keys: baseline_keys.clone(),
+            ops: s.ops.clone(),
+        },
         metrics,
-        args.pod_namespace.clone(),
-        args.config_name.clone(),
-    );
-    ctx.watch_namespace = args.watch_namespace.clone().filter(|n| !n.is_empty());
-    ctx.token_resync = args.token_resync_interval;
-    ctx.uploads = crate::dependency_track::Uploads::with_policy(
-        args.dependency_track_max_concurrent,
-        args.dependency_track_timeout,
-        crate::dependency_track::EndpointPolicy::new(
-            &args.dependency_track_custom_endpoint_hosts,
-            api_server_addresses(args).await,
-        ),
-    );
+        scope: s.scope.clone(),
+        token_resync: s.token_resync,
+        uploads,
+    });
     let ctx = Arc::new(ctx);
     if baseline_keys.is_none() {
         ctx.health.lock().expect("health lock").signing_key_problem =
@@ -361,34 +360,34 @@ async fn operator_context(
 }
 
 /// Which reconcilers run, and how leadership is decided.
-fn run_options(args: &RunArgs) -> controller::RunOptions {
-    let lease = args.leader_elect.then(|| controller::LeaseOptions {
-        name: args.leader_election_id.clone(),
-        namespace: args.pod_namespace.clone(),
+fn run_options(s: &Settings) -> controller::RunOptions {
+    let lease = s.lease.as_ref().map(|l| controller::LeaseOptions {
+        name: l.name.clone(),
+        namespace: s.scope.pod_namespace.clone(),
         identity: format!(
             "{}-{}",
             std::env::var("HOSTNAME").unwrap_or_else(|_| "insights-remote".into()),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         ),
-        duration_secs: args.leader_election_lease_duration.as_secs().max(2),
-        grace_secs: (args.leader_election_lease_duration.as_secs() / 3).max(1),
+        duration_secs: l.duration.as_secs().max(2),
+        grace_secs: (l.duration.as_secs() / 3).max(1),
     });
     controller::RunOptions {
-        forward: args.enable_configmap_reconciler(),
-        tokens: args.enable_namespace_reconciler,
-        concurrency: args.configmap_max_concurrent,
+        forward: s.reconcilers.forward,
+        tokens: s.reconcilers.tokens,
+        concurrency: s.reconcilers.concurrency,
         lease,
     }
 }
 
 /// The API server client (controller-runtime's --kubeconfig, else the
 /// usual kubeconfig or in-cluster configuration).
-async fn kube_client(args: &RunArgs) -> Result<kube::Client> {
-    Ok(kube::Client::try_from(kube_config(args).await?)?)
+async fn kube_client(s: &Settings) -> Result<kube::Client> {
+    Ok(kube::Client::try_from(kube_config(s).await?)?)
 }
 
-async fn kube_config(args: &RunArgs) -> Result<kube::Config> {
-    Ok(match &args.upstream.kubeconfig {
+async fn kube_config(s: &Settings) -> Result<kube::Config> {
+    Ok(match &s.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| Error::Config(format!("--kubeconfig {}: {e}", path.display())))?;
@@ -405,13 +404,13 @@ async fn kube_config(args: &RunArgs) -> Result<kube::Config> {
 /// The addresses the Kubernetes API server answers at, as this process
 /// sees them: the in-cluster Service and the configured URL's host. A
 /// namespace's Dependency-Track endpoint may not point there.
-async fn api_server_addresses(args: &RunArgs) -> Vec<std::net::IpAddr> {
+async fn api_server_addresses(s: &Settings) -> Vec<std::net::IpAddr> {
     let mut out: Vec<std::net::IpAddr> = std::env::var("KUBERNETES_SERVICE_HOST")
         .ok()
         .and_then(|h| h.parse().ok())
         .into_iter()
         .collect();
-    if let Ok(config) = kube_config(args).await {
+    if let Ok(config) = kube_config(s).await {
         if let Some(host) = config.cluster_url.host() {
             let host = host.trim_start_matches('[').trim_end_matches(']');
             let port = config.cluster_url.port_u16().unwrap_or(443);

@@ -165,7 +165,7 @@ impl ReconnectBackoff {
 }
 
 /// Waits doubling from `first` up to `max`, without end (also the watch
-/// restarts in [`crate::controller::follow`]).
+/// restarts with kube's `default_backoff`).
 pub(crate) fn doubling(first: Duration, max: Duration) -> backon::ExponentialBackoff {
     use backon::BackoffBuilder;
     backon::ExponentialBuilder::new()

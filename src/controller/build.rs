@@ -301,16 +301,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             r = ops.wait_for(|o| o.build_scanner.enabled) => if r.is_err() { return },
         }
         info!(selector = %selector(), "build scanner enabled: watching build pods");
-        let switched = {
-            let shutdown = shutdown.clone();
-            let mut ops = ctx.ops.subscribe();
-            async move {
-                tokio::select! {
-                    _ = shutdown.cancelled_owned() => {}
-                    _ = ops.wait_for(|o| !o.build_scanner.enabled) => {}
-                }
-            }
-        };
+        let switched = ctx.until_settings(&shutdown, |o| !o.build_scanner.enabled);
         Controller::new(api.clone(), watcher::Config::default().labels(&selector()))
             .graceful_shutdown_on(switched)
             .run(reconcile_observed, error_policy, ctx.clone())

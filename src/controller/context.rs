@@ -15,7 +15,7 @@ use super::{config, token_secrets, Error, Result};
 use crate::broker::{BrokerSettings, Publisher};
 use crate::crd::InsightsRemoteConfig;
 use crate::metrics::{ControllerErrorLabels, ControllerLabels, Metrics};
-use crate::settings::Operations;
+use crate::settings::{Operations, Scope};
 use crate::token::KeyRing;
 
 /// How often a namespace's token Secret is re-checked by default.
@@ -113,16 +113,22 @@ pub struct Context {
     pub config_writer: Mutex<Option<Writer<InsightsRemoteConfig>>>,
 }
 
+/// What a [`Context`] is made of: it is built complete from these and
+/// nothing is set on it afterwards.
+pub struct Parts {
+    pub client: Client,
+    pub publisher: Option<Publisher>,
+    /// The signing keys in force (the resource may replace them).
+    pub keys: watch::Sender<Arc<KeyRing>>,
+    pub baseline: Baseline,
+    pub metrics: Arc<Metrics>,
+    pub scope: Scope,
+    pub token_resync: Duration,
+    pub uploads: crate::dependency_track::Uploads,
+}
+
 impl Context {
-    pub fn new(
-        client: Client,
-        publisher: Option<Publisher>,
-        keys: watch::Sender<Arc<KeyRing>>,
-        baseline: Baseline,
-        metrics: Arc<Metrics>,
-        pod_namespace: String,
-        config_name: String,
-    ) -> Self {
+    pub fn new(p: Parts) -> Self {
         let (config_store, config_writer) = reflector::store();
         let cluster = Arc::new(crate::cluster::Cluster::default());
         let reporter = Reporter {
@@ -130,28 +136,45 @@ impl Context {
             instance: std::env::var("HOSTNAME").ok(),
         };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
-            ops: watch::Sender::new(baseline.ops.clone()),
-            client,
-            publisher,
-            keys,
-            metrics,
+            recorder: Recorder::new(p.client.clone(), reporter),
+            ops: watch::Sender::new(p.baseline.ops.clone()),
+            client: p.client,
+            publisher: p.publisher,
+            keys: p.keys,
+            metrics: p.metrics,
             counters: Counters::default(),
             health: Mutex::new(ConfigHealth::default()),
-            baseline,
-            pod_namespace,
-            config_name,
-            watch_namespace: None,
+            baseline: p.baseline,
+            pod_namespace: p.scope.pod_namespace,
+            config_name: p.scope.config_name,
+            watch_namespace: p.scope.watch_namespace,
             status_changed: Notify::new(),
-            token_resync: DEFAULT_TOKEN_RESYNC,
+            token_resync: p.token_resync,
             denied: Default::default(),
-            uploads: crate::dependency_track::Uploads::new(2, Duration::from_secs(300)),
+            uploads: p.uploads,
             token_secrets: Default::default(),
             token_create_refused: Default::default(),
             tenants: crate::tenants::Tenants::new(cluster.clone()),
             cluster,
             config_store,
             config_writer: Mutex::new(Some(config_writer)),
+        }
+    }
+
+    /// Resolves at shutdown, or once the settings satisfy `until` (a
+    /// controller whose watch depends on a setting restarts then).
+    pub fn until_settings(
+        &self,
+        shutdown: &tokio_util::sync::CancellationToken,
+        until: impl Fn(&Operations) -> bool + Send + Sync + 'static,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut ops = self.ops.subscribe();
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown.cancelled_owned() => {}
+                _ = ops.wait_for(|o| until(o)) => {}
+            }
         }
     }
 

@@ -20,7 +20,7 @@ pub mod namespace;
 pub mod token_secrets;
 
 pub use context::{
-    Baseline, ConfigHealth, Context, Counters, ReconcileMeasurer, DEFAULT_TOKEN_RESYNC,
+    Baseline, ConfigHealth, Context, Counters, Parts, ReconcileMeasurer, DEFAULT_TOKEN_RESYNC,
 };
 pub use manager::{run, LeaseOptions, RunOptions};
 pub use tokio_util::sync::CancellationToken;

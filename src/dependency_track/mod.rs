@@ -34,9 +34,8 @@ use crate::contract::{
     percent_encode, LABEL_ENVIRONMENT, LABEL_ENVIRONMENT_TYPE, LABEL_PROJECT, LABEL_SERVICE,
 };
 
-/// On an SBOM ConfigMap: upload (also) to this Dependency-Track, with the
-/// key from the namespace's `lagoon-env` Secret.
-pub const ANNOTATION_CUSTOM_ENDPOINT: &str = "dependencytrack.insights.lagoon.sh/custom-endpoint";
+pub use crate::contract::ANNOTATION_CUSTOM_ENDPOINT;
+pub use crate::postprocess::skip_reason;
 /// The namespace Secret holding the per-namespace key and override.
 pub const LAGOON_ENV_SECRET: &str = "lagoon-env";
 pub const KEY_API_KEY: &str = "LAGOON_FEATURE_FLAG_INSIGHTS_DEPENDENCY_TRACK_API_KEY";
@@ -116,17 +115,6 @@ pub fn target(t: &Templates, info: &WriteInfo, cm_labels: &BTreeMap<String, Stri
             .map(|t| vec![format!("lagoon-environmenttype-{t}")])
             .unwrap_or_default(),
     }
-}
-
-/// Why an SBOM is not uploaded, if it is not: with push-prod-only, only
-/// ConfigMaps labelled `lagoon.sh/environmentType: production` go.
-pub fn skip_reason(push_prod_only: bool, cm_labels: &BTreeMap<String, String>) -> Option<String> {
-    let env_type = cm_labels
-        .get(LABEL_ENVIRONMENT_TYPE)
-        .map(String::as_str)
-        .unwrap_or("");
-    (push_prod_only && env_type != "production")
-        .then(|| format!("push-prod-only: environment type {env_type:?} is not production"))
 }
 
 /// The per-namespace push-prod-only: the `lagoon-env` value when it parses

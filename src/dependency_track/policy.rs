@@ -42,10 +42,9 @@ pub fn internal(ip: IpAddr, api_server: &[IpAddr]) -> Option<&'static str> {
     {
         return Some("a cloud metadata service");
     }
-    if api_server.contains(&ip) {
-        return Some("the Kubernetes API server");
-    }
-    match ip {
+    // The address's class first (a loopback API server is refused as
+    // loopback), then the API server's own addresses.
+    let class = match ip {
         IpAddr::V4(v4) if v4.is_loopback() => Some("loopback"),
         IpAddr::V4(v4) if v4.is_link_local() => Some("link-local"),
         IpAddr::V4(v4) if v4.is_unspecified() || v4.is_broadcast() => Some("unspecified"),
@@ -55,7 +54,12 @@ pub fn internal(ip: IpAddr, api_server: &[IpAddr]) -> Option<&'static str> {
         IpAddr::V6(v6) if v6.is_unspecified() => Some("unspecified"),
         IpAddr::V6(v6) if v6.is_multicast() => Some("multicast"),
         _ => None,
-    }
+    };
+    class.or_else(|| {
+        api_server
+            .contains(&ip)
+            .then_some("the Kubernetes API server")
+    })
 }
 
 impl EndpointPolicy {

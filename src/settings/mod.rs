@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+mod app;
 pub mod dependency_track;
 mod values;
 
+pub use app::{LeaseSettings, Reconcilers, Scope, Settings, UploadSettings, WebSettings};
 pub use values::*;
 
 /// A setting that cannot be used, in words for the admin.
@@ -23,7 +25,7 @@ pub type Result<T, E = Invalid> = std::result::Result<T, E>;
 pub const INSECURE_DEFAULT_KEY: &str = "testsecret";
 
 /// The signing keys as given, checked against the insecure default (their
-/// length is checked where the key ring is built, `crate::token`).
+/// length is checked where the key ring is built, in the token module).
 #[derive(Clone)]
 pub struct SigningKeys {
     pub current: Vec<u8>,
@@ -744,6 +746,10 @@ pub fn normalize_args<I: IntoIterator<Item = String>>(args: I) -> Vec<String> {
         .collect()
 }
 
+/// Upstream's booleans, as Go's ParseBool and zap take them, plus what
+/// clap's `BoolishValueParser` takes (`yes`, `on`, ...), trimmed, and an
+/// empty value as false: charts set `ENABLE_X: ""` for "unset", which
+/// `BoolishValueParser` refuses, stopping an existing Deployment.
 pub fn parse_bool(s: &str) -> std::result::Result<bool, String> {
     match s.trim().to_ascii_lowercase().as_str() {
         "1" | "t" | "true" | "yes" | "y" | "on" => Ok(true),
@@ -971,5 +977,24 @@ mod tests {
             parse_bind("127.0.0.1:9").unwrap().to_string(),
             "127.0.0.1:9"
         );
+    }
+
+    /// What `parse_bool` takes beyond clap's `BoolishValueParser`: an empty
+    /// or padded value (as charts render an unset variable).
+    #[test]
+    fn booleans_as_deployments_give_them() {
+        use clap::builder::TypedValueParser;
+        let cmd = clap::Command::new("t");
+        let boolish = |v: &str| {
+            clap::builder::BoolishValueParser::new()
+                .parse_ref(&cmd, None, std::ffi::OsStr::new(v))
+                .ok()
+        };
+        for (v, want) in [("", false), (" true ", true), ("T", true), ("off", false)] {
+            assert_eq!(parse_bool(v), Ok(want), "{v:?}");
+        }
+        assert_eq!(boolish(""), None, "clap refuses an empty value");
+        assert_eq!(boolish(" true "), None, "and a padded one");
+        assert!(parse_bool("maybe").is_err());
     }
 }

@@ -51,19 +51,10 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: CancellationToke
     };
     loop {
         let burn = ctx.ops.borrow().burn_after_reading;
-        let mut ops = ctx.ops.subscribe();
         let selector = selector(burn);
         let wc = watcher::Config::default().labels(&selector).any_semantic();
         info!(%selector, concurrency, "forwarding insights ConfigMaps");
-        let switched = {
-            let shutdown = shutdown.clone();
-            async move {
-                tokio::select! {
-                    _ = shutdown.cancelled_owned() => {}
-                    _ = ops.wait_for(|o| o.burn_after_reading != burn) => {}
-                }
-            }
-        };
+        let switched = ctx.until_settings(&shutdown, move |o| o.burn_after_reading != burn);
         Controller::new(api.clone(), wc)
             .with_config(ControllerConfig::default().concurrency(concurrency.max(1)))
             .graceful_shutdown_on(switched)
