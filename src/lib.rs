@@ -4,7 +4,6 @@ pub mod broker;
 pub mod cluster;
 pub mod contract;
 pub mod controller;
-pub mod crd;
 pub mod dependency_track;
 pub mod identity;
 pub mod logging;
@@ -15,6 +14,8 @@ pub mod postprocess;
 pub mod run;
 pub mod server;
 pub mod settings;
+/// The custom resource's types (they live with the settings they overlay).
+pub use settings::crd;
 pub mod tenants;
 pub mod token;
 

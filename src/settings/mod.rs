@@ -7,7 +7,9 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 mod app;
+pub mod crd;
 pub mod dependency_track;
+pub mod overlay;
 mod values;
 
 pub use app::{LeaseSettings, Reconcilers, Scope, Settings, UploadSettings, WebSettings};

@@ -10,7 +10,8 @@
 //! - [`status`]: the status, built by a pure function and written in batches.
 
 mod resolve;
-pub mod spec;
+/// The custom resource as an overlay on the settings (pure; in `settings`).
+pub use crate::settings::overlay as spec;
 pub mod status;
 
 use std::sync::Arc;

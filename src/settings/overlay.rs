@@ -4,9 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use crate::broker::BrokerSettings;
-use crate::crd::{BrokerSpec, InsightsRemoteConfigSpec};
-use crate::settings::Operations;
+use super::crd::{BrokerSpec, InsightsRemoteConfigSpec};
+use super::BrokerSettings;
+use super::Operations;
 
 /// What is wrong with the configuration. The variant is the reason shown in
 /// the status conditions; the text says what to fix.
@@ -89,10 +89,10 @@ pub fn operations(
     let f = &spec.forwarding;
     let d = &spec.dependency_track;
     let b = &base.dependency_track;
-    let pick = |v: &Option<String>, base: &crate::dependency_track::Template| {
+    let pick = |v: &Option<String>, base: &super::dependency_track::Template| {
         v.clone().unwrap_or_else(|| base.source().to_string())
     };
-    let templates = crate::dependency_track::Templates::parse(
+    let templates = super::dependency_track::Templates::parse(
         &pick(&d.root_project_name_template, &b.templates.root),
         &pick(&d.parent_project_name_template, &b.templates.parent),
         &pick(&d.project_name_template, &b.templates.project),
@@ -102,7 +102,7 @@ pub fn operations(
     let bs = &spec.build_scanner;
     let mut extra_env = base.build_scanner.extra_env.clone();
     for (k, v) in &bs.extra_env {
-        crate::settings::parse_env_pair(&format!("{k}={v}"))
+        super::parse_env_pair(&format!("{k}={v}"))
             .map_err(|e| Problem::InvalidSpec(format!("spec.buildScanner.extraEnv: {e}")))?;
         extra_env.retain(|(key, _)| key != k);
         extra_env.push((k.clone(), v.clone()));
@@ -124,7 +124,7 @@ pub fn operations(
             Some(l) => Some(l.clone()),
             None => base.target_label.clone(),
         },
-        dependency_track: crate::dependency_track::Settings {
+        dependency_track: super::dependency_track::Settings {
             enabled: d.enabled.unwrap_or(b.enabled),
             endpoint: d.api_endpoint.clone().unwrap_or_else(|| b.endpoint.clone()),
             // Resolved from the Secret by the caller when the resource names one.
@@ -132,7 +132,7 @@ pub fn operations(
             templates,
             push_prod_only: d.push_prod_only.unwrap_or(b.push_prod_only),
         },
-        build_scanner: crate::controller::build::ScannerSettings {
+        build_scanner: super::ScannerSettings {
             enabled: bs.enabled.unwrap_or(base.build_scanner.enabled),
             image: bs
                 .image
@@ -175,8 +175,8 @@ pub fn secret_namespace<'a>(asked: Option<&'a str>, own: &'a str) -> Result<&'a 
 
 #[cfg(test)]
 mod tests {
+    use crate::settings::crd::{ForwardingSpec, TokensSpec};
     use super::*;
-    use crate::crd::{ForwardingSpec, TokensSpec};
 
     fn base_ops() -> Operations {
         Operations {
@@ -256,7 +256,7 @@ mod tests {
             host: "rabbit.lagoon:5672".into(),
             exchange: "x".into(),
             username: "flag-user".into(),
-            tls: Some(crate::broker::TlsSettings::default()),
+            tls: Some(crate::settings::TlsSettings::default()),
             ..Default::default()
         };
         let same = broker_settings(&base, &BrokerSpec::default());
@@ -284,7 +284,7 @@ mod tests {
 
     #[test]
     fn only_the_named_secrets_matter() {
-        use crate::crd::SecretKeyRef;
+        use crate::settings::crd::SecretKeyRef;
         let r = |name: &str| SecretKeyRef {
             name: name.into(),
             key: "k".into(),

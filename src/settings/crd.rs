@@ -253,7 +253,7 @@ mod tests {
 
     #[test]
     fn committed_crd_matches_the_rust_type() {
-        let committed = include_str!("../crds/insightsremoteconfig.yaml");
+        let committed = include_str!("../../crds/insightsremoteconfig.yaml");
         assert!(
             committed == crd_yaml(),
             "crds/insightsremoteconfig.yaml is stale: run `cargo run -- crd > crds/insightsremoteconfig.yaml`"
