@@ -75,42 +75,54 @@ pub struct Baseline {
 }
 
 pub struct Context {
+    // -- Fixed at start-up (from `Settings`).
     pub client: Client,
     pub publisher: Option<Publisher>,
-    pub keys: watch::Sender<Arc<KeyRing>>,
-    pub ops: watch::Sender<Operations>,
-    pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
-    pub counters: Counters,
-    pub health: Mutex<ConfigHealth>,
+    /// The settings from flags and environment: what applies without a
+    /// resource, and what the resource overlays.
     pub baseline: Baseline,
     /// Namespace of Secrets the resource names without one.
     pub pod_namespace: String,
     pub config_name: String,
     /// Limit the ConfigMap and namespace reconcilers to one namespace.
     pub watch_namespace: Option<String>,
-    /// Wakes the status writer.
-    pub status_changed: Notify,
     /// How often each namespace's token Secret is re-checked.
     pub token_resync: Duration,
-    /// What RBAC refused already (each is logged once, then at debug).
-    pub denied: Mutex<std::collections::BTreeSet<&'static str>>,
-    /// Dependency-Track uploads in the background.
-    pub uploads: crate::dependency_track::Uploads,
-    /// The Lagoon namespaces and token Secrets, from kube's stores.
+
+    // -- Settings in force: watches the config follower writes and every
+    // reconciler (and the ingestion API) follows.
+    pub keys: watch::Sender<Arc<KeyRing>>,
+    pub ops: watch::Sender<Operations>,
+
+    // -- What this process sees of the cluster (kube stores) and knows
+    // beside it.
+    /// The Lagoon namespaces and token Secrets.
     pub cluster: Arc<crate::cluster::Cluster>,
-    /// Which token Secrets this process verified or wrote.
-    pub token_secrets: token_secrets::TokenSecrets,
-    /// RBAC refused a create of a token Secret: write them by apply only
-    /// ([`namespace::write_token`]).
-    pub token_create_refused: std::sync::atomic::AtomicBool,
     /// Which environments may post now (every replica keeps it; the
     /// ingestion API and the token reconciler read it).
     pub tenants: Arc<crate::tenants::Tenants>,
+    /// Which token Secrets this process verified or wrote.
+    pub token_secrets: token_secrets::TokenSecrets,
     /// The InsightsRemoteConfig, as the config follower last saw it.
     pub config_store: Store<InsightsRemoteConfig>,
     /// Fills `config_store`; taken by the config follower.
     pub config_writer: Mutex<Option<Writer<InsightsRemoteConfig>>>,
+    /// Dependency-Track uploads in the background.
+    pub uploads: crate::dependency_track::Uploads,
+    /// RBAC refused a create of a token Secret: write them by apply only
+    /// ([`super::namespace::write_token`]).
+    pub token_create_refused: std::sync::atomic::AtomicBool,
+
+    // -- What is reported: counters and health for the status, metrics,
+    // Events, and what RBAC refused.
+    pub counters: Counters,
+    pub health: Mutex<ConfigHealth>,
+    /// Wakes the status writer.
+    pub status_changed: Notify,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    /// What RBAC refused already (each is logged once, then at debug).
+    pub denied: Mutex<std::collections::BTreeSet<&'static str>>,
 }
 
 /// What a [`Context`] is made of: it is built complete from these and

@@ -113,7 +113,7 @@ pub enum Settle {
     },
 }
 
-/// From [`postprocess::conclude`]'s next step and the settings. Pure.
+/// From [`crate::postprocess::conclude`]'s next step and the settings. Pure.
 pub fn settle(next: Next, ops: &Operations) -> Settle {
     match next {
         Next::Processed => Settle::Processed {
