@@ -175,8 +175,8 @@ pub fn secret_namespace<'a>(asked: Option<&'a str>, own: &'a str) -> Result<&'a 
 
 #[cfg(test)]
 mod tests {
-    use crate::settings::crd::{ForwardingSpec, TokensSpec};
     use super::*;
+    use crate::settings::crd::{ForwardingSpec, TokensSpec};
 
     fn base_ops() -> Operations {
         Operations {
