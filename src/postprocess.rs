@@ -239,6 +239,16 @@ mod tests {
 
     use crate::contract::string_map as map;
 
+    const CORE_ONLY: Enabled = Enabled {
+        core: true,
+        dt_default: false,
+        dt_custom: false,
+    };
+    const NOTHING_ON: Enabled = Enabled {
+        core: false,
+        dt_default: false,
+        dt_custom: false,
+    };
     const ALL_ON: Enabled = Enabled {
         core: true,
         dt_default: true,
@@ -299,10 +309,7 @@ mod tests {
         )> = vec![
             (
                 "gate: annotated is published",
-                Enabled {
-                    core: true,
-                    ..Default::default()
-                },
+                CORE_ONLY,
                 &prod,
                 &core_on,
                 true,
@@ -312,10 +319,7 @@ mod tests {
             ),
             (
                 "gate: not annotated is skipped",
-                Enabled {
-                    core: true,
-                    ..Default::default()
-                },
+                CORE_ONLY,
                 &prod,
                 &none,
                 true,
@@ -328,10 +332,7 @@ mod tests {
             ),
             (
                 "gate off: everything is published",
-                Enabled {
-                    core: true,
-                    ..Default::default()
-                },
+                CORE_ONLY,
                 &prod,
                 &none,
                 true,
@@ -341,10 +342,7 @@ mod tests {
             ),
             (
                 "RABBITMQ_ENABLED=false: no core step",
-                Enabled {
-                    core: false,
-                    ..Default::default()
-                },
+                NOTHING_ON,
                 &prod,
                 &core_on,
                 true,
@@ -426,10 +424,7 @@ mod tests {
             ),
             (
                 "retry: a failed step runs again",
-                Enabled {
-                    core: true,
-                    ..Default::default()
-                },
+                CORE_ONLY,
                 &prod,
                 &core_failed,
                 true,

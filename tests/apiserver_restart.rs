@@ -22,14 +22,7 @@ async fn every_configmap_ends_processed_across_an_api_server_restart() {
     let broker = isolated_broker("restart");
     let op = Operator::start(
         &client,
-        OperatorOptions {
-            broker: broker.clone(),
-            ops: test_ops(),
-            namespace: ns.name.clone(),
-            config_name: unique("irc"),
-            forward: true,
-            tokens: false,
-        },
+        OperatorOptions::forwarding(&ns, broker.clone(), test_ops(), &unique("irc")),
     )
     .await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
@@ -76,7 +69,7 @@ async fn every_configmap_ends_processed_across_an_api_server_restart() {
         },
     )
     .await;
-    let msgs = drain(&broker.queue, TOTAL * 2, Duration::from_secs(5)).await;
+    let msgs = drain_all(&broker.queue).await;
     let ids: HashSet<&str> = msgs
         .iter()
         .map(|m| m["labels"]["test-id"].as_str().unwrap())

@@ -10,7 +10,7 @@ use clap::Parser;
 use common::cluster::wait_for;
 use common::*;
 use insights_remote::run::App;
-use insights_remote::settings::{normalize_args, Cli};
+use insights_remote::settings::{normalize_args, Cli, Settings};
 
 fn args(broker: &insights_remote::broker::BrokerSettings, extra: &[&str]) -> Cli {
     // Port 0: the OS chooses, and the app says which.
@@ -39,7 +39,9 @@ async fn post_fact(addr: std::net::SocketAddr, token: &str) -> Option<reqwest::S
 #[tokio::test]
 async fn built_app_serves_confirmed_facts_and_stops_on_shutdown() {
     let broker = isolated_broker("app");
-    let app = App::build(&args(&broker, &[]).run).await.unwrap();
+    let app = App::build(Settings::from_args(&args(&broker, &[]).run).unwrap())
+        .await
+        .unwrap();
     let addr = app.ingestion_addr.expect("ingestion API enabled");
     assert_ne!(addr.port(), 0, "the OS chose a port, no bind-and-drop race");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -75,9 +77,10 @@ async fn built_app_serves_confirmed_facts_and_stops_on_shutdown() {
 #[tokio::test]
 async fn the_shutdown_delay_keeps_serving_while_readiness_fails() {
     let broker = isolated_broker("drain");
-    let app = App::build(&args(&broker, &["--shutdown-delay", "4s"]).run)
-        .await
-        .unwrap();
+    let app =
+        App::build(Settings::from_args(&args(&broker, &["--shutdown-delay", "4s"]).run).unwrap())
+            .await
+            .unwrap();
     let addr = app.ingestion_addr.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = tokio::spawn(app.serve(async {

@@ -142,7 +142,7 @@ async fn broker_restart_loses_nothing_that_got_200() {
         },
     )
     .await;
-    let forwarded = drain(&cm_queue, created * 3, Duration::from_secs(5)).await;
+    let forwarded = drain_all(&cm_queue).await;
     let ids: HashSet<&str> = forwarded
         .iter()
         .map(|m| m["labels"]["test-id"].as_str().unwrap())
@@ -180,7 +180,7 @@ async fn broker_restart_loses_nothing_that_got_200() {
     assert_eq!(down_ready.1["broker"], "disconnected");
     assert!(unavailable > 0, "clients saw 503 during the outage");
 
-    let got = drain(&queue, ok.len() + 1000, Duration::from_secs(10)).await;
+    let got = drain_all(&queue).await;
     let names: HashSet<String> = got
         .iter()
         .map(|m| m["facts"][0]["name"].as_str().unwrap().to_string())

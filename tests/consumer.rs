@@ -162,6 +162,17 @@ fn insights_cm(
     .unwrap()
 }
 
+/// An SBOM ConfigMap carrying `sbom` as binary gzip (the usual case).
+fn sbom_gz_cm(
+    name: &str,
+    ns: &str,
+    env_label: &str,
+    build: Option<(&str, &str)>,
+    sbom: &[u8],
+) -> ConfigMap {
+    insights_cm(name, ns, "sbom", env_label, build, Some(gzip(sbom)), None)
+}
+
 /// Every ConfigMap kind the builds create, forwarded by the operator and
 /// processed by the handler: SBOM and image inspect, branch and
 /// pull-request builds, binary and text data, a CycloneDX 1.4 SBOM; and an
@@ -194,14 +205,7 @@ async fn every_configmap_kind_ends_in_the_expected_api_calls() {
         ops.push(
             Operator::start(
                 &client,
-                OperatorOptions {
-                    broker: consumer.broker(),
-                    ops: test_ops(),
-                    namespace: n.name.clone(),
-                    config_name: unique("absent"),
-                    forward: true,
-                    tokens: false,
-                },
+                OperatorOptions::forwarding(n, consumer.broker(), test_ops(), &unique("absent")),
             )
             .await,
         );
@@ -231,15 +235,7 @@ async fn every_configmap_kind_ends_in_the_expected_api_calls() {
         // Branch build, SBOM as binary gzip (the usual case).
         (
             &cms,
-            insights_cm(
-                "sbom-branch",
-                &ns.name,
-                "sbom",
-                "main",
-                None,
-                Some(gzip(&fixture)),
-                None,
-            ),
+            sbom_gz_cm("sbom-branch", &ns.name, "main", None, &fixture),
         ),
         // Pull-request build: the environment label names it, not the branch.
         (
@@ -288,23 +284,19 @@ async fn every_configmap_kind_ends_in_the_expected_api_calls() {
     // the feature branch's by annotation. Refused (src/identity.rs): the
     // consumer never writes them to those environments (checked below).
     let spoofs = [
-        insights_cm(
+        sbom_gz_cm(
             "spoof-label",
             &ns.name,
-            "sbom",
             "pr-5",
             Some(("pullrequest", "pr-5")),
-            Some(gzip(&fixture)),
-            None,
+            &fixture,
         ),
-        insights_cm(
+        sbom_gz_cm(
             "spoof-branch",
             &ns.name,
-            "sbom",
             "main",
             Some(("branch", "feature")),
-            Some(gzip(&fixture)),
-            None,
+            &fixture,
         ),
     ];
     for cm in &spoofs {
@@ -321,15 +313,7 @@ async fn every_configmap_kind_ends_in_the_expected_api_calls() {
     );
     cms.create(&PostParams::default(), &broken).await.unwrap();
     // Two payload entries: the consumer would read one at random.
-    let mut two = insights_cm(
-        "sbom-two",
-        &ns.name,
-        "sbom",
-        "main",
-        None,
-        Some(gzip(&fixture)),
-        None,
-    );
+    let mut two = sbom_gz_cm("sbom-two", &ns.name, "main", None, &fixture);
     two.binary_data.as_mut().unwrap().insert(
         "other.cyclonedx.json.gz".into(),
         k8s_openapi::ByteString(gzip(&fixture)),

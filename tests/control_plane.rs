@@ -48,9 +48,15 @@ async fn real_api_server_supports_what_the_operator_needs() {
         watcher::Config::default().labels("lagoon.sh/insightsType"),
     )
     .boxed();
+    // The creates come once the watch has its initial list (InitDone), so
+    // the matching one arrives as a watch event (Apply).
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !matches!(events.next().await, Some(Ok(watcher::Event::InitDone))) {}
+    })
+    .await
+    .expect("the watch lists");
     let mut seen = Vec::new();
     let create = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
         for (n, labelled) in [("unrelated", false), ("insights", true)] {
             let mut cm = ConfigMap::default();
             cm.metadata.name = Some(n.into());

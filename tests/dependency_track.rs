@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::cluster::*;
 use common::*;
 use insights_remote::crd::InsightsRemoteConfig;
-use insights_remote::dependency_track::{EndpointPolicy, Settings, Templates, Uploads};
+use insights_remote::dependency_track::{Settings, Templates};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -157,11 +157,63 @@ async fn dt_operator(
     slots: u16,
 ) -> Operator {
     let options = OperatorOptions::forwarding(ns, isolated_broker(tag), ops, &unique("irc"));
-    let policy = EndpointPolicy::new(hosts, vec![]);
-    Operator::start_with(client, options, |ctx| {
-        ctx.uploads = Uploads::with_policy(slots, Duration::from_secs(300), policy)
+    Operator::start_with(client, options, |s| {
+        s.uploads.custom_endpoint_hosts = hosts.to_string();
+        s.uploads.max_concurrent = slots;
     })
     .await
+}
+
+/// [`dt_operator`] letting a namespace's own endpoint be the test's
+/// Dependency-Track (`127.0.0.1`), 2 uploads at once; and `ns`'s ConfigMaps.
+async fn local_dt_operator(
+    client: &kube::Client,
+    ns: &TestNamespace,
+    tag: &str,
+    ops: insights_remote::settings::Operations,
+) -> (Operator, Api<ConfigMap>) {
+    let op = dt_operator(client, ns, tag, ops, "127.0.0.1", 2).await;
+    (op, Api::namespaced(client.clone(), &ns.name))
+}
+
+/// Creates the Secret `lagoon-env` of `ns` with `string_data`.
+async fn create_lagoon_env(client: &kube::Client, ns: &str, string_data: Value) -> Api<Secret> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "lagoon-env"}, "stringData": string_data}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    secrets
+}
+
+/// Creates SBOM ConfigMap `name` (service `service`) for the namespace's
+/// own endpoint `endpoint`.
+async fn create_custom_sbom(
+    api: &Api<ConfigMap>,
+    name: &str,
+    proj: &str,
+    env_type: &str,
+    service: &str,
+    endpoint: &str,
+) {
+    create_sbom(
+        api,
+        name,
+        proj,
+        env_type,
+        service,
+        &[(
+            "dependencytrack.insights.lagoon.sh/custom-endpoint",
+            endpoint,
+        )],
+    )
+    .await;
 }
 
 /// Creates SBOM ConfigMap `name` for the namespace's own endpoint
@@ -172,18 +224,7 @@ async fn custom_sbom_failure(
     proj: &str,
     endpoint: &str,
 ) -> String {
-    create_sbom(
-        api,
-        name,
-        proj,
-        "production",
-        name,
-        &[(
-            "dependencytrack.insights.lagoon.sh/custom-endpoint",
-            endpoint,
-        )],
-    )
-    .await;
+    create_custom_sbom(api, name, proj, "production", name, endpoint).await;
     custom_failure(api, name).await
 }
 
@@ -259,7 +300,7 @@ async fn central_upload_builds_the_hierarchy_and_waits_until_processed() {
     .await;
     assert!(!comps.as_array().unwrap().is_empty(), "components present");
     // And Lagoon core got it once.
-    assert_eq!(drain(&queue, 2, Duration::from_secs(3)).await.len(), 1);
+    drain_exactly(&queue, 1, Duration::from_secs(3)).await;
     let counts = op.ctx.counters.steps.lock().unwrap().clone();
     assert_eq!(counts["dependencytrack-default"].succeeded, 1);
     op.stop().await;
@@ -275,31 +316,16 @@ async fn prod_only_skips_development_and_lagoon_env_overrides_it_for_the_custom_
     let proj = unique("dtdev");
     let ns = namespace(&client, "dtprod", &proj, "development").await;
     // Central upload is on with push-prod-only; per-namespace too.
-    let op = dt_operator(
+    let (op, api) = local_dt_operator(&client, &ns, "dtprod", dt_ops(&base, &key, true)).await;
+    let secrets = create_lagoon_env(
         &client,
-        &ns,
-        "dtprod",
-        dt_ops(&base, &key, true),
-        "127.0.0.1",
-        2,
+        &ns.name,
+        json!({
+            "LAGOON_FEATURE_FLAG_INSIGHTS_DEPENDENCY_TRACK_API_KEY": key,
+            "LAGOON_FEATURE_FLAG_INSIGHTS_DEPENDENCY_TRACK_PUSH_PROD_ONLY": "false",
+        }),
     )
     .await;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
-    secrets
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": {"name": "lagoon-env"},
-                "stringData": {
-                    "LAGOON_FEATURE_FLAG_INSIGHTS_DEPENDENCY_TRACK_API_KEY": key,
-                    "LAGOON_FEATURE_FLAG_INSIGHTS_DEPENDENCY_TRACK_PUSH_PROD_ONLY": "false",
-                },
-            }))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
     // A development SBOM without a custom endpoint: skipped (recorded
     // success), though it claims to be production.
     create_sbom(&api, "dev", &proj, "production", "skipped", &[]).await;
@@ -311,15 +337,7 @@ async fn prod_only_skips_development_and_lagoon_env_overrides_it_for_the_custom_
     assert!(project(&proj).await.is_none(), "not even the parents");
     // A development SBOM for the namespace's own Dependency-Track, whose
     // lagoon-env says push-prod-only=false: uploaded there.
-    create_sbom(
-        &api,
-        "dev-custom",
-        &proj,
-        "development",
-        "custom",
-        &[("dependencytrack.insights.lagoon.sh/custom-endpoint", &base)],
-    )
-    .await;
+    create_custom_sbom(&api, "dev-custom", &proj, "development", "custom", &base).await;
     let b = processed(&api, "dev-custom").await;
     assert_eq!(
         b["dependencytrack.insights.lagoon.sh/custom-status"],
@@ -348,13 +366,13 @@ async fn prod_only_skips_development_and_lagoon_env_overrides_it_for_the_custom_
         )
         .await
         .unwrap();
-    create_sbom(
+    create_custom_sbom(
         &api,
         "dev-fallback",
         &proj,
         "development",
         "fallback",
-        &[("dependencytrack.insights.lagoon.sh/custom-endpoint", &base)],
+        &base,
     )
     .await;
     let c = processed(&api, "dev-fallback").await;
@@ -376,25 +394,8 @@ async fn custom_endpoint_without_a_key_fails_and_records_why() {
     let client = client().await;
     let proj = unique("dtnokey");
     let ns = namespace(&client, "dtnokey", &proj, "production").await;
-    let op = dt_operator(
-        &client,
-        &ns,
-        "dtnokey",
-        dt_ops(&base, &key, false),
-        "127.0.0.1",
-        2,
-    )
-    .await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    create_sbom(
-        &api,
-        "sbom",
-        &proj,
-        "production",
-        "cli",
-        &[("dependencytrack.insights.lagoon.sh/custom-endpoint", &base)],
-    )
-    .await;
+    let (op, api) = local_dt_operator(&client, &ns, "dtnokey", dt_ops(&base, &key, false)).await;
+    create_custom_sbom(&api, "sbom", &proj, "production", "cli", &base).await;
     let a = wait_for("custom step failed", Duration::from_secs(60), || async {
         api.get_opt("sbom")
             .await
@@ -501,8 +502,8 @@ async fn outage_defers_then_uploads_once_back_without_publishing_twice() {
         .await
         .expect("uploaded once back");
     assert!(leaf["lastBomImport"].is_number());
-    let got = drain(&queue, 3, Duration::from_secs(3)).await;
-    assert_eq!(got.len(), 1, "Lagoon core got it once, not once per retry");
+    // Lagoon core got it once, not once per retry.
+    drain_exactly(&queue, 1, Duration::from_secs(3)).await;
     // The resource's status counts the step's failures and its success.
     let irc: Api<InsightsRemoteConfig> = Api::all(client.clone());
     wait_for("status.postProcessors", Duration::from_secs(30), || async {
@@ -580,18 +581,12 @@ async fn a_tenants_endpoint_is_held_to_the_policy_and_learns_nothing_from_answer
     let client = client().await;
     let proj = unique("dtpolicy");
     let ns = namespace(&client, "dtpolicy", &proj, "production").await;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
-    secrets
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": {"name": "lagoon-env"},
-                "stringData": {"LAGOON_FEATURE_FLAG_INSIGHTS_DEPENDENCY_TRACK_API_KEY": key},
-            }))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
+    create_lagoon_env(
+        &client,
+        &ns.name,
+        json!({"LAGOON_FEATURE_FLAG_INSIGHTS_DEPENDENCY_TRACK_API_KEY": key}),
+    )
+    .await;
     // The default policy (no list): only the custom step runs.
     let op = dt_operator(&client, &ns, "dtpolicy", dt_ops("", "", false), "", 2).await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
@@ -619,15 +614,7 @@ async fn a_tenants_endpoint_is_held_to_the_policy_and_learns_nothing_from_answer
     op.stop().await;
 
     // The admin allows 127.0.0.1: a server there that talks too much.
-    let op = dt_operator(
-        &client,
-        &ns,
-        "dtpolicy2",
-        dt_ops("", "", false),
-        "127.0.0.1",
-        2,
-    )
-    .await;
+    let (op, _) = local_dt_operator(&client, &ns, "dtpolicy2", dt_ops("", "", false)).await;
     for (name, endpoint, says, never) in [
         (
             "chatty",

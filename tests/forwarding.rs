@@ -96,6 +96,40 @@ async fn start(
     .await
 }
 
+/// A namespace and a queue of the test's own (both tagged `tag`), an
+/// operator forwarding from the one to the other with `ops`, and the
+/// namespace's ConfigMaps.
+async fn setup(
+    client: &kube::Client,
+    tag: &str,
+    ops: insights_remote::settings::Operations,
+) -> (TestNamespace, Api<ConfigMap>, String, Operator) {
+    let ns = TestNamespace::new(client, tag).await;
+    let broker = isolated_broker(tag);
+    let queue = broker.queue.clone();
+    let op = start(&ns, broker, ops).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    (ns, api, queue, op)
+}
+
+/// Stops the operator and deletes the namespace.
+async fn finish(op: Operator, ns: TestNamespace) {
+    op.stop().await;
+    ns.cleanup().await;
+}
+
+/// Creates the fixture ConfigMap `file` in the namespace of `api`.
+async fn create_fixture(api: &Api<ConfigMap>, file: &str, ns: &str) {
+    api.create(&PostParams::default(), &fixture_cm(file, ns))
+        .await
+        .unwrap();
+}
+
+/// Waits until ConfigMap `name` is labelled processed; the ConfigMap.
+async fn wait_processed(api: &Api<ConfigMap>, name: &str) -> ConfigMap {
+    wait_label(api, name, "lagoon.sh/insightsProcessed").await
+}
+
 async fn wait_label(api: &Api<ConfigMap>, name: &str, label: &str) -> ConfigMap {
     wait_for(
         &format!("{name} labelled {label}"),
@@ -113,18 +147,14 @@ async fn wait_label(api: &Api<ConfigMap>, name: &str, label: &str) -> ConfigMap 
 #[tokio::test]
 async fn fixture_configmaps_are_forwarded_in_the_contract_shape() {
     let client = client().await;
-    let ns = TestNamespace::new(&client, "fwd").await;
-    let broker = isolated_broker("fwd");
-    let queue = broker.queue.clone();
-    let op = start(&ns, broker, test_ops()).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let (ns, api, queue, op) = setup(&client, "fwd", test_ops()).await;
     for f in ["configmap-sbom.json", "configmap-image.json"] {
         api.create(&PostParams::default(), &fixture_cm(f, &ns.name))
             .await
             .unwrap();
     }
     for name in ["lagoon-insights-sbom-cli", "lagoon-insights-image-cli"] {
-        let cm = wait_label(&api, name, "lagoon.sh/insightsProcessed").await;
+        let cm = wait_processed(&api, name).await;
         let secs: u64 = cm.labels()["lagoon.sh/insightsProcessed"]
             .parse()
             .expect("unix seconds");
@@ -198,18 +228,13 @@ async fn fixture_configmaps_are_forwarded_in_the_contract_shape() {
             .load(std::sync::atomic::Ordering::Relaxed),
         2
     );
-    op.stop().await;
-    ns.cleanup().await;
+    finish(op, ns).await;
 }
 
 #[tokio::test]
 async fn text_data_travels_gzipped_and_go_deferred_configmaps_are_retried() {
     let client = client().await;
-    let ns = TestNamespace::new(&client, "text").await;
-    let broker = isolated_broker("text");
-    let queue = broker.queue.clone();
-    let op = start(&ns, broker, test_ops()).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let (ns, api, queue, op) = setup(&client, "text", test_ops()).await;
     let sbom = SBOM;
     let inspect = gzip(br#"{"name":"img","env":["A=b"]}"#);
     api.create(
@@ -243,8 +268,8 @@ async fn text_data_travels_gzipped_and_go_deferred_configmaps_are_retried() {
     )
     .await
     .unwrap();
-    wait_label(&api, "plain", "lagoon.sh/insightsProcessed").await;
-    let deferred = wait_label(&api, "go-deferred", "lagoon.sh/insightsProcessed").await;
+    wait_processed(&api, "plain").await;
+    let deferred = wait_processed(&api, "go-deferred").await;
     assert!(
         !deferred
             .labels()
@@ -268,8 +293,7 @@ async fn text_data_travels_gzipped_and_go_deferred_configmaps_are_retried() {
         serde_json::from_str::<Value>(sbom).unwrap()
     );
     assert!(got.iter().any(|m| m["type"] == "inspect"));
-    op.stop().await;
-    ns.cleanup().await;
+    finish(op, ns).await;
 }
 
 async fn events_for(client: &kube::Client, ns: &str, name: &str) -> Vec<Event> {
@@ -302,11 +326,7 @@ async fn wait_rejected_event(client: &kube::Client, ns: &str, name: &str) {
 #[tokio::test]
 async fn unforwardable_configmaps_are_rejected_with_an_event_and_not_published() {
     let client = client().await;
-    let ns = TestNamespace::new(&client, "reject").await;
-    let broker = isolated_broker("reject");
-    let queue = broker.queue.clone();
-    let op = start(&ns, broker, test_ops()).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let (ns, api, queue, op) = setup(&client, "reject", test_ops()).await;
     let sbom_gz = gzip(SBOM.as_bytes());
     let bin = Some(("a.json.gz", &sbom_gz[..]));
     let cases = [
@@ -371,8 +391,10 @@ async fn unforwardable_configmaps_are_rejected_with_an_event_and_not_published()
         assert!(!got.labels().contains_key("lagoon.sh/insightsProcessed"));
         wait_rejected_event(&client, &ns.name, &name).await;
     }
-    // Not retried while unchanged: the counter stays put.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Not retried while unchanged: each was reconciled again after its
+    // rejection was written (its create, then that patch: 2 each), and the
+    // counter stayed put.
+    wait_reconciliations(&op.metrics, "configmap", 2 * cases.len() as u64).await;
     assert_eq!(
         op.ctx
             .counters
@@ -393,10 +415,9 @@ async fn unforwardable_configmaps_are_rejected_with_an_event_and_not_published()
     )
     .await
     .unwrap();
-    wait_label(&api, "unknown-type", "lagoon.sh/insightsProcessed").await;
+    wait_processed(&api, "unknown-type").await;
     assert_eq!(drain(&queue, 1, Duration::from_secs(10)).await.len(), 1);
-    op.stop().await;
-    ns.cleanup().await;
+    finish(op, ns).await;
 }
 
 /// `--require-core-insights-enabled=false` (for older build-deploy-tool
@@ -404,59 +425,35 @@ async fn unforwardable_configmaps_are_rejected_with_an_event_and_not_published()
 #[tokio::test]
 async fn with_the_gate_off_unannotated_configmaps_are_published() {
     let client = client().await;
-    let ns = TestNamespace::new(&client, "nogate").await;
-    let broker = isolated_broker("nogate");
-    let queue = broker.queue.clone();
     let mut ops = test_ops();
     ops.require_core_enabled = false;
-    let op = start(&ns, broker, ops).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let (ns, api, queue, op) = setup(&client, "nogate", ops).await;
     let cm = sbom_without_core_annotation(&ns.name);
     api.create(&PostParams::default(), &cm).await.unwrap();
-    let done = wait_label(
-        &api,
-        "lagoon-insights-sbom-cli",
-        "lagoon.sh/insightsProcessed",
-    )
-    .await;
+    let done = wait_processed(&api, "lagoon-insights-sbom-cli").await;
     assert_eq!(
         done.annotations()["core.insights.lagoon.sh/status"],
         "success"
     );
-    let got = drain(&queue, 2, Duration::from_secs(5)).await;
-    assert_eq!(got.len(), 1, "published although not annotated");
-    op.stop().await;
-    ns.cleanup().await;
+    // published although not annotated
+    drain_exactly(&queue, 1, Duration::from_secs(5)).await;
+    finish(op, ns).await;
 }
 
 #[tokio::test]
 async fn core_insights_gate_marks_without_publishing() {
     let client = client().await;
-    let ns = TestNamespace::new(&client, "gate").await;
-    let broker = isolated_broker("gate");
-    let queue = broker.queue.clone();
     let mut ops = test_ops();
     ops.require_core_enabled = true;
-    let op = start(&ns, broker, ops).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let (ns, api, queue, op) = setup(&client, "gate", ops).await;
     let mut off = sbom_without_core_annotation(&ns.name);
     off.metadata.name = Some("core-off".into());
     api.create(&PostParams::default(), &off).await.unwrap();
-    api.create(
-        &PostParams::default(),
-        &fixture_cm("configmap-sbom.json", &ns.name),
-    )
-    .await
-    .unwrap();
-    wait_label(&api, "core-off", "lagoon.sh/insightsProcessed").await;
-    wait_label(
-        &api,
-        "lagoon-insights-sbom-cli",
-        "lagoon.sh/insightsProcessed",
-    )
-    .await;
-    let got = drain(&queue, 2, Duration::from_secs(5)).await;
-    assert_eq!(got.len(), 1, "only the core-enabled ConfigMap is published");
+    create_fixture(&api, "configmap-sbom.json", &ns.name).await;
+    wait_processed(&api, "core-off").await;
+    wait_processed(&api, "lagoon-insights-sbom-cli").await;
+    // only the core-enabled ConfigMap is published
+    let got = drain_exactly(&queue, 1, Duration::from_secs(5)).await;
     // Both record the core step as done (upstream's annotation).
     for name in ["core-off", "lagoon-insights-sbom-cli"] {
         let cm = api.get(name).await.unwrap();
@@ -472,8 +469,7 @@ async fn core_insights_gate_marks_without_publishing() {
         got[0]["annotations"]["core.insights.lagoon.sh/enabled"],
         "true"
     );
-    op.stop().await;
-    ns.cleanup().await;
+    finish(op, ns).await;
 }
 
 #[tokio::test]
@@ -499,12 +495,7 @@ async fn burn_after_reading_deletes_forwarded_and_older_processed_configmaps() {
     .await
     .unwrap();
     let op = start(&ns, broker, ops).await;
-    api.create(
-        &PostParams::default(),
-        &fixture_cm("configmap-image.json", &ns.name),
-    )
-    .await
-    .unwrap();
+    create_fixture(&api, "configmap-image.json", &ns.name).await;
     for name in ["old", "lagoon-insights-image-cli"] {
         wait_for(
             &format!("{name} deleted"),
@@ -513,8 +504,8 @@ async fn burn_after_reading_deletes_forwarded_and_older_processed_configmaps() {
         )
         .await;
     }
-    let got = drain(&queue, 2, Duration::from_secs(5)).await;
-    assert_eq!(got.len(), 1, "the old one was not published again");
+    // the old one was not published again
+    let got = drain_exactly(&queue, 1, Duration::from_secs(5)).await;
     assert_eq!(got[0]["type"], "inspect");
     assert_eq!(
         op.ctx
@@ -523,8 +514,7 @@ async fn burn_after_reading_deletes_forwarded_and_older_processed_configmaps() {
             .load(std::sync::atomic::Ordering::Relaxed),
         2
     );
-    op.stop().await;
-    ns.cleanup().await;
+    finish(op, ns).await;
 }
 
 /// Burn-after-reading switched on later through the custom resource deletes
@@ -547,14 +537,9 @@ async fn burn_after_reading_switched_on_later_deletes_what_we_processed_before()
         OperatorOptions::forwarding(&ns, broker, test_ops(), &config_name),
     )
     .await;
-    api.create(
-        &PostParams::default(),
-        &fixture_cm("configmap-image.json", &ns.name),
-    )
-    .await
-    .unwrap();
+    create_fixture(&api, "configmap-image.json", &ns.name).await;
     let name = "lagoon-insights-image-cli";
-    wait_label(&api, name, "lagoon.sh/insightsProcessed").await;
+    wait_processed(&api, name).await;
     apply_config(&client, &config_name, json!({"burnAfterReading": true})).await;
     wait_for(
         "burned after the switch",
@@ -562,8 +547,8 @@ async fn burn_after_reading_switched_on_later_deletes_what_we_processed_before()
         || async { api.get_opt(name).await.unwrap().is_none().then_some(()) },
     )
     .await;
-    let got = drain(&queue, 2, Duration::from_secs(3)).await;
-    assert_eq!(got.len(), 1, "burning does not publish it again");
+    // burning does not publish it again
+    drain_exactly(&queue, 1, Duration::from_secs(3)).await;
     op.stop().await;
     let configs: Api<InsightsRemoteConfig> = Api::all(client.clone());
     let _ = configs.delete(&config_name, &Default::default()).await;
@@ -595,12 +580,7 @@ async fn broker_down_defers_then_forwards_after_hot_reload_and_gives_up_past_max
     )
     .await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    api.create(
-        &PostParams::default(),
-        &fixture_cm("configmap-sbom.json", &ns.name),
-    )
-    .await
-    .unwrap();
+    create_fixture(&api, "configmap-sbom.json", &ns.name).await;
     let deferred = wait_label(
         &api,
         "lagoon-insights-sbom-cli",
@@ -625,12 +605,7 @@ async fn broker_down_defers_then_forwards_after_hot_reload_and_gives_up_past_max
     // The broker "comes back": the resource now points at the live one and
     // the operator switches without a restart.
     apply_config(&client, &config_name, spec(&broker_host(), 1000)).await;
-    let done = wait_label(
-        &api,
-        "lagoon-insights-sbom-cli",
-        "lagoon.sh/insightsProcessed",
-    )
-    .await;
+    let done = wait_processed(&api, "lagoon-insights-sbom-cli").await;
     assert!(!done
         .labels()
         .contains_key("lagoon.sh/insightsWriteDeferred"));
@@ -660,23 +635,9 @@ async fn replaced_configmap_is_forwarded_again_not_marked_blindly() {
     // The build replaces a ConfigMap wholesale; a content change after the
     // processed mark must be forwarded as new.
     let client = client().await;
-    let ns = TestNamespace::new(&client, "replace").await;
-    let broker = isolated_broker("replace");
-    let queue = broker.queue.clone();
-    let op = start(&ns, broker, test_ops()).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    api.create(
-        &PostParams::default(),
-        &fixture_cm("configmap-image.json", &ns.name),
-    )
-    .await
-    .unwrap();
-    wait_label(
-        &api,
-        "lagoon-insights-image-cli",
-        "lagoon.sh/insightsProcessed",
-    )
-    .await;
+    let (ns, api, queue, op) = setup(&client, "replace", test_ops()).await;
+    create_fixture(&api, "configmap-image.json", &ns.name).await;
+    wait_processed(&api, "lagoon-insights-image-cli").await;
     // The build's replace: new content, no marks.
     let mut fresh = fixture_cm("configmap-image.json", &ns.name);
     let new = gzip(br#"{"name":"new","env":["A=b"]}"#);
@@ -688,20 +649,14 @@ async fn replaced_configmap_is_forwarded_again_not_marked_blindly() {
     api.replace("lagoon-insights-image-cli", &PostParams::default(), &fresh)
         .await
         .unwrap();
-    wait_label(
-        &api,
-        "lagoon-insights-image-cli",
-        "lagoon.sh/insightsProcessed",
-    )
-    .await;
+    wait_processed(&api, "lagoon-insights-image-cli").await;
     let got = drain(&queue, 2, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 2);
     assert_eq!(
         got[1]["binaryPayload"]["cli.image-inspect.json.gz"],
         STANDARD.encode(&new)
     );
-    op.stop().await;
-    ns.cleanup().await;
+    finish(op, ns).await;
 }
 
 /// A ConfigMap whose message is over the publish limit is rejected with the
@@ -715,12 +670,7 @@ async fn configmap_over_the_message_limit_is_rejected_not_retried() {
     let queue = broker.queue.clone();
     let op = start(&ns, broker, test_ops()).await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    api.create(
-        &PostParams::default(),
-        &fixture_cm("configmap-sbom.json", &ns.name),
-    )
-    .await
-    .unwrap();
+    create_fixture(&api, "configmap-sbom.json", &ns.name).await;
     let reason = rejection(&api, "lagoon-insights-sbom-cli").await;
     assert!(reason.contains("limit of 1024 bytes"), "{reason}");
     let cm = api.get("lagoon-insights-sbom-cli").await.unwrap();
@@ -826,9 +776,9 @@ async fn a_configmap_cannot_speak_for_another_environment() {
         assert!(reason.contains(why), "{name}: {reason}");
         wait_rejected_event(&client, &ns.name, &name).await;
     }
-    wait_label(&api, "honest", "lagoon.sh/insightsProcessed").await;
-    let got = drain(&queue, 2, Duration::from_secs(10)).await;
-    assert_eq!(got.len(), 1, "only the honest ConfigMap is published");
+    wait_processed(&api, "honest").await;
+    // only the honest ConfigMap is published
+    let got = drain_exactly(&queue, 1, Duration::from_secs(10)).await;
     let m = &got[0];
     assert_eq!(m["labels"]["lagoon.sh/project"], "tenant-b");
     assert_eq!(m["labels"]["lagoon.sh/environment"], "feature-x");
@@ -838,8 +788,7 @@ async fn a_configmap_cannot_speak_for_another_environment() {
         (m["project"].as_str(), m["environment"].as_str()),
         (Some("tenant-b"), Some("feature-x"))
     );
-    op.stop().await;
-    ns.cleanup().await;
+    finish(op, ns).await;
 
     // A namespace that is not a Lagoon environment forwards nothing.
     let plain = TestNamespace::with_labels(&client, "plain", BTreeMap::new()).await;

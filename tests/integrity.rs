@@ -32,6 +32,34 @@ async fn post(url: &str, token: &str, body: impl Into<reqwest::Body>) -> reqwest
         .unwrap()
 }
 
+/// An API with `limits` publishing to a queue of its own (tagged `tag`);
+/// the API and the queue's name.
+async fn api_with(tag: &str, limits: Limits) -> (Api, String) {
+    let settings = isolated_broker(tag);
+    let queue = settings.queue.clone();
+    (start_api_with(settings, limits, 0).await, queue)
+}
+
+/// Deletes the test's queue and stops its API.
+async fn finish(api: Api, queue: &str) {
+    delete_queue(queue).await;
+    api.stop().await;
+}
+
+/// Reads the answer on `rd` until the server closes the connection (within
+/// 5 s, or the test fails), then stops `writer`; the answer.
+async fn answer_before_close(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    writer: tokio::task::JoinHandle<()>,
+) -> String {
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut buf)).await;
+    writer.abort();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    assert!(read.is_ok(), "connection closed within 5 s; got {text:?}");
+    text
+}
+
 /// A full queue nacks (`overflow: reject-publish`); with many clients
 /// publishing at once on the shared channel, every 200 must be in the queue
 /// and no 503 may be.
@@ -136,8 +164,14 @@ async fn nacks_and_acks_reach_their_own_request() {
         stored_refused.is_empty(),
         "answered 503 but stored: {stored_refused:?}"
     );
-    delete_queue(&queue).await;
-    api.stop().await;
+    finish(api, &queue).await;
+}
+
+/// Checks that `r` is a 413 whose message says `says`.
+async fn assert_413(r: reqwest::Response, says: &str) {
+    assert_eq!(r.status(), 413);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(v["message"].as_str().unwrap().contains(says), "{v}");
 }
 
 /// Too many items, or a message over the publish limit: 413 naming the
@@ -157,55 +191,38 @@ async fn item_and_message_limits_answer_413() {
     // 80,000 minimal facts in under 1 MiB: refused before they are parsed.
     let many = format!("[{}]", vec![r#"{"name":"a"}"#; 80_000].join(","));
     assert!(many.len() < 1 << 20);
-    let r = post(&api.url, &t, many).await;
-    assert_eq!(r.status(), 413);
-    let v: serde_json::Value = r.json().await.unwrap();
-    assert!(
-        v["message"]
-            .as_str()
-            .unwrap()
-            .contains("80000 facts in one request, over the limit of 1000"),
-        "{v}"
-    );
+    assert_413(
+        post(&api.url, &t, many).await,
+        "80000 facts in one request, over the limit of 1000",
+    )
+    .await;
 
     // 500 facts with long values: fine as a body, too large as a message.
     let big = format!(
         "[{}]",
         vec![format!(r#"{{"name":"a","value":"{}"}}"#, "x".repeat(200)); 500].join(",")
     );
-    let r = post(&api.url, &t, big).await;
-    assert_eq!(r.status(), 413);
-    let v: serde_json::Value = r.json().await.unwrap();
-    assert!(
-        v["message"]
-            .as_str()
-            .unwrap()
-            .contains("limit of 65536 bytes"),
-        "{v}"
-    );
+    assert_413(post(&api.url, &t, big).await, "limit of 65536 bytes").await;
     // The next tenant is served on the same channel.
     assert_eq!(post(&api.url, &t, r#"[{"name":"ok"}]"#).await.status(), 200);
-    let got = drain(&queue, 2, Duration::from_secs(5)).await;
-    assert_eq!(got.len(), 1, "only the accepted message was published");
+    // only the accepted message was published
+    let got = drain_exactly(&queue, 1, Duration::from_secs(5)).await;
     assert_eq!(got[0]["facts"][0]["name"], "ok");
     assert_eq!(api.metrics.broker_channels.get(), 1);
-    delete_queue(&queue).await;
-    api.stop().await;
+    finish(api, &queue).await;
 }
 
 /// The in-flight budget: large requests beyond it get 503 with
 /// Retry-After at once, while a small request is still served.
 #[tokio::test]
 async fn inflight_budget_refuses_large_requests_but_serves_small_ones() {
-    let settings = isolated_broker("budget");
-    let queue = settings.queue.clone();
     let limits = Limits {
         // Room for one 1 MiB body (16 MiB reserved) and small requests.
         inflight_bytes: 17 * 1024 * 1024,
         body_timeout: Duration::from_secs(20),
         ..Default::default()
     };
-    let api = start_api_with(settings, limits, 0).await;
+    let (api, queue) = api_with("budget", limits).await;
     let t = token("ns", "1");
     let port = api.url.rsplit(':').next().unwrap().to_string();
 
@@ -250,21 +267,18 @@ async fn inflight_budget_refuses_large_requests_but_serves_small_ones() {
     );
     drop(slow);
     purge(&queue).await;
-    delete_queue(&queue).await;
-    api.stop().await;
+    finish(api, &queue).await;
 }
 
 /// A body sent a byte at a time is cut off at the body timeout with 408,
 /// and the connection is closed.
 #[tokio::test]
 async fn slow_body_gets_408_and_the_connection_closes() {
-    let settings = isolated_broker("slowbody");
-    let queue = settings.queue.clone();
     let limits = Limits {
         body_timeout: Duration::from_secs(1),
         ..Default::default()
     };
-    let api = start_api_with(settings, limits, 0).await;
+    let (api, queue) = api_with("slowbody", limits).await;
     let t = token("ns", "1");
     let addr = api.url.trim_start_matches("http://").to_string();
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -276,7 +290,7 @@ async fn slow_body_gets_408_and_the_connection_closes() {
     )
     .await
     .unwrap();
-    let (mut rd, mut wr) = s.into_split();
+    let (rd, mut wr) = s.into_split();
     let trickle = tokio::spawn(async move {
         for _ in 0..20 {
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -285,11 +299,7 @@ async fn slow_body_gets_408_and_the_connection_closes() {
             }
         }
     });
-    let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut buf)).await;
-    trickle.abort();
-    let text = String::from_utf8_lossy(&buf);
-    assert!(read.is_ok(), "connection closed within 5 s; got {text:?}");
+    let text = answer_before_close(rd, trickle).await;
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert_eq!(
         api.metrics
@@ -300,8 +310,7 @@ async fn slow_body_gets_408_and_the_connection_closes() {
             .get(),
         0
     );
-    delete_queue(&queue).await;
-    api.stop().await;
+    finish(api, &queue).await;
 }
 
 /// A request refused before its body is read (bad token) does not keep
@@ -313,7 +322,7 @@ async fn refused_request_closes_a_never_ending_body() {
     let api = start_api(settings, 1 << 20, 0).await;
     let addr = api.url.trim_start_matches("http://").to_string();
     let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let (mut rd, mut wr) = s.into_split();
+    let (rd, mut wr) = s.into_split();
     wr.write_all(
         b"POST /facts HTTP/1.1\r\nhost: x\r\nauthorization: not-a-token\r\ntransfer-encoding: chunked\r\n\r\n",
     )
@@ -329,14 +338,9 @@ async fn refused_request_closes_a_never_ending_body() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
-    let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut buf)).await;
-    writer.abort();
-    let text = String::from_utf8_lossy(&buf);
-    assert!(read.is_ok(), "connection closed within 5 s; got {text:?}");
+    let text = answer_before_close(rd, writer).await;
     assert!(text.starts_with("HTTP/1.1 401"), "{text}");
-    delete_queue(&queue).await;
-    api.stop().await;
+    finish(api, &queue).await;
 }
 
 /// The ingestion listener's accept backlog is 1024 (ss shows it as Send-Q

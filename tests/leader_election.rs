@@ -44,12 +44,6 @@ fn spawn(
             ns,
             "--config-name",
             &unique("absent"),
-            "--rabbitmq-hostname",
-            &broker.host,
-            "--rabbitmq-exchange",
-            &broker.exchange,
-            "--rabbitmq-queue",
-            &broker.queue,
             "--rabbitmq-reconnect-retry-interval",
             "1",
             "--enable-webservice=false",
@@ -60,6 +54,7 @@ fn spawn(
             "--metrics-bind-address",
             &format!("127.0.0.1:{}", free_port()),
         ])
+        .args(broker_args(broker))
         .env("KUBECONFIG", kubeconfig_path())
         .env("INSIGHTS_TOKEN_SECRET", KEY)
         .env("HOSTNAME", name)
@@ -118,12 +113,12 @@ async fn one_leader_clean_and_unclean_handover() {
     let lease = unique("lease");
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
     let mut a = spawn("op-a", &ns.name, &lease, &broker);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut b = spawn("op-b", &ns.name, &lease, &broker);
+    // The second process starts once the first holds the Lease.
     let first = wait_for("a leader", Duration::from_secs(30), || {
         holder(&client, &ns.name, &lease)
     })
     .await;
+    let mut b = spawn("op-b", &ns.name, &lease, &broker);
     assert!(
         first.starts_with("op-a"),
         "the first process leads: {first}"
@@ -157,7 +152,7 @@ async fn one_leader_clean_and_unclean_handover() {
         "graceful exit on SIGTERM"
     );
     wait_all_processed(&api, 40).await;
-    let msgs = drain(&broker.queue, 1000, Duration::from_secs(3)).await;
+    let msgs = drain_all(&broker.queue).await;
     let counts = count_ids(&msgs);
     assert_eq!(counts.len(), 40, "every ConfigMap forwarded");
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
@@ -189,7 +184,7 @@ async fn one_leader_clean_and_unclean_handover() {
         create_batch(&api, 40, 20)
     );
     wait_all_processed(&api, 60).await;
-    let msgs = drain(&broker.queue, 1000, Duration::from_secs(3)).await;
+    let msgs = drain_all(&broker.queue).await;
     let counts = count_ids(&msgs);
     for i in 40..60 {
         assert!(
@@ -291,18 +286,13 @@ async fn a_go_replica_holding_upstreams_lease_excludes_ours() {
             &ns.name,
             "--config-name",
             &unique("absent"),
-            "--rabbitmq-hostname",
-            &broker.host,
-            "--rabbitmq-exchange",
-            &broker.exchange,
-            "--rabbitmq-queue",
-            &broker.queue,
             "--enable-webservice=false",
             "--enable-configmap-reconciler=true",
             "--enable-namespace-reconciler=false",
             "--health-probe-bind-address",
             "0",
         ])
+        .args(broker_args(&broker))
         .env("KUBECONFIG", kubeconfig_path())
         .env("INSIGHTS_TOKEN_SECRET", KEY)
         .env("HOSTNAME", "rust-replica")

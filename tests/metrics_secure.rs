@@ -129,15 +129,7 @@ async fn metrics_need_a_token_allowed_to_get_metrics() {
         (status(&url, Some(&scraper)).await == Some(200)).then_some(())
     })
     .await;
-    let body = https()
-        .get(&url)
-        .bearer_auth(&scraper)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = body_text(https().get(&url).bearer_auth(&scraper)).await;
     assert!(body.contains("insights_remote_"), "{body}");
     // Plain HTTP on the metrics port is refused; the probe port has no metrics.
     assert!(

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::cluster::{client, wait_for};
 use common::node::{environment_token, helm, node_environment, root, Release};
-use common::run_ok;
+use common::{body_text, run_ok};
 
 const ALERTS: &str = "charts/insights-remote/files/alerts.yaml";
 const DASHBOARD: &str = "charts/insights-remote/files/dashboard.json";
@@ -118,14 +118,7 @@ async fn every_query_names_metrics_a_running_pod_exposes() {
         (r.status() == 200).then_some(())
     })
     .await;
-    let exposition = http
-        .get(format!("http://{ip}:8080/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let exposition = body_text(http.get(format!("http://{ip}:8080/metrics"))).await;
     let exposed: BTreeSet<&str> = exposition
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())

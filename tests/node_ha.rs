@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cluster::{client, numbered_insights_cm, wait_for};
-use common::drain;
+use common::drain_all;
 use common::node::{environment_token, helm, node_environment, Release};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -206,7 +206,7 @@ async fn two_replicas_lose_nothing_when_the_leader_dies_or_both_roll() {
         let o = outcomes.lock().unwrap();
         (o.ok, o.failed.clone())
     };
-    let got = drain(&release.queue, ok + created + 1000, Duration::from_secs(20)).await;
+    let got = drain_all(&release.queue).await;
     let facts = got.iter().filter(|m| m["type"] == "direct.facts").count();
     let mut per_cm: BTreeMap<String, usize> = BTreeMap::new();
     for m in got.iter().filter(|m| m["type"] == "inspect") {

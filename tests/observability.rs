@@ -110,14 +110,7 @@ async fn metrics_move_after_a_forward_and_a_request() {
     let broker = isolated_broker("metrics");
     let op = Operator::start(
         &client,
-        OperatorOptions {
-            broker: broker.clone(),
-            ops: test_ops(),
-            namespace: ns.name.clone(),
-            config_name: unique("irc"),
-            forward: true,
-            tokens: true,
-        },
+        OperatorOptions::forwarding(&ns, broker.clone(), test_ops(), &unique("irc")).with_tokens(),
     )
     .await;
     // The operator's metrics behind the ops server and an ingestion server.
@@ -248,7 +241,7 @@ async fn metrics_move_after_a_forward_and_a_request() {
         1.0
     );
     assert!(after.contains("insights_remote_http_request_duration_seconds_bucket"));
-    let _ = drain(&broker.queue, 2, Duration::from_secs(2)).await;
+    let _ = drain_all(&broker.queue).await;
     api_handle.stop(true).await;
     ops_handle.stop(true).await;
     op.stop().await;

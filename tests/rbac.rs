@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::cluster::*;
@@ -75,8 +75,9 @@ async fn grant_committed_roles(
     )
 }
 
-/// Deletes what [`grant_committed_roles`] made cluster-wide (the namespace
-/// takes the rest).
+/// Deletes the ClusterRoles `names` and their bindings of the same names:
+/// what [`grant_committed_roles`] made cluster-wide (the namespace takes
+/// the rest).
 async fn revoke_committed_roles(admin: &kube::Client, names: Vec<String>) {
     for n in names {
         let _ = Api::<ClusterRole>::all(admin.clone())
@@ -86,6 +87,42 @@ async fn revoke_committed_roles(admin: &kube::Client, names: Vec<String>) {
             .delete(&n, &DeleteParams::default())
             .await;
     }
+}
+
+/// Deletes the ClusterRoles `names` with their bindings, the queue and the
+/// namespace.
+async fn clean_up(admin: &kube::Client, names: Vec<String>, queue: &str, ns: TestNamespace) {
+    revoke_committed_roles(admin, names).await;
+    delete_queue(queue).await;
+    ns.cleanup().await;
+}
+
+/// Stops the operator process with SIGTERM and waits for it to exit.
+fn terminate(child: &mut std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+/// Waits until the API server refuses `client` to `verb` ConfigMaps in
+/// `ns` (a changed role reaches the authorizer shortly after it is written).
+async fn wait_configmaps_denied(client: &kube::Client, ns: &str, verb: &str) {
+    use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let review: SelfSubjectAccessReview = serde_json::from_value(json!({
+        "spec": {"resourceAttributes": {"namespace": ns, "verb": verb, "resource": "configmaps"}}
+    }))
+    .unwrap();
+    wait_for(
+        &format!("{verb} on ConfigMaps denied"),
+        Duration::from_secs(30),
+        || async {
+            let answer = reviews.create(&PostParams::default(), &review).await.ok()?;
+            (!answer.status?.allowed).then_some(())
+        },
+    )
+    .await
 }
 
 #[tokio::test]
@@ -100,50 +137,41 @@ async fn operator_runs_under_its_own_rbac_and_reports_missing_permissions() {
 
     let broker = isolated_broker("rbac");
     let config_name = unique("irc-rbac");
-    Api::<InsightsRemoteConfig>::all(admin.clone())
-        .patch(
-            &config_name,
-            &PatchParams::apply("tests").force(),
-            &Patch::Apply(json!({"apiVersion": "insights.lagoon.sh/v1alpha1", "kind": "InsightsRemoteConfig",
-                "metadata": {"name": config_name},
-                "spec": {"broker": {"address": broker.host, "exchange": broker.exchange, "queue": broker.queue}}})),
-        )
-        .await
-        .unwrap();
+    apply_config(
+        &admin,
+        &config_name,
+        json!({"broker": {"address": broker.host, "exchange": broker.exchange, "queue": broker.queue}}),
+    )
+    .await;
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let log_path = std::env::temp_dir().join(format!("{}.log", ns.name));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_insights-remote"))
-        .args([
-            "--leader-elect",
-            "--leader-election-lease-duration=6s",
-            "--pod-namespace",
-            &ns.name,
-            "--watch-namespace",
-            &ns.name,
-            "--config-name",
-            &config_name,
-            "--enable-webservice=false",
-            "--health-probe-bind-address",
-            "127.0.0.1:0",
-            "--metrics-bind-address",
-            &format!("127.0.0.1:{metrics_port}"),
-            "--metrics-secure=false",
-        ])
-        .env("KUBECONFIG", &sa_kubeconfig)
-        .env("INSIGHTS_TOKEN_SECRET", KEY)
-        .env("RUST_LOG", "info")
-        .stdout(std::fs::File::create(&log_path).unwrap())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let _on_failure = KillOnPanic {
-        pid: child.id(),
-        log: Some(log_path.clone()),
-    };
+    let (mut child, _on_failure) = KillOnPanic::spawn(
+        Command::new(env!("CARGO_BIN_EXE_insights-remote"))
+            .args([
+                "--leader-elect",
+                "--leader-election-lease-duration=6s",
+                "--pod-namespace",
+                &ns.name,
+                "--watch-namespace",
+                &ns.name,
+                "--config-name",
+                &config_name,
+                "--enable-webservice=false",
+                "--health-probe-bind-address",
+                "127.0.0.1:0",
+                "--metrics-bind-address",
+                &format!("127.0.0.1:{metrics_port}"),
+                "--metrics-secure=false",
+            ])
+            .env("KUBECONFIG", &sa_kubeconfig)
+            .env("INSIGHTS_TOKEN_SECRET", KEY)
+            .env("RUST_LOG", "info"),
+        Some(log_path.clone()),
+    );
 
     // Everything works with exactly these rules.
     let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), &ns.name);
@@ -201,17 +229,13 @@ async fn operator_runs_under_its_own_rbac_and_reports_missing_permissions() {
             .map(|_| ())
     ));
     // A resource naming another namespace's Secret is refused, and says so.
-    Api::<InsightsRemoteConfig>::all(admin.clone())
-        .patch(
-            &config_name,
-            &PatchParams::apply("tests").force(),
-            &Patch::Apply(json!({"apiVersion": "insights.lagoon.sh/v1alpha1", "kind": "InsightsRemoteConfig",
-                "metadata": {"name": config_name},
-                "spec": {"broker": {"address": broker.host, "exchange": broker.exchange, "queue": broker.queue,
-                    "credentialsSecret": {"name": "rabbit", "namespace": "kube-system"}}}})),
-        )
-        .await
-        .unwrap();
+    apply_config(
+        &admin,
+        &config_name,
+        json!({"broker": {"address": broker.host, "exchange": broker.exchange, "queue": broker.queue,
+            "credentialsSecret": {"name": "rabbit", "namespace": "kube-system"}}}),
+    )
+    .await;
     wait_for(
         "cross-namespace reference refused",
         Duration::from_secs(30),
@@ -273,18 +297,15 @@ async fn operator_runs_under_its_own_rbac_and_reports_missing_permissions() {
         .await
         .unwrap();
     let with_key = |name: &str| {
-        json!({"apiVersion": "insights.lagoon.sh/v1alpha1", "kind": "InsightsRemoteConfig",
-            "metadata": {"name": config_name},
-            "spec": {"broker": {"address": broker.host, "exchange": broker.exchange, "queue": broker.queue},
-                     "signingKey": {"secretRef": {"name": name, "key": "key"}}}})
+        json!({"broker": {"address": broker.host, "exchange": broker.exchange, "queue": broker.queue},
+               "signingKey": {"secretRef": {"name": name, "key": "key"}}})
     };
-    irc.patch(
+    apply_config(
+        &admin,
         &config_name,
-        &PatchParams::apply("tests").force(),
-        &Patch::Apply(with_key("insights-remote-signing-key")),
+        with_key("insights-remote-signing-key"),
     )
-    .await
-    .unwrap();
+    .await;
     let signed_with = |k: &'static str| {
         let secrets = secrets.clone();
         async move {
@@ -340,13 +361,7 @@ async fn operator_runs_under_its_own_rbac_and_reports_missing_permissions() {
         )
         .await
         .unwrap();
-    irc.patch(
-        &config_name,
-        &PatchParams::apply("tests").force(),
-        &Patch::Apply(with_key("not-granted")),
-    )
-    .await
-    .unwrap();
+    apply_config(&admin, &config_name, with_key("not-granted")).await;
     wait_for(
         "a Secret the Role does not name",
         Duration::from_secs(30),
@@ -370,7 +385,8 @@ async fn operator_runs_under_its_own_rbac_and_reports_missing_permissions() {
         .replace(&role_name, &PostParams::default(), &reduced)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sa_client = service_account_client(&admin, &ns.name, "insights-remote").await;
+    wait_configmaps_denied(&sa_client, &ns.name, "patch").await;
     cm.metadata.name = Some("after-revoke".into());
     cms.create(&PostParams::default(), &cm).await.unwrap();
     let url = format!("http://127.0.0.1:{metrics_port}/metrics");
@@ -397,17 +413,9 @@ async fn operator_runs_under_its_own_rbac_and_reports_missing_permissions() {
         .labels()
         .contains_key("lagoon.sh/insightsProcessed"));
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
-    let _ = roles.delete(&role_name, &DeleteParams::default()).await;
-    let _ = Api::<ClusterRoleBinding>::all(admin.clone())
-        .delete(&role_name, &DeleteParams::default())
-        .await;
+    terminate(&mut child);
     let _ = irc.delete(&config_name, &DeleteParams::default()).await;
-    delete_queue(&broker.queue).await;
-    ns.cleanup().await;
+    clean_up(&admin, names, &broker.queue, ns).await;
 }
 
 /// Watches denied by RBAC back off instead of retrying in a hot loop
@@ -430,19 +438,24 @@ async fn denied_watches_back_off() {
     .unwrap();
     let nobody = service_account_client(&admin, &ns.name, "nobody").await;
     let metrics = Arc::new(Metrics::new());
-    let ctx = Arc::new(Context::new(
-        nobody,
-        None,
-        tokio::sync::watch::Sender::new(Arc::new(ring())),
-        Baseline {
+    let ctx = Arc::new(Context::new(controller::Parts {
+        client: nobody,
+        publisher: None,
+        keys: tokio::sync::watch::Sender::new(Arc::new(ring())),
+        baseline: Baseline {
             broker: isolated_broker("nowatch"),
             keys: Some(Arc::new(ring())),
             ops: test_ops(),
         },
-        metrics.clone(),
-        ns.name.clone(),
-        unique("irc"),
-    ));
+        metrics: metrics.clone(),
+        scope: insights_remote::settings::Scope {
+            pod_namespace: ns.name.clone(),
+            config_name: unique("irc"),
+            watch_namespace: None,
+        },
+        token_resync: Duration::from_secs(300),
+        uploads: insights_remote::dependency_track::Uploads::new(2, Duration::from_secs(300)),
+    }));
     let stop = controller::CancellationToken::new();
     let task = tokio::spawn(controller::config::run(ctx, stop.clone()));
     let errors = |w: &str| {
@@ -525,30 +538,25 @@ async fn runs_under_the_lagoon_remote_charts_role() {
     let log_path = std::env::temp_dir().join(format!("{}.log", ns.name));
     // The chart's environment (values defaults, broker TLS off), and no
     // arguments; the last variables only keep the test to its namespace.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_insights-remote"))
-        .env_clear()
-        .env("BURN_AFTER_READING", "TRUE")
-        .env("RABBITMQ_ADDRESS", &broker.host)
-        .env("RABBITMQ_VERIFY", "true")
-        .env("RABBITMQ_USERNAME", "guest")
-        .env("RABBITMQ_PASSWORD", "guest")
-        .env("INSIGHTS_TOKEN_SECRET", "AbCdEfGhIjKlMnOpQrStUvWxYzAbCdEf")
-        .env("KUBECONFIG", &sa_kubeconfig)
-        .env("RABBITMQ_EXCHANGE", &broker.exchange)
-        .env("RABBITMQ_QUEUE", &broker.queue)
-        .env("WATCH_NAMESPACE", &ns.name)
-        .env("POD_NAMESPACE", &ns.name)
-        .env("WEBSERVICE_PORT", port.to_string())
-        .env("HEALTH_PROBE_BIND_ADDRESS", "0")
-        .env("INSIGHTS_REMOTE_CONFIG_NAME", unique("absent"))
-        .stdout(std::fs::File::create(&log_path).unwrap())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let _on_failure = KillOnPanic {
-        pid: child.id(),
-        log: Some(log_path.clone()),
-    };
+    let (mut child, _on_failure) = KillOnPanic::spawn(
+        Command::new(env!("CARGO_BIN_EXE_insights-remote"))
+            .env_clear()
+            .env("BURN_AFTER_READING", "TRUE")
+            .env("RABBITMQ_ADDRESS", &broker.host)
+            .env("RABBITMQ_VERIFY", "true")
+            .env("RABBITMQ_USERNAME", "guest")
+            .env("RABBITMQ_PASSWORD", "guest")
+            .env("INSIGHTS_TOKEN_SECRET", "AbCdEfGhIjKlMnOpQrStUvWxYzAbCdEf")
+            .env("KUBECONFIG", &sa_kubeconfig)
+            .env("RABBITMQ_EXCHANGE", &broker.exchange)
+            .env("RABBITMQ_QUEUE", &broker.queue)
+            .env("WATCH_NAMESPACE", &ns.name)
+            .env("POD_NAMESPACE", &ns.name)
+            .env("WEBSERVICE_PORT", port.to_string())
+            .env("HEALTH_PROBE_BIND_ADDRESS", "0")
+            .env("INSIGHTS_REMOTE_CONFIG_NAME", unique("absent")),
+        Some(log_path.clone()),
+    );
 
     // Forwards and burns.
     let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), &ns.name);
@@ -585,10 +593,7 @@ async fn runs_under_the_lagoon_remote_charts_role() {
     for name in ["bad-1", "bad-2"] {
         rejection(&cms, name).await;
     }
-    assert_eq!(
-        drain(&broker.queue, 2, Duration::from_secs(5)).await.len(),
-        1
-    );
+    drain_exactly(&broker.queue, 1, Duration::from_secs(5)).await;
     // Mints the token, and the API takes it.
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns.name);
     let secret = wait_for("token minted", Duration::from_secs(30), || async {
@@ -604,10 +609,7 @@ async fn runs_under_the_lagoon_remote_charts_role() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    terminate(&mut child);
     let log = std::fs::read_to_string(&log_path).unwrap();
     let said = |what: &str| {
         log.lines()
@@ -620,12 +622,7 @@ async fn runs_under_the_lagoon_remote_charts_role() {
         "the refused Events are said once:\n{log}"
     );
     assert!(said("InsightsRemoteConfig") <= 1, "{log}");
-    let _ = roles.delete(&role_name, &DeleteParams::default()).await;
-    let _ = Api::<ClusterRoleBinding>::all(admin.clone())
-        .delete(&role_name, &DeleteParams::default())
-        .await;
-    delete_queue(&broker.queue).await;
-    ns.cleanup().await;
+    clean_up(&admin, vec![role_name], &broker.queue, ns).await;
 }
 
 /// The build scanner under exactly config/rbac plus its own ClusterRole
@@ -668,31 +665,26 @@ async fn build_scanner_runs_under_its_own_role() {
     )
     .await
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_insights-remote"))
-        .args([
-            "--pod-namespace",
-            &ns.name,
-            "--watch-namespace",
-            &ns.name,
-            "--config-name",
-            &unique("absent"),
-            "--enable-webservice=false",
-            "--enable-configmap-reconciler=false",
-            "--enable-namespace-reconciler=false",
-            "--rabbitmq-enabled=false",
-            "--enable-build-scanner",
-            "--health-probe-bind-address=0",
-        ])
-        .env("KUBECONFIG", &sa_kubeconfig)
-        .env("INSIGHTS_TOKEN_SECRET", KEY)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let _on_failure = KillOnPanic {
-        pid: child.id(),
-        log: None,
-    };
+    let (mut child, _on_failure) = KillOnPanic::spawn(
+        Command::new(env!("CARGO_BIN_EXE_insights-remote"))
+            .args([
+                "--pod-namespace",
+                &ns.name,
+                "--watch-namespace",
+                &ns.name,
+                "--config-name",
+                &unique("absent"),
+                "--enable-webservice=false",
+                "--enable-configmap-reconciler=false",
+                "--enable-namespace-reconciler=false",
+                "--rabbitmq-enabled=false",
+                "--enable-build-scanner",
+                "--health-probe-bind-address=0",
+            ])
+            .env("KUBECONFIG", &sa_kubeconfig)
+            .env("INSIGHTS_TOKEN_SECRET", KEY),
+        None,
+    );
     pods.patch_status(
         "lagoon-build-x",
         &PatchParams::default(),

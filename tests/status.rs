@@ -33,23 +33,10 @@ async fn status_reports_counters_conditions_and_kubectl_columns() {
     let config_name = unique("irc-status");
     let irc: Api<InsightsRemoteConfig> = Api::all(client.clone());
     let spec = json!({"broker": {"address": broker_host(), "exchange": broker.exchange, "queue": broker.queue}});
-    irc.patch(
-        &config_name,
-        &PatchParams::apply("tests").force(),
-        &Patch::Apply(json!({"apiVersion": "insights.lagoon.sh/v1alpha1", "kind": "InsightsRemoteConfig", "metadata": {"name": config_name}, "spec": spec})),
-    )
-    .await
-    .unwrap();
+    apply_config(&client, &config_name, spec).await;
     let op = Operator::start(
         &client,
-        OperatorOptions {
-            broker: broker.clone(),
-            ops: test_ops(),
-            namespace: ns.name.clone(),
-            config_name: config_name.clone(),
-            forward: true,
-            tokens: true,
-        },
+        OperatorOptions::forwarding(&ns, broker.clone(), test_ops(), &config_name).with_tokens(),
     )
     .await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
@@ -113,15 +100,13 @@ async fn status_reports_counters_conditions_and_kubectl_columns() {
     );
 
     // A broken reference is a condition, not a crash.
-    irc.patch(
+    apply_config(
+        &client,
         &config_name,
-        &PatchParams::apply("tests").force(),
-        &Patch::Apply(json!({"apiVersion": "insights.lagoon.sh/v1alpha1", "kind": "InsightsRemoteConfig", "metadata": {"name": config_name},
-            "spec": {"broker": {"address": broker_host(), "exchange": broker.exchange, "queue": broker.queue},
-                     "signingKey": {"secretRef": {"name": "does-not-exist", "key": "key"}}}})),
+        json!({"broker": {"address": broker_host(), "exchange": broker.exchange, "queue": broker.queue},
+               "signingKey": {"secretRef": {"name": "does-not-exist", "key": "key"}}}),
     )
-    .await
-    .unwrap();
+    .await;
     let broken = wait_for("SigningKeyReady False", Duration::from_secs(40), || async {
         let o = irc.get(&config_name).await.ok()?;
         (condition(&o, "SigningKeyReady")?.0 == "False").then_some(o)
@@ -240,12 +225,6 @@ async fn a_foreign_secret_at_start_up_is_named_and_the_process_stops_cleanly() {
                     &ns,
                     "--config-name",
                     &config_name,
-                    "--rabbitmq-hostname",
-                    &broker.host,
-                    "--rabbitmq-exchange",
-                    &broker.exchange,
-                    "--rabbitmq-queue",
-                    &broker.queue,
                     "--enable-webservice=false",
                     "--enable-configmap-reconciler=false",
                     "--health-probe-bind-address",
@@ -253,6 +232,7 @@ async fn a_foreign_secret_at_start_up_is_named_and_the_process_stops_cleanly() {
                     "--metrics-bind-address",
                     "0",
                 ])
+                .args(broker_args(&broker))
                 .env("KUBECONFIG", kubeconfig_path())
                 .env_remove("INSIGHTS_TOKEN_SECRET")
                 .output()

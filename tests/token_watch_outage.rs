@@ -73,7 +73,7 @@ async fn a_token_secret_deleted_while_the_watch_is_refused_comes_back() {
     let op = Operator::start_with(
         &sa,
         OperatorOptions::tokens(&ns.name, "tokout", &unique("irc-tokout")),
-        |ctx| ctx.token_resync = Duration::from_secs(2),
+        |s| s.token_resync = Duration::from_secs(2),
     )
     .await;
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns.name);

@@ -57,7 +57,7 @@ async fn token_secret_changed_by_hand_is_put_right_at_once() {
     let op = Operator::start_with(
         &client,
         OperatorOptions::tokens(&ns.name, "tokw", &unique("irc-tokw")),
-        |ctx| ctx.token_resync = Duration::from_secs(3600),
+        |s| s.token_resync = Duration::from_secs(3600),
     )
     .await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
@@ -164,21 +164,14 @@ async fn token_secret_is_minted_repaired_and_rotated_in_place() {
         .await
         .unwrap();
     let irc: Api<InsightsRemoteConfig> = Api::all(client.clone());
-    let apply = |prev: bool| {
+    let spec = |prev: bool| {
         let mut sk = json!({"secretRef": {"name": "signing-key", "key": "key"}});
         if prev {
             sk["previousSecretRefs"] = json!([{"name": "signing-key", "key": "old"}]);
         }
-        json!({"apiVersion": "insights.lagoon.sh/v1alpha1", "kind": "InsightsRemoteConfig",
-               "metadata": {"name": config_name}, "spec": {"signingKey": sk}})
+        json!({"signingKey": sk})
     };
-    irc.patch(
-        &config_name,
-        &PatchParams::apply("tests").force(),
-        &Patch::Apply(apply(true)),
-    )
-    .await
-    .unwrap();
+    apply_config(&client, &config_name, spec(true)).await;
     let new_ring = KeyRing::new(new_key).unwrap();
     let rotated = wait_secret(&secrets, "token signed with the new key", |s| {
         new_ring.verify(&token_of(s)).is_ok()
@@ -199,13 +192,7 @@ async fn token_secret_is_minted_repaired_and_rotated_in_place() {
         "re-minted token accepted"
     );
     // ...and refuses them once it is dropped.
-    irc.patch(
-        &config_name,
-        &PatchParams::apply("tests").force(),
-        &Patch::Apply(apply(false)),
-    )
-    .await
-    .unwrap();
+    apply_config(&client, &config_name, spec(false)).await;
     wait_for("previous key dropped", Duration::from_secs(30), || async {
         op.ctx.keys.borrow().verify(&t).is_err().then_some(())
     })
@@ -222,13 +209,7 @@ async fn token_secret_is_minted_repaired_and_rotated_in_place() {
     );
     // Replacing the previous key by another (same number of keys) takes
     // effect at once: tokens of the replaced key are refused.
-    irc.patch(
-        &config_name,
-        &PatchParams::apply("tests").force(),
-        &Patch::Apply(apply(true)),
-    )
-    .await
-    .unwrap();
+    apply_config(&client, &config_name, spec(true)).await;
     wait_for(
         "previous key listed again",
         Duration::from_secs(30),
@@ -407,7 +388,8 @@ async fn target_label_limits_which_namespaces_get_tokens() {
     )
     .await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The namespace was looked at (and skipped).
+    wait_reconciliations(&op.metrics, "namespace", 1).await;
     assert!(
         secrets.get_opt("insights-token").await.unwrap().is_none(),
         "no target label, no token"
@@ -462,7 +444,20 @@ async fn terminating_namespace_is_left_alone() {
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Have the operator look at the namespace again, now without its
+    // Secret, and wait until it has.
+    let seen = reconciliations(&op.metrics, "namespace");
+    namespaces
+        .patch(
+            &ns.name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"tests.insights.lagoon.sh/poke": "1"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    wait_reconciliations(&op.metrics, "namespace", seen + 1).await;
     assert!(
         secrets.get_opt("insights-token").await.unwrap().is_none(),
         "no token written into a Terminating namespace"
@@ -624,7 +619,7 @@ async fn one_environment_s_tokens_are_revoked_without_touching_the_others() {
     options.ops.target_label = Some(target.clone());
     // Every namespace of the cluster is seen (as in production); only this
     // test's are targeted.
-    let op = Operator::start_with(&client, options, |ctx| ctx.watch_namespace = None).await;
+    let op = Operator::start_with(&client, options, |s| s.scope.watch_namespace = None).await;
     let url = ingestion_api(&op).await;
     let a_secrets: Api<Secret> = Api::namespaced(client.clone(), &a.name);
     let first = wait_secret(&a_secrets, "A's token", |_| true).await;

@@ -7,18 +7,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use insights_remote::broker::{BrokerSettings, Publisher};
-use insights_remote::controller::{self, Baseline, Context};
+use insights_remote::controller::{self, Context};
 use insights_remote::crd::InsightsRemoteConfig;
 use insights_remote::metrics::Metrics;
-use insights_remote::settings::Operations;
+use insights_remote::run::App;
+use insights_remote::settings::{Operations, Scope, Settings};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, CustomResourceExt, ResourceExt};
-use tokio::sync::watch;
 
-use super::{ring, unique};
+use super::unique;
 
 pub fn kubeconfig_path() -> String {
     std::env::var("KUBECONFIG").unwrap_or_else(|_| {
@@ -212,6 +212,38 @@ pub fn test_ops() -> Operations {
     }
 }
 
+/// The settings of an operator under test: no listeners, the tests' key,
+/// and the options' broker, behaviour and scope (tokens re-checked every
+/// 2 s).
+pub fn operator_settings(o: &OperatorOptions) -> Settings {
+    use clap::Parser;
+    let key = format!("--insights-token-secret={}", super::KEY);
+    let cli = insights_remote::settings::Cli::try_parse_from([
+        "insights-remote",
+        "--enable-webservice=false",
+        "--health-probe-bind-address=0",
+        "--metrics-bind-address=0",
+        key.as_str(),
+    ])
+    .unwrap();
+    let mut s = Settings::from_args(&cli.run).unwrap();
+    s.broker = o.broker.clone();
+    s.ops = o.ops.clone();
+    s.reconcilers.forward = o.forward;
+    s.reconcilers.tokens = o.tokens;
+    // The operator always runs (the scanner follows `ops`, and the
+    // resource may switch it on later).
+    s.reconcilers.scanner = true;
+    s.reconcilers.concurrency = 4;
+    s.scope = Scope {
+        pod_namespace: o.namespace.clone(),
+        config_name: o.config_name.clone(),
+        watch_namespace: Some(o.namespace.clone()),
+    };
+    s.token_resync = Duration::from_secs(2);
+    s
+}
+
 /// One operator, in-process, scoped to one namespace, following the
 /// InsightsRemoteConfig `config_name`.
 pub struct Operator {
@@ -262,6 +294,14 @@ impl OperatorOptions {
             tokens: false,
         }
     }
+
+    /// The same options, minting tokens too.
+    pub fn with_tokens(self) -> Self {
+        OperatorOptions {
+            tokens: true,
+            ..self
+        }
+    }
 }
 
 /// Creates or replaces (server-side apply) the InsightsRemoteConfig `name`.
@@ -282,47 +322,27 @@ impl Operator {
         Self::start_with(client, o, |_| {}).await
     }
 
-    /// As [`Operator::start`], with a last word on the context.
+    /// As [`Operator::start`], with a last word on the settings. Wired by
+    /// `App::with_client`, as the binary is (no listeners: the probes and
+    /// the ingestion API are off).
     pub async fn start_with(
         client: &Client,
         o: OperatorOptions,
-        customise: impl FnOnce(&mut Context),
+        customise: impl FnOnce(&mut Settings),
     ) -> Operator {
-        let metrics = Arc::new(Metrics::new());
-        let publisher = Publisher::start(o.broker.clone(), Some(metrics.clone()));
-        let keys = watch::Sender::new(Arc::new(ring()));
-        let mut ctx = Context::new(
-            client.clone(),
-            Some(publisher.clone()),
-            keys,
-            Baseline {
-                broker: o.broker,
-                keys: Some(Arc::new(ring())),
-                ops: o.ops,
-            },
-            metrics.clone(),
-            o.namespace.clone(),
-            o.config_name,
-        );
-        ctx.watch_namespace = Some(o.namespace);
-        ctx.token_resync = Duration::from_secs(2);
-        customise(&mut ctx);
-        let ctx = Arc::new(ctx);
-        controller::config::sync(&ctx).await;
+        let mut settings = operator_settings(&o);
+        customise(&mut settings);
+        let app = App::with_client(settings, client.clone()).await.unwrap();
+        let ctx = app.ctx.clone().expect("the reconcilers run");
+        let publisher = app.publisher.clone().expect("it publishes");
         let stop = controller::CancellationToken::new();
-        let opts = controller::RunOptions {
-            forward: o.forward,
-            tokens: o.tokens,
-            concurrency: 4,
-            lease: None,
-        };
-        let (ctx2, stop_rx) = (ctx.clone(), stop.clone());
-        let task = tokio::spawn(async move {
-            controller::run(ctx2, opts, stop_rx).await.unwrap();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move { app.serve(stop.cancelled_owned()).await.unwrap() }
         });
         Operator {
+            metrics: ctx.metrics.clone(),
             ctx,
-            metrics,
             publisher,
             stop: stop.drop_guard(),
             task,
@@ -334,6 +354,28 @@ impl Operator {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
         self.publisher.shutdown().await;
     }
+}
+
+/// How many reconciles of `controller` ("configmap", "namespace", ...)
+/// have finished.
+pub fn reconciliations(metrics: &Metrics, controller: &str) -> u64 {
+    metrics
+        .reconciliations
+        .get_or_create(&insights_remote::metrics::ControllerLabels {
+            controller: controller.into(),
+        })
+        .get()
+}
+
+/// Waits until at least `n` reconciles of `controller` have finished: the
+/// positive sign that the operator looked again (rather than a sleep).
+pub async fn wait_reconciliations(metrics: &Metrics, controller: &str, n: u64) {
+    wait_for(
+        &format!("{n} {controller} reconciles"),
+        Duration::from_secs(30),
+        || async { (reconciliations(metrics, controller) >= n).then_some(()) },
+    )
+    .await
 }
 
 /// Waits for a ConfigMap's `insights.lagoon.sh/rejected` annotation; its

@@ -118,7 +118,7 @@ pub async fn start_api_with(settings: BrokerSettings, limits: Limits, rate: u32)
 }
 
 /// Reads up to `want` messages from a queue (acking them), waiting at most
-/// `within` for them to arrive; then checks briefly that no more came.
+/// `within` for them to arrive.
 pub async fn drain(queue: &str, want: usize, within: Duration) -> Vec<serde_json::Value> {
     let conn = Connection::connect(&amqp_uri(), ConnectionProperties::default())
         .await
@@ -143,6 +143,46 @@ pub async fn drain(queue: &str, want: usize, within: Duration) -> Vec<serde_json
     }
     let _ = conn.close(200, "done".into()).await;
     out
+}
+
+/// Reads every message the queue holds now (acking them), until the broker
+/// answers that it is empty. For use once every publish the test caused is
+/// confirmed: then that is everything that was published, duplicates
+/// included, without waiting for stragglers that cannot come.
+pub async fn drain_all(queue: &str) -> Vec<serde_json::Value> {
+    let conn = Connection::connect(&amqp_uri(), ConnectionProperties::default())
+        .await
+        .expect("test consumer connects to RabbitMQ");
+    let ch = conn.create_channel().await.unwrap();
+    let mut out = Vec::new();
+    while let Some(msg) = ch
+        .basic_get(queue.into(), BasicGetOptions::default())
+        .await
+        .unwrap()
+    {
+        out.push(
+            serde_json::from_slice(&msg.delivery.data).expect("every published message is JSON"),
+        );
+        msg.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    let _ = conn.close(200, "done".into()).await;
+    out
+}
+
+/// Reads exactly `n` messages (waiting at most `within` for them), then
+/// asserts the broker holds no more. For use once every publish the test
+/// caused is confirmed (it waited for the answers or the processed marks):
+/// the queue then holds exactly what was published, so a message too many
+/// is seen without waiting for it.
+pub async fn drain_exactly(queue: &str, n: usize, within: Duration) -> Vec<serde_json::Value> {
+    let got = drain(queue, n, within).await;
+    assert_eq!(got.len(), n, "{n} messages in {queue}");
+    assert_eq!(
+        queue_depth(queue).await,
+        0,
+        "no message beyond {n} in {queue}"
+    );
+    got
 }
 
 /// How many messages wait in a queue right now.
@@ -232,6 +272,19 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// The arguments that point the binary at `broker`'s host, exchange and
+/// queue.
+pub fn broker_args(broker: &BrokerSettings) -> [&str; 6] {
+    [
+        "--rabbitmq-hostname",
+        &broker.host,
+        "--rabbitmq-exchange",
+        &broker.exchange,
+        "--rabbitmq-queue",
+        &broker.queue,
+    ]
+}
+
 /// The arguments of the ingestion API only (no controllers, no probe or
 /// metrics ports), on 127.0.0.1:`port`, publishing to `broker`.
 pub fn api_args(port: u16, broker: &BrokerSettings) -> Vec<String> {
@@ -242,18 +295,13 @@ pub fn api_args(port: u16, broker: &BrokerSettings) -> Vec<String> {
         "127.0.0.1",
         "--webservice-port",
         &port.to_string(),
-        "--rabbitmq-hostname",
-        &broker.host,
-        "--rabbitmq-exchange",
-        &broker.exchange,
-        "--rabbitmq-queue",
-        &broker.queue,
         "--health-probe-bind-address",
         "0",
         "--metrics-bind-address",
         "0",
     ]
     .iter()
+    .chain(&broker_args(broker))
     .map(|s| s.to_string())
     .collect()
 }
@@ -265,6 +313,11 @@ pub fn api_binary(port: u16, broker: &BrokerSettings) -> std::process::Command {
     c.args(api_args(port, broker))
         .env("INSIGHTS_TOKEN_SECRET", KEY);
     c
+}
+
+/// Sends `req`; the answer's body as text.
+pub async fn body_text(req: reqwest::RequestBuilder) -> String {
+    req.send().await.unwrap().text().await.unwrap()
 }
 
 /// gzip of `b`, as builds compress insights payloads.
@@ -281,6 +334,31 @@ pub fn gzip(b: &[u8]) -> Vec<u8> {
 pub struct KillOnPanic {
     pub pid: u32,
     pub log: Option<std::path::PathBuf>,
+}
+
+impl KillOnPanic {
+    /// Spawns `cmd` with its standard output to the file `log` (discarded
+    /// without one) and its standard error to the test's; the child, and the
+    /// guard that kills it if the test fails.
+    pub fn spawn(
+        cmd: &mut std::process::Command,
+        log: Option<std::path::PathBuf>,
+    ) -> (std::process::Child, KillOnPanic) {
+        let stdout = match &log {
+            Some(path) => std::process::Stdio::from(std::fs::File::create(path).unwrap()),
+            None => std::process::Stdio::null(),
+        };
+        let child = cmd
+            .stdout(stdout)
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let guard = KillOnPanic {
+            pid: child.id(),
+            log,
+        };
+        (child, guard)
+    }
 }
 
 impl Drop for KillOnPanic {
