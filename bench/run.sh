@@ -2,7 +2,7 @@
 # Benchmarks of insights-remote against the ceilings of the real components,
 # on this machine, in one run each:
 #   bash bench/run.sh ingest | hostile | attacks | configmaps | postprocessors | memory |
-#                     tokens | footprint | recovery | dtmemory | all
+#                     tokens | tenants | environments | footprint | recovery | dtmemory | all
 # (all leaves out dtmemory: it takes minutes and loads the shared Dependency-Track).
 # Results are printed as Markdown and appended to bench/results/<date>.md.
 set -euo pipefail
@@ -99,6 +99,124 @@ LUA
   say "| insights-remote POST /facts ($c connections, ${d}s, wrk; $non2xx non-2xx) | $rps | $p50 | $p99 | ${cpu}% of one core, $(python3 -c "print(round(($cpu1-$cpu0)/($rps*$d)*1e6))") µs per request | ${hwm} MiB | ${mbusy}% |"
   say "| ceiling: raw lapin confirmed publishes ($c in flight) | $(printf %.0f "$crps") | $(printf %.2f "$cp50")ms | $(printf %.2f "$cp99")ms | | | ${cbusy}% |"
   say "| ratio | $(python3 -c "print(f'{$rps/$crps*100:.0f}%')") | | | | | |"
+}
+
+# API requests the API server answered for the resources the token
+# reconciler touches (namespaces, Secrets, Events), all clients together.
+api_requests() {
+  k get --raw /metrics | awk '/^apiserver_request_total\{/ && /resource="(namespaces|secrets|events)"/ {s+=$NF} END {printf "%d", s}'
+}
+
+# The Go original (BENCH_GO=<binary>, from ../shared/upstream-go/build.sh)
+# minting tokens only, with upstream's variables; ready at its /readyz.
+start_go_tokens() {
+  INSIGHTS_TOKEN_SECRET=$KEY ENABLE_CONFIGMAP_RECONCILER=false ENABLE_NAMESPACE_RECONCILER=true \
+    ENABLE_WEBSERVICE=false RABBITMQ_ENABLED=false "$BENCH_GO" \
+    --health-probe-bind-address 127.0.0.1:18081 --metrics-bind-address 0 >"$work/operator.log" 2>&1 &
+  op_pid=$!
+  pids+=("$op_pid")
+  for _ in $(seq 1 600); do curl -fsS http://127.0.0.1:18081/readyz >/dev/null 2>&1 && return 0; sleep 0.05; done
+  tail -20 "$work/operator.log"; exit 1
+}
+
+# The Go original's ingestion API alone (upstream's defaults: exchange and
+# queue lagoon-insights), as ../shared/upstream-go/README.md runs it.
+start_go_api() {
+  INSIGHTS_TOKEN_SECRET=$KEY ENABLE_CONFIGMAP_RECONCILER=false ENABLE_NAMESPACE_RECONCILER=false \
+    ENABLE_WEBSERVICE=true "$BENCH_GO" --rabbitmq-hostname 127.0.0.1:5672 --webservice-port 18888 \
+    --health-probe-bind-address 127.0.0.1:18081 --metrics-bind-address 0 >"$work/operator.log" 2>&1 &
+  op_pid=$!
+  pids+=("$op_pid")
+  for _ in $(seq 1 600); do curl -fsS http://127.0.0.1:18081/readyz >/dev/null 2>&1 && return 0; sleep 0.05; done
+  tail -20 "$work/operator.log"; exit 1
+}
+
+# Environments (issue 25, point 1): N Lagoon namespaces exist, none has a
+# token; the operator starts (tokens only) and mints them all. Then it idles
+# for BENCH_STEADY seconds. API requests are the API server's count for
+# namespaces, Secrets and Events over the phase, less the bench's own
+# polls and the background rate measured before the operator started.
+bench_environments() {
+  header "Environments: start-up with N Lagoon namespaces and no token, then idle${BENCH_GO:+ (the Go original)}"
+  local steady=${BENCH_STEADY:-60}
+  say "| namespaces | all tokens (s) | API requests per namespace | CPU to mint all (s) | peak RSS | idle: CPU | idle: RSS | idle: API requests/min |"
+  say "|---|---|---|---|---|---|---|---|"
+  for n in ${BENCH_ENVS:-100 1000 10000}; do
+    local prefix="benv$n-$(date +%s)"
+    "$IRB" tokens --count "$n" --concurrency 16 --prefix "$prefix" --mode precreate >/dev/null
+    local b0 b1; b0=$(api_requests); sleep 10; b1=$(api_requests)
+    local background; background=$(python3 -c "print(($b1-$b0-1)/10)")
+    local r0; r0=$(api_requests)
+    local t0; t0=$(date +%s.%N)
+    if [ -n "${BENCH_GO:-}" ]; then start_go_tokens; else
+      start_operator --enable-configmap-reconciler=false --enable-webservice=false --rabbitmq-enabled=false
+    fi
+    local r; r=$("$IRB" tokens --count "$n" --prefix "$prefix" --mode wait)
+    local t1; t1=$(date +%s.%N)
+    local r1; r1=$(api_requests)
+    local cpu; cpu=$(cpu_s "$op_pid")
+    local hwm; hwm=$(hwm_mib "$op_pid")
+    local per_ns
+    per_ns=$(python3 -c "print(round(max(0, $r1-$r0-$(echo "$r" | json polls)-1-$background*($t1-$t0))/$n, 2))")
+    local s0 c0; s0=$(api_requests); c0=$(cpu_s "$op_pid")
+    sleep "$steady"
+    local s1 c1; s1=$(api_requests); c1=$(cpu_s "$op_pid")
+    local idle_rss; idle_rss=$(rss_mib "$op_pid")
+    stop_operator
+    printf '{"case":"environments","series":"%s","n":%s,"seconds":%s,"requests_per_namespace":%s,"cpu_s":%s,"peak_rss_mib":%s}\n' \
+      "${BENCH_SERIES:-insights-remote (Rust)}" "$n" "$(python3 -c "print(round($t1-$t0, 2))")" "$per_ns" "$cpu" "$hwm" >>bench/results/curves.jsonl
+    say "| $n | $(python3 -c "print(f'{$t1-$t0:.1f}')") | $per_ns | $(printf %.2f "$cpu") | ${hwm} MiB | $(python3 -c "print(f'{($c1-$c0)/$steady*100:.2f}% of a core')") | ${idle_rss} MiB | $(python3 -c "print(round(max(0, $s1-$s0-1-$background*$steady)/$steady*60, 1))") |"
+    # Gone before the next size, so its deletion is not counted there.
+    k delete namespace -l "lagoon.sh/project=$prefix" --wait=false >/dev/null
+    while [ "$(k get namespaces -l "lagoon.sh/project=$prefix" -o name | wc -l)" -gt 0 ]; do sleep 5; done
+  done
+  python3 bench/plot.py environments "Lagoon namespaces" "start-up" seconds requests_per_namespace peak_rss_mib
+}
+
+# Many tenants (issue 25, point 3): POST /facts with 1 token, then with
+# BENCH_TENANTS distinct tokens (each a different environment) taken in
+# turn, so every token comes back only after all the others: the
+# verified-token cache must hold them all or every request verifies again.
+bench_tenants() {
+  header "Many tenants: POST /facts with one token against many distinct tokens${BENCH_GO:+ (the Go original)}"
+  local c=${BENCH_CONNECTIONS:-64} d=${BENCH_SECONDS:-15}
+  local body='[{"name":"drupal-version","value":"10.3.6","source":"bench","type":"SEMVER","service":"cli"}]'
+  say "| tokens in turn | requests/s | p50 | p99 | server CPU per request | peak RSS | non-2xx | against one token |"
+  say "|---|---|---|---|---|---|---|---|"
+  local base=""
+  for n in 1 ${BENCH_TENANTS:-1000 10000}; do
+    python3 bench/tokens.py "$KEY" "$n" "$work/tokens.txt"
+    cat >"$work/tenants.lua" <<LUA
+local tokens = {}
+for line in io.lines("$work/tokens.txt") do tokens[#tokens + 1] = line end
+local i = math.random(#tokens)
+local body = '$body'
+request = function()
+  i = i % #tokens + 1
+  return wrk.format("POST", "/facts", {["Content-Type"] = "application/json", ["Authorization"] = tokens[i]}, body)
+end
+LUA
+    if [ -n "${BENCH_GO:-}" ]; then start_go_api; else
+      start_operator --enable-configmap-reconciler=false --enable-namespace-reconciler=false \
+        --rabbitmq-exchange bench-tenants-x --rabbitmq-queue bench-tenants-q
+    fi
+    local cpu0; cpu0=$(cpu_s "$op_pid")
+    wrk -t2 -c"$c" -d"${d}s" --latency -s "$work/tenants.lua" http://127.0.0.1:18888/facts >"$work/wrk.txt"
+    local cpu1; cpu1=$(cpu_s "$op_pid")
+    local rps p50 p99 non2xx hwm
+    rps=$(awk '/Requests\/sec/{print $2}' "$work/wrk.txt")
+    p50=$(awk '$1=="50%"{print $2}' "$work/wrk.txt")
+    p99=$(awk '$1=="99%"{print $2}' "$work/wrk.txt")
+    non2xx=$(awk '/Non-2xx/{print $5}' "$work/wrk.txt"); non2xx=${non2xx:-0}
+    hwm=$(hwm_mib "$op_pid")
+    stop_operator
+    rabbitmqctl delete_queue bench-tenants-q >/dev/null 2>&1 || true
+    [ -n "$base" ] || base=$rps
+    printf '{"case":"tenants","series":"%s","n":%s,"rps":%s,"p99_ms":"%s","peak_rss_mib":%s}\n' \
+      "${BENCH_SERIES:-insights-remote (Rust)}" "$n" "$rps" "$p99" "$hwm" >>bench/results/curves.jsonl
+    say "| $n | $rps | $p50 | $p99 | $(python3 -c "print(round(($cpu1-$cpu0)/($rps*$d)*1e6))") µs | ${hwm} MiB | $non2xx | $(python3 -c "print(f'{$rps/$base*100:.0f}%')") |"
+  done
+  python3 bench/plot.py tenants "distinct tokens in turn" "POST /facts" rps peak_rss_mib
 }
 
 bench_configmaps() {
@@ -510,6 +628,8 @@ case "${1:-all}" in
   dtmemory) bench_dtmemory ;;
   memory) bench_memory ;;
   tokens) bench_tokens ;;
+  tenants) bench_tenants ;;
+  environments) bench_environments ;;
   footprint) bench_footprint ;;
   all) bench_footprint; bench_ingest; bench_hostile; bench_attacks; bench_configmaps; bench_postprocessors; bench_tokens; bench_memory; bench_recovery ;;
   *) echo "usage: bench/run.sh nodeha|ingest|recovery|hostile|attacks|configmaps|postprocessors|dtmemory|memory|tokens|footprint|all" >&2; exit 2 ;;

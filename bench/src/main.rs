@@ -84,7 +84,7 @@ enum Cmd {
         concurrency: usize,
         #[arg(long)]
         prefix: String,
-        /// operator | ceiling
+        /// operator | ceiling | precreate (namespaces only) | wait (Secrets only)
         #[arg(long)]
         mode: String,
     },
@@ -557,7 +557,9 @@ async fn tokens(count: usize, concurrency: usize, prefix: &str, mode: &str) -> R
     // Ceiling: the Secret is written by a second client as soon as its
     // namespace exists, as the operator does, without holding a creation slot.
     let writes = Arc::new(Mutex::new(Vec::<tokio::task::JoinHandle<()>>::new()));
-    futures::stream::iter(0..count)
+    // `wait`: the namespaces exist already (made by `precreate`).
+    let to_create = if mode == "wait" { 0 } else { count };
+    futures::stream::iter(0..to_create)
         .for_each_concurrent(concurrency, |i| {
             let (client, writes) = (client.clone(), writes.clone());
             async move {
@@ -600,12 +602,23 @@ async fn tokens(count: usize, concurrency: usize, prefix: &str, mode: &str) -> R
         })
         .await;
     let created = started.elapsed().as_secs_f64();
+    if mode == "precreate" {
+        println!(
+            "{}",
+            json!({"bench": "tokens", "mode": mode, "count": count, "created_s": created})
+        );
+        return Ok(());
+    }
     let pending: Vec<_> = std::mem::take(&mut *writes.lock().unwrap());
     for w in pending {
         w.await?;
     }
     let secrets: Api<Secret> = Api::all(client.clone());
+    // This client's own requests while waiting (the caller subtracts them
+    // from the API server's count).
+    let mut polls = 0u64;
     loop {
+        polls += 1;
         let n = secrets
             .list_metadata(&ListParams::default().fields("metadata.name=insights-token"))
             .await?
@@ -628,7 +641,7 @@ async fn tokens(count: usize, concurrency: usize, prefix: &str, mode: &str) -> R
     }
     println!(
         "{}",
-        json!({"bench": "tokens", "mode": mode, "count": count, "created_s": created, "done_s": started.elapsed().as_secs_f64()})
+        json!({"bench": "tokens", "mode": mode, "count": count, "created_s": created, "done_s": started.elapsed().as_secs_f64(), "polls": polls})
     );
     Ok(())
 }
