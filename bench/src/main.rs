@@ -551,6 +551,11 @@ async fn fill(
     Ok(())
 }
 
+/// The first environment id of the namespaces the tokens case creates.
+const ENV_ID_BASE: usize = 1_000_000;
+/// The label every namespace the tokens case creates carries.
+const BENCH_TARGET_LABEL: &str = "insights-remote.bench/environment";
+
 async fn tokens(count: usize, concurrency: usize, prefix: &str, mode: &str) -> Result<()> {
     let client = Client::try_default().await?;
     let started = Instant::now();
@@ -572,7 +577,15 @@ async fn tokens(count: usize, concurrency: usize, prefix: &str, mode: &str) -> R
                                 ("lagoon.sh/project".to_string(), prefix.to_string()),
                                 ("lagoon.sh/environment".to_string(), format!("env{i}")),
                                 // Lagoon environment ids start at 1: an id of 0 is refused.
-                                ("lagoon.sh/environmentId".to_string(), (i + 1).to_string()),
+                                // Far from the tests' and the demo's ids: a namespace
+                                // created earlier with the same id keeps it.
+                                (
+                                    "lagoon.sh/environmentId".to_string(),
+                                    (ENV_ID_BASE + i).to_string(),
+                                ),
+                                // What the environments case targets (TOKEN_TARGET_LABEL),
+                                // so its operator leaves other namespaces alone.
+                                (BENCH_TARGET_LABEL.to_string(), "true".to_string()),
                             ]
                             .into(),
                         ),
