@@ -107,23 +107,12 @@ api_requests() {
   k get --raw /metrics | awk '/^apiserver_request_total\{/ && /resource="(namespaces|secrets|events)"/ {s+=$NF} END {printf "%d", s}'
 }
 
-# The Go original (BENCH_GO=<binary>, from ../shared/upstream-go/build.sh)
-# minting tokens only, with upstream's variables; ready at its /readyz.
-start_go_tokens() {
-  INSIGHTS_TOKEN_SECRET=$KEY ENABLE_CONFIGMAP_RECONCILER=false ENABLE_NAMESPACE_RECONCILER=true \
-    ENABLE_WEBSERVICE=false RABBITMQ_ENABLED=false TOKEN_TARGET_LABEL=insights-remote.bench/environment "$BENCH_GO" \
-    --health-probe-bind-address 127.0.0.1:18081 --metrics-bind-address 0 >"$work/operator.log" 2>&1 &
-  op_pid=$!
-  pids+=("$op_pid")
-  for _ in $(seq 1 600); do curl -fsS http://127.0.0.1:18081/readyz >/dev/null 2>&1 && return 0; sleep 0.05; done
-  tail -20 "$work/operator.log"; exit 1
-}
 
-# The Go original's ingestion API alone (upstream's defaults: exchange and
-# queue lagoon-insights), as ../shared/upstream-go/README.md runs it.
-start_go_api() {
-  INSIGHTS_TOKEN_SECRET=$KEY ENABLE_CONFIGMAP_RECONCILER=false ENABLE_NAMESPACE_RECONCILER=false \
-    ENABLE_WEBSERVICE=true "$BENCH_GO" --rabbitmq-hostname 127.0.0.1:5672 --webservice-port 18888 \
+# The Go original (BENCH_GO=<binary>, from ../shared/upstream-go/build.sh)
+# with upstream's variables given as arguments (NAME=value ...), its API on
+# 18888 and probes on 18081; ready at its /readyz.
+start_go() {
+  env INSIGHTS_TOKEN_SECRET="$KEY" "$@" "$BENCH_GO" --rabbitmq-hostname 127.0.0.1:5672 --webservice-port 18888 \
     --health-probe-bind-address 127.0.0.1:18081 --metrics-bind-address 0 >"$work/operator.log" 2>&1 &
   op_pid=$!
   pids+=("$op_pid")
@@ -150,7 +139,10 @@ bench_environments() {
     local background; background=$(python3 -c "print(($b1-$b0-1)/10)")
     local r0; r0=$(api_requests)
     local t0; t0=$(date +%s.%N)
-    if [ -n "${BENCH_GO:-}" ]; then start_go_tokens; else
+    if [ -n "${BENCH_GO:-}" ]; then
+      start_go ENABLE_CONFIGMAP_RECONCILER=false ENABLE_NAMESPACE_RECONCILER=true ENABLE_WEBSERVICE=false \
+        RABBITMQ_ENABLED=false TOKEN_TARGET_LABEL=insights-remote.bench/environment
+    else
       start_operator --enable-configmap-reconciler=false --enable-webservice=false --rabbitmq-enabled=false \
         --token-target-label insights-remote.bench/environment
     fi
@@ -200,7 +192,9 @@ request = function()
   return wrk.format("POST", "/facts", {["Content-Type"] = "application/json", ["Authorization"] = tokens[i]}, body)
 end
 LUA
-    if [ -n "${BENCH_GO:-}" ]; then start_go_api; else
+    if [ -n "${BENCH_GO:-}" ]; then
+      start_go ENABLE_CONFIGMAP_RECONCILER=false ENABLE_NAMESPACE_RECONCILER=false ENABLE_WEBSERVICE=true
+    else
       start_operator --enable-configmap-reconciler=false --enable-namespace-reconciler=false \
         --rabbitmq-exchange bench-tenants-x --rabbitmq-queue bench-tenants-q
     fi
