@@ -127,22 +127,24 @@ pub async fn drain(queue: &str, want: usize, within: Duration) -> Vec<serde_json
     let mut out = Vec::new();
     let deadline = Instant::now() + within;
     while out.len() < want && Instant::now() < deadline {
-        match ch
-            .basic_get(queue.into(), BasicGetOptions::default())
-            .await
-            .unwrap()
-        {
-            Some(msg) => {
-                let body: serde_json::Value = serde_json::from_slice(&msg.delivery.data)
-                    .expect("every published message is JSON");
-                msg.delivery.ack(BasicAckOptions::default()).await.unwrap();
-                out.push(body);
-            }
+        match take(&ch, queue).await {
+            Some(body) => out.push(body),
             None => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
     let _ = conn.close(200, "done".into()).await;
     out
+}
+
+/// One message from the queue, acked, as JSON; None when it is empty.
+async fn take(ch: &lapin::Channel, queue: &str) -> Option<serde_json::Value> {
+    let msg = ch
+        .basic_get(queue.into(), BasicGetOptions::default())
+        .await
+        .unwrap()?;
+    let body = serde_json::from_slice(&msg.delivery.data).expect("every published message is JSON");
+    msg.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    Some(body)
 }
 
 /// Reads every message the queue holds now (acking them), until the broker
@@ -155,15 +157,8 @@ pub async fn drain_all(queue: &str) -> Vec<serde_json::Value> {
         .expect("test consumer connects to RabbitMQ");
     let ch = conn.create_channel().await.unwrap();
     let mut out = Vec::new();
-    while let Some(msg) = ch
-        .basic_get(queue.into(), BasicGetOptions::default())
-        .await
-        .unwrap()
-    {
-        out.push(
-            serde_json::from_slice(&msg.delivery.data).expect("every published message is JSON"),
-        );
-        msg.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    while let Some(body) = take(&ch, queue).await {
+        out.push(body);
     }
     let _ = conn.close(200, "done".into()).await;
     out
