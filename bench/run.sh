@@ -130,11 +130,15 @@ start_go() {
 bench_environments() {
   header "Environments: start-up with N Lagoon namespaces and no token, then idle${BENCH_GO:+ (the Go original)}"
   local steady=${BENCH_STEADY:-60}
-  say "| namespaces | all tokens (s) | API requests per namespace | CPU to mint all (s) | peak RSS | idle: CPU | idle: RSS | idle: API requests/min |"
-  say "|---|---|---|---|---|---|---|---|"
+  say "| namespaces | all tokens (s) | ceiling: create as many Secrets (s) | times the ceiling | API requests per namespace | CPU to mint all (s) | peak RSS | idle: CPU | idle: RSS | idle: API requests/min |"
+  say "|---|---|---|---|---|---|---|---|---|---|"
   for n in ${BENCH_ENVS:-100 1000 10000}; do
     local prefix="benv$n-$(date +%s)"
     "$IRB" tokens --count "$n" --concurrency 16 --prefix "$prefix" --mode precreate >/dev/null
+    # The ceiling in the same run: a plain client's create of as many
+    # Secrets (named so the operator ignores them), 16 at once as the
+    # operator's token reconciler runs.
+    local ceil; ceil=$("$IRB" tokens --count "$n" --concurrency 16 --prefix "$prefix" --mode ceiling-secrets | json done_s)
     local b0 b1; b0=$(api_requests); sleep 10; b1=$(api_requests)
     local background; background=$(python3 -c "print(($b1-$b0-1)/10)")
     local r0; r0=$(api_requests)
@@ -158,15 +162,67 @@ bench_environments() {
     local s1 c1; s1=$(api_requests); c1=$(cpu_s "$op_pid")
     local idle_rss; idle_rss=$(rss_mib "$op_pid")
     stop_operator
-    printf '{"case":"environments","series":"%s","n":%s,"seconds":%s,"requests_per_namespace":%s,"cpu_s":%s,"peak_rss_mib":%s}\n' \
-      "${BENCH_SERIES:-insights-remote (Rust)}" "$n" "$(python3 -c "print(round($t1-$t0, 2))")" "$per_ns" "$cpu" "$hwm" >>bench/results/curves.jsonl
-    say "| $n | $(python3 -c "print(f'{$t1-$t0:.1f}')") | $per_ns | $(printf %.2f "$cpu") | ${hwm} MiB | $(python3 -c "print(f'{($c1-$c0)/$steady*100:.2f}% of a core')") | ${idle_rss} MiB | $(python3 -c "print(round(max(0, $s1-$s0-1-$background*$steady)/$steady*60, 1))") |"
+    printf '{"case":"environments","series":"%s","n":%s,"seconds":%s,"ceiling_s":%s,"requests_per_namespace":%s,"cpu_s":%s,"peak_rss_mib":%s,"idle_rss_mib":%s}\n' \
+      "${BENCH_SERIES:-insights-remote (Rust)}" "$n" "$(python3 -c "print(round($t1-$t0, 2))")" "$ceil" "$per_ns" "$cpu" "$hwm" "$idle_rss" >>bench/results/curves.jsonl
+    say "| $n | $(python3 -c "print(f'{$t1-$t0:.1f}')") | $(printf %.1f "$ceil") | $(python3 -c "print(f'{($t1-$t0)/$ceil:.2f}')") | $per_ns | $(printf %.2f "$cpu") | ${hwm} MiB | $(python3 -c "print(f'{($c1-$c0)/$steady*100:.2f}% of a core')") | ${idle_rss} MiB | $(python3 -c "print(round(max(0, $s1-$s0-1-$background*$steady)/$steady*60, 1))") |"
     # Deleting 10,000 namespaces takes the namespace controller about 20
     # minutes here: the next size starts from an empty cluster instead (as
     # the tokens case does; a running demo and node go with it).
     bash hack/control-plane.sh down >/dev/null && bash hack/control-plane.sh up >/dev/null
   done
   python3 bench/plot.py environments "Lagoon namespaces" "start-up" seconds requests_per_namespace peak_rss_mib
+}
+
+# Backlog (issue 25, point 2): COUNT insights ConfigMaps (half 100 KiB SBOMs,
+# half 2 KiB image inspects) wait in NAMESPACES Lagoon namespaces when the
+# operator starts, as after an outage. Timed from the operator's start until
+# every one carries the processed annotation; every message is read from
+# the queue and counted by ConfigMap (a second copy shows as "twice"). The
+# ceiling, in the same run: a plain client's create + patch of as many
+# ConfigMaps in the same namespaces. The control plane is wiped between
+# sizes (a running demo goes with it). Ours publishes to its own exchange
+# and queue; the Go original has no flag for them and publishes to
+# `lagoon-insights`, read here from `lagoon-insights:items` (stop the demo
+# first: its consumer reads that queue).
+bench_backlog() {
+  header "Backlog: insights ConfigMaps waiting when the operator starts${BENCH_GO:+ (the Go original)}"
+  say "| ConfigMaps | namespaces | all processed (s) | ceiling: create + patch (s) | share of the ceiling | messages / distinct / twice | peak RSS | CPU (s) |"
+  say "|---|---|---|---|---|---|---|---|"
+  local size
+  for size in ${BENCH_BACKLOG:-1000:100 1000:1000 5000:100 5000:1000}; do
+    local n=${size%%:*} m=${size##*:}
+    local prefix="bbl$n-$m-$(date +%s)"
+    "$IRB" backlog --prefix "$prefix" --namespaces "$m" --count "$n" --concurrency 16 --mode precreate >/dev/null
+    local x=bench-backlog-x q=bench-backlog-q
+    [ -z "${BENCH_GO:-}" ] || { x=lagoon-insights; q=lagoon-insights:items; }
+    rabbitmqctl purge_queue "$q" >/dev/null 2>&1 || true
+    "$IRB" backlog --prefix "$prefix" --namespaces "$m" --count "$n" --mode drain --exchange "$x" --queue "$q" \
+      >"$work/drain.json" 2>"$work/drain.err" &
+    local drain=$!
+    for _ in $(seq 1 200); do grep -q listening "$work/drain.err" && break; sleep 0.05; done
+    local t0; t0=$(date +%s.%N)
+    if [ -n "${BENCH_GO:-}" ]; then
+      start_go ENABLE_CONFIGMAP_RECONCILER=true ENABLE_NAMESPACE_RECONCILER=false ENABLE_WEBSERVICE=false
+    else
+      start_operator --enable-configmap-reconciler=true --enable-namespace-reconciler=false --enable-webservice=false \
+        --rabbitmq-exchange "$x" --rabbitmq-queue "$q"
+    fi
+    wait "$drain" || { cat "$work/drain.err"; tail -20 "$work/operator.log"; exit 1; }
+    local t1; t1=$(date +%s.%N)
+    local cpu; cpu=$(cpu_s "$op_pid")
+    local hwm; hwm=$(hwm_mib "$op_pid")
+    stop_operator
+    local d; d=$(cat "$work/drain.json")
+    local c; c=$("$IRB" backlog --prefix "$prefix" --namespaces "$m" --count "$n" --concurrency 8 --mode ceiling)
+    local secs; secs=$(python3 -c "print(round($t1-$t0, 2))")
+    local share; share=$(python3 -c "print(round($(echo "$c" | json done_s)/($t1-$t0)*100))")
+    printf '{"case":"backlog","series":"%s","n":%s,"namespaces":%s,"seconds":%s,"share_of_ceiling_pct":%s,"twice":%s,"peak_rss_mib":%s}\n' \
+      "${BENCH_SERIES:-insights-remote (Rust)}, $m namespaces" "$n" "$m" "$secs" "$share" "$(echo "$d" | json twice)" "$hwm" >>bench/results/curves.jsonl
+    say "| $n | $m | $secs | $(echo "$c" | json done_s | xargs printf %.1f) | ${share}% | $(echo "$d" | json deliveries) / $(echo "$d" | json distinct) / $(echo "$d" | json twice) | ${hwm} MiB | $(printf %.1f "$cpu") |"
+    rabbitmqctl purge_queue "$q" >/dev/null 2>&1 || true
+    bash hack/control-plane.sh down >/dev/null && bash hack/control-plane.sh up >/dev/null
+  done
+  python3 bench/plot.py backlog "ConfigMaps waiting" "drain" seconds share_of_ceiling_pct peak_rss_mib
 }
 
 # Many tenants (issue 25, point 3): POST /facts with 1 token, then with
@@ -628,6 +684,7 @@ case "${1:-all}" in
   tokens) bench_tokens ;;
   tenants) bench_tenants ;;
   environments) bench_environments ;;
+  backlog) bench_backlog ;;
   footprint) bench_footprint ;;
   all) bench_footprint; bench_ingest; bench_hostile; bench_attacks; bench_configmaps; bench_postprocessors; bench_tokens; bench_memory; bench_recovery ;;
   *) echo "usage: bench/run.sh nodeha|ingest|recovery|hostile|attacks|configmaps|postprocessors|dtmemory|memory|tokens|footprint|all" >&2; exit 2 ;;

@@ -2,9 +2,10 @@
 //! stores, each filled by one narrow, metadata-only watch that every replica
 //! runs from start-up to shutdown.
 //!
-//! - [`Cluster::namespaces`]: the Lagoon environment namespaces (labelled
-//!   `lagoon.sh/environmentId`). The ingestion API checks tokens against
-//!   them (the tenants registry); the ConfigMap and build reconcilers read a
+//! - [`Cluster::namespaces`]: the Lagoon namespaces (labelled
+//!   `lagoon.sh/project`). The ingestion API checks tokens against them
+//!   (the tenants registry); the token reconciler reconciles them (it has
+//!   no watch of its own); the ConfigMap and build reconcilers read a
 //!   namespace's identity from them instead of a GET.
 //! - [`Cluster::token_secrets`]: the `insights-token` Secrets (watched by
 //!   name, which is all the chart's RBAC allows). Their revocation marks are
@@ -29,8 +30,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::contract::{
-    LABEL_ENVIRONMENT, LABEL_ENVIRONMENT_ID, LABEL_ENVIRONMENT_TYPE, LABEL_PROJECT,
-    TOKEN_SECRET_NAME,
+    LABEL_ENVIRONMENT, LABEL_ENVIRONMENT_TYPE, LABEL_PROJECT, TOKEN_SECRET_NAME,
 };
 
 pub type NamespaceMeta = PartialObjectMeta<Namespace>;
@@ -43,6 +43,8 @@ pub struct Cluster {
     pub token_secrets: Store<SecretMeta>,
     /// False from a failed token Secret watch until its next event.
     secrets_current: AtomicBool,
+    /// How many complete lists of the namespaces arrived.
+    namespace_lists: tokio::sync::watch::Sender<u64>,
     writers: Mutex<Option<(Writer<NamespaceMeta>, Writer<SecretMeta>)>>,
 }
 
@@ -54,6 +56,7 @@ impl Default for Cluster {
             namespaces,
             token_secrets,
             secrets_current: AtomicBool::new(true),
+            namespace_lists: tokio::sync::watch::Sender::new(0),
             writers: Mutex::new(Some((ns_writer, secret_writer))),
         }
     }
@@ -79,7 +82,13 @@ impl Cluster {
         let _ = self.token_secrets.wait_until_ready().await;
     }
 
-    /// A Lagoon environment namespace, if listed.
+    /// Counts the complete lists of the namespaces: after a new one the
+    /// store may hold changes no event showed (the watch was down).
+    pub fn namespace_lists(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.namespace_lists.subscribe()
+    }
+
+    /// A Lagoon namespace, if listed.
     pub fn namespace(&self, name: &str) -> Option<std::sync::Arc<NamespaceMeta>> {
         self.namespaces.get(&ObjectRef::new(name))
     }
@@ -133,7 +142,7 @@ impl Cluster {
         else {
             return;
         };
-        let mut ns_config = watcher::Config::default().labels(LABEL_ENVIRONMENT_ID);
+        let mut ns_config = watcher::Config::default().labels(LABEL_PROJECT);
         let secret_api: Api<SecretMeta> = match scope {
             Some(ns) => {
                 ns_config = ns_config.fields(&format!("metadata.name={ns}"));
@@ -155,7 +164,12 @@ impl Cluster {
             tokio::select! {
                 _ = &mut stop => return,
                 Some(ev) = namespaces.next() => match ev {
-                    Ok(ev) => observer.namespace(&ev),
+                    Ok(ev) => {
+                        if matches!(ev, watcher::Event::InitDone) {
+                            self.namespace_lists.send_modify(|n| *n += 1);
+                        }
+                        observer.namespace(&ev);
+                    }
                     Err(e) => observer.error("namespaces", &e),
                 },
                 Some(ev) = secrets.next() => match ev {
@@ -179,6 +193,9 @@ impl Cluster {
     pub fn feed_namespace(&self, ev: &watcher::Event<NamespaceMeta>) {
         let mut w = self.writers.lock().unwrap();
         w.as_mut().unwrap().0.apply_watcher_event(ev);
+        if matches!(ev, watcher::Event::InitDone) {
+            self.namespace_lists.send_modify(|n| *n += 1);
+        }
     }
 
     /// Applies an event as the token Secret watch would (unit tests).

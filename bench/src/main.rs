@@ -84,9 +84,36 @@ enum Cmd {
         concurrency: usize,
         #[arg(long)]
         prefix: String,
-        /// operator | ceiling | precreate (namespaces only) | wait (Secrets only)
+        /// operator | ceiling | precreate (namespaces only) | wait (Secrets
+        /// only) | ceiling-secrets (the namespaces exist: a plain client's
+        /// Secret create in each, named `bench-ceiling`)
         #[arg(long)]
         mode: String,
+    },
+    /// A backlog as after an outage: `precreate` makes Lagoon namespaces
+    /// and insights ConfigMaps spread over them; `drain` (started before the
+    /// operator) follows them until every one is marked processed and counts
+    /// what reached the queue; `ceiling` is a plain client's create + patch
+    /// of as many ConfigMaps in the same namespaces.
+    Backlog {
+        #[arg(long)]
+        prefix: String,
+        #[arg(long, default_value = "100")]
+        namespaces: usize,
+        #[arg(long, default_value = "1000")]
+        count: usize,
+        #[arg(long, default_value = "8")]
+        concurrency: usize,
+        /// precreate | drain | ceiling
+        #[arg(long)]
+        mode: String,
+        /// Exchange and queue to declare, bind and read (drain).
+        #[arg(long, default_value = "lagoon-insights")]
+        exchange: String,
+        #[arg(long, default_value = "lagoon-insights:items")]
+        queue: String,
+        #[arg(long, default_value = "127.0.0.1:5672")]
+        host: String,
     },
     /// CPU per payload of the forward's check and re-encode
     /// (`payload::prepare`) on the configmaps bench's own payloads, one
@@ -163,6 +190,28 @@ async fn main() -> Result<()> {
             prefix,
             mode,
         } => tokens(count, concurrency, &prefix, &mode).await,
+        Cmd::Backlog {
+            prefix,
+            namespaces,
+            count,
+            concurrency,
+            mode,
+            exchange,
+            queue,
+            host,
+        } => {
+            let spread = Spread {
+                prefix,
+                namespaces,
+                count,
+            };
+            match mode.as_str() {
+                "precreate" => backlog_precreate(&spread, concurrency).await,
+                "ceiling" => backlog_ceiling(&spread, concurrency).await,
+                "drain" => backlog_drain(&spread, &host, &exchange, &queue).await,
+                other => anyhow::bail!("unknown backlog mode {other}"),
+            }
+        }
         Cmd::Payload { count } => {
             payload_cpu(count);
             Ok(())
@@ -562,8 +611,39 @@ async fn tokens(count: usize, concurrency: usize, prefix: &str, mode: &str) -> R
     // Ceiling: the Secret is written by a second client as soon as its
     // namespace exists, as the operator does, without holding a creation slot.
     let writes = Arc::new(Mutex::new(Vec::<tokio::task::JoinHandle<()>>::new()));
-    // `wait`: the namespaces exist already (made by `precreate`).
-    let to_create = if mode == "wait" { 0 } else { count };
+    // `wait` and `ceiling-secrets`: the namespaces exist already (made by
+    // `precreate`).
+    let to_create = if mode == "wait" || mode == "ceiling-secrets" {
+        0
+    } else {
+        count
+    };
+    if mode == "ceiling-secrets" {
+        // The API server's create ceiling for as many Secrets as the
+        // operator mints, of the same size, `concurrency` at once; named so
+        // the operator (started afterwards) ignores them.
+        futures::stream::iter(0..count)
+            .for_each_concurrent(concurrency, |i| {
+                let api = Api::<Secret>::namespaced(client.clone(), &format!("{prefix}-{i}"));
+                async move {
+                    let s = Secret {
+                        metadata: kube::api::ObjectMeta {
+                            name: Some("bench-ceiling".into()),
+                            ..Default::default()
+                        },
+                        string_data: Some([("INSIGHTS_TOKEN".to_string(), "x".repeat(300))].into()),
+                        ..Default::default()
+                    };
+                    api.create(&PostParams::default(), &s).await.unwrap();
+                }
+            })
+            .await;
+        println!(
+            "{}",
+            json!({"bench": "tokens", "mode": mode, "count": count, "done_s": started.elapsed().as_secs_f64()})
+        );
+        return Ok(());
+    }
     futures::stream::iter(0..to_create)
         .for_each_concurrent(concurrency, |i| {
             let (client, writes) = (client.clone(), writes.clone());
@@ -655,6 +735,234 @@ async fn tokens(count: usize, concurrency: usize, prefix: &str, mode: &str) -> R
     println!(
         "{}",
         json!({"bench": "tokens", "mode": mode, "count": count, "created_s": created, "done_s": started.elapsed().as_secs_f64(), "polls": polls})
+    );
+    Ok(())
+}
+
+/// Where a backlog's ConfigMaps go: `count` of them, round robin over
+/// `namespaces` Lagoon namespaces named `{prefix}-{j}`.
+struct Spread {
+    prefix: String,
+    namespaces: usize,
+    count: usize,
+}
+
+impl Spread {
+    fn namespace(&self, i: usize) -> String {
+        format!("{}-{}", self.prefix, i % self.namespaces)
+    }
+}
+
+async fn backlog_precreate(spread: &Spread, concurrency: usize) -> Result<()> {
+    let client = Client::try_default().await?;
+    let started = Instant::now();
+    futures::stream::iter(0..spread.namespaces)
+        .for_each_concurrent(concurrency, |j| {
+            let client = client.clone();
+            let name = spread.namespace(j);
+            async move {
+                let ns = Namespace {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some(name),
+                        labels: Some(
+                            [
+                                ("lagoon.sh/project".to_string(), "bench-backlog".to_string()),
+                                ("lagoon.sh/environment".to_string(), format!("env{j}")),
+                            ]
+                            .into(),
+                        ),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                Api::<Namespace>::all(client)
+                    .create(&PostParams::default(), &ns)
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+    futures::stream::iter(0..spread.count)
+        .for_each_concurrent(concurrency, |i| {
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), &spread.namespace(i));
+            async move {
+                api.create(&PostParams::default(), &insights_cm(i, true))
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+    println!(
+        "{}",
+        json!({"bench": "backlog", "mode": "precreate", "namespaces": spread.namespaces, "count": spread.count, "created_s": started.elapsed().as_secs_f64()})
+    );
+    Ok(())
+}
+
+/// The plain client's create + one patch per ConfigMap (the write the
+/// operator must make), as many as the backlog, in the same namespaces,
+/// without the insights type (nothing forwards them).
+async fn backlog_ceiling(spread: &Spread, concurrency: usize) -> Result<()> {
+    let client = Client::try_default().await?;
+    let started = Instant::now();
+    futures::stream::iter(0..spread.count)
+        .for_each_concurrent(concurrency, |i| {
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), &spread.namespace(i));
+            async move {
+                let mut cm = insights_cm(i, false);
+                let name = format!("bench-ceiling-{i}");
+                cm.metadata.name = Some(name.clone());
+                api.create(&PostParams::default(), &cm).await.unwrap();
+                let patch = json!({"metadata": {"labels": {"lagoon.sh/insightsProcessed": "1"}, "annotations": {"lagoon.sh/insightsProcessed": "2026-01-01T00:00:00Z"}}});
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+    println!(
+        "{}",
+        json!({"bench": "backlog", "mode": "ceiling", "count": spread.count, "done_s": started.elapsed().as_secs_f64()})
+    );
+    Ok(())
+}
+
+/// Declares and binds the queue (the Go original publishes to its exchange
+/// without declaring one), then reads every message while a metadata watch
+/// over the backlog's ConfigMaps waits for each to carry the processed
+/// annotation (both implementations write it). Counts every delivery and
+/// every distinct ConfigMap, so a ConfigMap forwarded twice shows.
+async fn backlog_drain(spread: &Spread, host: &str, exchange: &str, queue: &str) -> Result<()> {
+    let client = Client::try_default().await?;
+    let conn = Connection::connect(
+        &format!("amqp://guest:guest@{host}/%2f"),
+        ConnectionProperties::default(),
+    )
+    .await?;
+    let ch = conn.create_channel().await?;
+    ch.exchange_declare(
+        exchange.into(),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.into(), durable, FieldTable::default())
+        .await?;
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    ch.basic_qos(500, BasicQosOptions::default()).await?;
+    let mut deliveries = ch
+        .basic_consume(
+            queue.into(),
+            "bench-backlog".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    // The caller starts the operator once this line is out.
+    eprintln!("listening");
+    let started = Instant::now();
+    let tally: Arc<Mutex<(u64, HashMap<String, u32>)>> = Arc::default();
+    let counting = tally.clone();
+    let reader = tokio::spawn(async move {
+        // Only the labels are read (see `configmaps`).
+        #[derive(serde::Deserialize)]
+        struct Landed {
+            labels: HashMap<String, String>,
+        }
+        while let Some(Ok(d)) = deliveries.next().await {
+            let v: Landed = serde_json::from_slice(&d.data).unwrap();
+            let mut t = counting.lock().unwrap();
+            t.0 += 1;
+            if let Some(id) = v.labels.get("bench-id") {
+                *t.1.entry(id.clone()).or_default() += 1;
+            }
+        }
+    });
+    let meta_api: Api<PartialObjectMeta<ConfigMap>> = Api::all(client);
+    let (store, writer) = reflector::store();
+    let selector = "bench-id,lagoon.sh/insightsType";
+    let mut events = reflector::reflector(
+        writer,
+        watcher::watcher(meta_api, watcher::Config::default().labels(selector)),
+    )
+    .boxed();
+    let prefix = format!("{}-", spread.prefix);
+    let mine =
+        |m: &PartialObjectMeta<ConfigMap>| m.namespace().is_some_and(|n| n.starts_with(&prefix));
+    tokio::time::timeout(Duration::from_secs(1800), async {
+        let mut listed = false;
+        while let Some(ev) = events.next().await {
+            listed |= matches!(ev?, watcher::Event::InitDone);
+            if listed
+                && store
+                    .state()
+                    .iter()
+                    .filter(|m| {
+                        mine(m) && m.annotations().contains_key("lagoon.sh/insightsProcessed")
+                    })
+                    .count()
+                    >= spread.count
+            {
+                return Ok::<_, anyhow::Error>(());
+            }
+        }
+        anyhow::bail!("the watch ended")
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("timed out after 1800 s"))??;
+    let done = started.elapsed().as_secs_f64();
+    // Every message published before its mark has reached the queue: read
+    // until each ConfigMap has arrived and the broker holds none.
+    let settled = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let arrived = tally.lock().unwrap().1.len();
+            let waiting = ch
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..durable
+                    },
+                    FieldTable::default(),
+                )
+                .await?
+                .message_count();
+            if arrived >= spread.count && waiting == 0 {
+                return Ok::<_, anyhow::Error>(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    reader.abort();
+    let (deliveries, per_id) = {
+        let t = tally.lock().unwrap();
+        (t.0, t.1.clone())
+    };
+    let twice = per_id.values().filter(|&&n| n > 1).count();
+    println!(
+        "{}",
+        json!({"bench": "backlog", "mode": "drain", "namespaces": spread.namespaces, "count": spread.count,
+               "done_s": done, "deliveries": deliveries, "distinct": per_id.len(), "twice": twice,
+               "settled": settled.is_ok()})
     );
     Ok(())
 }

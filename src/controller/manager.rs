@@ -250,6 +250,14 @@ struct Observer(Arc<Context>);
 impl crate::cluster::Observer for Observer {
     fn namespace(&mut self, ev: &kube::runtime::watcher::Event<crate::cluster::NamespaceMeta>) {
         self.0.tenants.observe(ev);
+        // A changed namespace (its labels may name another environment now)
+        // goes to the token reconciler; a new full list makes it look at
+        // every one (crate::cluster::Cluster::namespace_lists).
+        if let kube::runtime::watcher::Event::Apply(ns) = ev {
+            self.0
+                .token_secrets
+                .recheck(&kube::ResourceExt::name_any(ns));
+        }
     }
 
     fn token_secret(&mut self, ev: &kube::runtime::watcher::Event<crate::cluster::SecretMeta>) {

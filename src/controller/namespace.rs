@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use super::token_secrets::{Known, Verified};
 use super::{Context, Error, Result};
+use crate::cluster::NamespaceMeta;
 use crate::contract::{
     lagoon_environment_id, LABEL_DYNAMIC_SECRET, LABEL_ENVIRONMENT, LABEL_ENVIRONMENT_ID,
     LABEL_INSIGHTS_TOKEN, LABEL_PROJECT, TOKEN_SECRET_KEY, TOKEN_SECRET_NAME,
@@ -38,23 +39,27 @@ const TOKEN_RECONCILES_AT_ONCE: u16 = 16;
 const FIELD_MANAGER: &str = "insights-remote";
 
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
-    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
-    let mut ns_config = watcher::Config::default().labels(LABEL_PROJECT);
-    if let Some(ns) = &ctx.watch_namespace {
-        ns_config = ns_config.fields(&format!("metadata.name={ns}"));
-    }
-    // A new key or new token settings re-check every namespace.
+    // The namespaces are the cluster's store (crate::cluster), filled by
+    // the one metadata-only watch every replica runs: this reconciler keeps
+    // no second watch and no second copy of them. Every namespace is looked
+    // at when a term starts (or the store first completes its list), again
+    // after each new full list (the watch may have missed changes), and on
+    // a new key or new token settings.
+    let lists = WatchStream::new(ctx.cluster.namespace_lists()).map(|_| ());
     let keys_changed = WatchStream::from_changes(ctx.keys.subscribe()).map(|_| ());
     let ops_changed = WatchStream::from_changes(ctx.ops.subscribe()).map(|_| ());
-    let trigger = futures::stream::select(keys_changed, ops_changed);
+    let trigger =
+        futures::stream::select(lists, futures::stream::select(keys_changed, ops_changed));
     info!(resync = ?ctx.token_resync, "keeping environment token Secrets");
-    // The token Secrets are followed by name and metadata only (see
-    // crate::cluster): a namespace is re-checked at once when its Secret
-    // changes behind our back, and every `token_resync` in any case. A new
-    // term trusts nothing an earlier one verified.
+    // A namespace the watch shows changed, or whose token Secret changed
+    // behind our back (see crate::cluster, followed by name and metadata
+    // only), is re-checked at once; every one every `token_resync` in any
+    // case. A new term trusts nothing an earlier one verified.
     let (recheck_tx, recheck_rx) = tokio::sync::mpsc::channel(1024);
     ctx.token_secrets.term(Some(recheck_tx));
-    Controller::new(namespaces, ns_config.any_semantic())
+    // Objects come only from the store (the trigger stream is empty).
+    let no_watch = futures::stream::pending::<Result<NamespaceMeta, watcher::Error>>();
+    Controller::for_stream(no_watch, ctx.cluster.namespaces.clone())
         .with_config(ControllerConfig::default().concurrency(TOKEN_RECONCILES_AT_ONCE))
         .reconcile_all_on(trigger)
         .reconcile_on(tokio_stream::wrappers::ReceiverStream::new(recheck_rx))
@@ -65,12 +70,12 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     ctx.token_secrets.term(None);
 }
 
-async fn reconcile_observed(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> {
+async fn reconcile_observed(ns: Arc<NamespaceMeta>, ctx: Arc<Context>) -> Result<Action> {
     let measure = ctx.measure(CONTROLLER);
     measure.outcome(reconcile(ns, ctx.clone()).await)
 }
 
-pub fn error_policy(ns: Arc<Namespace>, err: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(ns: Arc<NamespaceMeta>, err: &Error, _ctx: Arc<Context>) -> Action {
     warn!(namespace = %ns.name_any(), error = %err, "token reconcile failed");
     Action::requeue(Duration::from_secs(10))
 }
@@ -89,18 +94,19 @@ pub enum Plan {
     Ensure(Claims),
 }
 
-pub fn plan(ns: &Namespace, ops: &Operations) -> Plan {
-    // Terminating namespaces reject new objects: leave them alone.
-    let terminating = ns.metadata.deletion_timestamp.is_some()
-        || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating");
+pub fn plan(ns: &ObjectMeta, ops: &Operations) -> Plan {
+    // Terminating namespaces reject new objects: leave them alone. (A
+    // namespace is Terminating exactly when it has a deletion timestamp.)
+    let terminating = ns.deletion_timestamp.is_some();
+    let no_labels = BTreeMap::new();
+    let labels = ns.labels.as_ref().unwrap_or(&no_labels);
     let targeted = ops
         .target_label
         .as_ref()
-        .is_none_or(|t| ns.labels().contains_key(t));
+        .is_none_or(|t| labels.contains_key(t));
     if !ops.tokens_enabled || terminating || !targeted {
         return Plan::Skip;
     }
-    let labels = ns.labels();
     let missing: Vec<&'static str> = [LABEL_ENVIRONMENT_ID, LABEL_PROJECT, LABEL_ENVIRONMENT]
         .into_iter()
         .filter(|l| labels.get(*l).is_none_or(|v| v.is_empty()))
@@ -126,7 +132,7 @@ pub fn plan(ns: &Namespace, ops: &Operations) -> Plan {
         };
     }
     Plan::Ensure(Claims {
-        namespace: ns.name_any(),
+        namespace: ns.name.clone().unwrap_or_default(),
         environment_id: id.clone(),
         project_name: labels[LABEL_PROJECT].clone(),
         environment_name: labels[LABEL_ENVIRONMENT].clone(),
@@ -299,9 +305,9 @@ async fn revoke(api: &Api<Secret>, secret: &Secret) -> kube::Result<Secret> {
 }
 
 /// Carries out [`plan`] and [`ownership`] for one namespace.
-pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile(ns: Arc<NamespaceMeta>, ctx: Arc<Context>) -> Result<Action> {
     let ops = ctx.ops.borrow().clone();
-    let claims = match plan(&ns, &ops) {
+    let claims = match plan(&ns.metadata, &ops) {
         Plan::Skip => return Ok(Action::await_change()),
         Plan::Refuse { reason, message } => {
             ctx.event(
@@ -393,8 +399,8 @@ mod tests {
     use super::*;
     use crate::token::KeyRing;
 
-    fn ns(labels: &[(&str, &str)], terminating: bool) -> Namespace {
-        let mut n = Namespace::default();
+    fn ns(labels: &[(&str, &str)], terminating: bool) -> ObjectMeta {
+        let mut n = k8s_openapi::api::core::v1::Namespace::default();
         n.metadata.name = Some("demo-main".into());
         n.metadata.labels = Some(
             labels
@@ -403,12 +409,12 @@ mod tests {
                 .collect(),
         );
         if terminating {
-            n.status = Some(k8s_openapi::api::core::v1::NamespaceStatus {
-                phase: Some("Terminating".into()),
-                ..Default::default()
-            });
+            n.metadata.deletion_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                ));
         }
-        n
+        n.metadata
     }
 
     fn ops(tokens: bool, target: Option<&str>) -> Operations {
@@ -459,7 +465,7 @@ mod tests {
             }
             l
         };
-        let refused = |reason: &str, n: &Namespace, o: &Operations| match plan(n, o) {
+        let refused = |reason: &str, n: &ObjectMeta, o: &Operations| match plan(n, o) {
             Plan::Refuse { reason: r, .. } => r == reason,
             _ => false,
         };

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use k8s_openapi::api::core::v1::Namespace;
+use crate::cluster::NamespaceMeta;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::ResourceExt;
@@ -72,7 +72,7 @@ pub fn judge(
 #[derive(Default)]
 pub struct TokenSecrets {
     verified: Mutex<HashMap<String, Verified>>,
-    recheck: Mutex<Option<mpsc::Sender<ObjectRef<Namespace>>>>,
+    recheck: Mutex<Option<mpsc::Sender<ObjectRef<NamespaceMeta>>>>,
 }
 
 impl TokenSecrets {
@@ -101,9 +101,17 @@ impl TokenSecrets {
 
     /// A leadership term starts (with the sender of its re-checks) or ends
     /// (None): what an earlier term verified is not trusted.
-    pub fn term(&self, recheck: Option<mpsc::Sender<ObjectRef<Namespace>>>) {
+    pub fn term(&self, recheck: Option<mpsc::Sender<ObjectRef<NamespaceMeta>>>) {
         self.verified.lock().expect("token cache lock").clear();
         *self.recheck.lock().expect("token cache lock") = recheck;
+    }
+
+    /// Sends a namespace to the current term's token reconciler, if any
+    /// (when its queue is full, the periodic re-check covers it).
+    pub fn recheck(&self, namespace: &str) {
+        if let Some(tx) = self.recheck.lock().expect("token cache lock").as_ref() {
+            let _ = tx.try_send(ObjectRef::new(namespace));
+        }
     }
 
     /// Follows an event already in the store: the namespaces whose Secret
@@ -115,11 +123,8 @@ impl TokenSecrets {
             let mut verified = self.verified.lock().expect("token cache lock");
             changed(cluster, &mut verified, ev)
         };
-        if let Some(tx) = self.recheck.lock().expect("token cache lock").as_ref() {
-            for ns in &changed {
-                // Full: the periodic re-check covers it.
-                let _ = tx.try_send(ObjectRef::new(ns));
-            }
+        for ns in &changed {
+            self.recheck(ns);
         }
         changed
     }
