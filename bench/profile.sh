@@ -4,12 +4,68 @@
 # own target directory), `perf record` with DWARF call graphs for 10 s of
 # the wrk phase, folded and drawn by inferno (`cargo install inferno`).
 # Writes bench/results/ingest-flamegraph.svg and prints the busiest frames.
+#
+# `bash bench/profile.sh heap [N]`: where the memory of the environments
+# case goes instead. N (10,000) Lagoon namespaces with no token on a wiped
+# control plane, the same build run under heaptrack (Debian) until every
+# token is minted; prints the heap's peak by the part of the program that
+# holds it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash hack/deps.sh >/dev/null
+target=${PROFILE_TARGET:-$HOME/.cache/insights-remote/profile-target}
+if [ "${1:-}" = heap ]; then
+  n=${2:-10000}
+  command -v heaptrack >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq heaptrack >/dev/null; }
+  CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+    cargo build --release --quiet -p insights-remote --target-dir "$target"
+  cargo build --release --quiet -p insights-remote-bench
+  bin=$target/release/insights-remote
+  work=$(mktemp -d)
+  bash hack/control-plane.sh down >/dev/null && bash hack/control-plane.sh up >/dev/null
+  KUBECONFIG=$(bash hack/control-plane.sh kubeconfig); export KUBECONFIG
+  target/release/irbench tokens --count "$n" --concurrency 16 --prefix heap --mode precreate >/dev/null
+  INSIGHTS_TOKEN_SECRET=bench-signing-key-0123456789abcdef0123 heaptrack -o "$work/heap" "$bin" \
+    --health-probe-bind-address 127.0.0.1:18081 --metrics-bind-address 127.0.0.1:18080 --metrics-secure=false \
+    --config-name bench-absent --pod-namespace default --enable-configmap-reconciler=false --enable-webservice=false \
+    --rabbitmq-enabled=false --token-target-label insights-remote.bench/environment >"$work/operator.log" 2>&1 &
+  target/release/irbench tokens --count "$n" --prefix heap --mode wait
+  pid=$(pgrep -f "^$bin " | head -1)
+  grep -E 'VmHWM' "/proc/$pid/status"
+  kill -TERM "$pid"
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+  sleep 2
+  heaptrack_print "$work"/heap.*zst --flamegraph-cost-type peak -F "$work/peak.folded" >/dev/null 2>&1
+  bash hack/control-plane.sh down >/dev/null && bash hack/control-plane.sh up >/dev/null
+  python3 - "$work/peak.folded" <<'PY'
+import collections, re, sys
+total, parts = 0, collections.Counter()
+# The innermost frame of ours or of a crate that says who holds the bytes.
+holders = [
+    ("kube reflector stores (apply_watcher_event)", r"apply_watcher_event"),
+    ("kube controller: scheduler and runner", r"kube_runtime::(scheduler|controller::runner)|scheduler.rs|runner.rs"),
+    ("token reconciler", r"controller::namespace|namespace.rs"),
+    ("tenants", r"tenants"),
+    ("HTTP client (kube_client, hyper, rustls)", r"kube_client|hyper|rustls"),
+]
+for line in open(sys.argv[1]):
+    stack, n = line.rstrip().rsplit(" ", 1)
+    n = int(n)
+    total += n
+    for name, pat in holders:
+        if re.search(pat, stack):
+            parts[name] += n
+            break
+    else:
+        parts["other"] += n
+print(f"heap peak {total / 2**20:.1f} MiB")
+for name, n in parts.most_common():
+    print(f"{n / 2**20:7.1f} MiB  {name}")
+PY
+  exit 0
+fi
 command -v perf >/dev/null || { echo "perf is needed (Debian: linux-perf)"; exit 1; }
 command -v inferno-flamegraph >/dev/null || cargo install inferno --locked
-target=${PROFILE_TARGET:-$HOME/.cache/insights-remote/profile-target}
 CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
   cargo build --release --quiet -p insights-remote --target-dir "$target"
 bin=$target/release/insights-remote

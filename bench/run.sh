@@ -22,7 +22,14 @@ work=$(mktemp -d)
 mkdir -p bench/results
 out=bench/results/$(date -u +%Y-%m-%d).md
 pids=()
-cleanup() { for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
+cleanup() {
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  # The replicas case's loopback balancing, if it stopped half way.
+  if command -v iptables >/dev/null && iptables -t nat -L IRBENCH >/dev/null 2>&1; then
+    iptables -t nat -D OUTPUT -p tcp -d 127.0.0.1 --dport 18890 -j IRBENCH 2>/dev/null || true
+    iptables -t nat -F IRBENCH && iptables -t nat -X IRBENCH
+  fi
+}
 trap cleanup EXIT
 
 say() { printf '%s\n' "$*" | tee -a "$out"; }
@@ -45,8 +52,8 @@ start_operator() {
   INSIGHTS_TOKEN_SECRET=$KEY RUST_LOG=${BENCH_LOG:-info} WEBSERVICE_WORKERS=${BENCH_WORKERS:-} "$BIN" \
     --rabbitmq-hostname 127.0.0.1:5672 --rabbitmq-reconnect-retry-interval "${BENCH_RETRY:-1}" \
     --health-probe-bind-address "127.0.0.1:${BENCH_PROBE_PORT:-18081}" --metrics-bind-address "127.0.0.1:${BENCH_METRICS_PORT:-18080}" --metrics-secure=false \
-    --webservice-port 18888 --config-name bench-absent --pod-namespace default "$@" \
-    >"$work/operator.log" 2>&1 &
+    --webservice-port "${BENCH_WEB_PORT:-18888}" --config-name "${BENCH_CONFIG:-bench-absent}" --pod-namespace default "$@" \
+    >"$work/operator${BENCH_WEB_PORT:-}.log" 2>&1 &
   op_pid=$!
   pids+=("$op_pid")
   wait_ready "${BENCH_PROBE_PORT:-18081}" || { tail -20 "$work/operator.log"; exit 1; }
@@ -223,6 +230,105 @@ bench_backlog() {
     bash hack/control-plane.sh down >/dev/null && bash hack/control-plane.sh up >/dev/null
   done
   python3 bench/plot.py backlog "ConfigMaps waiting" "drain" seconds share_of_ceiling_pct peak_rss_mib
+}
+
+# Replicas (issue 25, point 4): the ingestion API as 1 and as 2 processes
+# behind one address, spread per connection the way kube-proxy spreads a
+# Service's connections over its pods: iptables DNAT (nth connection) on
+# loopback, in a chain of its own removed afterwards. The ceiling: the
+# broker's raw confirmed publishes with as many in flight.
+bench_replicas() {
+  header "Replicas: POST /facts to 1 and 2 processes behind one address"
+  local c=${BENCH_CONNECTIONS:-64} d=${BENCH_SECONDS:-15}
+  command -v iptables >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables >/dev/null; }
+  local token
+  token=$(INSIGHTS_TOKEN_SECRET=$KEY "$BIN" generate-token --namespace bench-main --environment-id 42 --project-name bench --environment-name main)
+  local body='[{"name":"drupal-version","value":"10.3.6","source":"bench","type":"SEMVER","category":"Framework","service":"cli"},{"name":"php-version","value":"8.3.13","source":"bench","type":"SEMVER","service":"cli"},{"name":"site-url","value":"https://example.com","source":"bench","type":"URL"}]'
+  printf 'wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\nwrk.headers["Authorization"] = "%s"\n' "'$body'" "$token" >"$work/post.lua"
+  local flags=(--enable-configmap-reconciler=false --enable-namespace-reconciler=false --rabbitmq-exchange bench-rep-x --rabbitmq-queue bench-rep-q)
+  BENCH_WEB_PORT=18888 start_operator "${flags[@]}"; local a=$op_pid
+  BENCH_WEB_PORT=18889 BENCH_PROBE_PORT=18083 BENCH_METRICS_PORT=18082 start_operator "${flags[@]}"; local b=$op_pid
+  iptables -t nat -N IRBENCH 2>/dev/null || iptables -t nat -F IRBENCH
+  iptables -t nat -C OUTPUT -p tcp -d 127.0.0.1 --dport 18890 -j IRBENCH 2>/dev/null ||
+    iptables -t nat -I OUTPUT -p tcp -d 127.0.0.1 --dport 18890 -j IRBENCH
+  say "| processes | requests/s | p50 | p99 | CPU of each process (% of a core) | peak RSS of each | machine busy | non-2xx |"
+  say "|---|---|---|---|---|---|---|---|"
+  local r
+  for r in 1 2; do
+    iptables -t nat -F IRBENCH
+    if [ "$r" = 2 ]; then
+      iptables -t nat -A IRBENCH -p tcp -m statistic --mode nth --every 2 --packet 0 -j DNAT --to-destination 127.0.0.1:18889
+    fi
+    iptables -t nat -A IRBENCH -p tcp -j DNAT --to-destination 127.0.0.1:18888
+    local ca0 cb0 m0; ca0=$(cpu_s "$a"); cb0=$(cpu_s "$b"); m0=$(machine)
+    wrk -t2 -c"$c" -d"${d}s" --latency -s "$work/post.lua" http://127.0.0.1:18890/facts >"$work/wrk.txt"
+    local mbusy; mbusy=$(busy_pct "$m0" "$(machine)")
+    local rps; rps=$(awk '/Requests\/sec/{print $2}' "$work/wrk.txt")
+    local non2xx; non2xx=$(awk '/Non-2xx/{print $5}' "$work/wrk.txt"); non2xx=${non2xx:-0}
+    local cpus; cpus=$(python3 -c "print(f'{($(cpu_s "$a")-$ca0)/$d*100:.0f}% / {($(cpu_s "$b")-$cb0)/$d*100:.0f}%')")
+    printf '{"case":"replicas","series":"%s","n":%s,"rps":%s}\n' "${BENCH_SERIES:-insights-remote (Rust)}" "$r" "$rps" >>bench/results/curves.jsonl
+    say "| $r | $rps | $(awk '$1=="50%"{print $2}' "$work/wrk.txt") | $(awk '$1=="99%"{print $2}' "$work/wrk.txt") | $cpus | $(hwm_mib "$a") / $(hwm_mib "$b") MiB | ${mbusy}% | $non2xx |"
+  done
+  iptables -t nat -D OUTPUT -p tcp -d 127.0.0.1 --dport 18890 -j IRBENCH
+  iptables -t nat -F IRBENCH && iptables -t nat -X IRBENCH
+  kill -TERM "$a" "$b" 2>/dev/null; wait "$a" "$b" 2>/dev/null || true
+  rabbitmqctl delete_queue bench-rep-q >/dev/null 2>&1 || true
+  printf '%s' "{\"type\":\"direct.facts\",\"environment\":42,\"projectName\":\"bench\",\"environmentName\":\"main\",\"facts\":$body}" >"$work/msg.json"
+  local m0; m0=$(machine)
+  local ceil; ceil=$("$IRB" amqp-ceiling --exchange bench-ceil-x --queue bench-ceil-q --inflight "$c" --seconds "$d" --body-file "$work/msg.json")
+  say "| ceiling: raw lapin confirmed publishes ($c in flight) | $(echo "$ceil" | json rps | xargs printf %.0f) | $(echo "$ceil" | json p50_ms | xargs printf %.2f)ms | $(echo "$ceil" | json p99_ms | xargs printf %.2f)ms | | | $(busy_pct "$m0" "$(machine)")% | |"
+}
+
+# Key rotation (issue 25, point 1): N environments hold tokens signed with
+# key A, set by an InsightsRemoteConfig; the resource is changed to sign
+# with B and still accept A. Timed until every token Secret holds a token
+# that verifies with B (a paged list every 500 ms, less its own requests in
+# the count); meanwhile a token signed with A and one signed with B for one
+# environment are posted every 20 ms each (bench/rotation.py): A must be
+# accepted throughout, B from its first acceptance on.
+bench_rotation() {
+  header "Signing-key rotation with N environments"
+  local n=${BENCH_ROTATION:-10000}
+  local new_key=bench-signing-key-rotated-fedcba9876543210
+  k apply -f crds/insightsremoteconfig.yaml >/dev/null
+  k wait --for=condition=Established crd/insightsremoteconfigs.insights.lagoon.sh >/dev/null
+  local prefix="brot$n-$(date +%s)"
+  "$IRB" tokens --count "$n" --concurrency 16 --prefix "$prefix" --mode precreate >/dev/null
+  k -n default delete secret bench-key-a bench-key-b --ignore-not-found >/dev/null
+  k -n default create secret generic bench-key-a --from-literal=key="$KEY" >/dev/null
+  k -n default create secret generic bench-key-b --from-literal=key="$new_key" >/dev/null
+  irc() {
+    printf 'apiVersion: insights.lagoon.sh/v1alpha1\nkind: InsightsRemoteConfig\nmetadata: {name: bench-rotation, namespace: default}\nspec:\n  signingKey: %s\n' "$1" | k apply -f - >/dev/null
+  }
+  irc '{secretRef: {name: bench-key-a, key: key}}'
+  BENCH_CONFIG=bench-rotation start_operator --enable-configmap-reconciler=false \
+    --token-target-label insights-remote.bench/environment --rabbitmq-exchange bench-rot-x --rabbitmq-queue bench-rot-q
+  "$IRB" tokens --count "$n" --prefix "$prefix" --mode wait >/dev/null
+  rm -f "$work/stop"
+  python3 bench/rotation.py "$KEY" "$new_key" "$prefix-0" 1000000 "$prefix" env0 http://127.0.0.1:18888/facts "$work/stop" \
+    >"$work/rotation.json" &
+  local prober=$!
+  sleep 2
+  local cpu0; cpu0=$(cpu_s "$op_pid")
+  local r0; r0=$(api_requests)
+  local t0; t0=$(date +%s.%N)
+  irc '{secretRef: {name: bench-key-b, key: key}, previousSecretRefs: [{name: bench-key-a, key: key}]}'
+  local r; r=$("$IRB" tokens --count "$n" --prefix "$prefix" --mode rotated --key "$new_key")
+  local t1; t1=$(date +%s.%N)
+  local r1; r1=$(api_requests)
+  sleep 2
+  touch "$work/stop"; wait "$prober"
+  local p; p=$(cat "$work/rotation.json")
+  local cpu; cpu=$(python3 -c "print(round($(cpu_s "$op_pid")-$cpu0, 2))")
+  local hwm; hwm=$(hwm_mib "$op_pid")
+  stop_operator
+  # The bench's paged lists count as Secret requests: less them.
+  local per_ns; per_ns=$(python3 -c "print(round(max(0, $r1-$r0-$(echo "$r" | json polls))/$n, 2))")
+  say "| environments | all re-minted (s) | API requests per environment | CPU (s) | peak RSS | old-key token: accepted / refused | new-key token: accepted / refused before its first acceptance / after |"
+  say "|---|---|---|---|---|---|---|"
+  say "| $n | $(python3 -c "print(f'{$t1-$t0:.1f}')") | $per_ns | $cpu | ${hwm} MiB | $(echo "$p" | json old_ok) / $(echo "$p" | json old_refused) | $(echo "$p" | json new_ok) / $(python3 -c "print($(echo "$p" | json new_refused)-$(echo "$p" | json new_refused_after_first_ok))") / $(echo "$p" | json new_refused_after_first_ok) |"
+  rabbitmqctl delete_queue bench-rot-q >/dev/null 2>&1 || true
+  bash hack/control-plane.sh down >/dev/null && bash hack/control-plane.sh up >/dev/null
 }
 
 # Many tenants (issue 25, point 3): POST /facts with 1 token, then with
@@ -685,6 +791,8 @@ case "${1:-all}" in
   tenants) bench_tenants ;;
   environments) bench_environments ;;
   backlog) bench_backlog ;;
+  rotation) bench_rotation ;;
+  replicas) bench_replicas ;;
   footprint) bench_footprint ;;
   all) bench_footprint; bench_ingest; bench_hostile; bench_attacks; bench_configmaps; bench_postprocessors; bench_tokens; bench_memory; bench_recovery ;;
   *) echo "usage: bench/run.sh nodeha|ingest|recovery|hostile|attacks|configmaps|postprocessors|dtmemory|memory|tokens|footprint|all" >&2; exit 2 ;;

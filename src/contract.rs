@@ -45,6 +45,13 @@ pub const ANNOTATION_REJECTED_VERSION: &str = "insights.lagoon.sh/rejected-gener
 
 // The token Secret.
 pub const TOKEN_SECRET_NAME: &str = "insights-token";
+/// On an `insights-token` Secret, written by this operator: tokens of the
+/// namespace issued before this instant (RFC 3339) are refused.
+pub const ANNOTATION_VALID_FROM: &str = "insights.lagoon.sh/tokens-valid-from";
+/// On an `insights-token` Secret, set by an admin (any value): revoke every
+/// token of the namespace now. The operator mints a new token, moves
+/// [`ANNOTATION_VALID_FROM`] to now and removes this annotation.
+pub const ANNOTATION_REVOKE: &str = "insights.lagoon.sh/revoke-tokens";
 pub const TOKEN_SECRET_KEY: &str = "INSIGHTS_TOKEN";
 pub const LABEL_INSIGHTS_TOKEN: &str = "lagoon.sh/insights-token";
 pub const LABEL_DYNAMIC_SECRET: &str = "lagoon.sh/dynamic-secret";

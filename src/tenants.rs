@@ -34,13 +34,7 @@ use crate::cluster::{Cluster, NamespaceMeta};
 use crate::contract::{LABEL_ENVIRONMENT, LABEL_ENVIRONMENT_ID, LABEL_PROJECT};
 use crate::token::Claims;
 
-/// On an `insights-token` Secret, written by this operator: tokens of the
-/// namespace issued before this instant (RFC 3339) are refused.
-pub const ANNOTATION_VALID_FROM: &str = "insights.lagoon.sh/tokens-valid-from";
-/// On an `insights-token` Secret, set by an admin (any value): revoke every
-/// token of the namespace now. The operator mints a new token, moves
-/// [`ANNOTATION_VALID_FROM`] to now and removes this annotation.
-pub const ANNOTATION_REVOKE: &str = "insights.lagoon.sh/revoke-tokens";
+pub use crate::contract::{ANNOTATION_REVOKE, ANNOTATION_VALID_FROM};
 
 /// Why a token with a good signature is refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

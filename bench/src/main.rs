@@ -86,9 +86,13 @@ enum Cmd {
         prefix: String,
         /// operator | ceiling | precreate (namespaces only) | wait (Secrets
         /// only) | ceiling-secrets (the namespaces exist: a plain client's
-        /// Secret create in each, named `bench-ceiling`)
+        /// Secret create in each, named `bench-ceiling`) | rotated (until
+        /// every token Secret holds a token signed with `--key`)
         #[arg(long)]
         mode: String,
+        /// The new signing key (`rotated`).
+        #[arg(long, default_value = "")]
+        key: String,
     },
     /// A backlog as after an outage: `precreate` makes Lagoon namespaces
     /// and insights ConfigMaps spread over them; `drain` (started before the
@@ -189,7 +193,14 @@ async fn main() -> Result<()> {
             concurrency,
             prefix,
             mode,
-        } => tokens(count, concurrency, &prefix, &mode).await,
+            key,
+        } => {
+            if mode == "rotated" {
+                rotated(count, &prefix, &key).await
+            } else {
+                tokens(count, concurrency, &prefix, &mode).await
+            }
+        }
         Cmd::Backlog {
             prefix,
             namespaces,
@@ -963,6 +974,53 @@ async fn backlog_drain(spread: &Spread, host: &str, exchange: &str, queue: &str)
         json!({"bench": "backlog", "mode": "drain", "namespaces": spread.namespaces, "count": spread.count,
                "done_s": done, "deliveries": deliveries, "distinct": per_id.len(), "twice": twice,
                "settled": settled.is_ok()})
+    );
+    Ok(())
+}
+
+/// Polls the token Secrets of the namespaces `{prefix}-*` (a paged list of
+/// the Secrets named `insights-token`, every 500 ms) until `count` of them
+/// hold a token that verifies with `key` as the current key.
+async fn rotated(count: usize, prefix: &str, key: &str) -> Result<()> {
+    use insights_remote::token::KeyRing;
+    let ring = KeyRing::with_previous(key, std::iter::empty::<&[u8]>())?;
+    let client = Client::try_default().await?;
+    let secrets: Api<Secret> = Api::all(client);
+    let started = Instant::now();
+    let mine = format!("{prefix}-");
+    let mut polls = 0u64;
+    loop {
+        let mut signed = 0;
+        let mut params = ListParams::default()
+            .fields("metadata.name=insights-token")
+            .limit(500);
+        loop {
+            polls += 1;
+            let page = secrets.list(&params).await?;
+            signed += page
+                .items
+                .iter()
+                .filter(|s| s.namespace().is_some_and(|n| n.starts_with(&mine)))
+                .filter_map(|s| s.data.as_ref()?.get("INSIGHTS_TOKEN"))
+                .filter_map(|t| std::str::from_utf8(&t.0).ok())
+                .filter(|t| ring.verify_current(t).is_ok())
+                .count();
+            match page.metadata.continue_ {
+                Some(c) if !c.is_empty() => params = params.continue_token(&c),
+                _ => break,
+            }
+        }
+        if signed >= count {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(900) {
+            anyhow::bail!("timed out with {signed} tokens signed with the new key");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "{}",
+        json!({"bench": "tokens", "mode": "rotated", "count": count, "done_s": started.elapsed().as_secs_f64(), "polls": polls})
     );
     Ok(())
 }
