@@ -22,14 +22,14 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use futures::{FutureExt, StreamExt};
+use std::borrow::Cow;
+
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, store::Writer, ObjectRef, Store};
+use kube::runtime::reflector::{self, store::Writer, Lookup, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client, Resource, ResourceExt};
-
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{Api, Client, ResourceExt};
 
 use crate::contract::{
     ANNOTATION_REVOKE, ANNOTATION_VALID_FROM, LABEL_ENVIRONMENT, LABEL_ENVIRONMENT_TYPE,
@@ -39,16 +39,84 @@ use crate::contract::{
 pub type NamespaceMeta = PartialObjectMeta<Namespace>;
 pub type SecretMeta = PartialObjectMeta<Secret>;
 
+/// A token Secret as its store keeps it: where it is, its version and its
+/// revocation annotations. At 10,000 environments the Secrets' metadata
+/// (a map node of about half a KiB per map, and `ObjectMeta` itself) was
+/// the largest part of the heap (`bash bench/profile.sh heap`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TokenSecret {
+    pub namespace: String,
+    pub resource_version: String,
+    /// It carries [`ANNOTATION_REVOKE`].
+    pub revoke: bool,
+    /// Its [`ANNOTATION_VALID_FROM`].
+    pub valid_from: Option<String>,
+}
+
+impl From<SecretMeta> for TokenSecret {
+    fn from(s: SecretMeta) -> Self {
+        let mut m = s.metadata;
+        let mut annotations = m.annotations.take().unwrap_or_default();
+        TokenSecret {
+            namespace: m.namespace.take().unwrap_or_default(),
+            resource_version: m.resource_version.take().unwrap_or_default(),
+            revoke: annotations.contains_key(ANNOTATION_REVOKE),
+            valid_from: annotations.remove(ANNOTATION_VALID_FROM),
+        }
+    }
+}
+
+impl Lookup for TokenSecret {
+    type DynamicType = ();
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "Secret".into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "secrets".into()
+    }
+    fn name(&self) -> Option<Cow<'_, str>> {
+        Some(TOKEN_SECRET_NAME.into())
+    }
+    fn namespace(&self) -> Option<Cow<'_, str>> {
+        Some(self.namespace.as_str().into())
+    }
+    fn resource_version(&self) -> Option<Cow<'_, str>> {
+        Some(self.resource_version.as_str().into())
+    }
+    fn uid(&self) -> Option<Cow<'_, str>> {
+        None
+    }
+}
+
+/// The token Secret watch's events, each Secret kept as a [`TokenSecret`].
+fn compact(ev: watcher::Event<SecretMeta>) -> watcher::Event<TokenSecret> {
+    use watcher::Event as E;
+    match ev {
+        E::Apply(s) => E::Apply(s.into()),
+        E::Delete(s) => E::Delete(s.into()),
+        E::Init => E::Init,
+        E::InitApply(s) => E::InitApply(s.into()),
+        E::InitDone => E::InitDone,
+    }
+}
+
 /// The stores, readable from the start (empty and not ready until the
 /// first list).
 pub struct Cluster {
     pub namespaces: Store<NamespaceMeta>,
-    pub token_secrets: Store<SecretMeta>,
+    pub token_secrets: Store<TokenSecret>,
     /// False from a failed token Secret watch until its next event.
     secrets_current: AtomicBool,
     /// How many complete lists of the namespaces arrived.
     namespace_lists: tokio::sync::watch::Sender<u64>,
-    writers: Mutex<Option<(Writer<NamespaceMeta>, Writer<SecretMeta>)>>,
+    writers: Mutex<Option<(Writer<NamespaceMeta>, Writer<TokenSecret>)>>,
 }
 
 impl Default for Cluster {
@@ -69,7 +137,7 @@ impl Default for Cluster {
 /// store, and each watch error (named `namespaces` or `token-secrets`).
 pub trait Observer: Send {
     fn namespace(&mut self, _event: &watcher::Event<NamespaceMeta>) {}
-    fn token_secret(&mut self, _event: &watcher::Event<SecretMeta>) {}
+    fn token_secret(&mut self, _event: &watcher::Event<TokenSecret>) {}
     fn error(&mut self, watch: &'static str, error: &watcher::Error);
 }
 
@@ -112,7 +180,7 @@ impl Cluster {
     }
 
     /// A namespace's token Secret, if listed.
-    pub fn token_secret(&self, namespace: &str) -> Option<std::sync::Arc<SecretMeta>> {
+    pub fn token_secret(&self, namespace: &str) -> Option<std::sync::Arc<TokenSecret>> {
         self.token_secrets
             .get(&ObjectRef::new(TOKEN_SECRET_NAME).within(namespace))
     }
@@ -126,7 +194,7 @@ impl Cluster {
     /// A token Secret event arrived: a change or a complete list shows the
     /// watch works (and missed nothing: it resumes where it stopped, or
     /// lists again).
-    fn secret_event(&self, ev: &watcher::Event<SecretMeta>) {
+    fn secret_event(&self, ev: &watcher::Event<TokenSecret>) {
         if !matches!(ev, watcher::Event::Init | watcher::Event::InitApply(_)) {
             self.secrets_current.store(true, Ordering::Relaxed);
         }
@@ -155,14 +223,13 @@ impl Cluster {
         };
         let secret_config =
             watcher::Config::default().fields(&format!("metadata.name={TOKEN_SECRET_NAME}"));
-        let namespaces = narrow(
-            watcher::watcher(Api::<NamespaceMeta>::all(client), ns_config),
-            keep_namespace,
-        );
-        let secrets = narrow(
-            watcher::watcher(secret_api, secret_config),
-            keep_token_secret,
-        );
+        let namespaces = narrow(watcher::watcher(
+            Api::<NamespaceMeta>::all(client),
+            ns_config,
+        ));
+        let secrets = watcher::watcher(secret_api, secret_config)
+            .default_backoff()
+            .map_ok(compact);
         let mut namespaces = reflector::reflector(ns_writer, namespaces).boxed();
         let mut secrets = reflector::reflector(secret_writer, secrets).boxed();
         tokio::pin!(stop);
@@ -205,7 +272,7 @@ impl Cluster {
     }
 
     /// Applies an event as the token Secret watch would (unit tests).
-    pub fn feed_token_secret(&self, ev: &watcher::Event<SecretMeta>) {
+    pub fn feed_token_secret(&self, ev: &watcher::Event<TokenSecret>) {
         let mut w = self.writers.lock().unwrap();
         w.as_mut().unwrap().1.apply_watcher_event(ev);
         self.secret_event(ev);
@@ -242,54 +309,27 @@ where
     store.wait_until_ready().now_or_never().is_some()
 }
 
-/// A watch that restarts with kube's default backoff, its objects kept
-/// with only what this process reads (`keep`): at 10,000 environments the
-/// stores hold 20,000 objects, and every map kept costs a node of about
-/// half a KiB each (`bash bench/profile.sh heap`).
-fn narrow<K: Resource + Clone + Send + 'static>(
-    events: impl futures::Stream<Item = watcher::Result<watcher::Event<PartialObjectMeta<K>>>>
-        + Send
-        + 'static,
-    keep: fn(&mut ObjectMeta),
-) -> impl futures::Stream<Item = watcher::Result<watcher::Event<PartialObjectMeta<K>>>> + Send
-where
-    PartialObjectMeta<K>: Clone,
-{
-    events
-        .default_backoff()
-        .modify(move |o| keep(&mut o.metadata))
-}
-
-/// What is read of a namespace: its name, labels (the environment, and
-/// whatever label the settings target), uid (Events name it), creation
-/// and deletion times. `managedFields` alone is most of its metadata.
-fn keep_namespace(m: &mut ObjectMeta) {
-    m.managed_fields = None;
-    m.annotations = None;
-    m.owner_references = None;
-    m.finalizers = None;
-}
-
-/// What is read of a token Secret: its namespace, version and the two
-/// revocation annotations (not its labels, nor what kubectl or others
-/// annotate it with).
-fn keep_token_secret(m: &mut ObjectMeta) {
-    m.managed_fields = None;
-    m.labels = None;
-    m.uid = None;
-    m.owner_references = None;
-    m.finalizers = None;
-    if let Some(a) = m.annotations.as_mut() {
-        a.retain(|k, _| k == ANNOTATION_REVOKE || k == ANNOTATION_VALID_FROM);
-        if a.is_empty() {
-            m.annotations = None;
-        }
-    }
+/// The namespace watch, restarting with kube's default backoff, each
+/// namespace kept with only what is read: its name, labels (the
+/// environment, and whatever label the settings target), uid (Events name
+/// it), creation and deletion times. `managedFields` alone is most of its
+/// metadata, and every map kept costs a node of about half a KiB.
+fn narrow(
+    events: impl futures::Stream<Item = watcher::Result<watcher::Event<NamespaceMeta>>> + Send + 'static,
+) -> impl futures::Stream<Item = watcher::Result<watcher::Event<NamespaceMeta>>> + Send {
+    events.default_backoff().modify(|o| {
+        let m = &mut o.metadata;
+        m.managed_fields = None;
+        m.annotations = None;
+        m.owner_references = None;
+        m.finalizers = None;
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn meta(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> ObjectMeta {
         let map = |kv: &[(&str, &str)]| {
@@ -314,36 +354,56 @@ mod tests {
     #[test]
     fn stores_keep_what_is_read() {
         let last_applied = ("kubectl.kubernetes.io/last-applied-configuration", "{}");
-        // A token Secret: the revocation marks and the version stay.
-        let mut s = meta(
-            &[(LABEL_PROJECT, "demo")],
-            &[
-                (ANNOTATION_VALID_FROM, "2026-12-07T00:00:00Z"),
-                (ANNOTATION_REVOKE, "x"),
-                last_applied,
-            ],
-        );
-        keep_token_secret(&mut s);
+        // A token Secret: its place, version and revocation marks.
+        let mut s = SecretMeta {
+            metadata: meta(
+                &[(LABEL_PROJECT, "demo")],
+                &[
+                    (ANNOTATION_VALID_FROM, "2026-12-07T00:00:00Z"),
+                    (ANNOTATION_REVOKE, "x"),
+                    last_applied,
+                ],
+            ),
+            ..Default::default()
+        };
+        let kept = TokenSecret::from(s.clone());
         assert_eq!(
-            s.annotations.as_ref().unwrap().keys().collect::<Vec<_>>(),
-            [ANNOTATION_REVOKE, ANNOTATION_VALID_FROM]
+            kept,
+            TokenSecret {
+                namespace: "demo-main".into(),
+                resource_version: "42".into(),
+                revoke: true,
+                valid_from: Some("2026-12-07T00:00:00Z".into()),
+            }
         );
-        assert_eq!(s.resource_version.as_deref(), Some("42"));
-        assert_eq!(s.namespace.as_deref(), Some("demo-main"));
-        assert!(s.labels.is_none() && s.uid.is_none() && s.managed_fields.is_none());
-        // No mark at all: no map.
-        let mut plain = meta(&[], &[last_applied]);
-        keep_token_secret(&mut plain);
-        assert!(plain.annotations.is_none());
+        // Found in its store by the Secret's own reference.
+        let (store, mut writer) = reflector::store::<TokenSecret>();
+        writer.apply_watcher_event(&watcher::Event::Apply(kept.clone()));
+        let by_ref = ObjectRef::<TokenSecret>::new(TOKEN_SECRET_NAME).within("demo-main");
+        assert_eq!(store.get(&by_ref).as_deref(), Some(&kept));
+        s.metadata.annotations = None;
+        let plain = TokenSecret::from(s);
+        assert!(!plain.revoke && plain.valid_from.is_none());
         // A namespace: every label (a target label is a setting) and the uid
         // (Events name it) stay; annotations go.
-        let mut n = meta(
-            &[(LABEL_PROJECT, "demo"), ("any/target", "true")],
-            &[last_applied],
+        let n = NamespaceMeta {
+            metadata: meta(
+                &[(LABEL_PROJECT, "demo"), ("any/target", "true")],
+                &[last_applied],
+            ),
+            ..Default::default()
+        };
+        let ev = futures::executor::block_on(
+            Box::pin(narrow(futures::stream::iter([Ok(watcher::Event::Apply(
+                n,
+            ))])))
+            .next(),
         );
-        keep_namespace(&mut n);
-        assert_eq!(n.labels.as_ref().unwrap().len(), 2);
-        assert!(n.uid.is_some());
-        assert!(n.annotations.is_none() && n.managed_fields.is_none());
+        let Some(Ok(watcher::Event::Apply(n))) = ev else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(n.metadata.labels.as_ref().unwrap().len(), 2);
+        assert!(n.metadata.uid.is_some());
+        assert!(n.metadata.annotations.is_none() && n.metadata.managed_fields.is_none());
     }
 }

@@ -96,10 +96,19 @@ pub enum Mark {
 
 impl Mark {
     pub fn of(annotations: &std::collections::BTreeMap<String, String>) -> Mark {
-        if annotations.contains_key(ANNOTATION_REVOKE) {
+        Self::from_marks(
+            annotations.contains_key(ANNOTATION_REVOKE),
+            annotations.get(ANNOTATION_VALID_FROM).map(String::as_str),
+        )
+    }
+
+    /// From whether [`ANNOTATION_REVOKE`] is there and the value of
+    /// [`ANNOTATION_VALID_FROM`].
+    pub fn from_marks(revoke: bool, valid_from: Option<&str>) -> Mark {
+        if revoke {
             return Mark::All;
         }
-        match annotations.get(ANNOTATION_VALID_FROM) {
+        match valid_from {
             None => Mark::None,
             Some(v) => match v.parse::<Timestamp>() {
                 Ok(t) => Mark::From(t.as_millisecond() as f64 / 1000.0),
@@ -263,7 +272,7 @@ impl Tenants {
         let mark = self
             .cluster
             .token_secret(&claims.namespace)
-            .map(|s| Mark::of(s.annotations()));
+            .map(|s| Mark::from_marks(s.revoke, s.valid_from.as_deref()));
         judge(
             self.env(&claims.namespace).as_ref(),
             self.owner(&claims.environment_id).as_deref(),

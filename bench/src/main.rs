@@ -796,10 +796,17 @@ async fn backlog_precreate(spread: &Spread, concurrency: usize) -> Result<()> {
     futures::stream::iter(0..spread.count)
         .for_each_concurrent(concurrency, |i| {
             let api: Api<ConfigMap> = Api::namespaced(client.clone(), &spread.namespace(i));
+            // Speaking for its own namespace's environment (a ConfigMap
+            // naming another one is rejected, not forwarded).
+            let mut cm = insights_cm(i, true);
+            let labels = cm.metadata.labels.get_or_insert_default();
+            labels.insert("lagoon.sh/project".into(), "bench-backlog".into());
+            labels.insert(
+                "lagoon.sh/environment".into(),
+                format!("env{}", i % spread.namespaces),
+            );
             async move {
-                api.create(&PostParams::default(), &insights_cm(i, true))
-                    .await
-                    .unwrap();
+                api.create(&PostParams::default(), &cm).await.unwrap();
             }
         })
         .await;

@@ -260,7 +260,7 @@ impl crate::cluster::Observer for Observer {
         }
     }
 
-    fn token_secret(&mut self, ev: &kube::runtime::watcher::Event<crate::cluster::SecretMeta>) {
+    fn token_secret(&mut self, ev: &kube::runtime::watcher::Event<crate::cluster::TokenSecret>) {
         self.0.token_secrets.observe(&self.0.cluster, ev);
     }
 

@@ -15,10 +15,9 @@ use std::sync::Mutex;
 use crate::cluster::NamespaceMeta;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::ResourceExt;
 use tokio::sync::mpsc;
 
-use crate::cluster::{Cluster, SecretMeta};
+use crate::cluster::{Cluster, TokenSecret};
 use crate::token::Claims;
 
 /// A token Secret this process verified or wrote.
@@ -80,7 +79,7 @@ impl TokenSecrets {
         let listed = cluster.token_secrets_current().then(|| {
             cluster
                 .token_secret(namespace)
-                .map(|s| s.resource_version().unwrap_or_default())
+                .map(|s| s.resource_version.clone())
         });
         let verified = self.verified.lock().expect("token cache lock");
         judge(
@@ -118,7 +117,7 @@ impl TokenSecrets {
     /// changed or went away behind this process's back (also while the
     /// watch was down, found when a new full list arrives) are sent to the
     /// token reconciler, and returned.
-    pub fn observe(&self, cluster: &Cluster, ev: &watcher::Event<SecretMeta>) -> Vec<String> {
+    pub fn observe(&self, cluster: &Cluster, ev: &watcher::Event<TokenSecret>) -> Vec<String> {
         let changed = {
             let mut verified = self.verified.lock().expect("token cache lock");
             changed(cluster, &mut verified, ev)
@@ -135,35 +134,26 @@ impl TokenSecrets {
 fn changed(
     cluster: &Cluster,
     verified: &mut HashMap<String, Verified>,
-    ev: &watcher::Event<SecretMeta>,
+    ev: &watcher::Event<TokenSecret>,
 ) -> Vec<String> {
     match ev {
         watcher::Event::Apply(s) => {
-            let Some(ns) = s.namespace() else {
-                return vec![];
-            };
-            let rv = s.resource_version().unwrap_or_default();
-            let ours = verified.get(&ns).is_some_and(|v| v.resource_version == rv);
+            let ours = verified
+                .get(&s.namespace)
+                .is_some_and(|v| v.resource_version == s.resource_version);
             if ours {
                 vec![]
             } else {
-                vec![ns]
+                vec![s.namespace.clone()]
             }
         }
         watcher::Event::Delete(s) => {
-            let Some(ns) = s.namespace() else {
-                return vec![];
-            };
-            verified.remove(&ns);
-            vec![ns]
+            verified.remove(&s.namespace);
+            vec![s.namespace.clone()]
         }
         watcher::Event::Init | watcher::Event::InitApply(_) => vec![],
         watcher::Event::InitDone => {
-            let now = |ns: &str| {
-                cluster
-                    .token_secret(ns)
-                    .map(|s| s.resource_version().unwrap_or_default())
-            };
+            let now = |ns: &str| cluster.token_secret(ns).map(|s| s.resource_version.clone());
             let changed: Vec<String> = verified
                 .iter()
                 .filter(|(ns, v)| now(ns).as_deref() != Some(v.resource_version.as_str()))
@@ -234,16 +224,16 @@ mod tests {
         }
     }
 
-    fn secret(ns: &str, rv: &str) -> SecretMeta {
-        let mut s = SecretMeta::default();
-        s.metadata.name = Some(crate::contract::TOKEN_SECRET_NAME.into());
-        s.metadata.namespace = Some(ns.into());
-        s.metadata.resource_version = Some(rv.into());
-        s
+    fn secret(ns: &str, rv: &str) -> TokenSecret {
+        TokenSecret {
+            namespace: ns.into(),
+            resource_version: rv.into(),
+            ..Default::default()
+        }
     }
 
     /// Feeds an event as the watch does: into the store, then observed.
-    fn feed(cluster: &Cluster, c: &TokenSecrets, ev: watcher::Event<SecretMeta>) -> Vec<String> {
+    fn feed(cluster: &Cluster, c: &TokenSecrets, ev: watcher::Event<TokenSecret>) -> Vec<String> {
         cluster.feed_token_secret(&ev);
         c.observe(cluster, &ev)
     }
