@@ -62,7 +62,7 @@ stop_operator() { kill -TERM "$op_pid" 2>/dev/null; wait "$op_pid" 2>/dev/null |
 
 header() {
   say ""
-  say "### $1 ($(date -u +%H:%M) UTC, $(nproc) cores, $(git rev-parse --short HEAD)${BENCH_BIN:+, binary $BENCH_BIN}${CONFIGMAP_RECONCILER_MAX_CONCURRENT:+, CONFIGMAP_RECONCILER_MAX_CONCURRENT=$CONFIGMAP_RECONCILER_MAX_CONCURRENT})"
+  say "### $1 ($(date -u +%H:%M) UTC, $(nproc) cores, $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo " with uncommitted changes to the product")${BENCH_BIN:+, binary $BENCH_BIN}${CONFIGMAP_RECONCILER_MAX_CONCURRENT:+, CONFIGMAP_RECONCILER_MAX_CONCURRENT=$CONFIGMAP_RECONCILER_MAX_CONCURRENT})"
   say ""
 }
 
@@ -277,6 +277,10 @@ bench_replicas() {
   local m0; m0=$(machine)
   local ceil; ceil=$("$IRB" amqp-ceiling --exchange bench-ceil-x --queue bench-ceil-q --inflight "$c" --seconds "$d" --body-file "$work/msg.json")
   say "| ceiling: raw lapin confirmed publishes ($c in flight) | $(echo "$ceil" | json rps | xargs printf %.0f) | $(echo "$ceil" | json p50_ms | xargs printf %.2f)ms | $(echo "$ceil" | json p99_ms | xargs printf %.2f)ms | | | $(busy_pct "$m0" "$(machine)")% | |"
+  for r in 1 2; do
+    printf '{"case":"replicas","series":"ceiling: raw confirmed publishes","n":%s,"rps":%s}\n' "$r" "$(echo "$ceil" | json rps)" >>bench/results/curves.jsonl
+  done
+  python3 bench/plot.py replicas "processes behind one address" "POST /facts" rps
 }
 
 # Key rotation (issue 25, point 1): N environments hold tokens signed with

@@ -801,10 +801,12 @@ async fn backlog_precreate(spread: &Spread, concurrency: usize) -> Result<()> {
             let mut cm = insights_cm(i, true);
             let labels = cm.metadata.labels.get_or_insert_default();
             labels.insert("lagoon.sh/project".into(), "bench-backlog".into());
-            labels.insert(
-                "lagoon.sh/environment".into(),
-                format!("env{}", i % spread.namespaces),
-            );
+            let env = format!("env{}", i % spread.namespaces);
+            labels.insert("lagoon.sh/environment".into(), env.clone());
+            cm.metadata
+                .annotations
+                .get_or_insert_default()
+                .insert("lagoon.sh/branch".into(), env);
             async move {
                 api.create(&PostParams::default(), &cm).await.unwrap();
             }

@@ -48,13 +48,25 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let lists = WatchStream::new(ctx.cluster.namespace_lists()).map(|_| ());
     let keys_changed = WatchStream::from_changes(ctx.keys.subscribe()).map(|_| ());
     let ops_changed = WatchStream::from_changes(ctx.ops.subscribe()).map(|_| ());
-    let trigger =
-        futures::stream::select(lists, futures::stream::select(keys_changed, ops_changed));
+    // Every one every `token_resync` in any case, all in one pass: a
+    // namespace whose token is in order is not kept in the controller's
+    // queue between passes (10,000 namespaces held 7.7 MiB there, see
+    // bench/README.md), and costs no API call when the pass comes.
+    let mut every = tokio::time::interval_at(
+        tokio::time::Instant::now() + ctx.token_resync,
+        ctx.token_resync,
+    );
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let resync = tokio_stream::wrappers::IntervalStream::new(every).map(|_| ());
+    let trigger = futures::stream::select(
+        futures::stream::select(lists, resync),
+        futures::stream::select(keys_changed, ops_changed),
+    );
     info!(resync = ?ctx.token_resync, "keeping environment token Secrets");
     // A namespace the watch shows changed, or whose token Secret changed
     // behind our back (see crate::cluster, followed by name and metadata
-    // only), is re-checked at once; every one every `token_resync` in any
-    // case. A new term trusts nothing an earlier one verified.
+    // only), is re-checked at once. A new term trusts nothing an earlier
+    // one verified.
     let (recheck_tx, recheck_rx) = tokio::sync::mpsc::channel(1024);
     ctx.token_secrets.term(Some(recheck_tx));
     // Objects come only from the store (the trigger stream is empty).
@@ -341,7 +353,8 @@ pub async fn reconcile(ns: Arc<NamespaceMeta>, ctx: Arc<Context>) -> Result<Acti
         }
         Ownership::Mine => {
             ensure_token(&ctx, &ns.name_any(), &claims).await?;
-            Ok(Action::requeue(ctx.token_resync))
+            // The next look comes with the periodic pass (see `run`).
+            Ok(Action::await_change())
         }
     }
 }
@@ -359,11 +372,8 @@ async fn ensure_token(ctx: &Context, name: &str, claims: &Claims) -> Result<()> 
         Known::Absent => None,
         Known::Unknown => api.get_opt(TOKEN_SECRET_NAME).await?,
     };
-    let verified = |s: &Secret| Verified {
-        resource_version: s.resource_version().unwrap_or_default(),
-        key: key.clone(),
-        claims: claims.clone(),
-    };
+    let verified =
+        |s: &Secret| Verified::new(&s.resource_version().unwrap_or_default(), &key, claims);
     if let Some(s) = existing
         .as_ref()
         .filter(|s| up_to_date(Some(s), claims, &keys))

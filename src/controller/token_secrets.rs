@@ -20,13 +20,42 @@ use tokio::sync::mpsc;
 use crate::cluster::{Cluster, TokenSecret};
 use crate::token::Claims;
 
-/// A token Secret this process verified or wrote.
+/// A token Secret this process verified or wrote: its resourceVersion and
+/// a digest of the key fingerprint and claims it was verified for (one
+/// entry per Lagoon namespace: 16 bytes instead of five strings).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verified {
-    pub resource_version: String,
-    /// Fingerprint of the key that signed it.
-    pub key: String,
-    pub claims: Claims,
+    pub resource_version: Box<str>,
+    digest: [u8; 16],
+}
+
+impl Verified {
+    /// `key` is the fingerprint of the key that signed it.
+    pub fn new(resource_version: &str, key: &str, claims: &Claims) -> Self {
+        Verified {
+            resource_version: resource_version.into(),
+            digest: digest(key, claims),
+        }
+    }
+}
+
+/// SHA-256 (first 128 bits) of the key fingerprint and the claims, each
+/// length-prefixed so no two different inputs share a byte string.
+fn digest(key: &str, claims: &Claims) -> [u8; 16] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [
+        key,
+        &claims.namespace,
+        &claims.environment_id,
+        &claims.project_name,
+        &claims.environment_name,
+    ] {
+        ctx.update(&(part.len() as u64).to_le_bytes());
+        ctx.update(part.as_bytes());
+    }
+    let mut out = [0; 16];
+    out.copy_from_slice(&ctx.finish().as_ref()[..16]);
+    out
 }
 
 /// What the cache says about one namespace's token Secret.
@@ -56,9 +85,7 @@ pub fn judge(
         Some(None) if verified.is_some() => Known::Unknown,
         Some(None) => Known::Absent,
         Some(Some(rv)) => match verified {
-            Some(v) if v.resource_version == rv && v.key == key && v.claims == *claims => {
-                Known::Good
-            }
+            Some(v) if &*v.resource_version == rv && v.digest == digest(key, claims) => Known::Good,
             _ => Known::Unknown,
         },
     }
@@ -140,7 +167,7 @@ fn changed(
         watcher::Event::Apply(s) => {
             let ours = verified
                 .get(&s.namespace)
-                .is_some_and(|v| v.resource_version == s.resource_version);
+                .is_some_and(|v| *v.resource_version == *s.resource_version);
             if ours {
                 vec![]
             } else {
@@ -156,7 +183,7 @@ fn changed(
             let now = |ns: &str| cluster.token_secret(ns).map(|s| s.resource_version.clone());
             let changed: Vec<String> = verified
                 .iter()
-                .filter(|(ns, v)| now(ns).as_deref() != Some(v.resource_version.as_str()))
+                .filter(|(ns, v)| now(ns).as_deref() != Some(&*v.resource_version))
                 .map(|(ns, _)| ns.clone())
                 .collect();
             for ns in &changed {
@@ -183,11 +210,7 @@ mod tests {
     }
 
     fn verified(rv: &str, key: &str, env: &str) -> Verified {
-        Verified {
-            resource_version: rv.into(),
-            key: key.into(),
-            claims: claims(env),
-        }
+        Verified::new(rv, key, &claims(env))
     }
 
     type Case<'a> = (
@@ -203,6 +226,14 @@ mod tests {
         let v = verified("7", "k1", "main");
         let c = claims("main");
         let dev = claims("dev");
+        let other_id = Claims {
+            environment_id: "43".into(),
+            ..claims("main")
+        };
+        let other_project = Claims {
+            project_name: "demo2".into(),
+            ..claims("main")
+        };
         // (listed, verified, key, claims) -> decision
         let cases: Vec<Case> = vec![
             (None, Some(&v), "k1", &c, Known::Unknown),
@@ -213,6 +244,14 @@ mod tests {
             (Some(Some("8")), Some(&v), "k1", &c, Known::Unknown),
             (Some(Some("7")), Some(&v), "k2", &c, Known::Unknown),
             (Some(Some("7")), Some(&v), "k1", &dev, Known::Unknown),
+            (Some(Some("7")), Some(&v), "k1", &other_id, Known::Unknown),
+            (
+                Some(Some("7")),
+                Some(&v),
+                "k1",
+                &other_project,
+                Known::Unknown,
+            ),
             (Some(Some("7")), None, "k1", &c, Known::Unknown),
         ];
         for (listed, ver, key, cl, want) in cases {
