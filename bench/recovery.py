@@ -13,10 +13,12 @@ T is the Unix time in seconds when the answer arrived. Runs until killed.
 """
 
 import json
+import os
 import sys
 import time
-import urllib.error
-import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tokens import post_status  # noqa: E402
 
 url, token = sys.argv[1], sys.argv[2]
 body = json.dumps(
@@ -25,19 +27,7 @@ body = json.dumps(
 
 
 def post():
-    req = urllib.request.Request(
-        url,
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json", "Authorization": token},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return 0
+    return post_status(url, body, token, 5)
 
 
 def say(**kv):

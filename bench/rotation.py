@@ -11,11 +11,9 @@ import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from tokens import b64  # noqa: E402
+from tokens import b64, post_status  # noqa: E402
 import hashlib  # noqa: E402
 import hmac  # noqa: E402
 
@@ -29,15 +27,7 @@ def sign(key: bytes, claims: dict) -> str:
 
 def post(url: str, token: str) -> int:
     body = json.dumps([{"name": "rotation", "value": "1", "source": "bench", "type": "TEXT", "service": "cli"}]).encode()
-    req = urllib.request.Request(url, data=body, method="POST",
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return 0
+    return post_status(url, body, f"Bearer {token}", 10)
 
 
 def main():

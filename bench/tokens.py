@@ -17,6 +17,27 @@ def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def post_status(url: str, body: bytes, authorization: str, timeout: float) -> int:
+    """POSTs JSON on a new connection; the HTTP status, or 0 when no
+    answer came (refused, reset, timed out)."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": authorization},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return 0
+
+
 def token(key: bytes, i: int, now: float) -> str:
     header = b64(json.dumps({"typ": "JWT", "alg": "HS256"}, separators=(",", ":")).encode())
     claims = {

@@ -18,7 +18,7 @@ use kube::runtime::{reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -255,39 +255,32 @@ fn payload_cpu(count: usize) {
     }
 }
 
-async fn amqp_ceiling(
-    host: &str,
-    exchange: &str,
-    queue: &str,
-    inflight: usize,
-    seconds: u64,
-    body: &[u8],
-) -> Result<()> {
+/// A channel on the local broker with `exchange` (direct, durable) and
+/// `queue` (durable) declared and bound; the connection must be kept.
+async fn bound_channel(host: &str, exchange: &str, queue: &str) -> Result<(Connection, Channel)> {
     let conn = Connection::connect(
         &format!("amqp://guest:guest@{host}/%2f"),
         ConnectionProperties::default(),
     )
     .await?;
     let ch = conn.create_channel().await?;
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     ch.exchange_declare(
         exchange.into(),
         ExchangeKind::Direct,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
+        durable,
         FieldTable::default(),
     )
     .await?;
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.into(), durable, FieldTable::default())
+        .await?;
     ch.queue_bind(
         queue.into(),
         exchange.into(),
@@ -296,6 +289,18 @@ async fn amqp_ceiling(
         FieldTable::default(),
     )
     .await?;
+    Ok((conn, ch))
+}
+
+async fn amqp_ceiling(
+    host: &str,
+    exchange: &str,
+    queue: &str,
+    inflight: usize,
+    seconds: u64,
+    body: &[u8],
+) -> Result<()> {
+    let (_conn, ch) = bound_channel(host, exchange, queue).await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let lat = Arc::new(Mutex::new(Vec::<f64>::new()));
@@ -854,36 +859,7 @@ async fn backlog_ceiling(spread: &Spread, concurrency: usize) -> Result<()> {
 /// every distinct ConfigMap, so a ConfigMap forwarded twice shows.
 async fn backlog_drain(spread: &Spread, host: &str, exchange: &str, queue: &str) -> Result<()> {
     let client = Client::try_default().await?;
-    let conn = Connection::connect(
-        &format!("amqp://guest:guest@{host}/%2f"),
-        ConnectionProperties::default(),
-    )
-    .await?;
-    let ch = conn.create_channel().await?;
-    ch.exchange_declare(
-        exchange.into(),
-        ExchangeKind::Direct,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await?;
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.queue_declare(queue.into(), durable, FieldTable::default())
-        .await?;
-    ch.queue_bind(
-        queue.into(),
-        exchange.into(),
-        "".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
+    let (_conn, ch) = bound_channel(host, exchange, queue).await?;
     ch.basic_qos(500, BasicQosOptions::default()).await?;
     let mut deliveries = ch
         .basic_consume(
@@ -959,7 +935,8 @@ async fn backlog_drain(spread: &Spread, host: &str, exchange: &str, queue: &str)
                     queue.into(),
                     QueueDeclareOptions {
                         passive: true,
-                        ..durable
+                        durable: true,
+                        ..Default::default()
                     },
                     FieldTable::default(),
                 )
