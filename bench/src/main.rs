@@ -255,6 +255,22 @@ fn payload_cpu(count: usize) {
     }
 }
 
+/// Reads `queue` without acknowledgements, 500 messages in flight.
+async fn consume(ch: &Channel, queue: &str, tag: &str) -> Result<lapin::Consumer> {
+    ch.basic_qos(500, BasicQosOptions::default()).await?;
+    Ok(ch
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?)
+}
+
 /// A channel on the local broker with `exchange` (direct, durable) and
 /// `queue` (durable) declared and bound; the connection must be kept.
 async fn bound_channel(host: &str, exchange: &str, queue: &str) -> Result<(Connection, Channel)> {
@@ -441,18 +457,7 @@ async fn configmaps(
         )
         .await?;
         let ch = conn.create_channel().await?;
-        ch.basic_qos(500, BasicQosOptions::default()).await?;
-        let mut c = ch
-            .basic_consume(
-                queue.into(),
-                "bench".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let mut c = consume(&ch, queue, "bench").await?;
         let arrived = arrived_at.clone();
         Some(tokio::spawn(async move {
             let _keep = conn;
@@ -860,18 +865,7 @@ async fn backlog_ceiling(spread: &Spread, concurrency: usize) -> Result<()> {
 async fn backlog_drain(spread: &Spread, host: &str, exchange: &str, queue: &str) -> Result<()> {
     let client = Client::try_default().await?;
     let (_conn, ch) = bound_channel(host, exchange, queue).await?;
-    ch.basic_qos(500, BasicQosOptions::default()).await?;
-    let mut deliveries = ch
-        .basic_consume(
-            queue.into(),
-            "bench-backlog".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut deliveries = consume(&ch, queue, "bench-backlog").await?;
     // The caller starts the operator once this line is out.
     eprintln!("listening");
     let started = Instant::now();
