@@ -396,29 +396,34 @@ async fn custom_endpoint_without_a_key_fails_and_records_why() {
     let ns = namespace(&client, "dtnokey", &proj, "production").await;
     let (op, api) = local_dt_operator(&client, &ns, "dtnokey", dt_ops(&base, &key, false)).await;
     create_custom_sbom(&api, "sbom", &proj, "production", "cli", &base).await;
-    let a = wait_for("custom step failed", Duration::from_secs(60), || async {
-        api.get_opt("sbom")
-            .await
-            .unwrap()
-            .map(|cm| cm.annotations().clone())
-            .filter(|a| {
-                a.get("dependencytrack.insights.lagoon.sh/custom-status")
-                    .map(String::as_str)
-                    == Some("failure")
-                    && a.contains_key("dependencytrack.insights.lagoon.sh/default-status")
-            })
-    })
+    // The central upload may fail for a while too (a loaded server times
+    // out and the step is retried): wait for its success, not its first
+    // outcome.
+    let status = |a: &std::collections::BTreeMap<String, String>, k: &str| {
+        a.get(&format!("dependencytrack.insights.lagoon.sh/{k}"))
+            .cloned()
+    };
+    let a = wait_for(
+        "custom step failed, central upload done",
+        Duration::from_secs(120),
+        || async {
+            api.get_opt("sbom")
+                .await
+                .unwrap()
+                .map(|cm| cm.annotations().clone())
+                .filter(|a| {
+                    status(a, "custom-status").as_deref() == Some("failure")
+                        && status(a, "default-status").as_deref() == Some("success")
+                })
+        },
+    )
     .await;
     assert!(
         a["dependencytrack.insights.lagoon.sh/custom-status-error"].contains("lagoon-env"),
         "{a:?}"
     );
-    // The other steps went through and are not repeated.
+    // The other steps went through.
     assert_eq!(a["core.insights.lagoon.sh/status"], "success");
-    assert_eq!(
-        a["dependencytrack.insights.lagoon.sh/default-status"],
-        "success"
-    );
     op.stop().await;
     ns.cleanup().await;
 }
