@@ -67,19 +67,18 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     // behind our back (see crate::cluster, followed by name and metadata
     // only), is re-checked at once. A new term trusts nothing an earlier
     // one verified.
-    let (recheck_tx, recheck_rx) = tokio::sync::mpsc::channel(1024);
-    ctx.token_secrets.term(Some(recheck_tx));
+    let rechecks = ctx.token_secrets.term_starts();
     // Objects come only from the store (the trigger stream is empty).
     let no_watch = futures::stream::pending::<Result<NamespaceMeta, watcher::Error>>();
     Controller::for_stream(no_watch, ctx.cluster.namespaces.clone())
         .with_config(ControllerConfig::default().concurrency(TOKEN_RECONCILES_AT_ONCE))
         .reconcile_all_on(trigger)
-        .reconcile_on(tokio_stream::wrappers::ReceiverStream::new(recheck_rx))
+        .reconcile_on(rechecks)
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile_observed, error_policy, ctx.clone())
         .for_each(|_| async {})
         .await;
-    ctx.token_secrets.term(None);
+    ctx.token_secrets.term_ends();
 }
 
 async fn reconcile_observed(ns: Arc<NamespaceMeta>, ctx: Arc<Context>) -> Result<Action> {

@@ -9,10 +9,11 @@
 //! once (the watch triggers its namespace). Without the watch (denied, or
 //! not listed yet) every check falls back to a GET.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use crate::cluster::NamespaceMeta;
+use futures::{Stream, StreamExt};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use tokio::sync::mpsc;
@@ -91,6 +92,11 @@ pub fn judge(
     }
 }
 
+/// Re-checks waiting for the token reconciler, at most this many distinct
+/// namespaces (one namespace holds at most one place, however often its
+/// Secret changes; when full, the periodic pass covers the rest).
+pub const RECHECKS_WAITING: usize = 1024;
+
 /// What this process verified or wrote, beside the cluster's store of the
 /// Secrets ([`Cluster::token_secrets`]); and where to send the namespaces
 /// whose Secret changed behind its back (the token reconciler of the
@@ -99,6 +105,11 @@ pub fn judge(
 pub struct TokenSecrets {
     verified: Mutex<HashMap<String, Verified>>,
     recheck: Mutex<Option<mpsc::Sender<ObjectRef<NamespaceMeta>>>>,
+    /// The namespaces sent and not yet taken: a tenant that rewrites its
+    /// own Secret as fast as it can holds one place in the queue, not all
+    /// of them, so another namespace's hand-edited Secret is still put
+    /// right at once.
+    waiting: Arc<Mutex<HashSet<String>>>,
 }
 
 impl TokenSecrets {
@@ -125,18 +136,38 @@ impl TokenSecrets {
             .insert(namespace.to_string(), v);
     }
 
-    /// A leadership term starts (with the sender of its re-checks) or ends
-    /// (None): what an earlier term verified is not trusted.
-    pub fn term(&self, recheck: Option<mpsc::Sender<ObjectRef<NamespaceMeta>>>) {
+    /// A leadership term starts: what an earlier term verified is not
+    /// trusted, and the namespaces to re-check come out of the stream
+    /// returned (until [`TokenSecrets::term_ends`]).
+    pub fn term_starts(&self) -> impl Stream<Item = ObjectRef<NamespaceMeta>> + Send + 'static {
+        let (tx, rx) = mpsc::channel(RECHECKS_WAITING);
         self.verified.lock().expect("token cache lock").clear();
-        *self.recheck.lock().expect("token cache lock") = recheck;
+        self.waiting.lock().expect("token cache lock").clear();
+        *self.recheck.lock().expect("token cache lock") = Some(tx);
+        let waiting = self.waiting.clone();
+        tokio_stream::wrappers::ReceiverStream::new(rx).map(move |r: ObjectRef<NamespaceMeta>| {
+            waiting.lock().expect("token cache lock").remove(&r.name);
+            r
+        })
     }
 
-    /// Sends a namespace to the current term's token reconciler, if any
-    /// (when its queue is full, the periodic re-check covers it).
+    /// The term ends: nothing it verified is trusted, nothing is sent.
+    pub fn term_ends(&self) {
+        self.verified.lock().expect("token cache lock").clear();
+        *self.recheck.lock().expect("token cache lock") = None;
+        self.waiting.lock().expect("token cache lock").clear();
+    }
+
+    /// Sends a namespace to the current term's token reconciler, if any,
+    /// unless it is already waiting there (when the queue is full, the
+    /// periodic re-check covers it).
     pub fn recheck(&self, namespace: &str) {
-        if let Some(tx) = self.recheck.lock().expect("token cache lock").as_ref() {
-            let _ = tx.try_send(ObjectRef::new(namespace));
+        let recheck = self.recheck.lock().expect("token cache lock");
+        let Some(tx) = recheck.as_ref() else { return };
+        let mut waiting = self.waiting.lock().expect("token cache lock");
+        if waiting.insert(namespace.to_string()) && tx.try_send(ObjectRef::new(namespace)).is_err()
+        {
+            waiting.remove(namespace);
         }
     }
 
@@ -313,8 +344,44 @@ mod tests {
         );
         assert_eq!(known("b"), Known::Absent);
         // A new term trusts nothing the last one verified.
-        c.term(None);
+        c.term_ends();
         assert_eq!(known("a"), Known::Unknown);
+    }
+
+    /// One tenant rewriting its own Secret faster than anything is taken
+    /// holds one place among the waiting re-checks: another namespace's
+    /// hand edit still gets through (without the per-namespace check, the
+    /// tenant's 5,000 edits filled all 1,024 places and it was dropped).
+    #[test]
+    fn a_tenant_rewriting_its_secret_holds_one_place_in_the_queue() {
+        use futures::FutureExt;
+        let cluster = Cluster::default();
+        let c = TokenSecrets::default();
+        let mut rechecks = Box::pin(c.term_starts());
+        feed(&cluster, &c, watcher::Event::Init);
+        feed(&cluster, &c, watcher::Event::InitDone);
+        for rv in 0..5 * RECHECKS_WAITING {
+            let rv = rv.to_string();
+            assert_eq!(
+                feed(&cluster, &c, watcher::Event::Apply(secret("noisy", &rv))),
+                ["noisy"]
+            );
+        }
+        assert_eq!(
+            feed(&cluster, &c, watcher::Event::Apply(secret("quiet", "1"))),
+            ["quiet"]
+        );
+        let mut next = || rechecks.next().now_or_never().flatten().map(|r| r.name);
+        assert_eq!(next().as_deref(), Some("noisy"));
+        assert_eq!(next().as_deref(), Some("quiet"));
+        assert_eq!(next(), None, "nothing else waits");
+        // Once taken, the next edit is sent again.
+        feed(&cluster, &c, watcher::Event::Apply(secret("noisy", "x")));
+        assert_eq!(next().as_deref(), Some("noisy"));
+        // After the term, nothing is sent.
+        c.term_ends();
+        feed(&cluster, &c, watcher::Event::Apply(secret("quiet", "2")));
+        assert_eq!(next(), None);
     }
 
     /// A failing watch vouches for nothing until its next event, and a new
