@@ -19,7 +19,7 @@ use std::fmt;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tracing::warn;
+use tracing::{debug, warn};
 
 mod body;
 mod policy;
@@ -338,12 +338,15 @@ impl Client {
         path: &str,
     ) -> Result<(u16, Value), Error> {
         let (m, p) = (method.to_string(), path.to_string());
+        let started = std::time::Instant::now();
         let resp = req.send().await.map_err(|e| {
             warn!(endpoint = %self.base, %method, path, error = %with_causes(&e), "Dependency-Track request failed");
             Error::Connection { method: m.clone(), path: p.clone(), class: error_class(&e) }
         })?;
         let status = resp.status().as_u16();
-        let body = read_bounded(resp).await.map_err(|e| {
+        let body = read_bounded(resp).await;
+        debug!(endpoint = %self.base, %method, path, status, ms = started.elapsed().as_millis() as u64, "Dependency-Track answered");
+        let body = body.map_err(|e| {
             warn!(endpoint = %self.base, %method, path, error = %e, "reading Dependency-Track's answer failed");
             let detail = if e.starts_with("response larger than") {
                 e

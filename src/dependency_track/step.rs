@@ -47,9 +47,11 @@ pub async fn run_step(
     if let Some(o) = uploads.poll(&key) {
         return o;
     }
-    // No free slot: look again later, without reading or decompressing anything.
+    // No free slot: wait to be woken, without reading or decompressing anything.
     let ns = cm.namespace().unwrap_or_default();
+    let who = (ns.clone(), cm.name_any());
     if !uploads.has_free_slot(step, &ns) {
+        uploads.wait_for_slot(step, who);
         return Outcome::Running;
     }
     let info = match super::WriteInfo::from_labels(labels) {
@@ -111,8 +113,8 @@ pub async fn run_step(
     let limit = payload::decompressed_limit();
     let target = super::target(&dt.templates, &info, labels);
     let wait = uploads.timeout;
-    let (owner, name) = (ns.clone(), cm.name_any());
-    let started = uploads.try_start(key, &owner, async move {
+    let name = cm.name_any();
+    let started = uploads.try_start(key, &who, async move {
         let res = client.upload(&target, bom, limit, wait).await;
         match &res {
             Ok(()) => info!(namespace = %ns, %name, project = %target.project, step = step.name(), "SBOM uploaded to Dependency-Track"),
@@ -125,6 +127,7 @@ pub async fn run_step(
             step = step.name(),
             "all Dependency-Track upload slots busy; waiting"
         );
+        uploads.wait_for_slot(step, who);
     }
     Outcome::Running
 }

@@ -1,14 +1,22 @@
 //! Dependency-Track uploads run in the background, a bounded number at a
 //! time, so waiting on Dependency-Track (up to minutes per BOM) never holds a
 //! reconcile slot: the ConfigMap reconciler starts an upload, records the
-//! other steps and looks again until the result is there.
+//! other steps and looks again when the result is there.
+//!
+//! An upload that ends wakes its own ConfigMap (its result is ready) and the
+//! first ConfigMap waiting for a slot of its kind, in the order they came
+//! ([`Uploads::wakes`]): a slot is taken again at once, and a backlog
+//! waiting on Dependency-Track costs no reads while it waits (before, every
+//! waiting ConfigMap was read and checked again every 2 s, and a freed slot
+//! stayed idle until the next such look).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use futures::Stream;
+use tokio::sync::{mpsc, Semaphore};
 
 use super::{EndpointPolicy, GuardedResolver};
 use crate::postprocess::{Outcome, Step};
@@ -24,6 +32,32 @@ enum Job {
 /// Results nobody came back for (the ConfigMap was deleted) are dropped
 /// after this long.
 const KEEP_DONE: Duration = Duration::from_secs(600);
+
+/// A ConfigMap to look at again: namespace and name.
+pub type Who = (String, String);
+
+/// Wakes not yet taken by the ConfigMap reconciler (when full, its
+/// fallback recheck covers the rest).
+const WAKES_WAITING: usize = 256;
+
+/// Who waits for a slot, in order, and where wakes go.
+#[derive(Default)]
+struct Wakes {
+    tx: Option<mpsc::Sender<Who>>,
+    /// Waiting for a central slot / a per-namespace slot; each ConfigMap
+    /// once (the set).
+    central: VecDeque<Who>,
+    custom: VecDeque<Who>,
+    queued: HashSet<Who>,
+}
+
+impl Wakes {
+    fn send(&self, who: Who) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.try_send(who);
+        }
+    }
+}
 
 pub struct Uploads {
     pub http: reqwest::Client,
@@ -43,6 +77,7 @@ pub struct Uploads {
     custom_by_namespace: Arc<Mutex<HashMap<String, usize>>>,
     per_namespace: usize,
     jobs: Arc<Mutex<HashMap<Key, Job>>>,
+    wakes: Arc<Mutex<Wakes>>,
 }
 
 impl Uploads {
@@ -67,6 +102,28 @@ impl Uploads {
             // Half the slots, at least one.
             per_namespace: (slots / 2).max(1),
             jobs: Arc::default(),
+            wakes: Arc::default(),
+        }
+    }
+
+    /// The ConfigMaps to look at again (their upload ended, or a slot they
+    /// wait for is free), for the ConfigMap reconciler; a new call replaces
+    /// the last one's stream.
+    pub fn wakes(&self) -> impl Stream<Item = Who> + Send + 'static {
+        let (tx, rx) = mpsc::channel(WAKES_WAITING);
+        self.wakes.lock().expect("uploads lock").tx = Some(tx);
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+
+    /// `who` found no free slot for `step`: it is woken when one frees, in
+    /// the order of waiting (once, however often it asks).
+    pub fn wait_for_slot(&self, step: Step, who: Who) {
+        let mut w = self.wakes.lock().expect("uploads lock");
+        if w.queued.insert(who.clone()) {
+            match step {
+                Step::DependencyTrackCustom => w.custom.push_back(who),
+                _ => w.central.push_back(who),
+            }
         }
     }
 
@@ -85,14 +142,16 @@ impl Uploads {
         }
     }
 
-    /// Starts `upload` if a slot is free (for a per-namespace upload, one
-    /// its namespace `owner` may take); returns whether it started. When
-    /// none is free nothing is kept (the BOM is not held in memory while
-    /// waiting): the caller looks again later.
-    pub fn try_start<F>(&self, key: Key, owner: &str, upload: F) -> bool
+    /// Starts `upload` for ConfigMap `who` if a slot is free (for a
+    /// per-namespace upload, one its namespace may take); returns whether
+    /// it started. When none is free nothing is kept (the BOM is not held
+    /// in memory while waiting): the caller waits for a slot
+    /// ([`Uploads::wait_for_slot`]).
+    pub fn try_start<F>(&self, key: Key, who: &Who, upload: F) -> bool
     where
         F: Future<Output = Result<(), super::Error>> + Send + 'static,
     {
+        let owner = who.0.as_str();
         let custom = key.2 == Step::DependencyTrackCustom;
         // The namespace's share is checked and taken under one lock, so
         // concurrent reconciles cannot both take the last place.
@@ -113,6 +172,9 @@ impl Uploads {
             .expect("uploads lock")
             .insert(key.clone(), Job::Running);
         let jobs = self.jobs.clone();
+        let (wakes, who) = (self.wakes.clone(), who.clone());
+        self.wakes.lock().expect("uploads lock").queued.remove(&who);
+        let (custom_counts, per_namespace) = (self.custom_by_namespace.clone(), self.per_namespace);
         // The upload's own requests time out; this bounds the whole job.
         let limit = self.timeout + Duration::from_secs(120);
         tokio::spawn(async move {
@@ -137,6 +199,38 @@ impl Uploads {
             jobs.lock()
                 .expect("uploads lock")
                 .insert(key, Job::Done(res, Instant::now()));
+            // Its result is there; and the slot it held goes to the first
+            // still waiting (for a per-namespace slot, the first whose
+            // namespace may take one).
+            let mut w = wakes.lock().expect("uploads lock");
+            w.send(who);
+            let next = loop {
+                let queue = if custom {
+                    &mut w.custom
+                } else {
+                    &mut w.central
+                };
+                let at = if custom {
+                    let counts = custom_counts.lock().expect("uploads lock");
+                    queue
+                        .iter()
+                        .position(|(ns, _)| counts.get(ns).copied().unwrap_or(0) < per_namespace)
+                } else if queue.is_empty() {
+                    None
+                } else {
+                    Some(0)
+                };
+                let Some(first) = at.and_then(|i| queue.remove(i)) else {
+                    break None;
+                };
+                // Started meanwhile (woken by its own recheck): not waiting.
+                if w.queued.remove(&first) {
+                    break Some(first);
+                }
+            };
+            if let Some(next) = next {
+                w.send(next);
+            }
         });
         true
     }
@@ -192,11 +286,16 @@ mod tests {
         (n.into(), "f".into(), Step::DependencyTrackDefault)
     }
 
+    /// ConfigMap `n` of namespace `ns`.
+    fn cm(ns: &str, n: &str) -> Who {
+        (ns.into(), n.into())
+    }
+
     #[tokio::test]
     async fn bounded_and_each_result_handed_out_once() {
         let u = Uploads::new(1, Duration::from_secs(5));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        assert!(u.try_start(key("a"), "ns", async move {
+        assert!(u.try_start(key("a"), &cm("ns", "a"), async move {
             let _ = rx.await;
             Err(super::super::Error::Request("down".into()))
         }));
@@ -204,7 +303,7 @@ mod tests {
         assert!(u.running_for("a", "f") && !u.running_for("a", "other"));
         // The only slot is taken: the next one does not start (and keeps nothing).
         assert!(!u.has_free_slot(Step::DependencyTrackDefault, "ns"));
-        assert!(!u.try_start(key("b"), "ns", async { Ok(()) }));
+        assert!(!u.try_start(key("b"), &cm("ns", "b"), async { Ok(()) }));
         // A per-namespace upload has slots of its own.
         let custom = (
             "c".to_string(),
@@ -212,7 +311,7 @@ mod tests {
             Step::DependencyTrackCustom,
         );
         assert!(u.has_free_slot(Step::DependencyTrackCustom, "ns"));
-        assert!(u.try_start(custom, "ns", std::future::pending()));
+        assert!(u.try_start(custom, &cm("ns", "c"), std::future::pending()));
         assert!(!u.has_free_slot(Step::DependencyTrackCustom, "ns"));
         assert_eq!(u.poll(&key("b")), None);
         tx.send(()).unwrap();
@@ -225,7 +324,7 @@ mod tests {
         assert_eq!(got, Some(Outcome::Failure("down".into())));
         assert_eq!(u.poll(&key("a")), None, "handed out once");
         assert!(
-            u.try_start(key("b"), "ns", async { Ok(()) }),
+            u.try_start(key("b"), &cm("ns", "b"), async { Ok(()) }),
             "the slot is free again"
         );
     }
@@ -235,17 +334,31 @@ mod tests {
         let u = Uploads::new(4, Duration::from_secs(5));
         let custom = |n: &str| (n.to_string(), "f".to_string(), Step::DependencyTrackCustom);
         // A namespace whose endpoint never answers takes half the slots.
-        assert!(u.try_start(custom("slow-1"), "slow", std::future::pending()));
-        assert!(u.try_start(custom("slow-2"), "slow", std::future::pending()));
+        assert!(u.try_start(
+            custom("slow-1"),
+            &cm("slow", "slow-1"),
+            std::future::pending()
+        ));
+        assert!(u.try_start(
+            custom("slow-2"),
+            &cm("slow", "slow-2"),
+            std::future::pending()
+        ));
         assert!(!u.has_free_slot(Step::DependencyTrackCustom, "slow"));
-        assert!(!u.try_start(custom("slow-3"), "slow", std::future::pending()));
+        assert!(!u.try_start(
+            custom("slow-3"),
+            &cm("slow", "slow-3"),
+            std::future::pending()
+        ));
         // Others still start.
         assert!(u.has_free_slot(Step::DependencyTrackCustom, "other"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        assert!(u.try_start(custom("other-1"), "other", async move {
-            let _ = rx.await;
-            Ok(())
-        }));
+        assert!(
+            u.try_start(custom("other-1"), &cm("other", "other-1"), async move {
+                let _ = rx.await;
+                Ok(())
+            })
+        );
         tx.send(()).unwrap();
         loop {
             match u.poll(&custom("other-1")) {
@@ -259,5 +372,78 @@ mod tests {
         );
         // The central uploads have slots of their own.
         assert!(u.has_free_slot(Step::DependencyTrackDefault, "slow"));
+    }
+
+    /// Waits for the next wake (or fails after a second).
+    async fn woken(wakes: &mut (impl Stream<Item = Who> + Unpin)) -> Who {
+        use futures::StreamExt;
+        tokio::time::timeout(Duration::from_secs(1), wakes.next())
+            .await
+            .expect("a wake within a second")
+            .expect("the stream is open")
+    }
+
+    /// An upload that ends wakes its own ConfigMap and the first one
+    /// waiting for a slot of its kind, each waiter once and in order;
+    /// nobody else.
+    #[tokio::test]
+    async fn an_ended_upload_wakes_its_configmap_and_the_first_waiting() {
+        use futures::{FutureExt, StreamExt};
+        let u = Uploads::new(1, Duration::from_secs(5));
+        let mut wakes = Box::pin(u.wakes());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        assert!(u.try_start(key("a"), &cm("ns", "a"), async move {
+            let _ = rx.await;
+            Ok(())
+        }));
+        for who in ["b", "b", "c", "b"] {
+            u.wait_for_slot(Step::DependencyTrackDefault, cm("ns", who));
+        }
+        // A per-namespace waiter is not woken by a central slot.
+        u.wait_for_slot(Step::DependencyTrackCustom, cm("other", "d"));
+        assert!(wakes.next().now_or_never().is_none(), "nothing ended yet");
+        tx.send(()).unwrap();
+        assert_eq!(
+            woken(&mut wakes).await,
+            cm("ns", "a"),
+            "its result is there"
+        );
+        assert_eq!(woken(&mut wakes).await, cm("ns", "b"), "the first waiting");
+        assert!(
+            wakes.next().now_or_never().is_none(),
+            "one slot, one waiter woken"
+        );
+        // b takes the slot; when its upload ends, c (not b again) is next.
+        assert!(u.try_start(key("b"), &cm("ns", "b"), async { Ok(()) }));
+        assert_eq!(woken(&mut wakes).await, cm("ns", "b"));
+        assert_eq!(woken(&mut wakes).await, cm("ns", "c"));
+        assert!(wakes.next().now_or_never().is_none());
+    }
+
+    /// A freed per-namespace slot goes to the first waiter whose namespace
+    /// may take one, not to one of a namespace already at its share.
+    #[tokio::test]
+    async fn a_freed_per_namespace_slot_skips_a_namespace_at_its_share() {
+        use futures::{FutureExt, StreamExt};
+        let u = Uploads::new(2, Duration::from_secs(5));
+        let mut wakes = Box::pin(u.wakes());
+        let custom = |n: &str| (n.to_string(), "f".to_string(), Step::DependencyTrackCustom);
+        // "slow" holds its share (one of the two) for good.
+        assert!(u.try_start(custom("s1"), &cm("slow", "s1"), std::future::pending()));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        assert!(u.try_start(custom("q1"), &cm("quick", "q1"), async move {
+            let _ = rx.await;
+            Ok(())
+        }));
+        u.wait_for_slot(Step::DependencyTrackCustom, cm("slow", "s2"));
+        u.wait_for_slot(Step::DependencyTrackCustom, cm("quick", "q2"));
+        tx.send(()).unwrap();
+        assert_eq!(woken(&mut wakes).await, cm("quick", "q1"));
+        assert_eq!(
+            woken(&mut wakes).await,
+            cm("quick", "q2"),
+            "slow is at its share"
+        );
+        assert!(wakes.next().now_or_never().is_none());
     }
 }

@@ -21,6 +21,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::GetParams;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -55,8 +56,13 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: CancellationToke
         let wc = watcher::Config::default().labels(&selector).any_semantic();
         info!(%selector, concurrency, "forwarding insights ConfigMaps");
         let switched = ctx.until_settings(&shutdown, move |o| o.burn_after_reading != burn);
+        let wakes = ctx
+            .uploads
+            .wakes()
+            .map(|(ns, name)| ObjectRef::new(&name).within(&ns));
         Controller::new(api.clone(), wc)
             .with_config(ControllerConfig::default().concurrency(concurrency.max(1)))
+            .reconcile_on(wakes)
             .graceful_shutdown_on(switched)
             .run(reconcile_observed, error_policy, ctx.clone())
             .for_each(|_| async {})

@@ -39,8 +39,12 @@ pub fn deferred_for(labels: &BTreeMap<String, String>, now: u64) -> Option<Durat
     (until > now).then(|| Duration::from_secs(until - now))
 }
 
-/// How often a ConfigMap waiting on a Dependency-Track upload is looked at.
-pub const UPLOAD_POLL: Duration = Duration::from_secs(2);
+/// How often a ConfigMap waiting on a Dependency-Track upload (or for a
+/// slot to start one) is looked at if nothing wakes it first: an upload
+/// that ends wakes its own ConfigMap and the next waiting one
+/// (crate::dependency_track::Uploads::wakes), so this only covers a wake
+/// that was lost.
+pub const UPLOAD_POLL: Duration = Duration::from_secs(30);
 
 /// What to do with a ConfigMap before anything is read or built for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
