@@ -2,8 +2,10 @@
 # Benchmarks of insights-remote against the ceilings of the real components,
 # on this machine, in one run each:
 #   bash bench/run.sh ingest | hostile | attacks | configmaps | postprocessors | memory |
-#                     tokens | tenants | environments | footprint | recovery | dtmemory | all
-# (all leaves out dtmemory: it takes minutes and loads the shared Dependency-Track).
+#                     tokens | tenants | environments | backlog | backlog-dt | rotation | replicas |
+#                     footprint | recovery | dtmemory | nodeha | all
+# (all leaves out the issue-25 scale cases, dtmemory and backlog-dt: they take
+# minutes, and the last two wipe or load the shared Dependency-Track).
 # Results are printed as Markdown and appended to bench/results/<date>.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -192,9 +194,20 @@ bench_environments() {
 # `lagoon-insights`, read here from `lagoon-insights:items` (stop the demo
 # first: its consumer reads that queue).
 bench_backlog() {
-  header "Backlog: insights ConfigMaps waiting when the operator starts${BENCH_GO:+ (the Go original)}"
-  say "| ConfigMaps | namespaces | all processed (s) | ceiling: create + patch (s) | share of the ceiling | messages / distinct / twice | peak RSS | CPU (s) |"
-  say "|---|---|---|---|---|---|---|---|"
+  # BENCH_DT=1: with Dependency-Track on, against the real one started fresh
+  # (../shared/dependency-track/run.sh, its database wiped before and after),
+  # the ceiling being a plain client's uploads of as many such SBOMs.
+  local url="" dtkey="" dt_slots=${DEPENDENCY_TRACK_MAX_CONCURRENT:-2}
+  header "Backlog: insights ConfigMaps waiting when the operator starts${BENCH_DT:+, Dependency-Track on ($dt_slots uploads at once)}${BENCH_GO:+ (the Go original)}"
+  if [ -n "${BENCH_DT:-}" ]; then
+    local dt; dt=$(DT_FRESH=1 bash "$root/../shared/dependency-track/run.sh" 2>/dev/null | grep '^DT_')
+    url=$(echo "$dt" | sed -n 's/^DT_BASE_URL=//p' | tail -1); dtkey=$(echo "$dt" | sed -n 's/^DT_API_KEY=//p' | tail -1)
+    say "| ConfigMaps (SBOMs) | namespaces | all processed (s) | Dependency-Track uploads: success / failure | uploads/s | ceiling: a plain client's uploads/s | share of the ceiling | messages / distinct / twice | peak RSS | CPU (s) |"
+    say "|---|---|---|---|---|---|---|---|---|---|"
+  else
+    say "| ConfigMaps | namespaces | all processed (s) | ceiling: create + patch (s) | share of the ceiling | messages / distinct / twice | peak RSS | CPU (s) |"
+    say "|---|---|---|---|---|---|---|---|"
+  fi
   local size
   for size in ${BENCH_BACKLOG:-1000:100 1000:1000 5000:100 5000:1000}; do
     local n=${size%%:*} m=${size##*:}
@@ -209,7 +222,13 @@ bench_backlog() {
     for _ in $(seq 1 200); do grep -q listening "$work/drain.err" && break; sleep 0.05; done
     local t0; t0=$(date +%s.%N)
     if [ -n "${BENCH_GO:-}" ]; then
-      start_go ENABLE_CONFIGMAP_RECONCILER=true ENABLE_NAMESPACE_RECONCILER=false ENABLE_WEBSERVICE=false
+      start_go ENABLE_CONFIGMAP_RECONCILER=true ENABLE_NAMESPACE_RECONCILER=false ENABLE_WEBSERVICE=false \
+        ${BENCH_DT:+ENABLE_DEPENDENCY_TRACK_INTEGRATION=true DEPENDENCY_TRACK_API_ENDPOINT=$url DEPENDENCY_TRACK_API_KEY=$dtkey}
+    elif [ -n "${BENCH_DT:-}" ]; then
+      DEPENDENCY_TRACK_API_KEY=$dtkey DEPENDENCY_TRACK_MAX_CONCURRENT=$dt_slots \
+        start_operator --enable-configmap-reconciler=true --enable-namespace-reconciler=false --enable-webservice=false \
+        --rabbitmq-exchange "$x" --rabbitmq-queue "$q" \
+        --enable-dependency-track-integration=true --dependency-track-api-endpoint "$url"
     else
       start_operator --enable-configmap-reconciler=true --enable-namespace-reconciler=false --enable-webservice=false \
         --rabbitmq-exchange "$x" --rabbitmq-queue "$q"
@@ -220,16 +239,40 @@ bench_backlog() {
     local hwm; hwm=$(hwm_mib "$op_pid")
     stop_operator
     local d; d=$(cat "$work/drain.json")
-    local c; c=$("$IRB" backlog --prefix "$prefix" --namespaces "$m" --count "$n" --concurrency 8 --mode ceiling)
     local secs; secs=$(python3 -c "print(round($t1-$t0, 2))")
-    local share; share=$(python3 -c "print(round($(echo "$c" | json done_s)/($t1-$t0)*100))")
-    printf '{"case":"backlog","series":"%s","n":%s,"namespaces":%s,"seconds":%s,"share_of_ceiling_pct":%s,"twice":%s,"peak_rss_mib":%s}\n' \
-      "${BENCH_SERIES:-insights-remote (Rust)}, $m namespaces" "$n" "$m" "$secs" "$share" "$(echo "$d" | json twice)" "$hwm" >>bench/results/curves.jsonl
-    say "| $n | $m | $secs | $(echo "$c" | json done_s | xargs printf %.1f) | ${share}% | $(echo "$d" | json deliveries) / $(echo "$d" | json distinct) / $(echo "$d" | json twice) | ${hwm} MiB | $(printf %.1f "$cpu") |"
+    local series="${BENCH_SERIES:-insights-remote (Rust)}, $m namespaces"
+    if [ -n "${BENCH_DT:-}" ]; then
+      # What each SBOM's central Dependency-Track step recorded.
+      local ok failed sboms=$(((n + 1) / 2))
+      k get configmaps -A -l bench-id,lagoon.sh/insightsType=sbom-gz \
+        -o jsonpath='{range .items[*]}{.metadata.namespace} {.metadata.annotations.dependencytrack\.insights\.lagoon\.sh/default-status}{"\n"}{end}' >"$work/dtstatus.txt"
+      ok=$(grep -c "^$prefix-[0-9]* success$" "$work/dtstatus.txt" || true)
+      failed=$(grep -c "^$prefix-[0-9]* failure$" "$work/dtstatus.txt" || true)
+      local c; c=$(python3 bench/dtceiling.py "$url" "$dtkey" "$prefix-ceiling" "$sboms" "$dt_slots")
+      local rate crate share
+      rate=$(python3 -c "print(round($ok/($t1-$t0), 2))")
+      crate=$(echo "$c" | python3 -c "import json,sys; c=json.loads(sys.stdin.readline()); print(round(c['uploads']/c['done_s'], 2))")
+      share=$(python3 -c "print(round($rate/$crate*100))")
+      printf '{"case":"backlog-dt","series":"%s","n":%s,"namespaces":%s,"seconds":%s,"uploads_per_s":%s,"share_of_ceiling_pct":%s,"twice":%s,"peak_rss_mib":%s}\n' \
+        "$series" "$n" "$m" "$secs" "$rate" "$share" "$(echo "$d" | json twice)" "$hwm" >>bench/results/curves.jsonl
+      say "| $n ($sboms) | $m | $secs | $ok / $failed | $rate | $crate | ${share}% | $(echo "$d" | json deliveries) / $(echo "$d" | json distinct) / $(echo "$d" | json twice) | ${hwm} MiB | $(printf %.1f "$cpu") |"
+    else
+      local c; c=$("$IRB" backlog --prefix "$prefix" --namespaces "$m" --count "$n" --concurrency 8 --mode ceiling)
+      local share; share=$(python3 -c "print(round($(echo "$c" | json done_s)/($t1-$t0)*100))")
+      printf '{"case":"backlog","series":"%s","n":%s,"namespaces":%s,"seconds":%s,"share_of_ceiling_pct":%s,"twice":%s,"peak_rss_mib":%s}\n' \
+        "$series" "$n" "$m" "$secs" "$share" "$(echo "$d" | json twice)" "$hwm" >>bench/results/curves.jsonl
+      say "| $n | $m | $secs | $(echo "$c" | json done_s | xargs printf %.1f) | ${share}% | $(echo "$d" | json deliveries) / $(echo "$d" | json distinct) / $(echo "$d" | json twice) | ${hwm} MiB | $(printf %.1f "$cpu") |"
+    fi
     rabbitmqctl purge_queue "$q" >/dev/null 2>&1 || true
     bash hack/control-plane.sh down >/dev/null && bash hack/control-plane.sh up >/dev/null
+    # A clean Dependency-Track for the next size (and for whatever runs after).
+    [ -z "${BENCH_DT:-}" ] || DT_FRESH=1 bash "$root/../shared/dependency-track/run.sh" >/dev/null 2>&1
   done
-  python3 bench/plot.py backlog "ConfigMaps waiting" "drain" seconds share_of_ceiling_pct peak_rss_mib
+  if [ -n "${BENCH_DT:-}" ]; then
+    python3 bench/plot.py backlog-dt "ConfigMaps waiting (half SBOMs)" "drain with Dependency-Track" seconds uploads_per_s peak_rss_mib
+  else
+    python3 bench/plot.py backlog "ConfigMaps waiting" "drain" seconds share_of_ceiling_pct peak_rss_mib
+  fi
 }
 
 # Replicas (issue 25, point 4): the ingestion API as 1 and as 2 processes
@@ -795,10 +838,11 @@ case "${1:-all}" in
   tenants) bench_tenants ;;
   environments) bench_environments ;;
   backlog) bench_backlog ;;
+  backlog-dt) BENCH_DT=1 bench_backlog ;;
   rotation) bench_rotation ;;
   replicas) bench_replicas ;;
   footprint) bench_footprint ;;
   all) bench_footprint; bench_ingest; bench_hostile; bench_attacks; bench_configmaps; bench_postprocessors; bench_tokens; bench_memory; bench_recovery ;;
-  *) echo "usage: bench/run.sh nodeha|ingest|recovery|hostile|attacks|configmaps|postprocessors|dtmemory|memory|tokens|footprint|all" >&2; exit 2 ;;
+  *) echo "usage: bench/run.sh nodeha|ingest|recovery|hostile|attacks|configmaps|postprocessors|dtmemory|memory|tokens|tenants|environments|backlog|backlog-dt|rotation|replicas|footprint|all" >&2; exit 2 ;;
 esac
 echo "results appended to $out"

@@ -730,29 +730,30 @@ async fn tokens(count: usize, concurrency: usize, prefix: &str, mode: &str) -> R
     let secrets: Api<Secret> = Api::all(client.clone());
     // This client's own requests while waiting (the caller subtracts them
     // from the API server's count).
-    let mut polls = 0u64;
-    loop {
-        polls += 1;
-        let n = secrets
-            .list_metadata(&ListParams::default().fields("metadata.name=insights-token"))
-            .await?
-            .items
-            .iter()
-            .filter(|s| {
-                s.metadata
-                    .namespace
-                    .as_deref()
-                    .is_some_and(|n| n.starts_with(&format!("{prefix}-")))
-            })
-            .count();
-        if n >= count {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(600) {
-            anyhow::bail!("timed out with {n} Secrets");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mine = format!("{prefix}-");
+    let polls = poll_until(
+        count,
+        started,
+        Duration::from_secs(600),
+        Duration::from_millis(100),
+        "Secrets",
+        || async {
+            let n = secrets
+                .list_metadata(&ListParams::default().fields("metadata.name=insights-token"))
+                .await?
+                .items
+                .iter()
+                .filter(|s| {
+                    s.metadata
+                        .namespace
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with(&mine))
+                })
+                .count();
+            Ok((n, 1))
+        },
+    )
+    .await?;
     println!(
         "{}",
         json!({"bench": "tokens", "mode": mode, "count": count, "created_s": created, "done_s": started.elapsed().as_secs_f64(), "polls": polls})
@@ -789,6 +790,13 @@ async fn backlog_precreate(spread: &Spread, concurrency: usize) -> Result<()> {
                             [
                                 ("lagoon.sh/project".to_string(), "bench-backlog".to_string()),
                                 ("lagoon.sh/environment".to_string(), format!("env{j}")),
+                                // What the operator believes (not the ConfigMap's
+                                // own label): Dependency-Track takes production
+                                // SBOMs only, upstream's default.
+                                (
+                                    "lagoon.sh/environmentType".to_string(),
+                                    "production".to_string(),
+                                ),
                             ]
                             .into(),
                         ),
@@ -811,6 +819,8 @@ async fn backlog_precreate(spread: &Spread, concurrency: usize) -> Result<()> {
             let mut cm = insights_cm(i, true);
             let labels = cm.metadata.labels.get_or_insert_default();
             labels.insert("lagoon.sh/project".into(), "bench-backlog".into());
+            // As a build labels it (the namespace's label decides).
+            labels.insert("lagoon.sh/environmentType".into(), "production".into());
             let env = format!("env{}", i % spread.namespaces);
             labels.insert("lagoon.sh/environment".into(), env.clone());
             cm.metadata
@@ -968,39 +978,68 @@ async fn rotated(count: usize, prefix: &str, key: &str) -> Result<()> {
     let secrets: Api<Secret> = Api::all(client);
     let started = Instant::now();
     let mine = format!("{prefix}-");
-    let mut polls = 0u64;
-    loop {
-        let mut signed = 0;
-        let mut params = ListParams::default()
-            .fields("metadata.name=insights-token")
-            .limit(500);
-        loop {
-            polls += 1;
-            let page = secrets.list(&params).await?;
-            signed += page
-                .items
-                .iter()
-                .filter(|s| s.namespace().is_some_and(|n| n.starts_with(&mine)))
-                .filter_map(|s| s.data.as_ref()?.get("INSIGHTS_TOKEN"))
-                .filter_map(|t| std::str::from_utf8(&t.0).ok())
-                .filter(|t| ring.verify_current(t).is_ok())
-                .count();
-            match page.metadata.continue_ {
-                Some(c) if !c.is_empty() => params = params.continue_token(&c),
-                _ => break,
+    let polls = poll_until(
+        count,
+        started,
+        Duration::from_secs(900),
+        Duration::from_millis(500),
+        "tokens signed with the new key",
+        || async {
+            let (mut signed, mut requests) = (0, 0);
+            let mut params = ListParams::default()
+                .fields("metadata.name=insights-token")
+                .limit(500);
+            loop {
+                requests += 1;
+                let page = secrets.list(&params).await?;
+                signed += page
+                    .items
+                    .iter()
+                    .filter(|s| s.namespace().is_some_and(|n| n.starts_with(&mine)))
+                    .filter_map(|s| s.data.as_ref()?.get("INSIGHTS_TOKEN"))
+                    .filter_map(|t| std::str::from_utf8(&t.0).ok())
+                    .filter(|t| ring.verify_current(t).is_ok())
+                    .count();
+                match page.metadata.continue_ {
+                    Some(c) if !c.is_empty() => params = params.continue_token(&c),
+                    _ => return Ok((signed, requests)),
+                }
             }
-        }
-        if signed >= count {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(900) {
-            anyhow::bail!("timed out with {signed} tokens signed with the new key");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        },
+    )
+    .await?;
     println!(
         "{}",
         json!({"bench": "tokens", "mode": "rotated", "count": count, "done_s": started.elapsed().as_secs_f64(), "polls": polls})
     );
     Ok(())
+}
+
+/// Asks `count_now` (what is there now, and in how many requests) every
+/// `every` until it reaches `target`; an error once `limit` has passed
+/// since `started`. Returns the requests made.
+async fn poll_until<F, Fut>(
+    target: usize,
+    started: Instant,
+    limit: Duration,
+    every: Duration,
+    what: &str,
+    mut count_now: F,
+) -> Result<u64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(usize, u64)>>,
+{
+    let mut requests = 0;
+    loop {
+        let (n, made) = count_now().await?;
+        requests += made;
+        if n >= target {
+            return Ok(requests);
+        }
+        if started.elapsed() > limit {
+            anyhow::bail!("timed out after {} s with {n} {what}", limit.as_secs());
+        }
+        tokio::time::sleep(every).await;
+    }
 }
