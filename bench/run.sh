@@ -195,13 +195,18 @@ bench_environments() {
 # first: its consumer reads that queue).
 bench_backlog() {
   # BENCH_DT=1: with Dependency-Track on, against the real one started fresh
-  # (../shared/dependency-track/run.sh, its database wiped before and after),
-  # the ceiling being a plain client's uploads of as many such SBOMs.
+  # (../shared/dependency-track/run.sh, its database wiped before the
+  # operator, before the ceiling and after), the ceiling being a plain
+  # client's uploads of as many such SBOMs (bench/dtceiling.py).
   local url="" dtkey="" dt_slots=${DEPENDENCY_TRACK_MAX_CONCURRENT:-2}
   header "Backlog: insights ConfigMaps waiting when the operator starts${BENCH_DT:+, Dependency-Track on ($dt_slots uploads at once)}${BENCH_GO:+ (the Go original)}"
-  if [ -n "${BENCH_DT:-}" ]; then
+  # A Dependency-Track with an empty database (its address and a new key).
+  dt_fresh() {
     local dt; dt=$(DT_FRESH=1 bash "$root/../shared/dependency-track/run.sh" 2>/dev/null | grep '^DT_')
     url=$(echo "$dt" | sed -n 's/^DT_BASE_URL=//p' | tail -1); dtkey=$(echo "$dt" | sed -n 's/^DT_API_KEY=//p' | tail -1)
+  }
+  if [ -n "${BENCH_DT:-}" ]; then
+    dt_fresh
     say "| ConfigMaps (SBOMs) | namespaces | all processed (s) | Dependency-Track uploads: success / failure | uploads/s | ceiling: a plain client's uploads/s | share of the ceiling | messages / distinct / twice | peak RSS | CPU (s) |"
     say "|---|---|---|---|---|---|---|---|---|---|"
   else
@@ -248,6 +253,8 @@ bench_backlog() {
         -o jsonpath='{range .items[*]}{.metadata.namespace} {.metadata.annotations.dependencytrack\.insights\.lagoon\.sh/default-status}{"\n"}{end}' >"$work/dtstatus.txt"
       ok=$(grep -c "^$prefix-[0-9]* success$" "$work/dtstatus.txt" || true)
       failed=$(grep -c "^$prefix-[0-9]* failure$" "$work/dtstatus.txt" || true)
+      # The ceiling on an empty database too, as the operator had.
+      dt_fresh
       local c; c=$(python3 bench/dtceiling.py "$url" "$dtkey" "$prefix-ceiling" "$sboms" "$dt_slots")
       local rate crate share
       rate=$(python3 -c "print(round($ok/($t1-$t0), 2))")
@@ -266,7 +273,7 @@ bench_backlog() {
     rabbitmqctl purge_queue "$q" >/dev/null 2>&1 || true
     bash hack/control-plane.sh down >/dev/null && bash hack/control-plane.sh up >/dev/null
     # A clean Dependency-Track for the next size (and for whatever runs after).
-    [ -z "${BENCH_DT:-}" ] || DT_FRESH=1 bash "$root/../shared/dependency-track/run.sh" >/dev/null 2>&1
+    [ -z "${BENCH_DT:-}" ] || dt_fresh
   done
   if [ -n "${BENCH_DT:-}" ]; then
     python3 bench/plot.py backlog-dt "ConfigMaps waiting (half SBOMs)" "drain with Dependency-Track" seconds uploads_per_s peak_rss_mib
