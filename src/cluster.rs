@@ -24,7 +24,7 @@ use std::sync::Mutex;
 
 use std::borrow::Cow;
 
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, store::Writer, Lookup, ObjectRef, Store};
@@ -116,6 +116,12 @@ pub struct Cluster {
     secrets_current: AtomicBool,
     /// How many complete lists of the namespaces arrived.
     namespace_lists: tokio::sync::watch::Sender<u64>,
+    /// Whether the namespaces and the token Secrets have had a complete
+    /// list. Kept here rather than asked of the stores: a store's
+    /// `wait_until_ready` keeps one waker only, so a check that polls it
+    /// (`now_or_never`, as on every probe) takes the place of the
+    /// controller waiting on it, which is then never woken.
+    listed: tokio::sync::watch::Sender<(bool, bool)>,
     writers: Mutex<Option<(Writer<NamespaceMeta>, Writer<TokenSecret>)>>,
 }
 
@@ -128,6 +134,7 @@ impl Default for Cluster {
             token_secrets,
             secrets_current: AtomicBool::new(true),
             namespace_lists: tokio::sync::watch::Sender::new(0),
+            listed: tokio::sync::watch::Sender::new((false, false)),
             writers: Mutex::new(Some((ns_writer, secret_writer))),
         }
     }
@@ -144,13 +151,25 @@ pub trait Observer: Send {
 impl Cluster {
     /// Whether both stores hold a complete list.
     pub fn ready(&self) -> bool {
-        listed(&self.namespaces) && listed(&self.token_secrets)
+        *self.listed.borrow() == (true, true)
     }
 
     /// Resolves once both stores hold a complete list.
     pub async fn wait_ready(&self) {
-        let _ = self.namespaces.wait_until_ready().await;
-        let _ = self.token_secrets.wait_until_ready().await;
+        let _ = self
+            .listed
+            .subscribe()
+            .wait_for(|l| *l == (true, true))
+            .await;
+    }
+
+    /// A watch event was applied to its store: a complete list makes the
+    /// store listed (namespaces: `.0`, Secrets: `.1`).
+    fn listed_if<K>(&self, ev: &watcher::Event<K>, which: fn(&mut (bool, bool)) -> &mut bool) {
+        if matches!(ev, watcher::Event::InitDone) {
+            self.listed
+                .send_if_modified(|l| !std::mem::replace(which(l), true));
+        }
     }
 
     /// Counts the complete lists of the namespaces: after a new one the
@@ -188,7 +207,7 @@ impl Cluster {
     /// Whether the token Secret store can be trusted: listed, and its watch
     /// not failing since its last event.
     pub fn token_secrets_current(&self) -> bool {
-        self.secrets_current.load(Ordering::Relaxed) && listed(&self.token_secrets)
+        self.secrets_current.load(Ordering::Relaxed) && self.listed.borrow().1
     }
 
     /// A token Secret event arrived: a change or a complete list shows the
@@ -238,6 +257,7 @@ impl Cluster {
                 _ = &mut stop => return,
                 Some(ev) = namespaces.next() => match ev {
                     Ok(ev) => {
+                        self.listed_if(&ev, |l| &mut l.0);
                         if matches!(ev, watcher::Event::InitDone) {
                             self.namespace_lists.send_modify(|n| *n += 1);
                         }
@@ -247,6 +267,7 @@ impl Cluster {
                 },
                 Some(ev) = secrets.next() => match ev {
                     Ok(ev) => {
+                        self.listed_if(&ev, |l| &mut l.1);
                         self.secret_event(&ev);
                         observer.token_secret(&ev);
                     }
@@ -266,6 +287,7 @@ impl Cluster {
     pub fn feed_namespace(&self, ev: &watcher::Event<NamespaceMeta>) {
         let mut w = self.writers.lock().unwrap();
         w.as_mut().unwrap().0.apply_watcher_event(ev);
+        self.listed_if(ev, |l| &mut l.0);
         if matches!(ev, watcher::Event::InitDone) {
             self.namespace_lists.send_modify(|n| *n += 1);
         }
@@ -275,6 +297,7 @@ impl Cluster {
     pub fn feed_token_secret(&self, ev: &watcher::Event<TokenSecret>) {
         let mut w = self.writers.lock().unwrap();
         w.as_mut().unwrap().1.apply_watcher_event(ev);
+        self.listed_if(ev, |l| &mut l.1);
         self.secret_event(ev);
     }
 
@@ -301,14 +324,6 @@ pub fn is_lagoon_environment(labels: &Labels) -> bool {
         .all(|k| labels.get(*k).is_some_and(|v| !v.is_empty()))
 }
 
-/// Whether a store holds a complete list.
-fn listed<K: kube::runtime::reflector::Lookup + Clone>(store: &Store<K>) -> bool
-where
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    store.wait_until_ready().now_or_never().is_some()
-}
-
 /// The namespace watch, restarting with kube's default backoff, each
 /// namespace kept with only what is read: its name, labels (the
 /// environment, and whatever label the settings target), uid (Events name
@@ -330,6 +345,37 @@ fn narrow(
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    /// Waiting for both lists is woken when they arrive, however often
+    /// `ready` is asked meanwhile (as every probe and request does). Asked
+    /// of the stores' own readiness, each such check took the waiter's
+    /// place and the wait was never woken: the token reconciler's first
+    /// pass then came only with the periodic one, 300 s later.
+    #[tokio::test]
+    async fn waiting_for_the_lists_is_woken_whatever_checks_readiness() {
+        let cluster = std::sync::Arc::new(Cluster::default());
+        let waiting = tokio::spawn({
+            let c = cluster.clone();
+            async move { c.wait_ready().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!cluster.ready());
+        cluster.feed_namespace(&watcher::Event::Init);
+        cluster.feed_namespace(&watcher::Event::InitDone);
+        assert!(!cluster.ready(), "the Secrets are not listed yet");
+        assert!(!cluster.token_secrets_current());
+        cluster.feed_token_secret(&watcher::Event::Init);
+        assert!(!cluster.ready());
+        cluster.feed_token_secret(&watcher::Event::InitDone);
+        assert!(cluster.ready() && cluster.token_secrets_current());
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiting)
+            .await
+            .expect("woken")
+            .unwrap();
+        // A relist keeps what was listed: still ready.
+        cluster.feed_namespace(&watcher::Event::Init);
+        assert!(cluster.ready());
+    }
 
     fn meta(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> ObjectMeta {
         let map = |kv: &[(&str, &str)]| {

@@ -45,7 +45,19 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     // at when a term starts (or the store first completes its list), again
     // after each new full list (the watch may have missed changes), and on
     // a new key or new token settings.
-    let lists = WatchStream::new(ctx.cluster.namespace_lists()).map(|_| ());
+    //
+    // The first pass waits until both stores are listed: before that no
+    // namespace can be judged (crate::tenants::Tenants::owner_of), and a
+    // pass at the namespaces' list alone put every one of them off by a
+    // second when the Secrets' list came later (2.95x the API server's
+    // ceiling at 1,000 environments, see bench/README.md).
+    let cluster = ctx.cluster.clone();
+    let lists = WatchStream::new(ctx.cluster.namespace_lists())
+        .filter(move |_| std::future::ready(cluster.ready()))
+        .map(|_| ());
+    let cluster = ctx.cluster.clone();
+    let listed = futures::stream::once(async move { cluster.wait_ready().await });
+    let lists = futures::stream::select(lists, listed);
     let keys_changed = WatchStream::from_changes(ctx.keys.subscribe()).map(|_| ());
     let ops_changed = WatchStream::from_changes(ctx.ops.subscribe()).map(|_| ());
     // Every one every `token_resync` in any case, all in one pass: a
@@ -201,12 +213,25 @@ pub fn ownership(namespace: &str, owner: Option<Option<String>>) -> Ownership {
 /// same for a re-mint (a new key, new claims), now when the Secret is new
 /// (a deleted Secret revokes what it held) or a revocation was asked for.
 pub fn valid_from(existing: Option<&Secret>) -> Option<String> {
-    let Some(s) = existing else {
+    valid_from_marks(existing.map(|s| {
+        (
+            s.annotations().contains_key(ANNOTATION_REVOKE),
+            s.annotations()
+                .get(ANNOTATION_VALID_FROM)
+                .map(String::as_str),
+        )
+    }))
+}
+
+/// [`valid_from`] from an existing Secret's marks only: whether it asks
+/// for a revocation, and its tokens-valid-from (as its store lists them).
+pub fn valid_from_marks(existing: Option<(bool, Option<&str>)>) -> Option<String> {
+    let Some((revoke, from)) = existing else {
         return Some(valid_from_now().0);
     };
-    match Mark::of(s.annotations()) {
+    match Mark::from_marks(revoke, from) {
         Mark::None => None,
-        Mark::From(_) => s.annotations().get(ANNOTATION_VALID_FROM).cloned(),
+        Mark::From(_) => from.map(str::to_string),
         Mark::All => Some(valid_from_now().0),
     }
 }
@@ -247,10 +272,10 @@ pub enum Write {
 }
 
 /// The write for what the Secret cache knows.
-pub fn write_kind(known: Known) -> Write {
+pub fn write_kind(known: &Known) -> Write {
     match known {
         Known::Absent => Write::Create,
-        Known::Good | Known::Unknown => Write::Apply,
+        Known::Good | Known::Unknown | Known::Stale { .. } => Write::Apply,
     }
 }
 
@@ -366,9 +391,9 @@ async fn ensure_token(ctx: &Context, name: &str, claims: &Claims) -> Result<()> 
     let keys = ctx.keys.borrow().clone();
     let key = keys.fingerprint();
     let known = ctx.token_secrets.known(&ctx.cluster, name, &key, claims);
-    let existing = match known {
+    let existing = match &known {
         Known::Good => return Ok(()),
-        Known::Absent => None,
+        Known::Absent | Known::Stale { .. } => None,
         Known::Unknown => api.get_opt(TOKEN_SECRET_NAME).await?,
     };
     let verified =
@@ -380,23 +405,33 @@ async fn ensure_token(ctx: &Context, name: &str, claims: &Claims) -> Result<()> 
         ctx.token_secrets.verified(name, verified(s));
         return Ok(());
     }
+    // The existing Secret's marks: as read, or (stale) as listed.
+    let marks = match (&known, &existing) {
+        (Known::Stale { revoke, valid_from }, _) => Some((*revoke, valid_from.as_deref())),
+        (_, Some(s)) => Some((
+            s.annotations().contains_key(ANNOTATION_REVOKE),
+            s.annotations()
+                .get(ANNOTATION_VALID_FROM)
+                .map(String::as_str),
+        )),
+        (_, None) => None,
+    };
     // The mark first, then the token: its `iat` is at or after the mark.
-    let valid_from = valid_from(existing.as_ref());
-    let revoking = existing
-        .as_ref()
-        .is_some_and(|s| Mark::of(s.annotations()) == Mark::All);
+    let valid_from = valid_from_marks(marks);
+    let revoking = marks.is_some_and(|(r, f)| Mark::from_marks(r, f) == Mark::All);
+    let renewed = marks.is_some();
     let secret = token_secret(name, keys.mint(claims)?, valid_from);
     let written = if revoking {
         revoke(&api, &secret).await?
     } else {
-        write_token(&api, &secret, write_kind(known), &ctx.token_create_refused).await?
+        write_token(&api, &secret, write_kind(&known), &ctx.token_create_refused).await?
     };
     if revoking {
         info!(namespace = %name, "environment tokens revoked on request");
         ctx.metrics.tokens_revoked.inc();
     }
     ctx.token_secrets.verified(name, verified(&written));
-    info!(namespace = %name, renewed = existing.is_some(), "environment token written");
+    info!(namespace = %name, renewed, "environment token written");
     ctx.counters.add(&ctx.counters.tokens_issued);
     ctx.metrics.tokens_minted.inc();
     ctx.status_changed.notify_one();
@@ -453,8 +488,15 @@ mod tests {
             (Known::Absent, Write::Create),
             (Known::Unknown, Write::Apply),
             (Known::Good, Write::Apply),
+            (
+                Known::Stale {
+                    revoke: false,
+                    valid_from: None,
+                },
+                Write::Apply,
+            ),
         ] {
-            assert_eq!(write_kind(known), want, "{known:?}");
+            assert_eq!(write_kind(&known), want, "{known:?}");
         }
     }
 

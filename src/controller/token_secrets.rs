@@ -60,7 +60,7 @@ fn digest(key: &str, claims: &Claims) -> [u8; 16] {
 }
 
 /// What the cache says about one namespace's token Secret.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Known {
     /// Unchanged since verified for these claims and this key.
     Good,
@@ -68,12 +68,20 @@ pub enum Known {
     Absent,
     /// Look (GET) and check.
     Unknown,
+    /// Unchanged since this process verified or wrote it, but for another
+    /// key or other claims (a rotation, a renamed environment): its
+    /// content is known, so a new token is written without looking; the
+    /// revocation marks as listed.
+    Stale {
+        revoke: bool,
+        valid_from: Option<String>,
+    },
 }
 
-/// The decision, from the listed resourceVersion (`None` before the first
-/// list, `Some(None)` when listed and absent) and what was verified.
+/// The decision, from the Secret as listed (`None` before the first list,
+/// `Some(None)` when listed and absent) and what was verified.
 pub fn judge(
-    listed: Option<Option<&str>>,
+    listed: Option<Option<&TokenSecret>>,
     verified: Option<&Verified>,
     key: &str,
     claims: &Claims,
@@ -85,8 +93,17 @@ pub fn judge(
         // again.
         Some(None) if verified.is_some() => Known::Unknown,
         Some(None) => Known::Absent,
-        Some(Some(rv)) => match verified {
-            Some(v) if &*v.resource_version == rv && v.digest == digest(key, claims) => Known::Good,
+        Some(Some(s)) => match verified {
+            Some(v) if *v.resource_version == *s.resource_version => {
+                if v.digest == digest(key, claims) {
+                    Known::Good
+                } else {
+                    Known::Stale {
+                        revoke: s.revoke,
+                        valid_from: s.valid_from.clone(),
+                    }
+                }
+            }
             _ => Known::Unknown,
         },
     }
@@ -114,11 +131,9 @@ pub struct TokenSecrets {
 
 impl TokenSecrets {
     pub fn known(&self, cluster: &Cluster, namespace: &str, key: &str, claims: &Claims) -> Known {
-        let listed = cluster.token_secrets_current().then(|| {
-            cluster
-                .token_secret(namespace)
-                .map(|s| s.resource_version.clone())
-        });
+        let listed = cluster
+            .token_secrets_current()
+            .then(|| cluster.token_secret(namespace));
         let verified = self.verified.lock().expect("token cache lock");
         judge(
             listed.as_ref().map(|l| l.as_deref()),
@@ -245,7 +260,7 @@ mod tests {
     }
 
     type Case<'a> = (
-        Option<Option<&'a str>>,
+        Option<Option<&'a TokenSecret>>,
         Option<&'a Verified>,
         &'a str,
         &'a Claims,
@@ -265,25 +280,44 @@ mod tests {
             project_name: "demo2".into(),
             ..claims("main")
         };
+        let at7 = secret("demo-main", "7");
+        let at8 = secret("demo-main", "8");
+        let marked = TokenSecret {
+            valid_from: Some("2026-12-01T00:00:00Z".into()),
+            ..secret("demo-main", "7")
+        };
+        // Ours, unchanged, but for another key or claims: rewrite without
+        // looking, keeping the listed marks.
+        let stale = |t: &TokenSecret| Known::Stale {
+            revoke: t.revoke,
+            valid_from: t.valid_from.clone(),
+        };
         // (listed, verified, key, claims) -> decision
         let cases: Vec<Case> = vec![
             (None, Some(&v), "k1", &c, Known::Unknown),
             // Our write not yet seen by the watch: look, do not mint again.
             (Some(None), Some(&v), "k1", &c, Known::Unknown),
             (Some(None), None, "k1", &c, Known::Absent),
-            (Some(Some("7")), Some(&v), "k1", &c, Known::Good),
-            (Some(Some("8")), Some(&v), "k1", &c, Known::Unknown),
-            (Some(Some("7")), Some(&v), "k2", &c, Known::Unknown),
-            (Some(Some("7")), Some(&v), "k1", &dev, Known::Unknown),
-            (Some(Some("7")), Some(&v), "k1", &other_id, Known::Unknown),
+            (Some(Some(&at7)), Some(&v), "k1", &c, Known::Good),
+            // Changed since: look.
+            (Some(Some(&at8)), Some(&v), "k1", &c, Known::Unknown),
+            (Some(Some(&at8)), Some(&v), "k2", &c, Known::Unknown),
+            (Some(Some(&at7)), Some(&v), "k2", &c, stale(&at7)),
+            (Some(Some(&marked)), Some(&v), "k2", &c, stale(&marked)),
+            (Some(Some(&at7)), Some(&v), "k1", &dev, stale(&at7)),
+            (Some(Some(&at7)), Some(&v), "k1", &other_id, stale(&at7)),
             (
-                Some(Some("7")),
+                Some(Some(&at7)),
                 Some(&v),
                 "k1",
                 &other_project,
-                Known::Unknown,
+                stale(&at7),
             ),
-            (Some(Some("7")), None, "k1", &c, Known::Unknown),
+            // Never verified by this process: look.
+            (Some(Some(&at7)), None, "k1", &c, Known::Unknown),
+            (Some(Some(&at7)), None, "k2", &c, Known::Unknown),
+            // Not listed yet: look, whatever was verified.
+            (None, Some(&v), "k2", &c, Known::Unknown),
         ];
         for (listed, ver, key, cl, want) in cases {
             assert_eq!(
