@@ -430,7 +430,12 @@ async fn ensure_token(ctx: &Context, name: &str, claims: &Claims) -> Result<()> 
         info!(namespace = %name, "environment tokens revoked on request");
         ctx.metrics.tokens_revoked.inc();
     }
-    ctx.token_secrets.verified(name, verified(&written));
+    // An admin's revocation request that reached the Secret meanwhile
+    // stays on what we wrote (an apply of ours cannot remove it): vouch
+    // for nothing, so its event is looked at and carried out.
+    if !written.annotations().contains_key(ANNOTATION_REVOKE) {
+        ctx.token_secrets.verified(name, verified(&written));
+    }
     info!(namespace = %name, renewed, "environment token written");
     ctx.counters.add(&ctx.counters.tokens_issued);
     ctx.metrics.tokens_minted.inc();

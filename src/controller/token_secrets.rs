@@ -94,6 +94,8 @@ pub fn judge(
         Some(None) if verified.is_some() => Known::Unknown,
         Some(None) => Known::Absent,
         Some(Some(s)) => match verified {
+            // A revocation asked for: look (the write must see it).
+            Some(_) if s.revoke => Known::Unknown,
             Some(v) if *v.resource_version == *s.resource_version => {
                 if v.digest == digest(key, claims) {
                     Known::Good
@@ -286,6 +288,10 @@ mod tests {
             valid_from: Some("2026-12-01T00:00:00Z".into()),
             ..secret("demo-main", "7")
         };
+        let revoked = TokenSecret {
+            revoke: true,
+            ..secret("demo-main", "7")
+        };
         // Ours, unchanged, but for another key or claims: rewrite without
         // looking, keeping the listed marks.
         let stale = |t: &TokenSecret| Known::Stale {
@@ -304,6 +310,9 @@ mod tests {
             (Some(Some(&at8)), Some(&v), "k2", &c, Known::Unknown),
             (Some(Some(&at7)), Some(&v), "k2", &c, stale(&at7)),
             (Some(Some(&marked)), Some(&v), "k2", &c, stale(&marked)),
+            // A revocation asked for, whatever was verified: look.
+            (Some(Some(&revoked)), Some(&v), "k1", &c, Known::Unknown),
+            (Some(Some(&revoked)), Some(&v), "k2", &c, Known::Unknown),
             (Some(Some(&at7)), Some(&v), "k1", &dev, stale(&at7)),
             (Some(Some(&at7)), Some(&v), "k1", &other_id, stale(&at7)),
             (

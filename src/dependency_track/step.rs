@@ -51,8 +51,12 @@ pub async fn run_step(
     let ns = cm.namespace().unwrap_or_default();
     let who = (ns.clone(), cm.name_any());
     if !uploads.has_free_slot(step, &ns) {
-        uploads.wait_for_slot(step, who);
-        return Outcome::Running;
+        uploads.wait_for_slot(step, who.clone());
+        // An upload that ended between the look and the registration
+        // woke nobody: look once more.
+        if !uploads.has_free_slot(step, &ns) {
+            return Outcome::Running;
+        }
     }
     let info = match super::WriteInfo::from_labels(labels) {
         Ok(i) => i,

@@ -45,10 +45,10 @@ const WAKES_WAITING: usize = 256;
 struct Wakes {
     tx: Option<mpsc::Sender<Who>>,
     /// Waiting for a central slot / a per-namespace slot; each ConfigMap
-    /// once (the set).
+    /// once per kind of slot (the set: per-namespace or not, and who).
     central: VecDeque<Who>,
     custom: VecDeque<Who>,
-    queued: HashSet<Who>,
+    queued: HashSet<(bool, Who)>,
 }
 
 impl Wakes {
@@ -118,11 +118,13 @@ impl Uploads {
     /// `who` found no free slot for `step`: it is woken when one frees, in
     /// the order of waiting (once, however often it asks).
     pub fn wait_for_slot(&self, step: Step, who: Who) {
+        let custom = step == Step::DependencyTrackCustom;
         let mut w = self.wakes.lock().expect("uploads lock");
-        if w.queued.insert(who.clone()) {
-            match step {
-                Step::DependencyTrackCustom => w.custom.push_back(who),
-                _ => w.central.push_back(who),
+        if w.queued.insert((custom, who.clone())) {
+            if custom {
+                w.custom.push_back(who);
+            } else {
+                w.central.push_back(who);
             }
         }
     }
@@ -173,7 +175,11 @@ impl Uploads {
             .insert(key.clone(), Job::Running);
         let jobs = self.jobs.clone();
         let (wakes, who) = (self.wakes.clone(), who.clone());
-        self.wakes.lock().expect("uploads lock").queued.remove(&who);
+        self.wakes
+            .lock()
+            .expect("uploads lock")
+            .queued
+            .remove(&(custom, who.clone()));
         let (custom_counts, per_namespace) = (self.custom_by_namespace.clone(), self.per_namespace);
         // The upload's own requests time out; this bounds the whole job.
         let limit = self.timeout + Duration::from_secs(120);
@@ -224,7 +230,7 @@ impl Uploads {
                     break None;
                 };
                 // Started meanwhile (woken by its own recheck): not waiting.
-                if w.queued.remove(&first) {
+                if w.queued.remove(&(custom, first.clone())) {
                     break Some(first);
                 }
             };
@@ -443,6 +449,32 @@ mod tests {
             woken(&mut wakes).await,
             cm("quick", "q2"),
             "slow is at its share"
+        );
+        assert!(wakes.next().now_or_never().is_none());
+    }
+
+    /// A ConfigMap waiting for both kinds of slot keeps its place for one
+    /// kind when it starts an upload of the other.
+    #[tokio::test]
+    async fn a_place_is_kept_per_kind_of_slot() {
+        use futures::{FutureExt, StreamExt};
+        let u = Uploads::new(1, Duration::from_secs(5));
+        let mut wakes = Box::pin(u.wakes());
+        let custom = |n: &str| (n.to_string(), "f".to_string(), Step::DependencyTrackCustom);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        assert!(u.try_start(key("a"), &cm("ns", "a"), async move {
+            let _ = rx.await;
+            Ok(())
+        }));
+        u.wait_for_slot(Step::DependencyTrackDefault, cm("ns", "x"));
+        // x's per-namespace upload starts (never ends): its central place stays.
+        assert!(u.try_start(custom("x"), &cm("ns", "x"), std::future::pending()));
+        tx.send(()).unwrap();
+        assert_eq!(woken(&mut wakes).await, cm("ns", "a"));
+        assert_eq!(
+            woken(&mut wakes).await,
+            cm("ns", "x"),
+            "still waiting for a central slot"
         );
         assert!(wakes.next().now_or_never().is_none());
     }
