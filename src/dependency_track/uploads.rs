@@ -380,6 +380,21 @@ mod tests {
         assert!(u.has_free_slot(Step::DependencyTrackDefault, "slow"));
     }
 
+    /// Starts an upload for `who` that ends (successfully) when the
+    /// returned sender fires.
+    fn held(u: &Uploads, key: Key, who: Who) -> tokio::sync::oneshot::Sender<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        assert!(u.try_start(key, &who, async move {
+            let _ = rx.await;
+            Ok(())
+        }));
+        tx
+    }
+
+    fn custom_key(n: &str) -> Key {
+        (n.to_string(), "f".to_string(), Step::DependencyTrackCustom)
+    }
+
     /// Waits for the next wake (or fails after a second).
     async fn woken(wakes: &mut (impl Stream<Item = Who> + Unpin)) -> Who {
         use futures::StreamExt;
@@ -397,11 +412,7 @@ mod tests {
         use futures::{FutureExt, StreamExt};
         let u = Uploads::new(1, Duration::from_secs(5));
         let mut wakes = Box::pin(u.wakes());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        assert!(u.try_start(key("a"), &cm("ns", "a"), async move {
-            let _ = rx.await;
-            Ok(())
-        }));
+        let tx = held(&u, key("a"), cm("ns", "a"));
         for who in ["b", "b", "c", "b"] {
             u.wait_for_slot(Step::DependencyTrackDefault, cm("ns", who));
         }
@@ -433,14 +444,10 @@ mod tests {
         use futures::{FutureExt, StreamExt};
         let u = Uploads::new(2, Duration::from_secs(5));
         let mut wakes = Box::pin(u.wakes());
-        let custom = |n: &str| (n.to_string(), "f".to_string(), Step::DependencyTrackCustom);
+        let custom = custom_key;
         // "slow" holds its share (one of the two) for good.
         assert!(u.try_start(custom("s1"), &cm("slow", "s1"), std::future::pending()));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        assert!(u.try_start(custom("q1"), &cm("quick", "q1"), async move {
-            let _ = rx.await;
-            Ok(())
-        }));
+        let tx = held(&u, custom_key("q1"), cm("quick", "q1"));
         u.wait_for_slot(Step::DependencyTrackCustom, cm("slow", "s2"));
         u.wait_for_slot(Step::DependencyTrackCustom, cm("quick", "q2"));
         tx.send(()).unwrap();
@@ -460,12 +467,8 @@ mod tests {
         use futures::{FutureExt, StreamExt};
         let u = Uploads::new(1, Duration::from_secs(5));
         let mut wakes = Box::pin(u.wakes());
-        let custom = |n: &str| (n.to_string(), "f".to_string(), Step::DependencyTrackCustom);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        assert!(u.try_start(key("a"), &cm("ns", "a"), async move {
-            let _ = rx.await;
-            Ok(())
-        }));
+        let custom = custom_key;
+        let tx = held(&u, key("a"), cm("ns", "a"));
         u.wait_for_slot(Step::DependencyTrackDefault, cm("ns", "x"));
         // x's per-namespace upload starts (never ends): its central place stays.
         assert!(u.try_start(custom("x"), &cm("ns", "x"), std::future::pending()));
