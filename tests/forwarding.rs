@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
@@ -12,10 +13,12 @@ use base64::Engine;
 use common::cluster::*;
 use common::*;
 use insights_remote::broker::BrokerSettings;
+use insights_remote::controller::configmap::reconcile;
 use insights_remote::crd::InsightsRemoteConfig;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use serde_json::{json, Value};
 
@@ -656,6 +659,61 @@ async fn replaced_configmap_is_forwarded_again_not_marked_blindly() {
         got[1]["binaryPayload"]["cli.image-inspect.json.gz"],
         STANDARD.encode(&new)
     );
+    finish(op, ns).await;
+}
+
+/// The API server's watch cache can trail the operator's own write by a few
+/// milliseconds, and a reconcile can follow straight on the one that wrote
+/// (an ended upload wakes its ConfigMap at once): its read can still be the
+/// version before the processed mark. Handed that version, as a trailing
+/// cache would answer it, the reconciler must not publish again. (CI saw
+/// exactly this: two messages in the Dependency-Track outage test.)
+#[tokio::test]
+async fn a_version_from_before_our_own_mark_is_not_forwarded_again() {
+    let client = client().await;
+    let (ns, api, queue, op) = setup(&client, "behind", test_ops()).await;
+    let created = api
+        .create(
+            &PostParams::default(),
+            &fixture_cm("configmap-image.json", &ns.name),
+        )
+        .await
+        .unwrap();
+    wait_processed(&api, &created.name_any()).await;
+    drain_exactly(&queue, 1, Duration::from_secs(5)).await;
+    let res = reconcile(Arc::new(created), op.ctx.clone()).await;
+    assert_eq!(queue_depth(&queue).await, 0, "published again");
+    assert_eq!(
+        res.expect("read again, nothing to do"),
+        Action::await_change()
+    );
+    finish(op, ns).await;
+}
+
+/// The same with burn-after-reading: the version before the delete finds
+/// the ConfigMap gone and publishes nothing.
+#[tokio::test]
+async fn a_version_from_before_our_own_delete_is_not_forwarded_again() {
+    let client = client().await;
+    let mut ops = test_ops();
+    ops.burn_after_reading = true;
+    let (ns, api, queue, op) = setup(&client, "behindburn", ops).await;
+    let created = api
+        .create(
+            &PostParams::default(),
+            &fixture_cm("configmap-image.json", &ns.name),
+        )
+        .await
+        .unwrap();
+    let name = created.name_any();
+    wait_for("burnt", Duration::from_secs(30), || async {
+        api.get_opt(&name).await.unwrap().is_none().then_some(())
+    })
+    .await;
+    drain_exactly(&queue, 1, Duration::from_secs(5)).await;
+    let res = reconcile(Arc::new(created), op.ctx.clone()).await;
+    assert_eq!(queue_depth(&queue).await, 0, "published again");
+    assert_eq!(res.expect("gone, nothing to do"), Action::await_change());
     finish(op, ns).await;
 }
 

@@ -109,6 +109,9 @@ pub struct Context {
     pub config_writer: Mutex<Option<Writer<InsightsRemoteConfig>>>,
     /// Dependency-Track uploads in the background.
     pub uploads: crate::dependency_track::Uploads,
+    /// ConfigMap versions this process wrote over (a read returning one is
+    /// stale).
+    pub written: super::configmap::Written,
     /// RBAC refused a create of a token Secret: write them by apply only
     /// ([`super::namespace::write_token`]).
     pub token_create_refused: std::sync::atomic::AtomicBool,
@@ -164,6 +167,7 @@ impl Context {
             token_resync: p.token_resync,
             denied: Default::default(),
             uploads: p.uploads,
+            written: Default::default(),
             token_secrets: Default::default(),
             token_create_refused: Default::default(),
             tenants: crate::tenants::Tenants::new(cluster.clone()),

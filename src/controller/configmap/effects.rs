@@ -14,6 +14,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::super::{now_rfc3339, now_unix, Context, Error, Result};
+use super::written::Written;
 use crate::contract::{
     ConfigMapMessage, ANNOTATION_PROCESSED, ANNOTATION_REJECTED, ANNOTATION_REJECTED_VERSION,
     ANNOTATION_RETRIES, LABEL_MAX_RETRY_EXCEEDED, LABEL_PROCESSED, LABEL_WRITE_DEFERRED,
@@ -23,27 +24,27 @@ use crate::contract::{
 /// Records the steps' statuses on exactly the version that was looked at.
 pub async fn record(
     api: &Api<ConfigMap>,
+    written: &Written,
     cm: &ConfigMap,
     statuses: serde_json::Value,
 ) -> Result<()> {
-    patch_meta(
-        api,
-        &cm.name_any(),
-        cm.metadata.resource_version.as_deref(),
-        json!({}),
-        statuses,
-    )
-    .await
-    .map(|_| ())
+    patch_meta(api, written, cm, true, json!({}), statuses)
+        .await
+        .map(|_| ())
 }
 
 /// Adds the processed label to a ConfigMap the Go original only annotated,
 /// so the watch's selector drops it.
-pub async fn label_processed(api: &Api<ConfigMap>, cm: &ConfigMap) -> Result<()> {
+pub async fn label_processed(
+    api: &Api<ConfigMap>,
+    written: &Written,
+    cm: &ConfigMap,
+) -> Result<()> {
     patch_meta(
         api,
-        &cm.name_any(),
-        None,
+        written,
+        cm,
+        false,
         json!({ LABEL_PROCESSED: now_unix().to_string() }),
         json!({}),
     )
@@ -76,29 +77,40 @@ pub async fn publish(
     Ok(())
 }
 
-/// A merge patch of our labels and annotations only. With `resource_version`
-/// set, it fails with 409 if the build replaced the ConfigMap meanwhile, so
-/// new content is never marked as forwarded. The answer is the metadata
-/// only: the API server does not send the payload back (up to 1 MiB per
-/// ConfigMap) for us to parse and drop.
+/// A merge patch of our labels and annotations only. With `pin` set, it
+/// fails with 409 if the build replaced the ConfigMap meanwhile, so new
+/// content is never marked as forwarded. The version looked at is recorded
+/// as written over ([`Written`]) before the patch is sent. The answer is
+/// the metadata only: the API server does not send the payload back (up to
+/// 1 MiB per ConfigMap) for us to parse and drop.
 async fn patch_meta(
     api: &Api<ConfigMap>,
-    name: &str,
-    resource_version: Option<&str>,
+    written: &Written,
+    cm: &ConfigMap,
+    pin: bool,
     labels: serde_json::Value,
     annotations: serde_json::Value,
 ) -> Result<PartialObjectMeta<ConfigMap>> {
     let mut meta = json!({ "labels": labels, "annotations": annotations });
-    if let Some(rv) = resource_version {
+    let rv = cm.metadata.resource_version.as_deref();
+    if let Some(rv) = rv.filter(|_| pin) {
         meta["resourceVersion"] = json!(rv);
     }
+    wrote_over(written, cm);
     Ok(api
         .patch_metadata(
-            name,
+            &cm.name_any(),
             &PatchParams::default(),
             &Patch::Merge(json!({ "metadata": meta })),
         )
         .await?)
+}
+
+/// Records that the version of `cm` looked at is being written over.
+fn wrote_over(written: &Written, cm: &ConfigMap) {
+    if let (Some(uid), Some(rv)) = (&cm.metadata.uid, &cm.metadata.resource_version) {
+        written.wrote_over(uid, rv);
+    }
 }
 
 /// Marks a ConfigMap processed with the steps' statuses (or burns it).
@@ -111,7 +123,7 @@ pub async fn mark_processed(
 ) -> Result<()> {
     if burn_after {
         // One call: delete exactly the version that was forwarded.
-        match delete_version(api, cm).await {
+        match delete_version(api, &ctx.written, cm).await {
             Ok(()) => {
                 ctx.counters.add(&ctx.counters.burned);
                 ctx.metrics.count_configmap("burned");
@@ -125,8 +137,9 @@ pub async fn mark_processed(
     }
     patch_meta(
         api,
-        &cm.name_any(),
-        cm.metadata.resource_version.as_deref(),
+        &ctx.written,
+        cm,
+        true,
         json!({ LABEL_PROCESSED: now_unix().to_string(), LABEL_WRITE_DEFERRED: null }),
         with(statuses, ANNOTATION_PROCESSED, json!(now_rfc3339())),
     )
@@ -152,7 +165,7 @@ pub struct Deferral<'a> {
     pub statuses: serde_json::Value,
 }
 
-async fn delete_version(api: &Api<ConfigMap>, cm: &ConfigMap) -> Result<()> {
+async fn delete_version(api: &Api<ConfigMap>, written: &Written, cm: &ConfigMap) -> Result<()> {
     let dp = DeleteParams {
         preconditions: Some(Preconditions {
             resource_version: cm.metadata.resource_version.clone(),
@@ -160,6 +173,7 @@ async fn delete_version(api: &Api<ConfigMap>, cm: &ConfigMap) -> Result<()> {
         }),
         ..Default::default()
     };
+    wrote_over(written, cm);
     match api.delete(&cm.name_any(), &dp).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
@@ -175,6 +189,7 @@ pub async fn burn(api: &Api<ConfigMap>, cm: &ConfigMap, ctx: &Context) -> Result
         }),
         ..Default::default()
     };
+    wrote_over(&ctx.written, cm);
     match api.delete(&cm.name_any(), &dp).await {
         Ok(_) => {
             ctx.counters.add(&ctx.counters.burned);
@@ -210,8 +225,9 @@ pub async fn defer(
         warn!(namespace = %ns, %name, retries, "insights ConfigMap exceeded its retries; giving up");
         patch_meta(
             api,
-            &name,
-            cm.metadata.resource_version.as_deref(),
+            &ctx.written,
+            cm,
+            true,
             json!({ LABEL_MAX_RETRY_EXCEEDED: MAX_RETRY_EXCEEDED_VALUE, LABEL_WRITE_DEFERRED: null }),
             annotations,
         )
@@ -231,8 +247,9 @@ pub async fn defer(
     warn!(namespace = %ns, %name, retries, retry_in_s = wait, error = %reason, "post-processing failed; deferred");
     patch_meta(
         api,
-        &name,
-        cm.metadata.resource_version.as_deref(),
+        &ctx.written,
+        cm,
+        true,
         json!({ LABEL_WRITE_DEFERRED: until.to_string() }),
         annotations,
     )
@@ -258,8 +275,9 @@ pub async fn reject(
     warn!(namespace = cm.namespace().unwrap_or_default(), name = %cm.name_any(), %reason, "insights ConfigMap rejected");
     patch_meta(
         api,
-        &cm.name_any(),
-        cm.metadata.resource_version.as_deref(),
+        &ctx.written,
+        cm,
+        true,
         json!({}),
         json!({ ANNOTATION_REJECTED: reason, ANNOTATION_REJECTED_VERSION: fingerprint }),
     )

@@ -11,6 +11,7 @@
 mod effects;
 mod message;
 pub mod plan;
+mod written;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use effects::{with, Deferral};
 use message::build_message;
 pub use message::fingerprint;
 pub use plan::{decide, selector, settle, Decision, Settle, UPLOAD_POLL};
+pub use written::Written;
 
 pub const CONTROLLER: &str = "configmap";
 
@@ -123,11 +125,30 @@ pub fn error_policy(
     }
 }
 
-/// Carries out [`decide`]'s decision for one ConfigMap.
+/// Carries out [`decide`]'s decision for one ConfigMap. A version this
+/// process already wrote over (the watch cache trailing our own write) is
+/// read again from etcd first, so nothing is done twice on it.
 pub async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Action> {
     let ops = ctx.ops.borrow().clone();
     let api: Api<ConfigMap> =
         Api::namespaced(ctx.client.clone(), &cm.namespace().unwrap_or_default());
+    let stale = |cm: &ConfigMap| {
+        let (uid, rv) = (&cm.metadata.uid, &cm.metadata.resource_version);
+        uid.as_deref()
+            .zip(rv.as_deref())
+            .is_some_and(|(uid, rv)| ctx.written.is_superseded(uid, rv))
+    };
+    let cm = if stale(&cm) {
+        debug!(namespace = cm.namespace().unwrap_or_default(), name = %cm.name_any(), "read a version this process wrote over; reading it again from etcd");
+        match api.get_opt(&cm.name_any()).await? {
+            Some(fresh) if !stale(&fresh) => Arc::new(fresh),
+            // Cannot happen (etcd has our write); look again shortly.
+            Some(_) => return Ok(Action::requeue(Duration::from_secs(1))),
+            None => return Ok(Action::await_change()),
+        }
+    } else {
+        cm
+    };
     let fingerprint = fingerprint(&cm);
     match decide(&cm, &ops, &fingerprint, now_unix()) {
         Decision::Ignore => Ok(Action::await_change()),
@@ -136,7 +157,7 @@ pub async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Action> 
             Ok(Action::await_change())
         }
         Decision::Label => {
-            effects::label_processed(&api, &cm).await?;
+            effects::label_processed(&api, &ctx.written, &cm).await?;
             Ok(Action::await_change())
         }
         Decision::Wait(wait) => Ok(Action::requeue(wait)),
@@ -295,13 +316,13 @@ async fn carry_out(
         Settle::Recheck(after) => {
             // Record what finished (so it is not repeated) and look again.
             if !done.annotations.is_empty() {
-                effects::record(api, cm, statuses).await?;
+                effects::record(api, &ctx.written, cm, statuses).await?;
             }
             Ok(Action::requeue(after))
         }
         Settle::Retry { after, reason } => {
             warn!(namespace = cm.namespace().unwrap_or_default(), name = %cm.name_any(), error = %reason, "post-processing failed; will retry");
-            effects::record(api, cm, statuses).await?;
+            effects::record(api, &ctx.written, cm, statuses).await?;
             Ok(Action::requeue(after))
         }
         Settle::Defer {
