@@ -3,12 +3,14 @@
 //! reconcile slot: the ConfigMap reconciler starts an upload, records the
 //! other steps and looks again when the result is there.
 //!
-//! An upload that ends wakes its own ConfigMap (its result is ready) and the
-//! first ConfigMap waiting for a slot of its kind, in the order they came
-//! ([`Uploads::wakes`]): a slot is taken again at once, and a backlog
-//! waiting on Dependency-Track costs no reads while it waits (before, every
-//! waiting ConfigMap was read and checked again every 2 s, and a freed slot
-//! stayed idle until the next such look).
+//! An upload that ends wakes its own ConfigMap (its result is ready) and a
+//! ConfigMap waiting for a slot of its kind ([`Uploads::wakes`]): a slot is
+//! taken again at once, and a backlog waiting on Dependency-Track costs no
+//! reads while it waits (before, every waiting ConfigMap was read and
+//! checked again every 2 s, and a freed slot stayed idle until the next
+//! such look). Waiting namespaces take turns ([`Turns`]): a namespace whose
+//! builds left many SBOMs does not keep another namespace's one SBOM
+//! waiting behind all of them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -40,15 +42,55 @@ pub type Who = (String, String);
 /// fallback recheck covers the rest).
 const WAKES_WAITING: usize = 256;
 
-/// Who waits for a slot, in order, and where wakes go.
+/// Who waits for a slot, and where wakes go.
 #[derive(Default)]
 struct Wakes {
     tx: Option<mpsc::Sender<Who>>,
     /// Waiting for a central slot / a per-namespace slot; each ConfigMap
     /// once per kind of slot (the set: per-namespace or not, and who).
-    central: VecDeque<Who>,
-    custom: VecDeque<Who>,
+    central: Turns,
+    custom: Turns,
     queued: HashSet<(bool, Who)>,
+}
+
+/// ConfigMaps waiting for one kind of slot, served a namespace at a time:
+/// a freed slot goes to the namespace whose turn it is (the one that has
+/// waited longest since it was last served), to its ConfigMap that came
+/// first, and that namespace's next turn is after every other waiting
+/// namespace's. So one namespace's hundred SBOMs delay another
+/// namespace's one SBOM by at most one upload per waiting namespace, not
+/// by a hundred.
+#[derive(Default)]
+struct Turns {
+    /// Namespaces with a ConfigMap waiting, whose turn first.
+    order: VecDeque<String>,
+    /// Each namespace's waiting ConfigMaps, in the order they came.
+    waiting: HashMap<String, VecDeque<String>>,
+}
+
+impl Turns {
+    fn push(&mut self, (ns, name): Who) {
+        let names = self.waiting.entry(ns.clone()).or_default();
+        if names.is_empty() {
+            self.order.push_back(ns);
+        }
+        names.push_back(name);
+    }
+
+    /// The next ConfigMap of the first namespace in turn that `may` take a
+    /// slot; that namespace's turn goes to the back.
+    fn next(&mut self, may: impl Fn(&str) -> bool) -> Option<Who> {
+        let at = self.order.iter().position(|ns| may(ns))?;
+        let ns = self.order.remove(at)?;
+        let names = self.waiting.get_mut(&ns)?;
+        let name = names.pop_front()?;
+        if names.is_empty() {
+            self.waiting.remove(&ns);
+        } else {
+            self.order.push_back(ns.clone());
+        }
+        Some((ns, name))
+    }
 }
 
 impl Wakes {
@@ -115,16 +157,16 @@ impl Uploads {
         tokio_stream::wrappers::ReceiverStream::new(rx)
     }
 
-    /// `who` found no free slot for `step`: it is woken when one frees, in
-    /// the order of waiting (once, however often it asks).
+    /// `who` found no free slot for `step`: it is woken when one frees and
+    /// its namespace's turn comes ([`Turns`]; once, however often it asks).
     pub fn wait_for_slot(&self, step: Step, who: Who) {
         let custom = step == Step::DependencyTrackCustom;
         let mut w = self.wakes.lock().expect("uploads lock");
         if w.queued.insert((custom, who.clone())) {
             if custom {
-                w.custom.push_back(who);
+                w.custom.push(who);
             } else {
-                w.central.push_back(who);
+                w.central.push(who);
             }
         }
     }
@@ -205,28 +247,20 @@ impl Uploads {
             jobs.lock()
                 .expect("uploads lock")
                 .insert(key, Job::Done(res, Instant::now()));
-            // Its result is there; and the slot it held goes to the first
-            // still waiting (for a per-namespace slot, the first whose
-            // namespace may take one).
+            // Its result is there; and the slot it held goes to the
+            // namespace whose turn it is (for a per-namespace slot, the
+            // first in turn that may take one).
             let mut w = wakes.lock().expect("uploads lock");
             w.send(who);
             let next = loop {
-                let queue = if custom {
-                    &mut w.custom
-                } else {
-                    &mut w.central
-                };
-                let at = if custom {
+                let first = if custom {
                     let counts = custom_counts.lock().expect("uploads lock");
-                    queue
-                        .iter()
-                        .position(|(ns, _)| counts.get(ns).copied().unwrap_or(0) < per_namespace)
-                } else if queue.is_empty() {
-                    None
+                    w.custom
+                        .next(|ns| counts.get(ns).copied().unwrap_or(0) < per_namespace)
                 } else {
-                    Some(0)
+                    w.central.next(|_| true)
                 };
-                let Some(first) = at.and_then(|i| queue.remove(i)) else {
+                let Some(first) = first else {
                     break None;
                 };
                 // Started meanwhile (woken by its own recheck): not waiting.
@@ -458,6 +492,59 @@ mod tests {
             "slow is at its share"
         );
         assert!(wakes.next().now_or_never().is_none());
+    }
+
+    /// Waiting namespaces take turns: a namespace that queued many SBOMs
+    /// first does not keep a later namespace's one SBOM behind them all.
+    #[tokio::test]
+    async fn waiting_namespaces_take_turns_for_a_freed_slot() {
+        use futures::{FutureExt, StreamExt};
+        let u = Uploads::new(1, Duration::from_secs(5));
+        let mut wakes = Box::pin(u.wakes());
+        let tx = held(&u, key("a"), cm("busy", "a"));
+        for n in ["b1", "b2", "b3"] {
+            u.wait_for_slot(Step::DependencyTrackDefault, cm("busy", n));
+        }
+        u.wait_for_slot(Step::DependencyTrackDefault, cm("quiet", "q1"));
+        u.wait_for_slot(Step::DependencyTrackDefault, cm("other", "o1"));
+        tx.send(()).unwrap();
+        assert_eq!(woken(&mut wakes).await, cm("busy", "a"));
+        assert_eq!(
+            woken(&mut wakes).await,
+            cm("busy", "b1"),
+            "busy's turn first"
+        );
+        // b1 takes the slot; when it ends the next namespace's turn comes.
+        let mut order = Vec::new();
+        let mut next = cm("busy", "b1");
+        for _ in 0..4 {
+            let tx = held(&u, key(&next.1), next.clone());
+            tx.send(()).unwrap();
+            assert_eq!(woken(&mut wakes).await, next, "its own result");
+            next = woken(&mut wakes).await;
+            order.push(next.1.clone());
+        }
+        assert_eq!(order, ["q1", "o1", "b2", "b3"]);
+        assert!(wakes.next().now_or_never().is_none());
+    }
+
+    #[test]
+    fn turns_go_round_the_namespaces_and_skip_those_that_may_not() {
+        let mut t = Turns::default();
+        for (ns, n) in [("a", "1"), ("a", "2"), ("b", "1"), ("c", "1"), ("a", "3")] {
+            t.push(cm(ns, n));
+        }
+        assert_eq!(t.next(|_| true), Some(cm("a", "1")));
+        assert_eq!(t.next(|ns| ns != "b"), Some(cm("c", "1")), "b may not");
+        assert_eq!(t.next(|_| true), Some(cm("b", "1")));
+        assert_eq!(t.next(|_| true), Some(cm("a", "2")));
+        assert_eq!(t.next(|ns| ns != "a"), None);
+        assert_eq!(t.next(|_| true), Some(cm("a", "3")));
+        assert_eq!(t.next(|_| true), None);
+        assert!(
+            t.order.is_empty() && t.waiting.is_empty(),
+            "nothing left behind"
+        );
     }
 
     /// A ConfigMap waiting for both kinds of slot keeps its place for one
