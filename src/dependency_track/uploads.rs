@@ -53,6 +53,10 @@ struct Wakes {
     queued: HashSet<(bool, Who)>,
 }
 
+/// How long a woken ConfigMap has to take the freed slot before it goes to
+/// the next in turn.
+const PASS_ON: Duration = Duration::from_secs(2);
+
 /// ConfigMaps waiting for one kind of slot, served a namespace at a time:
 /// a freed slot goes to the namespace whose turn it is (the one that has
 /// waited longest since it was last served), to its ConfigMap that came
@@ -97,6 +101,34 @@ impl Wakes {
     fn send(&self, who: Who) {
         if let Some(tx) = &self.tx {
             let _ = tx.try_send(who);
+        }
+    }
+
+    /// Wakes the next ConfigMap waiting for a slot of this kind (for a
+    /// per-namespace slot, the first in turn whose namespace is under its
+    /// share of `counts`); whether there was one.
+    fn wake_next(
+        &mut self,
+        custom: bool,
+        counts: &Mutex<HashMap<String, usize>>,
+        per_namespace: usize,
+    ) -> bool {
+        loop {
+            let first = if custom {
+                let counts = counts.lock().expect("uploads lock");
+                self.custom
+                    .next(|ns| counts.get(ns).copied().unwrap_or(0) < per_namespace)
+            } else {
+                self.central.next(|_| true)
+            };
+            let Some(first) = first else {
+                return false;
+            };
+            // Started meanwhile (woken by its own recheck): not waiting.
+            if self.queued.remove(&(custom, first.clone())) {
+                self.send(first);
+                return true;
+            }
         }
     }
 }
@@ -223,6 +255,7 @@ impl Uploads {
             .queued
             .remove(&(custom, who.clone()));
         let (custom_counts, per_namespace) = (self.custom_by_namespace.clone(), self.per_namespace);
+        let slots = self.slots(key.2).clone();
         // The upload's own requests time out; this bounds the whole job.
         let limit = self.timeout + Duration::from_secs(120);
         tokio::spawn(async move {
@@ -248,28 +281,26 @@ impl Uploads {
                 .expect("uploads lock")
                 .insert(key, Job::Done(res, Instant::now()));
             // Its result is there; and the slot it held goes to the
-            // namespace whose turn it is (for a per-namespace slot, the
-            // first in turn that may take one).
-            let mut w = wakes.lock().expect("uploads lock");
-            w.send(who);
-            let next = loop {
-                let first = if custom {
-                    let counts = custom_counts.lock().expect("uploads lock");
-                    w.custom
-                        .next(|ns| counts.get(ns).copied().unwrap_or(0) < per_namespace)
-                } else {
-                    w.central.next(|_| true)
-                };
-                let Some(first) = first else {
-                    break None;
-                };
-                // Started meanwhile (woken by its own recheck): not waiting.
-                if w.queued.remove(&(custom, first.clone())) {
-                    break Some(first);
-                }
+            // namespace whose turn it is.
+            let woke = {
+                let mut w = wakes.lock().expect("uploads lock");
+                w.send(who);
+                w.wake_next(custom, &custom_counts, per_namespace)
             };
-            if let Some(next) = next {
-                w.send(next);
+            // A woken ConfigMap that cannot use the slot (deleted meanwhile,
+            // its other upload still running) does not take it: while the
+            // slot stays free, it goes on to the next in turn.
+            if woke {
+                loop {
+                    tokio::time::sleep(PASS_ON).await;
+                    if slots.available_permits() == 0 {
+                        break;
+                    }
+                    let mut w = wakes.lock().expect("uploads lock");
+                    if !w.wake_next(custom, &custom_counts, per_namespace) {
+                        break;
+                    }
+                }
             }
         });
         true
@@ -545,6 +576,48 @@ mod tests {
             t.order.is_empty() && t.waiting.is_empty(),
             "nothing left behind"
         );
+    }
+
+    /// A woken ConfigMap that does not take the freed slot (deleted
+    /// meanwhile, say) does not keep it idle: after PASS_ON the next in turn
+    /// is woken. One that takes it keeps it: nobody else is woken until its
+    /// upload ends. (The clock is paused: time only moves when every task
+    /// waits on it.)
+    #[tokio::test(start_paused = true)]
+    async fn a_freed_slot_the_woken_does_not_take_goes_on_to_the_next() {
+        use futures::{FutureExt, StreamExt};
+        // The next wake, or None when none comes in a minute (of paused time).
+        async fn next(wakes: &mut (impl Stream<Item = Who> + Unpin)) -> Option<Who> {
+            tokio::time::timeout(Duration::from_secs(60), wakes.next())
+                .await
+                .ok()
+                .flatten()
+        }
+        let u = Uploads::new(1, Duration::from_secs(5));
+        let mut wakes = Box::pin(u.wakes());
+        let tx = held(&u, key("a"), cm("ns", "a"));
+        for n in ["gone", "x", "y"] {
+            u.wait_for_slot(Step::DependencyTrackDefault, cm("ns", n));
+        }
+        let start = tokio::time::Instant::now();
+        tx.send(()).unwrap();
+        assert_eq!(next(&mut wakes).await, Some(cm("ns", "a")));
+        assert_eq!(next(&mut wakes).await, Some(cm("ns", "gone")));
+        // "gone" never comes for the slot: it goes on to x.
+        assert_eq!(next(&mut wakes).await, Some(cm("ns", "x")));
+        assert!(start.elapsed() >= PASS_ON, "x was woken after PASS_ON");
+        // x takes it: y is not woken however long x's upload runs...
+        let tx = held(&u, key("x"), cm("ns", "x"));
+        tokio::time::advance(PASS_ON * 10).await;
+        tokio::task::yield_now().await;
+        assert!(
+            wakes.next().now_or_never().is_none(),
+            "y woken while x holds the slot"
+        );
+        // ...only when it ends.
+        tx.send(()).unwrap();
+        assert_eq!(next(&mut wakes).await, Some(cm("ns", "x")));
+        assert_eq!(next(&mut wakes).await, Some(cm("ns", "y")));
     }
 
     /// A ConfigMap waiting for both kinds of slot keeps its place for one
