@@ -717,6 +717,47 @@ async fn a_version_from_before_our_own_delete_is_not_forwarded_again() {
     finish(op, ns).await;
 }
 
+/// A version recorded as written over that is in fact still the current one
+/// (as a write that did not land would leave it) is read again from etcd and
+/// forwarded, not put off until the record expires. (An earlier build
+/// recorded writes before sending them: a patch lost to an API server
+/// restart then stalled its ConfigMap, and CI's apiserver_restart test
+/// timed out.)
+#[tokio::test]
+async fn a_version_recorded_as_written_over_but_current_is_still_forwarded() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "notlanded").await;
+    let broker = isolated_broker("notlanded");
+    let queue = broker.queue.clone();
+    // No ConfigMap controller: the test calls the reconciler itself.
+    let options = OperatorOptions::forwarding(&ns, broker, test_ops(), &unique("irc"));
+    let op = Operator::start(
+        &client,
+        OperatorOptions {
+            forward: false,
+            ..options
+        },
+    )
+    .await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let created = api
+        .create(
+            &PostParams::default(),
+            &fixture_cm("configmap-image.json", &ns.name),
+        )
+        .await
+        .unwrap();
+    op.ctx.written.wrote_over(
+        created.metadata.uid.as_deref().unwrap(),
+        created.metadata.resource_version.as_deref().unwrap(),
+    );
+    let res = reconcile(Arc::new(created.clone()), op.ctx.clone()).await;
+    assert_eq!(res.expect("forwarded"), Action::await_change());
+    drain_exactly(&queue, 1, Duration::from_secs(5)).await;
+    wait_processed(&api, &created.name_any()).await;
+    finish(op, ns).await;
+}
+
 /// A ConfigMap whose message is over the publish limit is rejected with the
 /// reason (retrying cannot help), not deferred and retried.
 #[tokio::test]

@@ -79,8 +79,8 @@ pub async fn publish(
 
 /// A merge patch of our labels and annotations only. With `pin` set, it
 /// fails with 409 if the build replaced the ConfigMap meanwhile, so new
-/// content is never marked as forwarded. The version looked at is recorded
-/// as written over ([`Written`]) before the patch is sent. The answer is
+/// content is never marked as forwarded. Once it is written, the version
+/// looked at is recorded as written over ([`Written`]). The answer is
 /// the metadata only: the API server does not send the payload back (up to
 /// 1 MiB per ConfigMap) for us to parse and drop.
 async fn patch_meta(
@@ -96,17 +96,20 @@ async fn patch_meta(
     if let Some(rv) = rv.filter(|_| pin) {
         meta["resourceVersion"] = json!(rv);
     }
-    wrote_over(written, cm);
-    Ok(api
+    let written_meta = api
         .patch_metadata(
             &cm.name_any(),
             &PatchParams::default(),
             &Patch::Merge(json!({ "metadata": meta })),
         )
-        .await?)
+        .await?;
+    wrote_over(written, cm);
+    Ok(written_meta)
 }
 
-/// Records that the version of `cm` looked at is being written over.
+/// Records that the version of `cm` looked at was written over (only once
+/// the write succeeded: a failed one leaves that version current, and
+/// marking it would send every later read of it to etcd).
 fn wrote_over(written: &Written, cm: &ConfigMap) {
     if let (Some(uid), Some(rv)) = (&cm.metadata.uid, &cm.metadata.resource_version) {
         written.wrote_over(uid, rv);
@@ -173,9 +176,11 @@ async fn delete_version(api: &Api<ConfigMap>, written: &Written, cm: &ConfigMap)
         }),
         ..Default::default()
     };
-    wrote_over(written, cm);
     match api.delete(&cm.name_any(), &dp).await {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            wrote_over(written, cm);
+            Ok(())
+        }
         Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
         Err(e) => Err(e.into()),
     }
@@ -189,9 +194,9 @@ pub async fn burn(api: &Api<ConfigMap>, cm: &ConfigMap, ctx: &Context) -> Result
         }),
         ..Default::default()
     };
-    wrote_over(&ctx.written, cm);
     match api.delete(&cm.name_any(), &dp).await {
         Ok(_) => {
+            wrote_over(&ctx.written, cm);
             ctx.counters.add(&ctx.counters.burned);
             ctx.metrics.count_configmap("burned");
             ctx.status_changed.notify_one();
