@@ -50,11 +50,11 @@ pub async fn run_step(
     // No free slot: wait to be woken, without reading or decompressing anything.
     let ns = cm.namespace().unwrap_or_default();
     let who = (ns.clone(), cm.name_any());
-    if !uploads.has_free_slot(step, &ns) {
+    if !uploads.has_free_slot(step, &who) {
         uploads.wait_for_slot(step, who.clone());
         // An upload that ended between the look and the registration
         // woke nobody: look once more.
-        if !uploads.has_free_slot(step, &ns) {
+        if !uploads.has_free_slot(step, &who) {
             return Outcome::Running;
         }
     }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::{EndpointPolicy, GuardedResolver};
 use crate::postprocess::{Outcome, Step};
@@ -42,20 +42,39 @@ pub type Who = (String, String);
 /// fallback recheck covers the rest).
 const WAKES_WAITING: usize = 256;
 
-/// Who waits for a slot, and where wakes go.
+/// Who waits for a slot, whom a freed slot is held for, and where wakes go.
+/// Taken before `Uploads::custom_by_namespace` wherever both are.
 #[derive(Default)]
 struct Wakes {
     tx: Option<mpsc::Sender<Who>>,
+    /// Whether a ConfigMap is still there to take a slot (the ConfigMap
+    /// controller's cache); a waiter that is not is passed over.
+    alive: Option<Alive>,
     /// Waiting for a central slot / a per-namespace slot; each ConfigMap
     /// once per kind of slot (the set: per-namespace or not, and who).
     central: Turns,
     custom: Turns,
     queued: HashSet<(bool, Who)>,
+    /// Slots freed by an ended upload and held for the ConfigMap woken to
+    /// take them: nobody else (a new ConfigMap, a waiter's 30 s look) takes
+    /// a held slot, so turns are kept.
+    held: Vec<Hold>,
+    holds: u64,
 }
 
-/// How long a woken ConfigMap has to take the freed slot before it goes to
-/// the next in turn.
-const PASS_ON: Duration = Duration::from_secs(2);
+type Alive = Box<dyn Fn(&Who) -> bool + Send + Sync>;
+
+/// A slot held for `who` (per-namespace or not), named `id`.
+struct Hold {
+    custom: bool,
+    who: Who,
+    permit: OwnedSemaphorePermit,
+    id: u64,
+}
+
+/// How long a slot is held for the woken ConfigMap before it goes to the
+/// next in turn (the woken one was deleted, or its reconcile is slow).
+const HOLD: Duration = Duration::from_secs(10);
 
 /// ConfigMaps waiting for one kind of slot, served a namespace at a time:
 /// a freed slot goes to the namespace whose turn it is (the one that has
@@ -85,9 +104,12 @@ impl Turns {
     /// slot; that namespace's turn goes to the back.
     fn next(&mut self, may: impl Fn(&str) -> bool) -> Option<Who> {
         let at = self.order.iter().position(|ns| may(ns))?;
-        let ns = self.order.remove(at)?;
-        let names = self.waiting.get_mut(&ns)?;
-        let name = names.pop_front()?;
+        let ns = self.order.remove(at).expect("a position found");
+        let names = self
+            .waiting
+            .get_mut(&ns)
+            .expect("a namespace in turn waits");
+        let name = names.pop_front().expect("a namespace in turn waits");
         if names.is_empty() {
             self.waiting.remove(&ns);
         } else {
@@ -104,15 +126,17 @@ impl Wakes {
         }
     }
 
-    /// Wakes the next ConfigMap waiting for a slot of this kind (for a
-    /// per-namespace slot, the first in turn whose namespace is under its
-    /// share of `counts`); whether there was one.
-    fn wake_next(
+    /// Hands a freed slot (`permit`) to the next ConfigMap waiting for a
+    /// slot of this kind (for a per-namespace slot, the first in turn whose
+    /// namespace is under its share of `counts`): holds it for that one and
+    /// wakes it; the hold's id. With nobody waiting, the slot is free.
+    fn hand_on(
         &mut self,
         custom: bool,
+        permit: OwnedSemaphorePermit,
         counts: &Mutex<HashMap<String, usize>>,
         per_namespace: usize,
-    ) -> bool {
+    ) -> Option<u64> {
         loop {
             let first = if custom {
                 let counts = counts.lock().expect("uploads lock");
@@ -121,15 +145,56 @@ impl Wakes {
             } else {
                 self.central.next(|_| true)
             };
-            let Some(first) = first else {
-                return false;
-            };
+            let first = first?;
             // Started meanwhile (woken by its own recheck): not waiting.
-            if self.queued.remove(&(custom, first.clone())) {
-                self.send(first);
-                return true;
+            if !self.queued.remove(&(custom, first.clone())) {
+                continue;
             }
+            // Gone from the cluster, or no longer ours to forward.
+            if self.alive.as_ref().is_some_and(|alive| !alive(&first)) {
+                continue;
+            }
+            self.holds += 1;
+            let id = self.holds;
+            self.send(first.clone());
+            self.held.push(Hold {
+                custom,
+                who: first,
+                permit,
+                id,
+            });
+            return Some(id);
         }
+    }
+
+    /// The slot held for `who`, if any.
+    fn take_hold(&mut self, custom: bool, who: &Who) -> Option<OwnedSemaphorePermit> {
+        let at = self
+            .held
+            .iter()
+            .position(|h| h.custom == custom && h.who == *who)?;
+        Some(self.held.swap_remove(at).permit)
+    }
+}
+
+/// Waits out hold `hold` and each that follows it: a slot whose woken
+/// ConfigMap did not take it within [`HOLD`] goes to the next in turn, until
+/// one takes it or nobody waits (then it is free).
+async fn keep_handing_on(
+    wakes: Arc<Mutex<Wakes>>,
+    custom: bool,
+    mut hold: Option<u64>,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    per_namespace: usize,
+) {
+    while let Some(id) = hold {
+        tokio::time::sleep(HOLD).await;
+        let mut w = wakes.lock().expect("uploads lock");
+        let Some(at) = w.held.iter().position(|h| h.id == id) else {
+            return;
+        };
+        let permit = w.held.swap_remove(at).permit;
+        hold = w.hand_on(custom, permit, &counts, per_namespace);
     }
 }
 
@@ -183,10 +248,44 @@ impl Uploads {
     /// The ConfigMaps to look at again (their upload ended, or a slot they
     /// wait for is free), for the ConfigMap reconciler; a new call replaces
     /// the last one's stream.
-    pub fn wakes(&self) -> impl Stream<Item = Who> + Send + 'static {
+    ///
+    /// `alive` says whether a ConfigMap is still there to take a slot (the
+    /// controller's cache): a freed slot is not held for one that is gone.
+    pub fn wakes(
+        &self,
+        alive: impl Fn(&Who) -> bool + Send + Sync + 'static,
+    ) -> impl Stream<Item = Who> + Send + 'static {
         let (tx, rx) = mpsc::channel(WAKES_WAITING);
-        self.wakes.lock().expect("uploads lock").tx = Some(tx);
+        let mut w = self.wakes.lock().expect("uploads lock");
+        w.tx = Some(tx);
+        w.alive = Some(Box::new(alive));
         tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+
+    /// `who` was looked at and starts no upload of `steps` now (its other
+    /// upload still runs, the step failed before it started): a slot held
+    /// for it goes on to the next in turn at once.
+    pub fn decline(&self, who: &Who, steps: &[Step]) {
+        let mut w = self.wakes.lock().expect("uploads lock");
+        for custom in steps.iter().map(|s| *s == Step::DependencyTrackCustom) {
+            if let Some(permit) = w.take_hold(custom, who) {
+                // The old hold's timer finds it gone and stops; the new
+                // hold gets a timer of its own.
+                let hold = w.hand_on(
+                    custom,
+                    permit,
+                    &self.custom_by_namespace,
+                    self.per_namespace,
+                );
+                tokio::spawn(keep_handing_on(
+                    self.wakes.clone(),
+                    custom,
+                    hold,
+                    self.custom_by_namespace.clone(),
+                    self.per_namespace,
+                ));
+            }
+        }
     }
 
     /// `who` found no free slot for `step`: it is woken when one frees and
@@ -230,14 +329,22 @@ impl Uploads {
         let owner = who.0.as_str();
         let custom = key.2 == Step::DependencyTrackCustom;
         // The namespace's share is checked and taken under one lock, so
-        // concurrent reconciles cannot both take the last place.
+        // concurrent reconciles cannot both take the last place. A slot
+        // held for `who` is its own; a slot held for another, nobody
+        // else's.
+        let mut w = self.wakes.lock().expect("uploads lock");
         let mut by_namespace = self.custom_by_namespace.lock().expect("uploads lock");
         if custom && by_namespace.get(owner).copied().unwrap_or(0) >= self.per_namespace {
             return false;
         }
-        let Ok(permit) = self.slots(key.2).clone().try_acquire_owned() else {
+        let Some(permit) = w
+            .take_hold(custom, who)
+            .or_else(|| self.slots(key.2).clone().try_acquire_owned().ok())
+        else {
             return false;
         };
+        w.queued.remove(&(custom, who.clone()));
+        drop(w);
         let held_by = custom.then(|| {
             *by_namespace.entry(owner.to_string()).or_default() += 1;
             (self.custom_by_namespace.clone(), owner.to_string())
@@ -249,13 +356,7 @@ impl Uploads {
             .insert(key.clone(), Job::Running);
         let jobs = self.jobs.clone();
         let (wakes, who) = (self.wakes.clone(), who.clone());
-        self.wakes
-            .lock()
-            .expect("uploads lock")
-            .queued
-            .remove(&(custom, who.clone()));
         let (custom_counts, per_namespace) = (self.custom_by_namespace.clone(), self.per_namespace);
-        let slots = self.slots(key.2).clone();
         // The upload's own requests time out; this bounds the whole job.
         let limit = self.timeout + Duration::from_secs(120);
         tokio::spawn(async move {
@@ -267,7 +368,6 @@ impl Uploads {
                 Ok(Err(_)) => Err(super::Error::Panicked),
                 Err(_) => Err(super::Error::Unfinished(limit.as_secs())),
             };
-            drop(permit);
             if let Some((counts, ns)) = held_by {
                 let mut counts = counts.lock().expect("uploads lock");
                 if let Some(n) = counts.get_mut(&ns) {
@@ -281,27 +381,15 @@ impl Uploads {
                 .expect("uploads lock")
                 .insert(key, Job::Done(res, Instant::now()));
             // Its result is there; and the slot it held goes to the
-            // namespace whose turn it is.
-            let woke = {
+            // namespace whose turn it is, held for the ConfigMap woken to
+            // take it. If that one does not come for it (deleted meanwhile,
+            // its reconcile slow), it goes on to the next in turn.
+            let hold = {
                 let mut w = wakes.lock().expect("uploads lock");
                 w.send(who);
-                w.wake_next(custom, &custom_counts, per_namespace)
+                w.hand_on(custom, permit, &custom_counts, per_namespace)
             };
-            // A woken ConfigMap that cannot use the slot (deleted meanwhile,
-            // its other upload still running) does not take it: while the
-            // slot stays free, it goes on to the next in turn.
-            if woke {
-                loop {
-                    tokio::time::sleep(PASS_ON).await;
-                    if slots.available_permits() == 0 {
-                        break;
-                    }
-                    let mut w = wakes.lock().expect("uploads lock");
-                    if !w.wake_next(custom, &custom_counts, per_namespace) {
-                        break;
-                    }
-                }
-            }
+            keep_handing_on(wakes, custom, hold, custom_counts, per_namespace).await;
         });
         true
     }
@@ -323,10 +411,17 @@ impl Uploads {
         }
     }
 
-    /// Whether an upload of `step` for namespace `owner` could start now.
-    pub fn has_free_slot(&self, step: Step, owner: &str) -> bool {
-        self.slots(step).available_permits() > 0
-            && (step != Step::DependencyTrackCustom || self.namespace_may_start(owner))
+    /// Whether an upload of `step` for `who` could start now: a slot is
+    /// held for it, or free (and for a per-namespace upload, its namespace
+    /// is under its share).
+    pub fn has_free_slot(&self, step: Step, who: &Who) -> bool {
+        let custom = step == Step::DependencyTrackCustom;
+        let held = {
+            let w = self.wakes.lock().expect("uploads lock");
+            w.held.iter().any(|h| h.custom == custom && h.who == *who)
+        };
+        (held || self.slots(step).available_permits() > 0)
+            && (!custom || self.namespace_may_start(&who.0))
     }
 
     /// Whether an upload of this ConfigMap's content (uid, fingerprint)
@@ -373,7 +468,7 @@ mod tests {
         assert_eq!(u.poll(&key("a")), Some(Outcome::Running));
         assert!(u.running_for("a", "f") && !u.running_for("a", "other"));
         // The only slot is taken: the next one does not start (and keeps nothing).
-        assert!(!u.has_free_slot(Step::DependencyTrackDefault, "ns"));
+        assert!(!u.has_free_slot(Step::DependencyTrackDefault, &cm("ns", "any")));
         assert!(!u.try_start(key("b"), &cm("ns", "b"), async { Ok(()) }));
         // A per-namespace upload has slots of its own.
         let custom = (
@@ -381,9 +476,9 @@ mod tests {
             "f".to_string(),
             Step::DependencyTrackCustom,
         );
-        assert!(u.has_free_slot(Step::DependencyTrackCustom, "ns"));
+        assert!(u.has_free_slot(Step::DependencyTrackCustom, &cm("ns", "any")));
         assert!(u.try_start(custom, &cm("ns", "c"), std::future::pending()));
-        assert!(!u.has_free_slot(Step::DependencyTrackCustom, "ns"));
+        assert!(!u.has_free_slot(Step::DependencyTrackCustom, &cm("ns", "any")));
         assert_eq!(u.poll(&key("b")), None);
         tx.send(()).unwrap();
         let got = loop {
@@ -415,14 +510,14 @@ mod tests {
             &cm("slow", "slow-2"),
             std::future::pending()
         ));
-        assert!(!u.has_free_slot(Step::DependencyTrackCustom, "slow"));
+        assert!(!u.has_free_slot(Step::DependencyTrackCustom, &cm("slow", "any")));
         assert!(!u.try_start(
             custom("slow-3"),
             &cm("slow", "slow-3"),
             std::future::pending()
         ));
         // Others still start.
-        assert!(u.has_free_slot(Step::DependencyTrackCustom, "other"));
+        assert!(u.has_free_slot(Step::DependencyTrackCustom, &cm("other", "any")));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         assert!(
             u.try_start(custom("other-1"), &cm("other", "other-1"), async move {
@@ -438,11 +533,11 @@ mod tests {
             }
         }
         assert!(
-            u.has_free_slot(Step::DependencyTrackCustom, "other"),
+            u.has_free_slot(Step::DependencyTrackCustom, &cm("other", "any")),
             "given back"
         );
         // The central uploads have slots of their own.
-        assert!(u.has_free_slot(Step::DependencyTrackDefault, "slow"));
+        assert!(u.has_free_slot(Step::DependencyTrackDefault, &cm("slow", "any")));
     }
 
     /// Starts an upload for `who` that ends (successfully) when the
@@ -476,7 +571,7 @@ mod tests {
     async fn an_ended_upload_wakes_its_configmap_and_the_first_waiting() {
         use futures::{FutureExt, StreamExt};
         let u = Uploads::new(1, Duration::from_secs(5));
-        let mut wakes = Box::pin(u.wakes());
+        let mut wakes = Box::pin(u.wakes(|_| true));
         let tx = held(&u, key("a"), cm("ns", "a"));
         for who in ["b", "b", "c", "b"] {
             u.wait_for_slot(Step::DependencyTrackDefault, cm("ns", who));
@@ -508,7 +603,7 @@ mod tests {
     async fn a_freed_per_namespace_slot_skips_a_namespace_at_its_share() {
         use futures::{FutureExt, StreamExt};
         let u = Uploads::new(2, Duration::from_secs(5));
-        let mut wakes = Box::pin(u.wakes());
+        let mut wakes = Box::pin(u.wakes(|_| true));
         let custom = custom_key;
         // "slow" holds its share (one of the two) for good.
         assert!(u.try_start(custom("s1"), &cm("slow", "s1"), std::future::pending()));
@@ -531,7 +626,7 @@ mod tests {
     async fn waiting_namespaces_take_turns_for_a_freed_slot() {
         use futures::{FutureExt, StreamExt};
         let u = Uploads::new(1, Duration::from_secs(5));
-        let mut wakes = Box::pin(u.wakes());
+        let mut wakes = Box::pin(u.wakes(|_| true));
         let tx = held(&u, key("a"), cm("busy", "a"));
         for n in ["b1", "b2", "b3"] {
             u.wait_for_slot(Step::DependencyTrackDefault, cm("busy", n));
@@ -578,13 +673,14 @@ mod tests {
         );
     }
 
-    /// A woken ConfigMap that does not take the freed slot (deleted
-    /// meanwhile, say) does not keep it idle: after PASS_ON the next in turn
-    /// is woken. One that takes it keeps it: nobody else is woken until its
-    /// upload ends. (The clock is paused: time only moves when every task
-    /// waits on it.)
+    /// A freed slot is held for the ConfigMap woken to take it: nobody else
+    /// takes it meanwhile (a new ConfigMap, a waiter's 30 s look). A waiter
+    /// no longer in the controller's cache is passed over; one that does not
+    /// come within HOLD loses the slot to the next in turn; one that takes
+    /// it keeps it, and nobody else is woken until its upload ends. (The
+    /// clock is paused: time only moves when every task waits on it.)
     #[tokio::test(start_paused = true)]
-    async fn a_freed_slot_the_woken_does_not_take_goes_on_to_the_next() {
+    async fn a_freed_slot_is_held_for_the_woken_and_goes_on_if_it_does_not_come() {
         use futures::{FutureExt, StreamExt};
         // The next wake, or None when none comes in a minute (of paused time).
         async fn next(wakes: &mut (impl Stream<Item = Who> + Unpin)) -> Option<Who> {
@@ -594,30 +690,69 @@ mod tests {
                 .flatten()
         }
         let u = Uploads::new(1, Duration::from_secs(5));
-        let mut wakes = Box::pin(u.wakes());
+        let mut wakes = Box::pin(u.wakes(|(_, name): &Who| name != "deleted"));
         let tx = held(&u, key("a"), cm("ns", "a"));
-        for n in ["gone", "x", "y"] {
+        for n in ["deleted", "slow", "x", "y"] {
             u.wait_for_slot(Step::DependencyTrackDefault, cm("ns", n));
         }
         let start = tokio::time::Instant::now();
         tx.send(()).unwrap();
         assert_eq!(next(&mut wakes).await, Some(cm("ns", "a")));
-        assert_eq!(next(&mut wakes).await, Some(cm("ns", "gone")));
-        // "gone" never comes for the slot: it goes on to x.
+        assert_eq!(
+            next(&mut wakes).await,
+            Some(cm("ns", "slow")),
+            "the deleted one is passed over"
+        );
+        // Held for "slow": a newcomer finds no slot; "slow" would.
+        let central = Step::DependencyTrackDefault;
+        assert!(!u.has_free_slot(central, &cm("ns", "new")));
+        assert!(!u.try_start(key("new"), &cm("ns", "new"), async { Ok(()) }));
+        assert!(u.has_free_slot(central, &cm("ns", "slow")));
+        // "slow" never comes: after HOLD the slot goes on to x.
         assert_eq!(next(&mut wakes).await, Some(cm("ns", "x")));
-        assert!(start.elapsed() >= PASS_ON, "x was woken after PASS_ON");
+        assert!(start.elapsed() >= HOLD, "x was woken after HOLD");
+        assert!(
+            !u.has_free_slot(central, &cm("ns", "slow")),
+            "no longer its"
+        );
         // x takes it: y is not woken however long x's upload runs...
         let tx = held(&u, key("x"), cm("ns", "x"));
-        tokio::time::advance(PASS_ON * 10).await;
+        tokio::time::advance(HOLD * 10).await;
         tokio::task::yield_now().await;
         assert!(
             wakes.next().now_or_never().is_none(),
             "y woken while x holds the slot"
         );
-        // ...only when it ends.
+        // ...only when it ends; and the slot is free once y takes and
+        // ends its upload with nobody waiting.
         tx.send(()).unwrap();
         assert_eq!(next(&mut wakes).await, Some(cm("ns", "x")));
         assert_eq!(next(&mut wakes).await, Some(cm("ns", "y")));
+        let tx = held(&u, key("y"), cm("ns", "y"));
+        tx.send(()).unwrap();
+        assert_eq!(next(&mut wakes).await, Some(cm("ns", "y")));
+        assert!(u.try_start(key("new"), &cm("ns", "new"), async { Ok(()) }));
+    }
+
+    /// A woken ConfigMap that starts no upload says so, and the slot held
+    /// for it goes on at once (no HOLD to wait out).
+    #[tokio::test]
+    async fn a_declined_slot_goes_on_at_once() {
+        use futures::{FutureExt, StreamExt};
+        let u = Uploads::new(1, Duration::from_secs(5));
+        let mut wakes = Box::pin(u.wakes(|_| true));
+        let tx = held(&u, key("a"), cm("ns", "a"));
+        u.wait_for_slot(Step::DependencyTrackDefault, cm("ns", "busy"));
+        u.wait_for_slot(Step::DependencyTrackDefault, cm("other", "b"));
+        tx.send(()).unwrap();
+        assert_eq!(woken(&mut wakes).await, cm("ns", "a"));
+        assert_eq!(woken(&mut wakes).await, cm("ns", "busy"));
+        // A decline for the other kind of slot changes nothing.
+        u.decline(&cm("ns", "busy"), &[Step::DependencyTrackCustom]);
+        assert!(wakes.next().now_or_never().is_none());
+        u.decline(&cm("ns", "busy"), &[Step::DependencyTrackDefault]);
+        assert_eq!(woken(&mut wakes).await, cm("other", "b"));
+        assert!(u.try_start(key("b"), &cm("other", "b"), async { Ok(()) }));
     }
 
     /// A ConfigMap waiting for both kinds of slot keeps its place for one
@@ -626,7 +761,7 @@ mod tests {
     async fn a_place_is_kept_per_kind_of_slot() {
         use futures::{FutureExt, StreamExt};
         let u = Uploads::new(1, Duration::from_secs(5));
-        let mut wakes = Box::pin(u.wakes());
+        let mut wakes = Box::pin(u.wakes(|_| true));
         let custom = custom_key;
         let tx = held(&u, key("a"), cm("ns", "a"));
         u.wait_for_slot(Step::DependencyTrackDefault, cm("ns", "x"));

@@ -79,8 +79,8 @@ pub async fn publish(
 
 /// A merge patch of our labels and annotations only. With `pin` set, it
 /// fails with 409 if the build replaced the ConfigMap meanwhile, so new
-/// content is never marked as forwarded. Once it is written, the version
-/// looked at is recorded as written over ([`Written`]). The answer is
+/// content is never marked as forwarded. The version looked at is recorded
+/// as written over ([`Written`]) unless the answer says it was not. The answer is
 /// the metadata only: the API server does not send the payload back (up to
 /// 1 MiB per ConfigMap) for us to parse and drop.
 async fn patch_meta(
@@ -96,22 +96,34 @@ async fn patch_meta(
     if let Some(rv) = rv.filter(|_| pin) {
         meta["resourceVersion"] = json!(rv);
     }
-    let written_meta = api
+    let res = api
         .patch_metadata(
             &cm.name_any(),
             &PatchParams::default(),
             &Patch::Merge(json!({ "metadata": meta })),
         )
-        .await?;
-    wrote_over(written, cm);
-    Ok(written_meta)
+        .await;
+    let landed = match &res {
+        // A patch that changed nothing leaves the version as it was.
+        Ok(m) => m.metadata.resource_version != cm.metadata.resource_version,
+        Err(e) => !refused(e),
+    };
+    note_write(written, cm, landed);
+    Ok(res?)
 }
 
-/// Records that the version of `cm` looked at was written over (only once
-/// the write succeeded: a failed one leaves that version current, and
-/// marking it would send every later read of it to etcd).
-fn wrote_over(written: &Written, cm: &ConfigMap) {
-    if let (Some(uid), Some(rv)) = (&cm.metadata.uid, &cm.metadata.resource_version) {
+/// Whether the API server answered that it did not carry out the write.
+fn refused(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(_))
+}
+
+/// Records that the version of `cm` looked at was written over, unless
+/// the write did not land. A write whose answer was lost may have landed,
+/// so it counts (a later read of that version then costs one read from
+/// etcd); a version recorded that is still current costs the same and
+/// nothing more (the reconciler uses etcd's answer).
+fn note_write(written: &Written, cm: &ConfigMap, landed: bool) {
+    if let (true, Some(uid), Some(rv)) = (landed, &cm.metadata.uid, &cm.metadata.resource_version) {
         written.wrote_over(uid, rv);
     }
 }
@@ -176,11 +188,14 @@ async fn delete_version(api: &Api<ConfigMap>, written: &Written, cm: &ConfigMap)
         }),
         ..Default::default()
     };
-    match api.delete(&cm.name_any(), &dp).await {
-        Ok(_) => {
-            wrote_over(written, cm);
-            Ok(())
-        }
+    let res = api.delete(&cm.name_any(), &dp).await;
+    note_write(
+        written,
+        cm,
+        res.as_ref().map_or_else(|e| !refused(e), |_| true),
+    );
+    match res {
+        Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
         Err(e) => Err(e.into()),
     }
@@ -194,9 +209,14 @@ pub async fn burn(api: &Api<ConfigMap>, cm: &ConfigMap, ctx: &Context) -> Result
         }),
         ..Default::default()
     };
-    match api.delete(&cm.name_any(), &dp).await {
+    let res = api.delete(&cm.name_any(), &dp).await;
+    note_write(
+        &ctx.written,
+        cm,
+        res.as_ref().map_or_else(|e| !refused(e), |_| true),
+    );
+    match res {
         Ok(_) => {
-            wrote_over(&ctx.written, cm);
             ctx.counters.add(&ctx.counters.burned);
             ctx.metrics.count_configmap("burned");
             ctx.status_changed.notify_one();

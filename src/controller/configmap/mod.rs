@@ -58,11 +58,18 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: CancellationToke
         let wc = watcher::Config::default().labels(&selector).any_semantic();
         info!(%selector, concurrency, "forwarding insights ConfigMaps");
         let switched = ctx.until_settings(&shutdown, move |o| o.burn_after_reading != burn);
+        let controller = Controller::new(api.clone(), wc);
+        // A slot freed by an upload is held only for a ConfigMap still in
+        // this watch (not deleted, processed or given up meanwhile).
+        let store = controller.store();
+        let alive = move |(ns, name): &(String, String)| {
+            store.get(&ObjectRef::new(name).within(ns)).is_some()
+        };
         let wakes = ctx
             .uploads
-            .wakes()
+            .wakes(alive)
             .map(|(ns, name)| ObjectRef::new(&name).within(&ns));
-        Controller::new(api.clone(), wc)
+        controller
             .with_config(ControllerConfig::default().concurrency(concurrency.max(1)))
             .reconcile_on(wakes)
             .graceful_shutdown_on(switched)
@@ -142,7 +149,8 @@ pub async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Action> 
         debug!(namespace = cm.namespace().unwrap_or_default(), name = %cm.name_any(), "read a version this process wrote over; reading it again from etcd");
         match api.get_opt(&cm.name_any()).await? {
             // etcd's answer is the current version, whatever was recorded
-            // (a write recorded as done that did not land cannot stall it).
+            // (a write whose answer was lost and which did not land cannot
+            // stall it).
             Some(fresh) => Arc::new(fresh),
             None => return Ok(Action::await_change()),
         }
@@ -179,6 +187,12 @@ async fn forward(
     // about a quarter of a core while it waited on Dependency-Track).
     let uid = cm.metadata.uid.as_deref().unwrap_or_default();
     if ctx.uploads.running_for(uid, fingerprint) {
+        // A slot held for it (it waited for one for its other upload) goes
+        // on to the next in turn.
+        ctx.uploads.decline(
+            &(cm.namespace().unwrap_or_default(), cm.name_any()),
+            &[Step::DependencyTrackDefault, Step::DependencyTrackCustom],
+        );
         return Ok(Action::requeue(UPLOAD_POLL));
     }
     let ns_labels = ctx
@@ -265,6 +279,10 @@ async fn run_steps(
         let outcome =
             crate::dependency_track::run_step(&ctx.uploads, &ctx.client, s, &ops.dependency_track)
                 .await;
+        if outcome != Outcome::Running {
+            // Nothing started: a slot held for it goes on.
+            ctx.uploads.decline(&(ns.clone(), name.clone()), &[step]);
+        }
         results.push((step, counted(ctx, cm, step, outcome)));
     }
     Ok(results)

@@ -39,9 +39,8 @@ struct Inner {
 }
 
 impl Written {
-    /// This process is writing over `resource_version` of ConfigMap `uid`
-    /// (recorded before the write is sent: a write whose answer was lost
-    /// may have landed).
+    /// This process wrote over `resource_version` of ConfigMap `uid` (or
+    /// may have: a write whose answer was lost counts).
     pub fn wrote_over(&self, uid: &str, resource_version: &str) {
         self.wrote_over_at(uid, resource_version, Instant::now());
     }
