@@ -100,6 +100,19 @@ impl Turns {
         names.push_back(name);
     }
 
+    /// `who` no longer waits (it started an upload on its own look): its
+    /// namespace keeps its place in turn while others of it wait.
+    fn remove(&mut self, (ns, name): &Who) {
+        let Some(names) = self.waiting.get_mut(ns) else {
+            return;
+        };
+        names.retain(|n| n != name);
+        if names.is_empty() {
+            self.waiting.remove(ns);
+            self.order.retain(|n| n != ns);
+        }
+    }
+
     /// The next ConfigMap of the first namespace in turn that `may` take a
     /// slot; that namespace's turn goes to the back.
     fn next(&mut self, may: impl Fn(&str) -> bool) -> Option<Who> {
@@ -343,7 +356,13 @@ impl Uploads {
         else {
             return false;
         };
-        w.queued.remove(&(custom, who.clone()));
+        if w.queued.remove(&(custom, who.clone())) {
+            if custom {
+                w.custom.remove(who);
+            } else {
+                w.central.remove(who);
+            }
+        }
         drop(w);
         let held_by = custom.then(|| {
             *by_namespace.entry(owner.to_string()).or_default() += 1;
@@ -671,6 +690,16 @@ mod tests {
             t.order.is_empty() && t.waiting.is_empty(),
             "nothing left behind"
         );
+        // One that stops waiting leaves no entry to spend its namespace's
+        // turn on, and a namespace with nobody left waiting has no turn.
+        for (ns, n) in [("a", "1"), ("a", "2"), ("b", "1")] {
+            t.push(cm(ns, n));
+        }
+        t.remove(&cm("a", "1"));
+        t.remove(&cm("b", "1"));
+        assert_eq!(t.order, ["a"]);
+        assert_eq!(t.next(|_| true), Some(cm("a", "2")));
+        assert!(t.order.is_empty() && t.waiting.is_empty());
     }
 
     /// A freed slot is held for the ConfigMap woken to take it: nobody else
